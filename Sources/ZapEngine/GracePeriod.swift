@@ -1,0 +1,119 @@
+import Atomics
+
+/// The engine's stand-in for RCU: defers freeing a page table (or running a root's free
+/// callback) until every walker that might still see it has left its read-side section.
+///
+/// It is an epoch scheme with two reader counters, as SRCU has. A walker enters by counting
+/// itself in the slot of the current epoch; retired objects are tagged with the epoch they were
+/// retired in; the epoch moves from `e` to `e+1` only when the slot of `e-1` is empty. An object
+/// retired in epoch `e` can therefore be freed once the epoch reaches `e+2`: every walker of
+/// epoch `e-1` or `e` has left by then. Reclamation never blocks a walker.
+public final class GracePeriod: @unchecked Sendable {
+    /// Which counter a walker registered in; hand it back to ``exitReadSide(_:)``.
+    public struct ReadSideToken: Sendable {
+        fileprivate let slot: Int
+    }
+
+    private struct Retired {
+        var epoch: UInt64
+        var pages: [PageIndex] = []
+        var callbacks: [() -> Void] = []
+    }
+
+    private let pool: PageTablePool
+    private let epoch = ManagedAtomic<UInt64>(2)
+    private let readers = [ManagedAtomic<Int>(0), ManagedAtomic<Int>(0)]
+    private let mutex = PThreadMutex()
+    private var retired: [Retired] = []
+    private let pendingPages = ManagedAtomic<Int>(0)
+
+    /// Creates the scheme for tables of `pool`.
+    public init(pool: PageTablePool) { self.pool = pool }
+
+    /// `rcu_read_lock()`: from here until ``exitReadSide(_:)`` nothing retired can be freed.
+    @inline(__always)
+    public func enterReadSide() -> ReadSideToken {
+        while true {
+            let current = epoch.load(ordering: .sequentiallyConsistent)
+            let slot = Int(current & 1)
+            readers[slot].wrappingIncrement(ordering: .sequentiallyConsistent)
+            // Registered in time only if the epoch did not move meanwhile; otherwise a
+            // reclaimer may already have judged this slot empty.
+            if epoch.load(ordering: .sequentiallyConsistent) == current {
+                return ReadSideToken(slot: slot)
+            }
+            readers[slot].wrappingDecrement(ordering: .sequentiallyConsistent)
+        }
+    }
+
+    /// `rcu_read_unlock()`.
+    @inline(__always)
+    public func exitReadSide(_ token: ReadSideToken) {
+        readers[token.slot].wrappingDecrement(ordering: .sequentiallyConsistent)
+    }
+
+    /// Defers returning `page` to the pool (`call_rcu(..., tdp_mmu_free_sp_rcu_callback)`).
+    public func retire(_ page: PageIndex) {
+        mutex.withLock { currentBatch { $0.pages.append(page) } }
+        pendingPages.wrappingIncrement(ordering: .relaxed)
+    }
+
+    /// Defers returning `pages` to the pool.
+    public func retire(_ pages: [PageIndex]) {
+        guard !pages.isEmpty else { return }
+        mutex.withLock { currentBatch { $0.pages.append(contentsOf: pages) } }
+        pendingPages.wrappingIncrement(by: pages.count, ordering: .relaxed)
+    }
+
+    /// Runs `callback` after a grace period (`call_rcu`).
+    public func afterGracePeriod(_ callback: @escaping () -> Void) {
+        mutex.withLock { currentBatch { $0.callbacks.append(callback) } }
+    }
+
+    private func currentBatch(_ update: (inout Retired) -> Void) {
+        let now = epoch.load(ordering: .sequentiallyConsistent)
+        if retired.last?.epoch != now { retired.append(Retired(epoch: now)) }
+        update(&retired[retired.count - 1])
+    }
+
+    /// Advances the epoch as far as the walkers allow and frees what has become safe.
+    /// Never waits. Returns the number of pages freed.
+    @discardableResult
+    public func reclaim() -> Int { reclaimReportingEpoch().freed }
+
+    private func reclaimReportingEpoch() -> (freed: Int, epoch: UInt64) {
+        mutex.lock()
+        for _ in 0..<2 {
+            let now = epoch.load(ordering: .sequentiallyConsistent)
+            // Walkers of epoch now-1 share the slot that epoch now+1 will use.
+            guard readers[Int((now &+ 1) & 1)].load(ordering: .sequentiallyConsistent) == 0 else { break }
+            epoch.store(now &+ 1, ordering: .sequentiallyConsistent)
+        }
+        let now = epoch.load(ordering: .sequentiallyConsistent)
+        var safe = 0
+        while safe < retired.count && retired[safe].epoch &+ 2 <= now { safe += 1 }
+        // Freed with the mutex held, so that a barrier that saw the epoch move also sees the
+        // frees done. Callbacks must not retire anything.
+        var freed = 0
+        for batch in retired.prefix(safe) {
+            for page in batch.pages { pool.free(page) }
+            freed += batch.pages.count
+            for callback in batch.callbacks { callback() }
+        }
+        retired.removeFirst(safe)
+        pendingPages.wrappingDecrement(by: freed, ordering: .relaxed)
+        mutex.unlock()
+        return (freed, now)
+    }
+
+    /// `rcu_barrier()`: waits until everything retired before the call has been freed. The
+    /// caller must not be inside a read-side section.
+    public func barrier() {
+        let target = epoch.load(ordering: .sequentiallyConsistent) &+ 2
+        // Judged on the epoch this thread's own reclaim reached: its frees are done.
+        while reclaimReportingEpoch().epoch < target { yieldProcessor() }
+    }
+
+    /// Pages retired and not yet returned to the pool.
+    public var pagesAwaitingGracePeriod: Int { pendingPages.load(ordering: .relaxed) }
+}

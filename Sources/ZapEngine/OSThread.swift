@@ -1,0 +1,54 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A joinable OS thread. vCPUs and workqueue workers are kernel threads in the model, so the
+/// engine runs them as plain pthreads rather than as tasks on Swift's cooperative pool.
+public final class OSThread: @unchecked Sendable {
+    private final class Box {
+        let body: () -> Void
+        init(_ body: @escaping () -> Void) { self.body = body }
+    }
+
+    private var handle: pthread_t
+    private var joined = false
+    /// What the thread is for, e.g. `kvm-vm/0`.
+    public let name: String
+
+    /// Starts `body` on a new thread; `name` identifies it in diagnostics.
+    public init(name: String, _ body: @escaping @Sendable () -> Void) {
+        self.name = name
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        #if canImport(Glibc)
+        var thread = pthread_t()
+        #else
+        var thread: pthread_t? = nil
+        #endif
+        let result = pthread_create(&thread, nil, { argument in
+            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+        precondition(result == 0, "pthread_create failed with \(result)")
+        #if canImport(Glibc)
+        handle = thread
+        #else
+        handle = thread!
+        #endif
+    }
+
+    /// Waits for the thread to finish. Joining twice is a no-op.
+    public func join() {
+        guard !joined else { return }
+        joined = true
+        pthread_join(handle, nil)
+    }
+}
+
+/// Gives up the processor, as `cond_resched()` and `cpu_relax()` loops do in the kernel.
+@inlinable
+public func yieldProcessor() {
+    sched_yield()
+}

@@ -1,0 +1,86 @@
+/// How one walk of a fault ended.
+enum MapResult {
+    /// Installed this many leaves.
+    case installed(Int)
+    /// A larger mapping, or the same one, is already there.
+    case alreadyMapped
+    /// Met a frozen entry: retry the fault from the root.
+    case retry(installed: Int)
+    /// No page for an intermediate table.
+    case outOfTableMemory
+}
+
+/// Installing mappings: the fault half of the page tables (`kvm_tdp_mmu_map`).
+extension VirtualMachine {
+    /// Follows (or builds) the path from the root down to the table at `targetLevel` that
+    /// covers `gfn`. Runs with `mmu_lock` held for read and inside a read-side section, so a
+    /// table reached from the root stays allocated until the walk ends even if a zap unlinks it.
+    @inline(__always)
+    func walkToTable(_ root: Root, gfn: UInt64, targetLevel: Int) -> (table: PageTable?, result: MapResult) {
+        var table = pool.table(root.table)
+        var level = PagingGeometry.rootLevel
+        while level > targetLevel {
+            let index = PagingGeometry.index(of: gfn, atLevel: level)
+            var entry = table.load(index)
+            while true {
+                if entry.isRemoved { return (nil, .retry(installed: 0)) }
+                if entry.isPresent { break }
+                guard let page = pool.allocate() else {
+                    checker.record(.tableMemoryExhausted, root: root,
+                                   "no page for a level-\(level - 1) table: raise the page-table budget or shard the run")
+                    return (nil, .outOfTableMemory)
+                }
+                // Publish the zeroed table with a compare-exchange; a lost race means someone
+                // else installed one (or froze the entry): use what they did.
+                let (exchanged, seen) = table.compareExchange(index, expected: entry, desired: .table(page))
+                if exchanged {
+                    entry = .table(page)
+                    break
+                }
+                pool.free(page)  // never published, so no grace period is needed
+                entry = seen
+            }
+            if entry.isLeaf(atLevel: level) { return (nil, .alreadyMapped) }
+            table = pool.table(PageIndex(rawValue: UInt32(truncatingIfNeeded: entry.frame)))
+            level -= 1
+        }
+        return (table, .installed(0))
+    }
+
+    /// Maps guest frame `gfn` with one leaf of `size`. Frames map one to one onto host frames.
+    ///
+    /// Where a table already exists at the leaf's level (smaller pages there), the fault is
+    /// counted as already mapped: the engine does not collapse tables into large pages.
+    func mapFrame(_ root: Root, gfn: UInt64, size: PageSize, writable: Bool, dirty: Bool) -> MapResult {
+        let aligned = gfn & ~(size.frames - 1)
+        let (table, result) = walkToTable(root, gfn: aligned, targetLevel: size.level)
+        guard let table else { return result }
+        let index = PagingGeometry.index(of: aligned, atLevel: size.level)
+        let leaf = SPTE.leaf(frame: aligned, level: size.level, writable: writable, dirty: dirty)
+        let (exchanged, seen) = table.compareExchange(index, expected: .nonPresent, desired: leaf)
+        if exchanged { return .installed(1) }
+        return seen.isRemoved ? .retry(installed: 0) : .alreadyMapped
+    }
+
+    /// Maps a whole 2 MiB region of 4 KiB leaves in one walk: the fast way to populate large
+    /// address spaces. `firstFrame` is rounded down to the region's start.
+    func mapRegion2M(_ root: Root, firstFrame: UInt64, writable: Bool, dirty: Bool) -> MapResult {
+        let base = firstFrame & ~511
+        let (found, result) = walkToTable(root, gfn: base, targetLevel: 1)
+        guard let table = found else { return result }
+        var bits = SPTE.presentBit | SPTE.accessedBit | (base << 12)
+        if writable { bits |= SPTE.writableBit }
+        if dirty { bits |= SPTE.dirtyBit }
+        var installed = 0
+        for index in 0..<PagingGeometry.entriesPerTable {
+            let leaf = SPTE(rawValue: bits &+ (UInt64(index) << 12))
+            let (exchanged, seen) = table.compareExchange(index, expected: .nonPresent, desired: leaf)
+            if exchanged {
+                installed &+= 1
+            } else if seen.isRemoved {
+                return .retry(installed: installed)
+            }
+        }
+        return installed > 0 ? .installed(installed) : .alreadyMapped
+    }
+}

@@ -1,0 +1,184 @@
+import Atomics
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Index of a 4 KiB page-table page in a ``PageTablePool``. Index 0 is never handed out.
+public struct PageIndex: RawRepresentable, Hashable, Sendable {
+    /// The page's position in the pool.
+    public var rawValue: UInt32
+    /// Wraps a raw index.
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// The reserved index that no table has.
+    public static let none = PageIndex(rawValue: 0)
+}
+
+/// The raw storage of one SPTE, accessed atomically or with plain loads and stores.
+public typealias SPTEStorage = UnsafeAtomic<UInt64>.Storage
+
+/// One page table: 512 SPTEs in pool memory.
+///
+/// Every access goes through swift-atomics so that one binding of the memory serves both the
+/// atomic paths (read-locked walks) and the plain ones (write-locked walks, where a relaxed
+/// load or store compiles to an ordinary `mov`).
+public struct PageTable: @unchecked Sendable {
+    /// First entry of the table.
+    public let entries: UnsafeMutablePointer<SPTEStorage>
+
+    @inlinable init(entries: UnsafeMutablePointer<SPTEStorage>) { self.entries = entries }
+
+    @inlinable func atomic(_ index: Int) -> UnsafeAtomic<UInt64> {
+        UnsafeAtomic<UInt64>(at: entries + index)
+    }
+
+    /// Reads entry `index` (`kvm_tdp_mmu_read_spte`).
+    @inlinable public func load(_ index: Int) -> SPTE {
+        SPTE(rawValue: atomic(index).load(ordering: .acquiring))
+    }
+
+    /// Writes entry `index` with a plain store; only with `mmu_lock` held for write.
+    @inlinable public func storeExclusive(_ index: Int, _ value: SPTE) {
+        atomic(index).store(value.rawValue, ordering: .relaxed)
+    }
+
+    /// Writes entry `index` atomically, publishing earlier writes (`__kvm_tdp_mmu_write_spte`).
+    @inlinable public func store(_ index: Int, _ value: SPTE) {
+        atomic(index).store(value.rawValue, ordering: .releasing)
+    }
+
+    /// Atomically replaces entry `index`, returning the old value (`xchg`).
+    @inlinable public func exchange(_ index: Int, _ value: SPTE) -> SPTE {
+        SPTE(rawValue: atomic(index).exchange(value.rawValue, ordering: .acquiringAndReleasing))
+    }
+
+    /// Atomically replaces entry `index` if it still holds `expected` (`try_cmpxchg64`).
+    /// Returns the value seen: equal to `expected` when the exchange happened.
+    @inlinable public func compareExchange(_ index: Int, expected: SPTE, desired: SPTE) -> (exchanged: Bool, seen: SPTE) {
+        let result = atomic(index).compareExchange(
+            expected: expected.rawValue, desired: desired.rawValue, ordering: .acquiringAndReleasing)
+        return (result.exchanged, SPTE(rawValue: result.original))
+    }
+}
+
+/// The pool of 4 KiB pages that every page table of one VM comes from.
+///
+/// The pool reserves its whole budget of address space up front (`MAP_NORESERVE`), so the
+/// kernel backs a page only when a table first touches it. Allocation and freeing are a mutex
+/// and a free list, counted, so that teardown can prove every page came back. Each page carries
+/// a generation number (odd while allocated) that lets the checker see a walk into a freed
+/// table without crashing.
+public final class PageTablePool: @unchecked Sendable {
+    /// Pages the pool can hand out (its budget divided by 4 KiB, less the reserved index 0).
+    public let capacity: Int
+    private let base: UnsafeMutablePointer<SPTEStorage>
+    private let mappedBytes: Int
+    private let generations: UnsafeMutablePointer<UnsafeAtomic<UInt32>.Storage>
+    private let mutex = PThreadMutex()
+    private var freeList: [UInt32] = []
+    private var neverUsed: UInt32 = 1
+    private let live = ManagedAtomic<Int>(0)
+    private let peak = ManagedAtomic<Int>(0)
+    private let allocations = ManagedAtomic<Int>(0)
+    private let frees = ManagedAtomic<Int>(0)
+
+    /// Reserves `budgetBytes` of address space for page tables.
+    /// - Throws: ``EngineError`` `.tableMemoryUnavailable` if the reservation fails.
+    public init(budgetBytes: Int) throws {
+        let pages = max(2, budgetBytes / PagingGeometry.tableBytes + 1)
+        mappedBytes = pages * PagingGeometry.tableBytes
+        let region = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let region, region != MAP_FAILED else {
+            throw EngineError(.tableMemoryUnavailable,
+                              "cannot reserve \(budgetBytes) bytes for page tables: \(String(cString: strerror(errno)))")
+        }
+        base = region.bindMemory(to: SPTEStorage.self, capacity: pages * PagingGeometry.entriesPerTable)
+        capacity = pages - 1
+        generations = .allocate(capacity: pages)
+        generations.initialize(repeating: .init(0), count: pages)
+    }
+
+    deinit {
+        munmap(UnsafeMutableRawPointer(base), mappedBytes)
+        generations.deallocate()
+    }
+
+    /// Takes a zeroed page, or `nil` when the budget is exhausted.
+    public func allocate() -> PageIndex? {
+        mutex.lock()
+        let page: UInt32
+        let reused: Bool
+        if let recycled = freeList.popLast() {
+            page = recycled
+            reused = true
+        } else if Int(neverUsed) <= capacity {
+            page = neverUsed
+            neverUsed += 1
+            reused = false
+        } else {
+            mutex.unlock()
+            return nil
+        }
+        generation(page).wrappingIncrement(ordering: .releasing)  // odd: live
+        mutex.unlock()
+        let table = self.table(PageIndex(rawValue: page))
+        // A fresh mmap page is already zero; a recycled one still holds REMOVED_SPTE values.
+        if reused { memset(UnsafeMutableRawPointer(table.entries), 0, PagingGeometry.tableBytes) }
+        allocations.wrappingIncrement(ordering: .relaxed)
+        let now = live.wrappingIncrementThenLoad(ordering: .relaxed)
+        var seen = peak.load(ordering: .relaxed)
+        while now > seen {
+            let (exchanged, original) = peak.weakCompareExchange(expected: seen, desired: now, ordering: .relaxed)
+            if exchanged { break }
+            seen = original
+        }
+        return PageIndex(rawValue: page)
+    }
+
+    /// Returns a page to the pool. Callers free a page only after a grace period
+    /// (``GracePeriod``), when no walker can still be reading it.
+    /// - Returns: `false`, changing nothing, if the page was not allocated (a double free).
+    @discardableResult
+    public func free(_ page: PageIndex) -> Bool {
+        mutex.lock()
+        guard isLive(page) else {
+            mutex.unlock()
+            return false
+        }
+        generation(page.rawValue).wrappingIncrement(ordering: .releasing)  // even: free
+        freeList.append(page.rawValue)
+        mutex.unlock()
+        frees.wrappingIncrement(ordering: .relaxed)
+        live.wrappingDecrement(ordering: .relaxed)
+        return true
+    }
+
+    private func generation(_ page: UInt32) -> UnsafeAtomic<UInt32> {
+        UnsafeAtomic<UInt32>(at: generations + Int(page))
+    }
+
+    /// The table stored in `page`.
+    @inlinable public func table(_ page: PageIndex) -> PageTable {
+        PageTable(entries: entriesBase + Int(page.rawValue) * PagingGeometry.entriesPerTable)
+    }
+
+    @usableFromInline var entriesBase: UnsafeMutablePointer<SPTEStorage> { base }
+
+    /// Is `page` currently allocated? A walk that reaches a page for which this is false has
+    /// followed a pointer into a freed table.
+    public func isLive(_ page: PageIndex) -> Bool {
+        page.rawValue != 0 && Int(page.rawValue) <= capacity
+            && generation(page.rawValue).load(ordering: .acquiring) & 1 == 1
+    }
+
+    /// Pages allocated and not yet freed.
+    public var livePages: Int { live.load(ordering: .relaxed) }
+    /// The most pages ever live at once.
+    public var peakPages: Int { peak.load(ordering: .relaxed) }
+    /// Pages handed out since creation.
+    public var totalAllocations: Int { allocations.load(ordering: .relaxed) }
+    /// Pages returned since creation.
+    public var totalFrees: Int { frees.load(ordering: .relaxed) }
+}

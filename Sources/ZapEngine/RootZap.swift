@@ -1,0 +1,280 @@
+/// What one zap step removed.
+struct ZapTally {
+    var leaves = 0
+    var accessed = 0
+    var dirty = 0
+    var tables = 0
+}
+
+/// Tearing down a root's tree: `tdp_mmu_zap_root` and `handle_removed_pt`.
+extension VirtualMachine {
+    /// `tdp_mmu_zap_root`: removes every SPTE under `root`, with `mmu_lock` held in `mode`.
+    ///
+    /// Two passes, as the kernel does since v5.18: first every 1 GiB (level-3) entry, then every
+    /// root-level entry, whose level-3 tables are empty by then. So no step frees more than one
+    /// 1 GiB subtree (513 tables of 4 KiB mappings), and a yield is never more than a step away.
+    /// A `yieldable` zap gives `mmu_lock` up at a step boundary when someone waits for it, but
+    /// only after it made progress since its last yield (`tdp_mmu_iter_cond_resched`).
+    /// - Returns: leaf SPTEs zapped.
+    @discardableResult
+    func zapRoot(_ root: Root, mode: MMULockMode, yieldable: Bool) -> Int {
+        counters.rootZaps.wrappingIncrement(ordering: .relaxed)
+        var walk = ZapWalk(vm: self, root: root, mode: mode, yieldable: yieldable)
+        walk.checkReferenced()
+        let rootTable = pool.table(root.table)
+        // Pass 1: each 1 GiB entry under each root entry.
+        for rootIndex in 0..<PagingGeometry.entriesPerTable {
+            var index = 0
+            while index < PagingGeometry.entriesPerTable {
+                // (Re)read the path from the root: after a yield the level-3 table may be gone.
+                let top = rootTable.load(rootIndex)
+                guard top.isPresent, !top.isLeaf(atLevel: 4) else { break }
+                let levelThree = pool.table(PageIndex(rawValue: UInt32(truncatingIfNeeded: top.frame)))
+                while index < PagingGeometry.entriesPerTable {
+                    walk.zapEntry(levelThree, index, level: 3)
+                    index += 1
+                    if walk.finishStep() { break }
+                }
+            }
+        }
+        // Pass 2: the root's own entries.
+        for rootIndex in 0..<PagingGeometry.entriesPerTable {
+            walk.zapEntry(rootTable, rootIndex, level: 4)
+            _ = walk.finishStep()
+        }
+        return walk.finish()
+    }
+}
+
+/// The state of one zap walk between steps.
+struct ZapWalk {
+    let vm: VirtualMachine
+    let root: Root
+    let mode: MMULockMode
+    /// Does the design require this zap to yield? (The `sync` put path zaps an unreachable
+    /// root without yielding, by design.)
+    let yieldable: Bool
+    /// Will it? Not when `no-yield` is injected.
+    let yields: Bool
+    private var token: GracePeriod.ReadSideToken?
+    private var step = ZapTally()
+    private var total = ZapTally()
+    private var retired: [PageIndex] = []
+    private var progressSinceYield = false
+    private var starvationReported = false
+
+    init(vm: VirtualMachine, root: Root, mode: MMULockMode, yieldable: Bool) {
+        self.vm = vm
+        self.root = root
+        self.mode = mode
+        self.yieldable = yieldable
+        self.yields = yieldable && !vm.injectsNoYield
+        token = mode == .shared ? vm.gracePeriod.enterReadSide() : nil
+        retired.reserveCapacity(PagingGeometry.entriesPerTable + 1)
+    }
+
+    /// Invariant 4: a zap that can yield must hold a reference, or writers that run while it
+    /// yields may see a root with a count of zero.
+    mutating func checkReferenced() {
+        if yieldable && root.references <= 0 {
+            vm.checker.record(.zapUnreferenced, root: root,
+                              "zap started on a root with \(root.references) references")
+        }
+    }
+
+    /// `tdp_mmu_zap_spte_atomic` (shared) or `tdp_mmu_set_spte` (exclusive) on one entry at
+    /// `level`, then the teardown of the subtree it pointed to.
+    mutating func zapEntry(_ table: PageTable, _ index: Int, level: Int) {
+        switch mode {
+        case .shared:
+            while true {
+                let old = table.load(index)
+                // Non-present, or frozen by another zapper that owns it now.
+                guard old.isPresent else { return }
+                // Freeze the entry first, so no fault can install under it while its subtree
+                // is torn down; on a lost race, re-read and retry.
+                guard table.compareExchange(index, expected: old, desired: .removed).exchanged else { continue }
+                handleRemovedEntry(old, level: level)
+                table.store(index, .nonPresent)
+                return
+            }
+        case .exclusive:
+            let old = table.load(index)
+            guard old.isPresent else { return }
+            table.storeExclusive(index, .nonPresent)
+            handleRemovedEntry(old, level: level)
+        }
+    }
+
+    private mutating func handleRemovedEntry(_ old: SPTE, level: Int) {
+        if old.isLeaf(atLevel: level) {
+            countLeaf(old)
+        } else {
+            handleRemovedTable(PageIndex(rawValue: UInt32(truncatingIfNeeded: old.frame)), level: level - 1)
+        }
+    }
+
+    @inline(__always)
+    private mutating func countLeaf(_ old: SPTE) {
+        step.leaves += 1
+        step.accessed += Int((old.rawValue >> 5) & 1)
+        step.dirty += Int((old.rawValue >> 6) & 1)
+    }
+
+    /// `handle_removed_pt`: freezes every entry of a table unlinked from the tree with
+    /// `REMOVED_SPTE`, tears down what they pointed to, and retires the table for a grace period.
+    private mutating func handleRemovedTable(_ page: PageIndex, level: Int) {
+        guard vm.pool.isLive(page) else {
+            vm.checker.record(.useAfterFree, root: root,
+                              "zap reached page-table page \(page.rawValue) (level \(level)), which is not allocated")
+            return
+        }
+        let table = vm.pool.table(page)
+        if level == 1 {
+            freezeLeafTable(table)
+        } else {
+            for index in 0..<PagingGeometry.entriesPerTable {
+                let old = freeze(table, index)
+                guard old.isPresent else { continue }
+                handleRemovedEntry(old, level: level)
+            }
+        }
+        retired.append(page)
+        step.tables += 1
+    }
+
+    /// The hot loop: 512 leaf entries, each frozen and accounted.
+    @inline(__always)
+    private mutating func freezeLeafTable(_ table: PageTable) {
+        var leaves = 0
+        var accessed = 0
+        var dirty = 0
+        switch mode {
+        case .shared:
+            for index in 0..<PagingGeometry.entriesPerTable {
+                var old = table.exchange(index, .removed).rawValue
+                if old == SPTE.removed.rawValue { old = freezeContended(table, index).rawValue }
+                let present = Int(old & SPTE.presentBit)
+                leaves &+= present
+                accessed &+= present & Int((old >> 5) & 1)
+                dirty &+= present & Int((old >> 6) & 1)
+            }
+        case .exclusive:
+            for index in 0..<PagingGeometry.entriesPerTable {
+                let old = table.load(index).rawValue
+                guard old & SPTE.presentBit != 0 else { continue }
+                table.storeExclusive(index, .removed)
+                leaves &+= 1
+                accessed &+= Int((old >> 5) & 1)
+                dirty &+= Int((old >> 6) & 1)
+            }
+        }
+        step.leaves += leaves
+        step.accessed += accessed
+        step.dirty += dirty
+    }
+
+    /// Freezes one entry of an unlinked table and returns what it held.
+    private mutating func freeze(_ table: PageTable, _ index: Int) -> SPTE {
+        switch mode {
+        case .shared:
+            let old = table.exchange(index, .removed)
+            return old.isRemoved ? freezeContended(table, index) : old
+        case .exclusive:
+            let old = table.load(index)
+            if old.isPresent { table.storeExclusive(index, .removed) }
+            return old
+        }
+    }
+
+    /// The entry was already frozen: another thread is mid-way through zapping it and will
+    /// write a final value. Wait for that, as `handle_removed_pt` does, but not forever: a
+    /// table frozen twice (a bug elsewhere) must not hang the run.
+    private func freezeContended(_ table: PageTable, _ index: Int) -> SPTE {
+        for _ in 0..<10_000 {
+            let old = table.exchange(index, .removed)
+            if !old.isRemoved { return old }
+            yieldProcessor()
+        }
+        return .removed
+    }
+
+    /// Ends a step: accounts it, lets a grace period pass, and yields `mmu_lock` if someone
+    /// waits. Returns true if the lock or the read-side section was left, so pointers into the
+    /// tree must be re-read from the root.
+    mutating func finishStep() -> Bool {
+        let didWork = step.leaves > 0 || step.tables > 0
+        guard didWork || progressSinceYield else { return false }
+        var leftTree = false
+        if didWork {
+            total.leaves += step.leaves
+            total.accessed += step.accessed
+            total.dirty += step.dirty
+            total.tables += step.tables
+            vm.counters.zapSteps.wrappingIncrement(ordering: .relaxed)
+            vm.counters.raiseLargestStep(step.tables)
+            vm.counters.sptesZapped.wrappingIncrement(by: step.leaves, ordering: .relaxed)
+            vm.counters.accessedZapped.wrappingIncrement(by: step.accessed, ordering: .relaxed)
+            vm.counters.dirtyZapped.wrappingIncrement(by: step.dirty, ordering: .relaxed)
+            step = ZapTally()
+            progressSinceYield = true
+            if !retired.isEmpty {
+                vm.gracePeriod.retire(retired)
+                retired.removeAll(keepingCapacity: true)
+                // Let the tables of this step be reclaimed while the zap goes on: leave the
+                // read-side section between steps, as the kernel's iterator leaves RCU when it
+                // yields, so a long zap does not hold every freed table until it ends.
+                if let held = token {
+                    vm.gracePeriod.exitReadSide(held)
+                    vm.gracePeriod.reclaim()
+                    token = vm.gracePeriod.enterReadSide()
+                    leftTree = true
+                } else {
+                    vm.gracePeriod.reclaim()
+                }
+            }
+        }
+        let someoneWaits = mode == .shared ? vm.mmuLock.writerIsWaiting : vm.mmuLock.anyoneIsWaiting
+        guard someoneWaits && progressSinceYield else { return leftTree }
+        if yields {
+            yieldLock()
+            progressSinceYield = false
+            checkReferenced()
+            return true
+        }
+        if yieldable && !starvationReported {
+            starvationReported = true
+            vm.checker.record(.writerStarved, root: root,
+                              "zap kept mmu_lock past a step boundary while another thread waited for it")
+        }
+        return leftTree
+    }
+
+    /// `cond_resched_rwlock_read` / `cond_resched_rwlock_write`.
+    private mutating func yieldLock() {
+        vm.counters.yields.wrappingIncrement(ordering: .relaxed)
+        switch mode {
+        case .shared:
+            if let held = token { vm.gracePeriod.exitReadSide(held) }
+            vm.mmuLock.unlockShared()
+            yieldProcessor()
+            vm.mmuLock.lockShared()
+            token = vm.gracePeriod.enterReadSide()
+        case .exclusive:
+            vm.mmuLock.unlockExclusive()
+            yieldProcessor()
+            vm.mmuLock.lockExclusive()
+        }
+    }
+
+    /// Accounts the last step and leaves the read-side section. Returns leaf SPTEs zapped.
+    mutating func finish() -> Int {
+        _ = finishStep()
+        if let held = token {
+            vm.gracePeriod.exitReadSide(held)
+            token = nil
+        }
+        vm.gracePeriod.reclaim()
+        return total.leaves
+    }
+}

@@ -1,0 +1,140 @@
+/// A virtual CPU: loads a root for its address space, faults through it, and drops it on reset.
+///
+/// A vCPU is driven by one thread at a time, as a real vCPU is by its own task. Each operation
+/// returns how long it blocked that thread.
+public final class VCPU: @unchecked Sendable {
+    /// The vCPU's index in its VM.
+    public let id: Int
+    /// The address space the vCPU runs in (SMM or not).
+    public private(set) var addressSpace: AddressSpace = .normal
+    private unowned let vm: VirtualMachine
+    private var loaded: Root?
+
+    init(id: Int, vm: VirtualMachine) {
+        self.id = id
+        self.vm = vm
+    }
+
+    /// The root the vCPU has loaded, if any.
+    public var loadedRoot: Root? { loaded }
+
+    /// `kvm_mmu_load`: takes a root for the current address space under the write lock,
+    /// reusing a valid one if another vCPU made it. A loaded valid root is kept.
+    @discardableResult
+    public func loadRoot() -> OperationOutcome {
+        let start = monotonicNanoseconds()
+        vm.mmuLock.lockExclusive()
+        loadRootLocked()
+        vm.mmuLock.unlockExclusive()
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start)
+    }
+
+    /// With `mmu_lock` held for write: drops an obsolete root and loads a current one.
+    @discardableResult
+    private func loadRootLocked() -> Int {
+        var zapped = 0
+        if let root = loaded, root.isInvalid || root.role.addressSpace != addressSpace {
+            // `kvm_mmu_free_obsolete_roots`.
+            loaded = nil
+            zapped = vm.putRoot(root, mode: .exclusive)
+        }
+        if loaded == nil {
+            loaded = vm.getOrCreateRoot(role: RootRole(addressSpace: addressSpace))
+        }
+        return zapped
+    }
+
+    /// `kvm_mmu_unload` (vCPU reset): puts the loaded root under the write lock. Under `async`
+    /// a root whose last reference this drops becomes defunct and goes to the workqueue; under
+    /// `sync` this call zaps it, and the vCPU waits for the whole zap.
+    @discardableResult
+    public func reset() -> OperationOutcome {
+        let start = monotonicNanoseconds()
+        var zapped = 0
+        if let root = loaded {
+            loaded = nil
+            vm.mmuLock.lockExclusive()
+            zapped = vm.putRoot(root, mode: .exclusive)
+            vm.mmuLock.unlockExclusive()
+        }
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+    }
+
+    /// Enters or leaves SMM: the next fault loads the root of that address space
+    /// (`kvm_mmu_reset_context` unloads the current one).
+    @discardableResult
+    public func switchAddressSpace(to space: AddressSpace) -> OperationOutcome {
+        guard space != addressSpace else { return OperationOutcome(blockedNanoseconds: 0) }
+        addressSpace = space
+        return reset()
+    }
+
+    /// A page fault on guest frame `gfn` that maps it with a leaf of `size`.
+    @discardableResult
+    public func fault(gfn: UInt64, size: PageSize = .size4K, write: Bool = true) -> OperationOutcome {
+        faultLoop { root in
+            vm.mapFrame(root, gfn: gfn, size: size, writable: true, dirty: write)
+        }
+    }
+
+    /// Faults in the whole 2 MiB region containing `firstFrame` as 4 KiB leaves, in one walk.
+    @discardableResult
+    public func populate2MRegion(firstFrame: UInt64, write: Bool = true) -> OperationOutcome {
+        faultLoop { root in
+            vm.mapRegion2M(root, firstFrame: firstFrame, writable: true, dirty: write)
+        }
+    }
+
+    /// The shape of `kvm_tdp_page_fault`: under the read lock, check that the root is current,
+    /// walk and install; on a stale root, reload it (write lock) and fault again; on a frozen
+    /// entry, retry.
+    private func faultLoop(_ map: (Root) -> MapResult) -> OperationOutcome {
+        let start = monotonicNanoseconds()
+        var installed = 0
+        var zapped = 0
+        vm.counters.faults.wrappingIncrement(ordering: .relaxed)
+        attempts: while true {
+            if loaded == nil || loaded!.isInvalid || loaded!.role.addressSpace != addressSpace {
+                vm.mmuLock.lockExclusive()
+                zapped += loadRootLocked()
+                vm.mmuLock.unlockExclusive()
+                guard loaded != nil else { break attempts }
+            }
+            let root = loaded!
+            vm.mmuLock.lockShared()
+            // The root cannot be invalidated while the read lock is held: invalidation takes the
+            // write lock. So a root valid here stays valid for the whole walk.
+            if root.isInvalid {
+                vm.mmuLock.unlockShared()
+                continue attempts
+            }
+            if root.lifecycle == .freed {
+                vm.checker.record(.useAfterFree, root: root, "vCPU \(id) faulted through a root that was already freed")
+                vm.mmuLock.unlockShared()
+                loaded = nil
+                break attempts
+            }
+            let token = vm.gracePeriod.enterReadSide()
+            let result = map(root)
+            vm.gracePeriod.exitReadSide(token)
+            vm.mmuLock.unlockShared()
+            switch result {
+            case .installed(let count):
+                installed += count
+                break attempts
+            case .alreadyMapped:
+                vm.counters.spuriousFaults.wrappingIncrement(ordering: .relaxed)
+                break attempts
+            case .retry(let count):
+                installed += count
+                vm.counters.faultRetries.wrappingIncrement(ordering: .relaxed)
+                yieldProcessor()
+            case .outOfTableMemory:
+                break attempts
+            }
+        }
+        if installed > 0 { vm.counters.sptesInstalled.wrappingIncrement(by: installed, ordering: .relaxed) }
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start,
+                                sptesZappedInline: zapped, sptesInstalled: installed)
+    }
+}

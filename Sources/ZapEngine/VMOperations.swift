@@ -1,0 +1,96 @@
+/// Operations of the VM as a whole: memslot deletion, notifier release and teardown.
+extension VirtualMachine {
+    /// `kvm_mmu_zap_all_fast` (deleting a memslot): under `slots_lock`, invalidate every root
+    /// with `mmu_lock` held for write, drop it, then wait until the invalid roots are zapped:
+    /// flush the workqueue (`async`), or zap them here under the read lock (`sync`, `preserve`).
+    ///
+    /// Invariant 2 is checked on return: every root that was invalid and not yet zapped when the
+    /// call invalidated is zapped now, including defunct roots it skipped. Invariant 6 is
+    /// checked once invalidation is done: no root of any address space is still valid.
+    @discardableResult
+    public func fastZap() -> OperationOutcome {
+        let start = monotonicNanoseconds()
+        counters.fastZaps.wrappingIncrement(ordering: .relaxed)
+        slotsLock.lock()
+        mmuLock.lockExclusive()
+        let invalidated = invalidateAllRoots()
+        let mustBeZapped = roots.filter { $0.isInvalid && $0.lifecycle < .zapped }
+        for root in roots where !root.isInvalid {
+            checker.record(.addressSpaceSkipped, root: root,
+                           "still valid after invalidating all roots (address space \(root.role.addressSpace))")
+        }
+        mmuLock.unlockExclusive()
+
+        var zapped = 0
+        if !injectsNoFlush {
+            switch policy {
+            case .async: zapQueue?.flush()
+            case .sync: zapped = zapRootsInvalidatedByCaller(invalidated)
+            case .preserve: zapped = zapInvalidatedRoots()
+            }
+        }
+        for root in mustBeZapped where root.lifecycle < .zapped {
+            checker.record(.earlyReturn, root: root,
+                           "fast zap returned while the root was \(root.lifecycle): its SPTEs outlive the memslot")
+        }
+        slotsLock.unlock()
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+    }
+
+    /// `kvm_mmu_zap_all` (MMU notifier release): with `mmu_lock` held for write, zaps every
+    /// root of every address space without invalidating it, holding a reference meanwhile
+    /// (`for_each_tdp_mmu_root_yield_safe`).
+    @discardableResult
+    public func fullZap() -> OperationOutcome {
+        let start = monotonicNanoseconds()
+        counters.fullZaps.wrappingIncrement(ordering: .relaxed)
+        var zapped = 0
+        mmuLock.lockExclusive()
+        for root in rootsToVisit() where root.tryGetReference() {
+            zapped += zapRoot(root, mode: .exclusive, yieldable: true)
+            zapped += putRoot(root, mode: .exclusive)
+        }
+        mmuLock.unlockExclusive()
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+    }
+
+    /// VM destruction: every vCPU unloads its root, then `kvm_mmu_uninit_tdp_mmu` runs: the
+    /// workqueue is flushed and destroyed (`async`), or every root is invalidated and zapped
+    /// (`preserve`); after a grace-period barrier the roots list and the pool must be empty.
+    ///
+    /// Invariant 1 is checked here. The vCPUs' threads must have stopped. Tearing down twice
+    /// does nothing the second time.
+    @discardableResult
+    public func teardown() -> OperationOutcome {
+        let start = monotonicNanoseconds()
+        guard markTornDown() else { return OperationOutcome(blockedNanoseconds: 0) }
+        var zapped = 0
+        for vcpu in allVCPUs { zapped += vcpu.reset().sptesZappedInline }
+        switch policy {
+        case .async:
+            zapQueue?.flush()
+            zapQueue?.destroy()
+        case .preserve:
+            // Invalidating schedules every root, so zapping the invalidated roots puts the MMU's
+            // reference to each and ultimately frees them all.
+            mmuLock.withExclusive { _ = invalidateAllRoots() }
+            zapped += zapInvalidatedRoots()
+        case .sync:
+            break
+        }
+        gracePeriod.barrier()
+
+        for root in roots {
+            checker.record(.rootLeaked, root: root, "still listed at teardown: \(root)")
+        }
+        if pool.livePages > 0 {
+            checker.record(.pagesLeaked, "\(pool.livePages) page-table pages not returned to the pool at teardown")
+        }
+        let installed = counters.sptesInstalled.load(ordering: .relaxed)
+        let removed = counters.sptesZapped.load(ordering: .relaxed)
+        if installed != removed {
+            checker.record(.sptesLeaked, "\(installed) leaf SPTEs installed but \(removed) zapped at teardown")
+        }
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+    }
+}

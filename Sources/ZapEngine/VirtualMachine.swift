@@ -1,0 +1,180 @@
+import Atomics
+
+/// How to build a ``VirtualMachine``.
+public struct VMConfiguration: Sendable {
+    /// Who zaps roots, and when.
+    public var policy: ZapPolicy
+    /// `max_active` of the zap workqueue (`async` only).
+    public var workqueueWidth: Int
+    /// Address space reserved for page tables, in bytes; faults fail cleanly beyond it.
+    public var pageTableBudgetBytes: Int
+    /// Bugs to re-create.
+    public var injectedBugs: Set<InjectedBug>
+    /// A name for thread names and logs.
+    public var name: String
+
+    /// A configuration with the kernel's shapes as defaults.
+    public init(
+        policy: ZapPolicy,
+        workqueueWidth: Int = 2,
+        pageTableBudgetBytes: Int = 4 << 30,
+        injectedBugs: Set<InjectedBug> = [],
+        name: String = "vm"
+    ) {
+        self.policy = policy
+        self.workqueueWidth = workqueueWidth
+        self.pageTableBudgetBytes = pageTableBudgetBytes
+        self.injectedBugs = injectedBugs
+        self.name = name
+    }
+}
+
+/// What one operation cost its caller.
+public struct OperationOutcome: Sendable, Equatable {
+    /// Wall time from call to return: how long the vCPU (or VM ioctl) was blocked.
+    public var blockedNanoseconds: UInt64
+    /// Leaf SPTEs this call zapped itself, while its caller waited (the kernel projection
+    /// multiplies these by a per-SPTE cost).
+    public var sptesZappedInline: Int
+    /// Leaf SPTEs this call installed.
+    public var sptesInstalled: Int
+
+    /// An outcome.
+    public init(blockedNanoseconds: UInt64, sptesZappedInline: Int = 0, sptesInstalled: Int = 0) {
+        self.blockedNanoseconds = blockedNanoseconds
+        self.sptesZappedInline = sptesZappedInline
+        self.sptesInstalled = sptesInstalled
+    }
+}
+
+/// One simulated VM: its TDP MMU roots, page tables, locks, workqueue and checker.
+///
+/// The function names of the lifecycle steps follow the kernel's `tdp_mmu.c`; each doc comment
+/// names the kernel function it models. Operations that a vCPU performs live on ``VCPU``;
+/// operations of the VM (memslot deletion, notifier release, teardown) live here.
+public final class VirtualMachine: @unchecked Sendable {
+    /// The configuration the VM was built with.
+    public let configuration: VMConfiguration
+    /// Where broken invariants are recorded.
+    public let checker = InvariantChecker()
+
+    let pool: PageTablePool
+    let gracePeriod: GracePeriod
+    /// `kvm->mmu_lock`.
+    let mmuLock = MMULock()
+    /// `kvm->slots_lock`: serialises fast zaps.
+    let slotsLock = PThreadMutex()
+    /// `kvm->arch.tdp_mmu_pages_lock`, guarding the roots list.
+    private let rootsListLock = PThreadMutex()
+    private var rootsList: [Root] = []
+    /// `kvm->arch.tdp_mmu_zap_wq` (`async` only).
+    let zapQueue: WorkQueue?
+    let counters = EngineCounters()
+    private let nextRootID = ManagedAtomic<Int>(1)
+    private let vcpuListLock = PThreadMutex()
+    private var vcpus: [VCPU] = []
+    private let tornDown = ManagedAtomic<Bool>(false)
+
+    // Injected bugs, read on hot paths.
+    let injectsDoubleQueue: Bool
+    let injectsNoFlush: Bool
+    let injectsDefunctNotQueued: Bool
+    let injectsDoublePut: Bool
+    let injectsZapUnreferenced: Bool
+    let injectsNoYield: Bool
+    let injectsSkipSMM: Bool
+
+    /// Builds a VM: reserves its page-table pool and, under `async`, starts its workqueue.
+    /// - Throws: ``EngineError`` if the configuration is out of range or memory cannot be reserved.
+    public init(configuration: VMConfiguration) throws {
+        guard configuration.workqueueWidth >= 1 else {
+            throw EngineError(.invalidConfiguration, "workqueue width must be at least 1, got \(configuration.workqueueWidth)")
+        }
+        guard configuration.pageTableBudgetBytes >= 64 * PagingGeometry.tableBytes else {
+            throw EngineError(.invalidConfiguration, "page-table budget must be at least 256 KiB, got \(configuration.pageTableBudgetBytes) bytes")
+        }
+        self.configuration = configuration
+        pool = try PageTablePool(budgetBytes: configuration.pageTableBudgetBytes)
+        gracePeriod = GracePeriod(pool: pool)
+        zapQueue = configuration.policy == .async
+            ? WorkQueue(name: "kvm-\(configuration.name)", maxActive: configuration.workqueueWidth) : nil
+        let bugs = configuration.injectedBugs
+        injectsDoubleQueue = bugs.contains(.doubleQueue)
+        injectsNoFlush = bugs.contains(.noFlush)
+        injectsDefunctNotQueued = bugs.contains(.defunctNotQueued)
+        injectsDoublePut = bugs.contains(.doublePut)
+        injectsZapUnreferenced = bugs.contains(.zapUnreferenced)
+        injectsNoYield = bugs.contains(.noYield)
+        injectsSkipSMM = bugs.contains(.skipSMM)
+    }
+
+    deinit {
+        zapQueue?.destroy()
+    }
+
+    /// The VM's policy.
+    public var policy: ZapPolicy { configuration.policy }
+
+    /// Creates a vCPU. vCPUs are unloaded by ``teardown()``.
+    public func makeVCPU() -> VCPU {
+        vcpuListLock.withLock {
+            let vcpu = VCPU(id: vcpus.count, vm: self)
+            vcpus.append(vcpu)
+            return vcpu
+        }
+    }
+
+    /// The roots on the list now.
+    public var roots: [Root] { rootsListLock.withLock { rootsList } }
+
+    /// The counters now.
+    public var statistics: EngineStatistics {
+        EngineStatistics(
+            sptesInstalled: counters.sptesInstalled.load(ordering: .relaxed),
+            sptesZapped: counters.sptesZapped.load(ordering: .relaxed),
+            accessedZapped: counters.accessedZapped.load(ordering: .relaxed),
+            dirtyZapped: counters.dirtyZapped.load(ordering: .relaxed),
+            tablesAllocated: pool.totalAllocations,
+            tablesFreed: pool.totalFrees,
+            tablesLive: pool.livePages,
+            tablesPeak: pool.peakPages,
+            faults: counters.faults.load(ordering: .relaxed),
+            faultRetries: counters.faultRetries.load(ordering: .relaxed),
+            spuriousFaults: counters.spuriousFaults.load(ordering: .relaxed),
+            yields: counters.yields.load(ordering: .relaxed),
+            zapSteps: counters.zapSteps.load(ordering: .relaxed),
+            largestStepTables: counters.largestStepTables.load(ordering: .relaxed),
+            rootsCreated: counters.rootsCreated.load(ordering: .relaxed),
+            rootsReused: counters.rootsReused.load(ordering: .relaxed),
+            rootsFreed: counters.rootsFreed.load(ordering: .relaxed),
+            rootZaps: counters.rootZaps.load(ordering: .relaxed),
+            workItemsQueued: counters.workItemsQueued.load(ordering: .relaxed),
+            workItemsRejected: counters.workItemsRejected.load(ordering: .relaxed),
+            fastZaps: counters.fastZaps.load(ordering: .relaxed),
+            fullZaps: counters.fullZaps.load(ordering: .relaxed))
+    }
+
+    // MARK: - The roots list
+
+    func appendRoot(_ root: Root) {
+        rootsListLock.withLock { rootsList.append(root) }
+    }
+
+    /// `list_del_rcu(&root->link)`.
+    func removeRoot(_ root: Root) {
+        rootsListLock.withLock { rootsList.removeAll { $0 === root } }
+    }
+
+    /// Roots of the list, skipping SMM when that bug is injected (the iterators'
+    /// `for_each_tdp_mmu_root` over every address space).
+    func rootsToVisit() -> [Root] {
+        let all = roots
+        return injectsSkipSMM ? all.filter { $0.role.addressSpace == .normal } : all
+    }
+
+    func makeRootID() -> Int { nextRootID.loadThenWrappingIncrement(ordering: .relaxed) }
+
+    var allVCPUs: [VCPU] { vcpuListLock.withLock { vcpus } }
+
+    func markTornDown() -> Bool { !tornDown.exchange(true, ordering: .acquiringAndReleasing) }
+}

@@ -1,0 +1,168 @@
+import Atomics
+
+/// One unit of deferred work, like the kernel's `struct work_struct`: it can be pending at
+/// most once, and never runs on two workers at the same time.
+public final class WorkItem: @unchecked Sendable {
+    /// What the item does when a worker runs it.
+    public let body: @Sendable () -> Void
+    /// A label for logs and violation reports.
+    public let label: String
+    // Guarded by the owning queue's mutex.
+    fileprivate var isPending = false
+    fileprivate var isRunning = false
+
+    /// Creates an item that runs `body`.
+    public init(label: String, _ body: @escaping @Sendable () -> Void) {
+        self.label = label
+        self.body = body
+    }
+}
+
+/// What ``WorkQueue/queue(_:)`` did with an item.
+public enum QueueOutcome: Sendable, Equatable {
+    /// The item is now pending and will run.
+    case queued
+    /// The item was already pending; nothing changed (`queue_work` returned false).
+    case alreadyPending
+    /// The queue is destroyed and refuses work.
+    case refused
+
+    /// `queue_work`'s return value.
+    public var didQueue: Bool { self == .queued }
+}
+
+/// A per-VM workqueue with the semantics of Linux's `alloc_workqueue(WQ_UNBOUND, max_active)`:
+///
+/// - up to `maxActive` workers run pending items in parallel, in no fixed order;
+/// - queueing an item that is already pending does nothing and returns false;
+/// - queueing an item that is running (not pending) makes it run again after the current run;
+/// - ``flush()`` waits for every item queued before the call, not for later ones;
+/// - ``destroy()`` drains the queue (work queued by running items included), then refuses.
+public final class WorkQueue: @unchecked Sendable {
+    private struct Entry {
+        let item: WorkItem
+        let sequence: UInt64
+    }
+
+    /// The queue's name, used for worker thread names.
+    public let name: String
+    /// The most items that run at once.
+    public let maxActive: Int
+
+    private let mutex = PThreadMutex()
+    private let workAvailable = PThreadCondition()
+    private let workCompleted = PThreadCondition()
+    private var pending: [Entry] = []
+    private var inFlight: Set<UInt64> = []
+    private var nextSequence: UInt64 = 1
+    private var destroyed = false
+    private var stopping = false
+    private var flushing = 0
+    private var workers: [OSThread] = []
+    private let executed = ManagedAtomic<Int>(0)
+    private let rejectedPending = ManagedAtomic<Int>(0)
+    private let rejectedDestroyed = ManagedAtomic<Int>(0)
+
+    /// Creates the queue and its `maxActive` worker threads.
+    public init(name: String, maxActive: Int) {
+        precondition(maxActive >= 1, "a workqueue needs at least one worker")
+        self.name = name
+        self.maxActive = maxActive
+        for index in 0..<maxActive {
+            workers.append(OSThread(name: "\(name)/\(index)") { [unowned self] in self.workerLoop() })
+        }
+    }
+
+    deinit {
+        if !destroyed { shutDownWorkers() }
+    }
+
+    /// `queue_work()`: makes `item` pending unless it already is.
+    @discardableResult
+    public func queue(_ item: WorkItem) -> QueueOutcome {
+        mutex.lock()
+        defer { mutex.unlock() }
+        if destroyed {
+            rejectedDestroyed.wrappingIncrement(ordering: .relaxed)
+            return .refused
+        }
+        if item.isPending {
+            rejectedPending.wrappingIncrement(ordering: .relaxed)
+            return .alreadyPending
+        }
+        item.isPending = true
+        let entry = Entry(item: item, sequence: nextSequence)
+        nextSequence += 1
+        pending.append(entry)
+        inFlight.insert(entry.sequence)
+        workAvailable.signal()
+        return .queued
+    }
+
+    /// `flush_workqueue()`: returns when every item queued before this call has run.
+    public func flush() {
+        mutex.lock()
+        let target = nextSequence - 1
+        flushing += 1
+        while let oldest = inFlight.min(), oldest <= target {
+            workCompleted.wait(mutex)
+        }
+        flushing -= 1
+        mutex.unlock()
+    }
+
+    /// `destroy_workqueue()`: drains, then refuses new items and stops the workers.
+    public func destroy() {
+        mutex.lock()
+        // Draining waits for chained work too: items that running items queue.
+        while !inFlight.isEmpty { workCompleted.wait(mutex) }
+        destroyed = true
+        mutex.unlock()
+        shutDownWorkers()
+    }
+
+    private func shutDownWorkers() {
+        mutex.lock()
+        stopping = true
+        workAvailable.broadcast()
+        mutex.unlock()
+        for worker in workers { worker.join() }
+        workers.removeAll()
+    }
+
+    private func workerLoop() {
+        mutex.lock()
+        while true {
+            // An item re-queued while it runs stays pending until its current run ends.
+            if let index = pending.firstIndex(where: { !$0.item.isRunning }) {
+                let entry = pending.remove(at: index)
+                entry.item.isPending = false
+                entry.item.isRunning = true
+                mutex.unlock()
+                entry.item.body()
+                mutex.lock()
+                entry.item.isRunning = false
+                inFlight.remove(entry.sequence)
+                executed.wrappingIncrement(ordering: .relaxed)
+                workCompleted.broadcast()
+                if !pending.isEmpty { workAvailable.signal() }
+            } else if stopping {
+                break
+            } else {
+                workAvailable.wait(mutex)
+            }
+        }
+        mutex.unlock()
+    }
+
+    /// Items that ran to completion.
+    public var executedCount: Int { executed.load(ordering: .relaxed) }
+    /// `queue` calls that found the item already pending.
+    public var alreadyPendingCount: Int { rejectedPending.load(ordering: .relaxed) }
+    /// `queue` calls refused because the queue was destroyed.
+    public var refusedCount: Int { rejectedDestroyed.load(ordering: .relaxed) }
+    /// Threads inside ``flush()`` now.
+    public var flushesInProgress: Int { mutex.withLock { flushing } }
+    /// Has ``destroy()`` completed?
+    public var isDestroyed: Bool { mutex.withLock { destroyed } }
+}

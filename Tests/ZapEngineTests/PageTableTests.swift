@@ -1,0 +1,144 @@
+import Testing
+@testable import ZapEngine
+
+/// Page tables on real memory: what faults install, zaps remove, and the pool gets back.
+@Suite("Page tables")
+struct PageTableTests {
+    @Test("populating N frames at each page size installs exactly N leaves, and teardown returns every page",
+          arguments: [PageSize.size4K, .size2M, .size1G], ZapPolicy.allCases)
+    func populateAndTearDown(size: PageSize, policy: ZapPolicy) throws {
+        let vm = try VirtualMachine(configuration: VMConfiguration(policy: policy, pageTableBudgetBytes: 64 << 20))
+        let vcpu = vm.makeVCPU()
+        let count: UInt64 = 300
+        for index in 0..<count {
+            let outcome = vcpu.fault(gfn: index * size.frames, size: size)
+            #expect(outcome.sptesInstalled == 1)
+        }
+        // A second fault on the same frames finds them mapped.
+        for index in 0..<count { #expect(vcpu.fault(gfn: index * size.frames + size.frames - 1, size: size).sptesInstalled == 0) }
+
+        let stats = vm.statistics
+        #expect(stats.sptesInstalled == Int(count))
+        #expect(stats.spuriousFaults == Int(count))
+        // Root + the tables on the path: 300 4K leaves fit one level-1 table; 300 2M leaves one
+        // level-2 table; 300 1G leaves one level-3 table.
+        let expectedTables = 1 + (PagingGeometry.rootLevel - size.level)
+        #expect(stats.tablesLive == expectedTables)
+
+        vm.teardown()
+        let after = vm.statistics
+        #expect(vm.checker.violations.isEmpty, "\(vm.checker.violations)")
+        #expect(after.sptesZapped == Int(count))
+        #expect(after.tablesLive == 0)
+        #expect(after.tablesFreed == after.tablesAllocated)
+        #expect(vm.roots.isEmpty)
+    }
+
+    @Test("a 2 MiB batch fault maps 512 leaves in one walk and skips those already present")
+    func batchFault() throws {
+        let vm = try VirtualMachine(configuration: VMConfiguration(policy: .async, pageTableBudgetBytes: 64 << 20))
+        let vcpu = vm.makeVCPU()
+        #expect(vcpu.fault(gfn: 1024 + 7).sptesInstalled == 1)
+        let outcome = vcpu.populate2MRegion(firstFrame: 1024 + 100)
+        #expect(outcome.sptesInstalled == 511)
+        #expect(vcpu.populate2MRegion(firstFrame: 1024).sptesInstalled == 0)
+        let root = try #require(vcpu.loadedRoot)
+        let walk = vm.walkToTable(root, gfn: 1024, targetLevel: 1)
+        let table = try #require(walk.table)
+        for index in 0..<512 {
+            let spte = table.load(index)
+            #expect(spte.isLeaf(atLevel: 1))
+            #expect(spte.frame == 1024 + UInt64(index))
+        }
+        vm.teardown()
+        #expect(vm.statistics.sptesZapped == 512)
+        #expect(vm.checker.violations.isEmpty)
+    }
+
+    @Test("zapping a root removes every leaf, counts accessed and dirty bits, and frees the subtree")
+    func zapAccounting() throws {
+        let vm = try VirtualMachine(configuration: VMConfiguration(policy: .sync, pageTableBudgetBytes: 64 << 20))
+        let vcpu = vm.makeVCPU()
+        for region in 0..<UInt64(8) { vcpu.populate2MRegion(firstFrame: region * 512, write: region % 2 == 0) }
+        let reset = vcpu.reset()
+        #expect(reset.sptesZappedInline == 8 * 512)
+        let stats = vm.statistics
+        #expect(stats.sptesZapped == 8 * 512)
+        #expect(stats.accessedZapped == 8 * 512)
+        #expect(stats.dirtyZapped == 4 * 512)
+        vm.gracePeriod.barrier()
+        #expect(vm.statistics.tablesLive == 0)
+        #expect(vm.statistics.rootsFreed == 1)
+    }
+
+    @Test("the two-pass zap frees at most one 1 GiB subtree (513 tables) per step")
+    func stepBound() throws {
+        let vm = try VirtualMachine(configuration: VMConfiguration(policy: .async, pageTableBudgetBytes: 64 << 20))
+        let vcpu = vm.makeVCPU()
+        // 3 GiB of 4 KiB mappings across two 512 GiB entries.
+        for gib in [UInt64(0), 1, 1 << 9] {
+            for region in 0..<UInt64(512) { vcpu.populate2MRegion(firstFrame: gib << 18 + region * 512) }
+        }
+        vcpu.reset()
+        vm.teardown()
+        let stats = vm.statistics
+        #expect(stats.sptesZapped == 3 << 18)
+        #expect(stats.largestStepTables == 513)
+        // Three 1 GiB steps, then the root pass frees the two level-3 tables one per step.
+        #expect(stats.zapSteps == 5)
+        #expect(vm.checker.violations.isEmpty)
+    }
+
+    @Test("a fault meeting REMOVED_SPTE retries instead of installing under a frozen entry")
+    func frozenEntryRetries() throws {
+        let vm = try VirtualMachine(configuration: VMConfiguration(policy: .async, pageTableBudgetBytes: 64 << 20))
+        let vcpu = vm.makeVCPU()
+        vcpu.fault(gfn: 0)
+        let root = try #require(vcpu.loadedRoot)
+        let table = try #require(vm.walkToTable(root, gfn: 5, targetLevel: 1).table)
+        table.storeExclusive(5, .removed)
+        let result = vm.mapFrame(root, gfn: 5, size: .size4K, writable: true, dirty: true)
+        guard case .retry = result else {
+            Issue.record("expected a retry, got \(result)")
+            return
+        }
+        #expect(table.load(5) == .removed)
+        table.storeExclusive(5, .nonPresent)
+        vm.teardown()
+        #expect(vm.checker.violations.isEmpty)
+    }
+
+    @Test("an exhausted page-table budget fails the fault cleanly and is reported")
+    func budgetExhausted() throws {
+        let vm = try VirtualMachine(configuration: VMConfiguration(policy: .async, pageTableBudgetBytes: 64 * 4096))
+        let vcpu = vm.makeVCPU()
+        var installed = 0
+        for region in 0..<UInt64(200) { installed += vcpu.populate2MRegion(firstFrame: region * 512).sptesInstalled }
+        #expect(installed < 200 * 512)
+        #expect(vm.checker.saw(.tableMemoryExhausted))
+        vm.teardown()
+        #expect(vm.statistics.tablesLive == 0)
+    }
+}
+
+@Suite("SPTE encoding")
+struct SPTETests {
+    @Test("REMOVED_SPTE is the kernel's 0x5a0 and is not present")
+    func removedValue() {
+        #expect(SPTE.removed.rawValue == 0x5a0)
+        #expect(!SPTE.removed.isPresent)
+        #expect(!SPTE.removed.isLeaf(atLevel: 1))
+    }
+
+    @Test("leaf and table entries carry their frame and flags", arguments: PageSize.allCases)
+    func leafEncoding(size: PageSize) {
+        let leaf = SPTE.leaf(frame: 0xABCDE, level: size.level, writable: true, dirty: false)
+        #expect(leaf.isLeaf(atLevel: size.level))
+        #expect(leaf.frame == 0xABCDE)
+        #expect(leaf.rawValue & SPTE.dirtyBit == 0)
+        let table = SPTE.table(PageIndex(rawValue: 77))
+        #expect(table.isPresent)
+        #expect(table.frame == 77)
+        #expect(!table.isLeaf(atLevel: 2))
+    }
+}

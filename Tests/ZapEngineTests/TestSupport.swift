@@ -1,0 +1,41 @@
+import ZapEngine
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A one-shot gate that test threads block on until the test opens it.
+final class Gate: @unchecked Sendable {
+    private let mutex = PThreadMutex()
+    private let opened = PThreadCondition()
+    private var isOpen = false
+
+    func open() {
+        mutex.withLock { isOpen = true }
+        opened.broadcast()
+    }
+
+    func wait() {
+        mutex.lock()
+        while !isOpen { opened.wait(mutex) }
+        mutex.unlock()
+    }
+}
+
+/// A counter and an ordered log that several threads append to.
+final class Log<Element: Sendable>: @unchecked Sendable {
+    private let mutex = PThreadMutex()
+    private var items: [Element] = []
+
+    func append(_ item: Element) { mutex.withLock { items.append(item) } }
+    var all: [Element] { mutex.withLock { items } }
+    var count: Int { mutex.withLock { items.count } }
+}
+
+/// Polls `condition` until it holds or about 10 seconds pass; returns whether it held.
+func eventually(_ condition: () -> Bool) -> Bool {
+    for _ in 0..<10_000 {
+        if condition() { return true }
+        usleep(1000)
+    }
+    return condition()
+}

@@ -1,0 +1,109 @@
+import Testing
+import ZapEngine
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The workqueue rules of MODEL.md, one test each.
+@Suite("Workqueue semantics")
+struct WorkQueueTests {
+    @Test("queueing an item that is already pending returns false and runs it once")
+    func pendingItemRunsOnce() {
+        let queue = WorkQueue(name: "t", maxActive: 1)
+        let blocker = Gate()
+        let started = Gate()
+        queue.queue(WorkItem(label: "blocker") { started.open(); blocker.wait() })
+        started.wait()
+        let runs = Log<Int>()
+        let item = WorkItem(label: "item") { runs.append(1) }
+        #expect(queue.queue(item) == .queued)
+        #expect(queue.queue(item) == .alreadyPending)
+        #expect(queue.alreadyPendingCount == 1)
+        blocker.open()
+        queue.flush()
+        #expect(runs.count == 1)
+        queue.destroy()
+    }
+
+    @Test("an item re-queued while it runs runs again afterwards, never on two workers at once")
+    func requeueWhileRunning() {
+        let queue = WorkQueue(name: "t", maxActive: 3)
+        let inside = Gate()
+        let release = Gate()
+        let runs = Log<Int>()
+        let concurrent = Log<Int>()
+        let active = Log<Int>()
+        let item = WorkItem(label: "item") {
+            active.append(1)
+            if active.count > runs.count + 1 { concurrent.append(1) }
+            if runs.count == 0 { inside.open(); release.wait() }
+            runs.append(1)
+        }
+        #expect(queue.queue(item) == .queued)
+        inside.wait()
+        // Running, not pending: this queue succeeds and schedules a second run.
+        #expect(queue.queue(item) == .queued)
+        release.open()
+        queue.flush()
+        #expect(runs.count == 2)
+        #expect(concurrent.count == 0)
+        queue.destroy()
+    }
+
+    @Test("up to maxActive items run in parallel")
+    func parallelWorkers() {
+        let queue = WorkQueue(name: "t", maxActive: 3)
+        let allInside = Log<Int>()
+        let release = Gate()
+        for index in 0..<3 {
+            queue.queue(WorkItem(label: "w\(index)") { allInside.append(index); release.wait() })
+        }
+        #expect(eventually { allInside.count == 3 }, "three items should be running at once")
+        release.open()
+        queue.flush()
+        queue.destroy()
+    }
+
+    @Test("flush waits for items queued before it, not for items queued after")
+    func flushScope() {
+        let queue = WorkQueue(name: "t", maxActive: 2)
+        let before = Log<Int>()
+        let beforeRelease = Gate()
+        let lateRelease = Gate()
+        for index in 0..<5 {
+            queue.queue(WorkItem(label: "b\(index)") { beforeRelease.wait(); before.append(index) })
+        }
+        let flushed = Gate()
+        let flusher = OSThread(name: "flusher") {
+            queue.flush()
+            flushed.open()
+        }
+        #expect(eventually { queue.flushesInProgress == 1 })
+        // Queued while the flush waits: the flush must return while this one still blocks.
+        queue.queue(WorkItem(label: "late") { lateRelease.wait() })
+        beforeRelease.open()
+        flushed.wait()
+        flusher.join()
+        #expect(before.count == 5)
+        lateRelease.open()
+        queue.destroy()
+    }
+
+    @Test("destroy drains work, including work queued by running items, then refuses")
+    func destroyDrainsThenRefuses() {
+        let queue = WorkQueue(name: "t", maxActive: 1)
+        let runs = Log<String>()
+        let chained = WorkItem(label: "chained") { runs.append("chained") }
+        queue.queue(WorkItem(label: "first") {
+            usleep(5000)
+            runs.append("first")
+            queue.queue(chained)
+        })
+        queue.destroy()
+        #expect(runs.all == ["first", "chained"])
+        #expect(queue.isDestroyed)
+        #expect(queue.queue(WorkItem(label: "too late") { runs.append("late") }) == .refused)
+        #expect(queue.refusedCount == 1)
+        #expect(runs.count == 2)
+    }
+}
