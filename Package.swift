@@ -11,6 +11,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // The simulation of KVM's TDP MMU root lifecycle. Knows nothing of networks or CLIs.
@@ -18,11 +19,17 @@ let package = Package(
             name: "ZapEngine",
             dependencies: [.product(name: "Atomics", package: "swift-atomics")]
         ),
+        // Scenario files: the schema, strict YAML parsing with located errors, built-ins, SLOs.
+        .target(
+            name: "ZapScenario",
+            dependencies: ["ZapEngine", .product(name: "Yams", package: "Yams")]
+        ),
         // The command-line tool: parses arguments and wires the other targets together.
         .executableTarget(
             name: "zapfleet",
             dependencies: [
                 "ZapEngine",
+                "ZapScenario",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -37,5 +44,6 @@ let package = Package(
             path: "Benchmarks/zapfleet-bench"
         ),
         .testTarget(name: "ZapEngineTests", dependencies: ["ZapEngine"]),
+        .testTarget(name: "ZapScenarioTests", dependencies: ["ZapScenario"]),
     ]
 )

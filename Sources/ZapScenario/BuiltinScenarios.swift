@@ -1,0 +1,114 @@
+/// The scenarios that ship with zapfleet, written in the same YAML a user would write.
+public enum BuiltinScenarios {
+    /// Name, one line of purpose, and the YAML.
+    public static let all: [(name: String, purpose: String, yaml: String)] = [
+        ("quick", "the default: 32 GiB of 4 KiB pages, 2 vCPUs, every policy; well under a minute on 2 cores", quick),
+        ("seed-64t", "the seed's experiment: 64 TiB of 4 KiB SPTEs, vCPU reset drops the last reference, then a fast zap; for the fleet", seed64T),
+        ("max-guest-memory", "the shape of the kernel's max_guest_memory_test: run, reset, run, delete half the slots, exit without cleanup", maxGuestMemory),
+        ("smm", "two address spaces: every vCPU also maps SMRAM in SMM, and every zap must reach both", smm),
+    ]
+
+    /// The YAML of the built-in named `name`.
+    public static func yaml(named name: String) -> String? { all.first { $0.name == name }?.yaml }
+
+    static let quick = """
+        name: quick
+        description: "sync vs async vs preserve on 32 GiB of 4 KiB mappings: who blocks when a root's last reference drops"
+        vm:
+          memory: 32GiB
+          memslot: 2GiB
+          pages: {4K: 1.0}
+        workload:
+          vcpus: 2
+          coverage: sequential
+        timeline:
+          - populate
+          - run: {faults: 20000}
+          - reset_vcpus
+          - populate
+          - delete_memslots: {fraction: 0.5}
+          - teardown
+        policies: [sync, async, preserve]
+        workqueue_width: 2
+        seed: 1
+        slos:
+          - "violations == 0"
+          - "async.reset.p99.9 < 10ms"
+
+        """
+
+    static let seed64T = """
+        name: seed-64t
+        description: "the seed: ~64 TiB of guest memory on 4 KiB SPTEs; vCPU reset drops the last root reference, then a memslot is deleted"
+        vm:
+          memory: 64TiB
+          memslot: 2GiB
+          pages: {4K: 1.0}
+        workload:
+          vcpus: 8
+          coverage: sequential
+        timeline:
+          - populate
+          - reset_vcpus
+          - delete_memslots: {fraction: 0.0001}
+          - teardown
+        policies: [sync, async]
+        workqueue_width: 2
+        seed: 1
+        slos:
+          - "violations == 0"
+          - "async.reset.projected.max < 100ms"
+
+        """
+
+    static let maxGuestMemory = """
+        name: max-guest-memory
+        description: "max_guest_memory_test: run the vCPUs over all memory, reset them, run again, delete half the slots, exit without cleanup"
+        vm:
+          memory: 64GiB
+          memslot: 2GiB
+          pages: {4K: 1.0}
+        workload:
+          vcpus: 2
+          coverage: sequential
+        timeline:
+          - populate
+          - reset_vcpus
+          - populate
+          - delete_memslots: {fraction: 0.5}
+          - full_zap
+          - teardown
+        policies: [sync, async, preserve]
+        seed: 1
+        slos:
+          - "violations == 0"
+
+        """
+
+    static let smm = """
+        name: smm
+        description: "two address spaces: vCPUs map guest memory and SMRAM; fast zaps must invalidate and zap the roots of both"
+        vm:
+          memory: 16GiB
+          memslot: 2GiB
+          pages: {4K: 0.5, 2M: 0.5}
+          smm: true
+          smram: 1GiB
+        workload:
+          vcpus: 2
+          coverage: random
+        timeline:
+          - populate
+          - run: {faults: 5000}
+          - delete_memslots: {fraction: 0.25}
+          - populate
+          - reset_vcpus
+          - teardown
+        repeat: 2
+        policies: [sync, async, preserve]
+        seed: 7
+        slos:
+          - "violations == 0"
+
+        """
+}

@@ -1,0 +1,123 @@
+import ZapEngine
+
+/// One experiment: a VM, a workload, a timeline of events, the policies to compare and the
+/// objectives the run must meet. Built from YAML (``ScenarioParser``) or a built-in name.
+public struct Scenario: Sendable, Equatable {
+    /// A short name for reports.
+    public var name: String
+    /// One sentence on what the scenario shows.
+    public var summary: String
+    /// The simulated VM.
+    public var vm: VMShape
+    /// What the vCPUs do.
+    public var workload: Workload
+    /// Events in order. Teardown always ends the timeline; it is added if missing.
+    public var timeline: [TimelineStep]
+    /// How many times the timeline, teardown excepted, runs.
+    public var repeatCount: Int
+    /// Designs to run the same workload under, one after the other.
+    public var policies: [ZapPolicy]
+    /// `max_active` of the zap workqueue.
+    public var workqueueWidth: Int
+    /// Seed of every random choice: a run is reproducible from it.
+    public var seed: UInt64
+    /// Objectives checked after the run.
+    public var objectives: [ServiceLevelObjective]
+    /// Bugs to re-create on purpose.
+    public var injectedBugs: [InjectedBug]
+
+    /// Memslots in the VM.
+    public var memslotCount: Int { Int(vm.memoryBytes / vm.memslotBytes) }
+}
+
+/// The simulated VM's memory layout.
+public struct VMShape: Sendable, Equatable {
+    /// Guest memory, in bytes; a whole number of memslots.
+    public var memoryBytes: UInt64
+    /// Memslot size, in bytes (2 GiB by default, as the kernel selftest).
+    public var memslotBytes: UInt64
+    /// Fractions of memory mapped by each page size.
+    public var pageMix: PageMix
+    /// Dirty logging forces every mapping to 4 KiB.
+    public var dirtyLogging: Bool
+    /// Whether vCPUs also run in SMM, with a root of their own.
+    public var smm: Bool
+    /// Memory mapped in the SMM address space (SMRAM), from the start of guest memory.
+    public var smramBytes: UInt64
+
+    /// The page mix that actually applies (4 KiB only under dirty logging).
+    public var effectivePageMix: PageMix { dirtyLogging ? PageMix(fraction4K: 1, fraction2M: 0, fraction1G: 0) : pageMix }
+}
+
+/// How guest memory is mapped: fractions that sum to 1.
+public struct PageMix: Sendable, Equatable {
+    /// Mapped with 4 KiB pages.
+    public var fraction4K: Double
+    /// Mapped with 2 MiB pages.
+    public var fraction2M: Double
+    /// Mapped with 1 GiB pages.
+    public var fraction1G: Double
+
+    /// A mix; fractions are validated by the parser.
+    public init(fraction4K: Double, fraction2M: Double, fraction1G: Double) {
+        self.fraction4K = fraction4K
+        self.fraction2M = fraction2M
+        self.fraction1G = fraction1G
+    }
+}
+
+/// What the vCPUs do.
+public struct Workload: Sendable, Equatable {
+    /// vCPU threads.
+    public var vcpus: Int
+    /// The order in which each vCPU covers its part of memory.
+    public var coverage: Coverage
+    /// Fraction of each vCPU's part it touches while populating.
+    public var touched: Double
+    /// How fast vCPUs fault during `run` steps.
+    public var pacing: Pacing
+}
+
+/// Order of coverage.
+public enum Coverage: String, Sendable, Equatable, CaseIterable {
+    /// Region after region.
+    case sequential
+    /// A seeded permutation of the regions.
+    case random
+}
+
+/// Fault pacing in `run` steps.
+public enum Pacing: Sendable, Equatable {
+    /// As fast as the vCPU can.
+    case unpaced
+    /// A target rate per vCPU; latencies are recorded with coordinated-omission correction.
+    case faultsPerSecond(Double)
+}
+
+/// One event of the timeline.
+public enum TimelineStep: Sendable, Equatable {
+    /// Every vCPU faults in its part of memory.
+    case populate
+    /// Every vCPU takes this many single 4 KiB faults at random addresses of its part.
+    case run(faults: Int)
+    /// Every vCPU resets, unloading its roots (the defunct path under `async`).
+    case resetVCPUs
+    /// This fraction of the remaining memslots is deleted, one fast zap each.
+    case deleteMemslots(fraction: Double)
+    /// The MMU notifier is released: one full zap.
+    case fullZap
+    /// The VM is destroyed and checked.
+    case teardown
+
+    /// The step's name in YAML.
+    public var name: String {
+        switch self {
+        case .populate: "populate"
+        case .run: "run"
+        case .resetVCPUs: "reset_vcpus"
+        case .deleteMemslots: "delete_memslots"
+        case .fullZap: "full_zap"
+        case .teardown: "teardown"
+        }
+    }
+}

@@ -1,0 +1,194 @@
+import Testing
+import ZapEngine
+@testable import ZapScenario
+
+/// Scenario files: every built-in parses, and every kind of bad input names its file, line and key.
+@Suite("Scenario parsing")
+struct ScenarioParserTests {
+    @Test("every built-in scenario parses and ends with teardown", arguments: BuiltinScenarios.all.map(\.name))
+    func builtinsParse(name: String) throws {
+        let scenario = try ScenarioCatalog.load(name)
+        #expect(scenario.name == name)
+        #expect(scenario.timeline.last == .teardown)
+        #expect(!scenario.policies.isEmpty)
+        #expect(scenario.vm.memoryBytes % scenario.vm.memslotBytes == 0)
+    }
+
+    @Test("seed-64t is 64 TiB of 4 KiB mappings in 2 GiB memslots")
+    func seedShape() throws {
+        let scenario = try ScenarioCatalog.load("seed-64t")
+        #expect(scenario.vm.memoryBytes == 64 << 40)
+        #expect(scenario.memslotCount == 32768)
+        #expect(scenario.vm.pageMix.fraction4K == 1)
+        #expect(scenario.timeline.contains(.resetVCPUs))
+        // 64 TiB / 512 = 128 GiB of leaf tables, as MODEL.md says.
+        let estimate = MemoryEstimate.estimate(scenario)
+        #expect(estimate.pageTableBytes >= 128 << 30 && estimate.pageTableBytes < 129 << 30)
+    }
+
+    @Test("writing a scenario and reading it back gives the same scenario", arguments: BuiltinScenarios.all.map(\.name))
+    func roundTrip(name: String) throws {
+        let scenario = try ScenarioCatalog.load(name)
+        let again = try ScenarioParser.parse(ScenarioWriter.yaml(scenario), file: "round-trip")
+        #expect(again == scenario)
+    }
+
+    private static let valid = """
+        name: t
+        vm:
+          memory: 8GiB
+        workload:
+          vcpus: 2
+        timeline:
+          - populate
+          - teardown
+
+        """
+
+    /// Parses `valid` with `line` (1-based) replaced, and returns the error.
+    private func failure(replacing line: Int, with text: String) -> ScenarioError? {
+        var lines = Self.valid.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        lines[line - 1] = text
+        do {
+            _ = try ScenarioParser.parse(lines.joined(separator: "\n"), file: "bad.yaml")
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test("the minimal scenario is valid and gets the documented defaults")
+    func defaults() throws {
+        let scenario = try ScenarioParser.parse(Self.valid, file: "ok.yaml")
+        #expect(scenario.vm.memslotBytes == 2 << 30)
+        #expect(scenario.policies == ZapPolicy.allCases)
+        #expect(scenario.workqueueWidth == 2)
+        #expect(scenario.repeatCount == 1)
+        #expect(scenario.workload.touched == 1)
+    }
+
+    @Test("an unknown key is named with its line")
+    func unknownKey() throws {
+        let error = try #require(failure(replacing: 3, with: "  memroy: 8GiB"))
+        #expect(error.code == .unknownKey)
+        #expect(error.line == 3)
+        #expect(error.key == "vm.memroy")
+        #expect(error.description.hasPrefix("bad.yaml:3: vm.memroy: unknown key"))
+        #expect(error.message.contains("memory"), "lists the allowed keys")
+    }
+
+    @Test("a wrong unit is refused with the units that work", arguments: ["64TB", "8 gigs", "12"])
+    func wrongUnit(text: String) throws {
+        let error = try #require(failure(replacing: 3, with: "  memory: \(text)"))
+        #expect(error.code == .badValue)
+        #expect(error.line == 3)
+        #expect(error.key == "vm.memory")
+        #expect(error.message.contains("GiB"))
+    }
+
+    @Test("a negative size is refused")
+    func negativeSize() throws {
+        let error = try #require(failure(replacing: 3, with: "  memory: -8GiB"))
+        #expect(error.code == .badValue)
+        #expect(error.key == "vm.memory")
+    }
+
+    @Test("memory that is not a whole number of memslots is refused")
+    func partialMemslot() throws {
+        let error = try #require(failure(replacing: 3, with: "  memory: 3GiB"))
+        #expect(error.code == .badValue)
+        #expect(error.message.contains("memslots"))
+    }
+
+    @Test("an SLO naming an unknown metric is refused with the known ones")
+    func unknownMetric() throws {
+        let text = Self.valid + "slos:\n  - \"async.vcpu_blok.p99 < 1ms\"\n"
+        #expect(throws: ScenarioError.self) { try ScenarioParser.parse(text, file: "bad.yaml") }
+        do {
+            _ = try ScenarioParser.parse(text, file: "bad.yaml")
+        } catch {
+            #expect(error.key == "slos")
+            #expect(error.line == 10)
+            #expect(error.message.contains("vcpu_block"))
+        }
+    }
+
+    @Test("a missing required key is named")
+    func missingKey() throws {
+        let error = try #require(failure(replacing: 6, with: "  coverage: random"))
+        #expect(error.code == .missingKey)
+        #expect(error.key == "workload.vcpus")
+    }
+
+    @Test("an unknown timeline step and a step after teardown are refused")
+    func badTimeline() throws {
+        let unknown = try #require(failure(replacing: 7, with: "  - popluate"))
+        #expect(unknown.code == .unknownKey)
+        #expect(unknown.line == 7)
+        let late = try #require(failure(replacing: 7, with: "  - teardown"))
+        #expect(late.code == .badValue)
+        #expect(late.message.contains("last"))
+    }
+
+    @Test("YAML that does not parse reports its line")
+    func syntax() throws {
+        let error = try #require(failure(replacing: 4, with: "workload: [vcpus: 2"))
+        #expect(error.code == .syntax)
+        #expect(error.line != nil)
+    }
+
+    @Test("a name that is neither built in nor a file lists the built-ins")
+    func unknownScenario() {
+        #expect(throws: ScenarioError.self) { try ScenarioCatalog.load("no-such-scenario") }
+    }
+}
+
+@Suite("Objectives and quantities")
+struct ObjectiveTests {
+    @Test("latency objectives carry policy, operation, statistic and a threshold in ns")
+    func latency() throws {
+        let objective = try ServiceLevelObjective.parse("async.vcpu_block.p99.9 < 1ms").get()
+        #expect(objective.policy == .async)
+        #expect(objective.metric == .latency(operation: "vcpu_block", statistic: "p99.9", projected: false))
+        #expect(objective.comparison == .lessThan)
+        #expect(objective.threshold == 1e6)
+        let projected = try ServiceLevelObjective.parse("sync.reset.projected.max >= 800s").get()
+        #expect(projected.metric == .latency(operation: "reset", statistic: "max", projected: true))
+        #expect(projected.comparison == .greaterOrEqual)
+        #expect(projected.threshold == 800e9)
+    }
+
+    @Test("counter objectives apply to every policy unless one is named")
+    func counters() throws {
+        let all = try ServiceLevelObjective.parse("violations == 0").get()
+        #expect(all.policy == nil)
+        #expect(all.metric == .counter("violations"))
+        let one = try ServiceLevelObjective.parse("preserve.violations == 0").get()
+        #expect(one.policy == .preserve)
+    }
+
+    @Test("malformed objectives say what is wrong", arguments: [
+        "async.fault.p99 1ms", "async.fault.p42 < 1ms", "async.fault.p99 < 1 parsec", "nonsense.fault.p99 < 1ms", "bogus == 0",
+    ])
+    func malformed(text: String) {
+        guard case .failure(let error) = ServiceLevelObjective.parse(text) else {
+            Issue.record("'\(text)' parsed")
+            return
+        }
+        #expect(!error.message.isEmpty)
+    }
+
+    @Test("sizes and durations parse with binary and time units")
+    func quantities() {
+        #expect(Quantities.parseSize("64TiB") == 64 << 40)
+        #expect(Quantities.parseSize("1.5 GiB") == 3 << 29)
+        #expect(Quantities.parseSize("64TB") == nil)
+        #expect(Quantities.parseSize("-1GiB") == nil)
+        #expect(Quantities.formatSize(64 << 40) == "64TiB")
+        #expect(Quantities.formatSize(1536 << 20) == "1536MiB")
+        #expect(Quantities.parseDuration("250us") == 250_000)
+        #expect(Quantities.parseDuration("1ms") == 1_000_000)
+        #expect(Quantities.parseDuration("900 s") == 900e9)
+        #expect(Quantities.parseDuration("fast") == nil)
+    }
+}
