@@ -115,7 +115,7 @@ struct ScenarioParserTests {
 
     @Test("a missing required key is named")
     func missingKey() throws {
-        let error = try #require(failure(replacing: 6, with: "  coverage: random"))
+        let error = try #require(failure(replacing: 5, with: "  coverage: random"))
         #expect(error.code == .missingKey)
         #expect(error.key == "workload.vcpus")
     }
