@@ -12,6 +12,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // The simulation of KVM's TDP MMU root lifecycle. Knows nothing of networks or CLIs.
@@ -24,13 +26,25 @@ let package = Package(
             name: "ZapScenario",
             dependencies: ["ZapEngine", .product(name: "Yams", package: "Yams")]
         ),
+        // Running scenarios on the engine: vCPU threads, block-time histograms, kernel projection,
+        // reports (JSON, .hgrm, table) and objective verdicts.
+        .target(
+            name: "ZapRun",
+            dependencies: [
+                "ZapEngine", "ZapScenario",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
         // The command-line tool: parses arguments and wires the other targets together.
         .executableTarget(
             name: "zapfleet",
             dependencies: [
                 "ZapEngine",
                 "ZapScenario",
+                "ZapRun",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Release-mode micro-benchmarks of the engine's hot paths against raw memory sweeps.
@@ -45,5 +59,10 @@ let package = Package(
         ),
         .testTarget(name: "ZapEngineTests", dependencies: ["ZapEngine"]),
         .testTarget(name: "ZapScenarioTests", dependencies: ["ZapScenario"]),
+        .testTarget(name: "ZapRunTests", dependencies: [
+            "ZapRun", "ZapScenario", "ZapEngine", .product(name: "Histogram", package: "hdrhistogram-swift"),
+        ]),
+        // End-to-end tests of the built executable, run as a subprocess.
+        .testTarget(name: "ZapfleetCLITests", dependencies: ["ZapRun"]),
     ]
 )

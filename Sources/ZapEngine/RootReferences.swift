@@ -93,10 +93,15 @@ extension VirtualMachine {
     /// its table goes back to the pool once no walker can still be inside it.
     func freeRootAfterGracePeriod(_ root: Root) {
         root.advance(to: .unlinked)
+        let observer = configuration.observer
         gracePeriod.afterGracePeriod { [pool, counters] in
             pool.free(root.table)
             root.advance(to: .freed)
             counters.rootsFreed.wrappingIncrement(ordering: .relaxed)
+            let invalidatedAt = root.invalidatedAt.load(ordering: .relaxed)
+            if let observer, invalidatedAt > 0 {
+                observer.rootReclaimed(rootID: root.id, nanosecondsSinceInvalidation: monotonicNanoseconds() &- invalidatedAt)
+            }
         }
         gracePeriod.reclaim()
     }

@@ -19,6 +19,7 @@ extension VirtualMachine {
     @discardableResult
     func zapRoot(_ root: Root, mode: MMULockMode, yieldable: Bool) -> Int {
         counters.rootZaps.wrappingIncrement(ordering: .relaxed)
+        let start = monotonicNanoseconds()
         var walk = ZapWalk(vm: self, root: root, mode: mode, yieldable: yieldable)
         walk.checkReferenced()
         let rootTable = pool.table(root.table)
@@ -42,7 +43,9 @@ extension VirtualMachine {
             walk.zapEntry(rootTable, rootIndex, level: 4)
             _ = walk.finishStep()
         }
-        return walk.finish()
+        let zapped = walk.finish()
+        configuration.observer?.rootZapped(rootID: root.id, sptes: zapped, nanoseconds: monotonicNanoseconds() &- start)
+        return zapped
     }
 }
 

@@ -72,7 +72,8 @@ public final class VCPU: @unchecked Sendable {
     /// A page fault on guest frame `gfn` that maps it with a leaf of `size`.
     @discardableResult
     public func fault(gfn: UInt64, size: PageSize = .size4K, write: Bool = true) -> OperationOutcome {
-        faultLoop { root in
+        let vm = self.vm
+        return faultLoop { root in
             vm.mapFrame(root, gfn: gfn, size: size, writable: true, dirty: write)
         }
     }
@@ -80,7 +81,8 @@ public final class VCPU: @unchecked Sendable {
     /// Faults in the whole 2 MiB region containing `firstFrame` as 4 KiB leaves, in one walk.
     @discardableResult
     public func populate2MRegion(firstFrame: UInt64, write: Bool = true) -> OperationOutcome {
-        faultLoop { root in
+        let vm = self.vm
+        return faultLoop { root in
             vm.mapRegion2M(root, firstFrame: firstFrame, writable: true, dirty: write)
         }
     }
@@ -90,6 +92,9 @@ public final class VCPU: @unchecked Sendable {
     /// entry, retry.
     private func faultLoop(_ map: (Root) -> MapResult) -> OperationOutcome {
         let start = monotonicNanoseconds()
+        // One strong reference for the whole fault: every access through `unowned` is an
+        // atomic reference-count check.
+        let vm = self.vm
         var installed = 0
         var zapped = 0
         vm.counters.faults.wrappingIncrement(ordering: .relaxed)

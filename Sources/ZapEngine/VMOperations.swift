@@ -24,7 +24,12 @@ extension VirtualMachine {
         var zapped = 0
         if !injectsNoFlush {
             switch policy {
-            case .async: zapQueue?.flush()
+            case .async:
+                // The caller does not zap, but it waits while the worker does: those SPTEs are
+                // the ones its block time stands for.
+                let before = counters.sptesZapped.load(ordering: .relaxed)
+                zapQueue?.flush()
+                zapped = counters.sptesZapped.load(ordering: .relaxed) - before
             case .sync: zapped = zapRootsInvalidatedByCaller(invalidated)
             case .preserve: zapped = zapInvalidatedRoots()
             }
@@ -68,8 +73,10 @@ extension VirtualMachine {
         for vcpu in allVCPUs { zapped += vcpu.reset().sptesZappedInline }
         switch policy {
         case .async:
+            let before = counters.sptesZapped.load(ordering: .relaxed)
             zapQueue?.flush()
             zapQueue?.destroy()
+            zapped += counters.sptesZapped.load(ordering: .relaxed) - before
         case .preserve:
             // Invalidating schedules every root, so zapping the invalidated roots puts the MMU's
             // reference to each and ultimately frees them all.

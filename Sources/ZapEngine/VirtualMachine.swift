@@ -12,6 +12,8 @@ public struct VMConfiguration: Sendable {
     public var injectedBugs: Set<InjectedBug>
     /// A name for thread names and logs.
     public var name: String
+    /// Receives per-root events for measurement, if set.
+    public var observer: (any EngineObserver)?
 
     /// A configuration with the kernel's shapes as defaults.
     public init(
@@ -19,13 +21,15 @@ public struct VMConfiguration: Sendable {
         workqueueWidth: Int = 2,
         pageTableBudgetBytes: Int = 4 << 30,
         injectedBugs: Set<InjectedBug> = [],
-        name: String = "vm"
+        name: String = "vm",
+        observer: (any EngineObserver)? = nil
     ) {
         self.policy = policy
         self.workqueueWidth = workqueueWidth
         self.pageTableBudgetBytes = pageTableBudgetBytes
         self.injectedBugs = injectedBugs
         self.name = name
+        self.observer = observer
     }
 }
 
@@ -33,8 +37,9 @@ public struct VMConfiguration: Sendable {
 public struct OperationOutcome: Sendable, Equatable {
     /// Wall time from call to return: how long the vCPU (or VM ioctl) was blocked.
     public var blockedNanoseconds: UInt64
-    /// Leaf SPTEs this call zapped itself, while its caller waited (the kernel projection
-    /// multiplies these by a per-SPTE cost).
+    /// Leaf SPTEs zapped while the caller waited for them: by the call itself, or, where the
+    /// call waits for the workqueue (an `async` fast zap or teardown), by the workers meanwhile.
+    /// The kernel projection multiplies these by a per-SPTE cost.
     public var sptesZappedInline: Int
     /// Leaf SPTEs this call installed.
     public var sptesInstalled: Int

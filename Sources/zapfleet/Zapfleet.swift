@@ -11,14 +11,16 @@ struct Zapfleet: ParsableCommand {
             real threads for vCPUs and workqueue workers, and measures how long each design blocks the vCPUs.
 
             Exit codes:
-              0   every check passed
+              0   every objective met and no invariant violated
+              1   an objective (SLO) was missed
               2   an invariant was violated
-              64  bad input (command line or scenario)
+              64  bad input (command line or scenario); nothing was run
               70  internal error
+              130 interrupted (Ctrl-C); what was measured is still reported
             """,
         version: ZapfleetVersion.current,
-        subcommands: [EngineCheckCommand.self],
-        defaultSubcommand: EngineCheckCommand.self
+        subcommands: [RunCommand.self, ScenariosCommand.self, EngineCheckCommand.self],
+        defaultSubcommand: RunCommand.self
     )
 }
 

@@ -1,0 +1,78 @@
+import Histogram
+import ZapEngine
+
+/// Block-time histograms of one thread (or, merged, of a whole run): for each operation the
+/// measured time, and the kernel projection of the SPTEs the call zapped itself.
+///
+/// Each vCPU thread records into its own recorder, without locks; recorders are merged exactly
+/// (bucket by bucket) when the threads are joined.
+public struct BlockTimeRecorder: Sendable {
+    /// Measured block times, indexed by ``MeasuredOperation/rawValue``.
+    public private(set) var measured: [LatencyHistogram]
+    /// Projected kernel block times: SPTEs zapped in the caller's context × the per-SPTE cost.
+    public private(set) var projected: [LatencyHistogram]
+    /// The per-SPTE kernel cost used for projections, in nanoseconds.
+    public let kernelNanosecondsPerSPTE: Double
+    /// Whether samples are recorded at all (off only to measure the measurement's overhead).
+    public let enabled: Bool
+
+    /// Empty histograms.
+    public init(kernelNanosecondsPerSPTE: Double, enabled: Bool = true) {
+        self.kernelNanosecondsPerSPTE = kernelNanosecondsPerSPTE
+        self.enabled = enabled
+        let count = MeasuredOperation.allCases.count
+        measured = (0..<count).map { _ in .makeLatency() }
+        projected = (0..<count).map { _ in .makeLatency() }
+    }
+
+    /// Records one operation's outcome. With `expectedInterval` (a paced workload), the value is
+    /// recorded with coordinated-omission correction: a stall also stands for the samples it
+    /// prevented.
+    @inline(__always)
+    public mutating func record(_ operation: MeasuredOperation, _ outcome: OperationOutcome, expectedInterval: UInt64? = nil) {
+        guard enabled else { return }
+        let value = min(outcome.blockedNanoseconds, LatencyHistogram.highestTrackableNanoseconds)
+        if let expectedInterval {
+            _ = measured[operation.rawValue].recordCorrectedValue(value, expectedInterval: expectedInterval)
+        } else {
+            _ = measured[operation.rawValue].record(value)
+        }
+        let kernel = min(Double(outcome.sptesZappedInline) * kernelNanosecondsPerSPTE,
+                         Double(LatencyHistogram.highestTrackableNanoseconds))
+        _ = projected[operation.rawValue].record(UInt64(kernel))
+    }
+
+    /// Records a raw duration (no projection), e.g. a root's lifetime.
+    public mutating func record(_ operation: MeasuredOperation, nanoseconds: UInt64) {
+        guard enabled else { return }
+        _ = measured[operation.rawValue].record(min(nanoseconds, LatencyHistogram.highestTrackableNanoseconds))
+    }
+
+    /// Adds every sample of `other`.
+    public mutating func merge(_ other: BlockTimeRecorder) {
+        for index in measured.indices {
+            measured[index].add(other.measured[index])
+            projected[index].add(other.projected[index])
+        }
+    }
+
+    /// The measured histogram of `operation`.
+    public func histogram(_ operation: MeasuredOperation) -> LatencyHistogram { measured[operation.rawValue] }
+
+    /// The projected histogram of `operation`.
+    public func projection(_ operation: MeasuredOperation) -> LatencyHistogram { projected[operation.rawValue] }
+
+    /// Every vCPU-side block, measured (`vcpu_block`).
+    public var vcpuBlock: LatencyHistogram {
+        var merged = LatencyHistogram.makeLatency()
+        for operation in MeasuredOperation.vcpuSide { merged.add(measured[operation.rawValue]) }
+        return merged
+    }
+
+    /// Every vCPU-side block, projected.
+    public var vcpuBlockProjected: LatencyHistogram {
+        var merged = LatencyHistogram.makeLatency()
+        for operation in MeasuredOperation.vcpuSide { merged.add(projected[operation.rawValue]) }
+        return merged
+    }
+}

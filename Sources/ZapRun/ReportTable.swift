@@ -1,0 +1,85 @@
+import ZapScenario
+
+/// The side-by-side text table `zapfleet run` prints: one column per policy.
+public enum ReportTable {
+    /// Renders `report`.
+    public static func render(_ report: RunReport) -> String {
+        let columns = report.policies.map(\.policy)
+        var rows: [[String]] = []
+        func row(_ label: String, _ values: [String]) { rows.append([label] + values) }
+        func section(_ title: String) { rows.append([title]) }
+
+        section("block time (measured)")
+        for operation in ["reset", "fault", "populate", "fast_zap", "full_zap", "teardown", "root_lifetime"] {
+            let summaries = report.policies.map { $0.operations[operation]?.measured }
+            guard summaries.contains(where: { ($0?.count ?? 0) > 0 }) else { continue }
+            row("  \(operation) n", summaries.map { "\($0?.count ?? 0)" })
+            for (label, key) in [("p50", "p50"), ("p99", "p99"), ("p99.9", "p99.9"), ("max", "max")] {
+                row("    \(label)", summaries.map { summary in
+                    guard let summary, summary.count > 0, let value = summary.value(of: key) else { return "-" }
+                    return Quantities.formatDuration(value)
+                })
+            }
+        }
+        section("kernel projection (SPTEs zapped in the caller × \(Quantities.rounded(report.kernelNsPerSpte, 1)) ns)")
+        for operation in ["reset", "fast_zap", "full_zap", "teardown"] {
+            let summaries = report.policies.map { $0.operations[operation]?.projected }
+            guard summaries.contains(where: { ($0?.count ?? 0) > 0 }) else { continue }
+            row("  \(operation) max", summaries.map { summary in
+                guard let summary, summary.count > 0 else { return "-" }
+                return Quantities.formatDuration(Double(summary.maxNs))
+            })
+        }
+        section("counters")
+        let counterRows: [(String, (PolicyReport) -> String)] = [
+            ("SPTEs installed", { "\($0.counters.sptesInstalled)" }),
+            ("SPTEs zapped", { "\($0.counters.sptesZapped)" }),
+            ("tables allocated", { "\($0.counters.tablesAllocated)" }),
+            ("tables freed", { "\($0.counters.tablesFreed)" }),
+            ("tables peak", { "\($0.counters.tablesPeak) (\(Quantities.describeSize(Double($0.counters.tablesPeak) * 4096)))" }),
+            ("roots created", { "\($0.counters.rootsCreated)" }),
+            ("zap yields", { "\($0.counters.yields)" }),
+            ("work items queued", { "\($0.counters.workItemsQueued)" }),
+            ("work items rejected", { "\($0.counters.workItemsRejected)" }),
+            ("zap throughput", { "\(Quantities.rounded($0.zapThroughputSptesPerSecond / 1e6, 1)) M SPTE/s" }),
+            ("wall time", { Quantities.formatDuration($0.wallSeconds * 1e9) }),
+        ]
+        for (label, value) in counterRows { row("  \(label)", report.policies.map(value)) }
+        section("verdicts")
+        row("  violations", report.policies.map { policy in
+            policy.violations == 0 ? "0" : policy.violationsByKind.sorted { $0.key < $1.key }.map { "\($0.key)×\($0.value)" }.joined(separator: " ")
+        })
+        row("  complete", report.policies.map { $0.complete ? "yes" : "NO" })
+
+        var lines = [layout(rows, header: ["policy"] + columns)]
+        for verdict in report.objectives {
+            let shown = verdict.objective.contains("violations") || verdict.objective.contains("count")
+                ? Quantities.rounded(verdict.value, 0) : Quantities.formatDuration(verdict.value)
+            lines.append("objective \(verdict.objective) [\(verdict.policy)]: \(verdict.met ? "met" : "MISSED") (\(shown))")
+        }
+        for policy in report.policies where !policy.violationExamples.isEmpty {
+            for example in policy.violationExamples.prefix(3) { lines.append("violation [\(policy.policy)] \(example)") }
+        }
+        lines.append("verdict: \(report.verdict.summary) (exit \(report.verdict.exitCode))")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    private static func layout(_ rows: [[String]], header: [String]) -> String {
+        let all = [header] + rows
+        let columnCount = header.count
+        var widths = [Int](repeating: 0, count: columnCount)
+        for row in all where row.count == columnCount {
+            for (index, cell) in row.enumerated() { widths[index] = max(widths[index], cell.count) }
+        }
+        return all.map { row in
+            guard row.count == columnCount else { return row.joined() }
+            return row.enumerated().map { index, cell in
+                index == 0 ? cell.padding(to: widths[0]) : String(repeating: " ", count: widths[index] - cell.count) + cell
+            }.joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+}
+
+extension String {
+    fileprivate func padding(to width: Int) -> String { self + String(repeating: " ", count: max(0, width - count)) }
+}

@@ -1,0 +1,234 @@
+import Foundation
+import Histogram
+import ZapEngine
+import ZapScenario
+
+/// Percentiles of one histogram, in nanoseconds: the shape `report.json` stores.
+public struct LatencySummary: Sendable, Codable, Equatable {
+    /// Samples.
+    public var count: UInt64
+    /// Smallest value.
+    public var minNs: UInt64
+    /// Mean.
+    public var meanNs: Double
+    /// Median.
+    public var p50Ns: UInt64
+    /// 90th percentile.
+    public var p90Ns: UInt64
+    /// 99th percentile.
+    public var p99Ns: UInt64
+    /// 99.9th percentile.
+    public var p999Ns: UInt64
+    /// 99.99th percentile.
+    public var p9999Ns: UInt64
+    /// Largest value.
+    public var maxNs: UInt64
+
+    /// The summary of `histogram`.
+    public init(_ histogram: LatencyHistogram) {
+        let empty = histogram.totalCount == 0
+        count = histogram.totalCount
+        minNs = empty ? 0 : histogram.min
+        meanNs = empty ? 0 : histogram.mean
+        p50Ns = histogram.valueAtPercentile(50)
+        p90Ns = histogram.valueAtPercentile(90)
+        p99Ns = histogram.valueAtPercentile(99)
+        p999Ns = histogram.valueAtPercentile(99.9)
+        p9999Ns = histogram.valueAtPercentile(99.99)
+        maxNs = empty ? 0 : histogram.max
+    }
+
+    /// The value of statistic `name` (as objectives write it).
+    public func value(of name: String) -> Double? {
+        switch name {
+        case "count": Double(count)
+        case "min": Double(minNs)
+        case "mean": meanNs
+        case "max": Double(maxNs)
+        case "p50": Double(p50Ns)
+        case "p90": Double(p90Ns)
+        case "p99": Double(p99Ns)
+        case "p99.9": Double(p999Ns)
+        case "p99.99": Double(p9999Ns)
+        default: nil
+        }
+    }
+}
+
+/// One operation's block times: measured, and projected to the kernel.
+public struct OperationReport: Sendable, Codable, Equatable {
+    /// What the engine measured.
+    public var measured: LatencySummary
+    /// SPTEs zapped in the caller's context × the per-SPTE kernel cost.
+    public var projected: LatencySummary
+}
+
+/// Everything measured under one policy.
+public struct PolicyReport: Sendable, Codable, Equatable {
+    /// The policy.
+    public var policy: String
+    /// The kernels it models.
+    public var kernels: String
+    /// False if the run stopped early.
+    public var complete: Bool
+    /// Wall time of the policy's run.
+    public var wallSeconds: Double
+    /// Block times by operation name (``MetricCatalog/operations``).
+    public var operations: [String: OperationReport]
+    /// The engine's counters.
+    public var counters: EngineStatistics
+    /// SPTEs zapped per second of zap wall time.
+    public var zapThroughputSptesPerSecond: Double
+    /// Violations by kind.
+    public var violationsByKind: [String: Int]
+    /// Total violations.
+    public var violations: Int
+    /// Up to ten violations in full.
+    public var violationExamples: [String]
+    /// Wall time of each step.
+    public var steps: [StepTiming]
+}
+
+/// One objective's verdict.
+public struct ObjectiveVerdict: Sendable, Codable, Equatable {
+    /// The objective as written.
+    public var objective: String
+    /// The policy it was evaluated on.
+    public var policy: String
+    /// The value measured (ns for latencies).
+    public var value: Double
+    /// The threshold.
+    public var threshold: Double
+    /// Was it met?
+    public var met: Bool
+}
+
+/// The run's outcome as a nightly job reads it.
+public struct Verdict: Sendable, Codable, Equatable {
+    /// The process exit code: 0 all met, 1 an objective missed, 2 an invariant violated,
+    /// 130 interrupted (what was measured is still reported).
+    public var exitCode: Int32
+    /// Total violations over every policy.
+    public var violations: Int
+    /// Objectives missed.
+    public var objectivesMissed: Int
+    /// One sentence.
+    public var summary: String
+}
+
+/// `report.json`: a versioned, documented record of a run (README, "Report schema").
+public struct RunReport: Sendable, Codable, Equatable {
+    /// Always `zapfleet-report`.
+    public var schema: String = "zapfleet-report"
+    /// Bumped on any incompatible change.
+    public var schemaVersion: Int = RunReport.currentSchemaVersion
+    /// The version of zapfleet that wrote it.
+    public var zapfleetVersion: String
+    /// The scenario's name.
+    public var scenario: String
+    /// The scenario exactly as run, as YAML (also written as `scenario.yaml`).
+    public var scenarioYaml: String
+    /// The memslots run (the whole VM for a local run).
+    public var slice: MemorySlice
+    /// Kernel cost per SPTE used for projections.
+    public var kernelNsPerSpte: Double
+    /// When the run started (ISO 8601).
+    public var startedAt: String
+    /// Wall time of the whole run.
+    public var wallSeconds: Double
+    /// False if the run was interrupted.
+    public var complete: Bool
+    /// One entry per policy, in run order.
+    public var policies: [PolicyReport]
+    /// Every objective on every policy it applies to.
+    public var objectives: [ObjectiveVerdict]
+    /// The outcome.
+    public var verdict: Verdict
+
+    /// The schema version this build writes.
+    public static let currentSchemaVersion = 1
+
+    /// Builds the report of `runs`, evaluating `scenario`'s objectives.
+    public init(scenario: Scenario, runs: [PolicyRun], slice: MemorySlice, kernelNanosecondsPerSPTE: Double,
+                startedAt: Date, wallNanoseconds: UInt64, version: String) {
+        zapfleetVersion = version
+        self.scenario = scenario.name
+        scenarioYaml = ScenarioWriter.yaml(scenario)
+        self.slice = slice
+        kernelNsPerSpte = kernelNanosecondsPerSPTE
+        self.startedAt = ISO8601DateFormatter().string(from: startedAt)
+        wallSeconds = Double(wallNanoseconds) / 1e9
+        complete = runs.allSatisfy(\.complete) && runs.count == scenario.policies.count
+        policies = runs.map(PolicyReport.init(run:))
+        objectives = Self.evaluate(scenario.objectives, on: policies)
+        let violations = policies.reduce(0) { $0 + $1.violations }
+        let missed = objectives.filter { !$0.met }.count
+        let code: Int32 = !complete ? 130 : violations > 0 ? 2 : missed > 0 ? 1 : 0
+        let summary: String
+        switch code {
+        case 130: summary = "interrupted: the report holds what was measured before the stop"
+        case 2: summary = "\(violations) invariant violation(s)" + (missed > 0 ? " and \(missed) objective(s) missed" : "")
+        case 1: summary = "\(missed) objective(s) missed"
+        default: summary = "every objective met, no invariant violated"
+        }
+        verdict = Verdict(exitCode: code, violations: violations, objectivesMissed: missed, summary: summary)
+    }
+
+    /// Evaluates each objective on each policy it names (or on all).
+    static func evaluate(_ objectives: [ServiceLevelObjective], on policies: [PolicyReport]) -> [ObjectiveVerdict] {
+        var verdicts: [ObjectiveVerdict] = []
+        for objective in objectives {
+            for policy in policies where objective.policy == nil || objective.policy?.rawValue == policy.policy {
+                guard let value = policy.value(of: objective.metric) else { continue }
+                verdicts.append(ObjectiveVerdict(objective: objective.text, policy: policy.policy, value: value,
+                                                 threshold: objective.threshold,
+                                                 met: objective.comparison.holds(value, objective.threshold)))
+            }
+        }
+        return verdicts
+    }
+}
+
+extension PolicyReport {
+    /// The report of one policy's run.
+    public init(run: PolicyRun) {
+        policy = run.policy.rawValue
+        kernels = run.policy.kernels
+        complete = run.complete
+        wallSeconds = Double(run.wallNanoseconds) / 1e9
+        var operations: [String: OperationReport] = [:]
+        for operation in MeasuredOperation.allCases {
+            operations[operation.name] = OperationReport(
+                measured: LatencySummary(run.recorder.histogram(operation)),
+                projected: LatencySummary(run.recorder.projection(operation)))
+        }
+        operations["vcpu_block"] = OperationReport(measured: LatencySummary(run.recorder.vcpuBlock),
+                                                   projected: LatencySummary(run.recorder.vcpuBlockProjected))
+        self.operations = operations
+        counters = run.statistics
+        zapThroughputSptesPerSecond = run.zapThroughput
+        violationsByKind = Dictionary(uniqueKeysWithValues: run.violationCounts.map { ($0.key.rawValue, $0.value) })
+        violations = run.violationCounts.values.reduce(0, +)
+        violationExamples = run.violations.prefix(10).map(\.description)
+        steps = run.steps
+    }
+
+    /// The value an objective's metric names, if this report has it.
+    public func value(of metric: ServiceLevelObjective.Metric) -> Double? {
+        switch metric {
+        case .latency(let operation, let statistic, let projected):
+            guard let report = operations[operation] else { return nil }
+            return (projected ? report.projected : report.measured).value(of: statistic)
+        case .counter(let name):
+            switch name {
+            case "violations": return Double(violations)
+            case "sptes_installed": return Double(counters.sptesInstalled)
+            case "sptes_zapped": return Double(counters.sptesZapped)
+            case "tables_leaked": return Double(counters.tablesLive)
+            case "work_items_rejected": return Double(counters.workItemsRejected)
+            case "yields": return Double(counters.yields)
+            default: return nil
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+import Atomics
+import ZapEngine
+import ZapScenario
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How to run a scenario.
+public struct RunOptions: Sendable {
+    /// Kernel cost of zapping one SPTE, for the projection (the seed's 900 s / 2^34 ≈ 52 ns).
+    public var kernelNanosecondsPerSPTE: Double
+    /// Record block times (off only to measure the measurement's own overhead).
+    public var measure: Bool
+    /// The memslots to run; nil for the whole VM.
+    public var slice: MemorySlice?
+    /// Set to stop early; the run still tears down and reports.
+    public var cancellation: CancellationFlag
+    /// Called from a monitor thread every `progressInterval` while a policy runs.
+    public var progress: (@Sendable (RunProgress) -> Void)?
+    /// How often `progress` is called, in nanoseconds.
+    public var progressInterval: UInt64
+
+    /// Options with the seed's projection cost and measurement on.
+    public init(kernelNanosecondsPerSPTE: Double = 52, measure: Bool = true, slice: MemorySlice? = nil,
+                cancellation: CancellationFlag = CancellationFlag(),
+                progress: (@Sendable (RunProgress) -> Void)? = nil, progressInterval: UInt64 = 500_000_000) {
+        self.kernelNanosecondsPerSPTE = kernelNanosecondsPerSPTE
+        self.measure = measure
+        self.slice = slice
+        self.cancellation = cancellation
+        self.progress = progress
+        self.progressInterval = progressInterval
+    }
+}
+
+/// Where a run is, for progress displays.
+public struct RunProgress: Sendable {
+    /// The policy running.
+    public var policy: ZapPolicy
+    /// The step running, 1-based, and how many the timeline has (repeats included).
+    public var step: Int
+    /// Steps in all.
+    public var steps: Int
+    /// The step's name.
+    public var stepName: String
+    /// Leaf SPTEs installed so far in this policy's VM.
+    public var sptesInstalled: Int
+    /// Leaf SPTEs zapped so far.
+    public var sptesZapped: Int
+    /// SPTEs one population of the VM (or slice) installs, for an ETA.
+    public var sptesPerPopulation: Int
+    /// Time since the policy started.
+    public var elapsedNanoseconds: UInt64
+}
+
+/// How long one step took.
+public struct StepTiming: Sendable, Codable, Equatable {
+    /// The step's name.
+    public var name: String
+    /// Its wall time.
+    public var nanoseconds: UInt64
+}
+
+/// What one policy's run of a scenario measured.
+public struct PolicyRun: Sendable {
+    /// The policy.
+    public var policy: ZapPolicy
+    /// Block-time histograms, measured and projected, root lifetimes included.
+    public var recorder: BlockTimeRecorder
+    /// The VM's counters after teardown.
+    public var statistics: EngineStatistics
+    /// Violations kept by the checker.
+    public var violations: [Violation]
+    /// Every violation seen, by kind.
+    public var violationCounts: [Violation.Kind: Int]
+    /// Wall time of each step.
+    public var steps: [StepTiming]
+    /// Wall time of the whole policy run.
+    public var wallNanoseconds: UInt64
+    /// False if the run was cancelled before the timeline ended.
+    public var complete: Bool
+    /// SPTEs zapped per second of zap wall time.
+    public var zapThroughput: Double
+}
+
+/// Runs a scenario's timeline on the engine, one policy at a time, with a real thread per vCPU.
+public final class ScenarioRunner: Sendable {
+    /// The scenario.
+    public let scenario: Scenario
+    /// The options.
+    public let options: RunOptions
+    private let slice: MemorySlice
+
+    /// A runner for `scenario`.
+    public init(scenario: Scenario, options: RunOptions = RunOptions()) {
+        self.scenario = scenario
+        self.options = options
+        self.slice = options.slice ?? .whole(scenario)
+    }
+
+    /// The steps in execution order: the timeline without teardown, `repeat` times, then teardown.
+    public var expandedTimeline: [TimelineStep] {
+        let body = scenario.timeline.filter { $0 != .teardown }
+        return Array(repeating: body, count: scenario.repeatCount).flatMap { $0 } + [.teardown]
+    }
+
+    /// Runs the timeline under `policy` and returns what it measured.
+    public func run(policy: ZapPolicy) throws -> PolicyRun {
+        let layout = GuestLayout(scenario: scenario, slice: slice)
+        let sliceBytes = UInt64(slice.slotCount) * scenario.vm.memslotBytes
+        let estimate = MemoryEstimate.estimate(scenario, bytes: sliceBytes)
+        let observer = RunObserver(kernelNanosecondsPerSPTE: options.kernelNanosecondsPerSPTE, enabled: options.measure)
+        // The pool only reserves address space; pages are backed as tables are built.
+        let budget = Int(min(max(estimate.peakBytes * 2, 256 << 20), 1 << 46))
+        let vm = try VirtualMachine(configuration: VMConfiguration(
+            policy: policy, workqueueWidth: scenario.workqueueWidth, pageTableBudgetBytes: budget,
+            injectedBugs: Set(scenario.injectedBugs), name: policy.rawValue, observer: observer))
+        let vcpus = (0..<scenario.workload.vcpus).map { _ in vm.makeVCPU() }
+        var deleted = [Bool](repeating: false, count: slice.slotCount)
+        var recorder = BlockTimeRecorder(kernelNanosecondsPerSPTE: options.kernelNanosecondsPerSPTE, enabled: options.measure)
+        var timings: [StepTiming] = []
+        let steps = expandedTimeline
+        let start = monotonicNanoseconds()
+        let currentStep = ManagedAtomic<Int>(0)
+        let monitor = progressMonitor(vm: vm, policy: policy, steps: steps, currentStep: currentStep, start: start,
+                                      sptesPerPopulation: Int(sliceBytes >> 12))
+        var complete = true
+
+        for (index, step) in steps.enumerated() {
+            if step != .teardown && options.cancellation.isCancelled {
+                complete = false
+                continue
+            }
+            currentStep.store(index, ordering: .relaxed)
+            let stepStart = monotonicNanoseconds()
+            switch step {
+            case .populate:
+                let deletedNow = deleted
+                recorder.merge(onEveryVCPU(vcpus, step: index) { vcpu, id, recorder, _ in
+                    self.populate(vcpu, id: id, layout: layout, deleted: deletedNow, into: &recorder)
+                })
+            case .run(let faults):
+                let deletedNow = deleted
+                recorder.merge(onEveryVCPU(vcpus, step: index) { vcpu, id, recorder, seed in
+                    self.fault(vcpu, id: id, count: faults, seed: seed, layout: layout, deleted: deletedNow, into: &recorder)
+                })
+            case .resetVCPUs:
+                recorder.merge(onEveryVCPU(vcpus, step: index) { vcpu, _, recorder, _ in
+                    recorder.record(.reset, vcpu.reset())
+                })
+            case .deleteMemslots(let fraction):
+                var generator = SplitMix64(seed: scenario.seed ^ UInt64(index) &* 0xD1B5_4A32_D192_ED03)
+                var live = deleted.indices.filter { !deleted[$0] }
+                let count = fraction == 0 ? 0 : min(live.count, max(1, Int((fraction * Double(live.count)).rounded())))
+                for chosen in 0..<count {
+                    if options.cancellation.isCancelled { complete = false; break }
+                    let pick = chosen + Int(generator.next() % UInt64(live.count - chosen))
+                    live.swapAt(chosen, pick)
+                    deleted[live[chosen]] = true
+                    recorder.record(.fastZap, vm.fastZap())
+                }
+            case .fullZap:
+                recorder.record(.fullZap, vm.fullZap())
+            case .teardown:
+                recorder.record(.teardown, vm.teardown())
+            }
+            timings.append(StepTiming(name: step.name, nanoseconds: monotonicNanoseconds() &- stepStart))
+        }
+        monitor?.stop()
+        recorder.merge(observer.lifetimes)
+        let throughput = observer.zapThroughput
+        return PolicyRun(
+            policy: policy, recorder: recorder, statistics: vm.statistics,
+            violations: vm.checker.violations, violationCounts: vm.checker.countsByKind,
+            steps: timings, wallNanoseconds: monotonicNanoseconds() &- start, complete: complete,
+            zapThroughput: throughput.nanoseconds == 0 ? 0 : Double(throughput.sptes) * 1e9 / Double(throughput.nanoseconds))
+    }
+
+    // MARK: - Steps
+
+    /// Runs `body` for every vCPU on its own thread, each with its own recorder, and merges them.
+    private func onEveryVCPU(
+        _ vcpus: [VCPU], step: Int,
+        _ body: @escaping @Sendable (VCPU, Int, inout BlockTimeRecorder, UInt64) -> Void
+    ) -> BlockTimeRecorder {
+        let results = RecorderSlots(count: vcpus.count)
+        let cost = options.kernelNanosecondsPerSPTE
+        let measure = options.measure
+        let seed = scenario.seed
+        let threads = vcpus.enumerated().map { id, vcpu in
+            OSThread(name: "vcpu\(id)") {
+                var recorder = BlockTimeRecorder(kernelNanosecondsPerSPTE: cost, enabled: measure)
+                body(vcpu, id, &recorder, seed ^ (UInt64(step) << 32) ^ UInt64(id))
+                results.store(id, recorder)
+            }
+        }
+        for thread in threads { thread.join() }
+        return results.merged(kernelNanosecondsPerSPTE: cost, enabled: measure)
+    }
+
+    /// Faults in the vCPU's part of memory, region by region, as the page mix says; then, for a
+    /// vCPU that runs in SMM, its share of SMRAM in the SMM address space.
+    private func populate(_ vcpu: VCPU, id: Int, layout: GuestLayout, deleted: [Bool], into recorder: inout BlockTimeRecorder) {
+        if vcpu.addressSpace != .normal { vcpu.switchAddressSpace(to: .normal) }
+        let part = layout.part(of: id)
+        let order = Permutation(count: part.count, seed: scenario.seed ^ UInt64(id), shuffled: scenario.workload.coverage == .random)
+        let touched = Int((Double(part.count) * scenario.workload.touched).rounded(.up))
+        for position in 0..<min(touched, part.count) {
+            if position & 63 == 0 && options.cancellation.isCancelled { return }
+            let region = part.lowerBound + order[position]
+            guard !deleted[layout.slot(ofRegion: region) - slice.firstSlot] else { continue }
+            guard let size = layout.pageSize(ofRegion: region) else { continue }
+            let frame = UInt64(region) << 9
+            switch size {
+            case .size4K: recorder.record(.populate, vcpu.populate2MRegion(firstFrame: frame))
+            case .size2M, .size1G: recorder.record(.fault, vcpu.fault(gfn: frame, size: size))
+            }
+        }
+        guard let smram = layout.smramPart(of: id) else { return }
+        vcpu.switchAddressSpace(to: .smm)
+        for region in smram {
+            if options.cancellation.isCancelled { return }
+            recorder.record(.populate, vcpu.populate2MRegion(firstFrame: UInt64(region) << 9))
+        }
+    }
+
+    /// Single 4 KiB faults at random addresses of the vCPU's current memory, paced if asked.
+    private func fault(_ vcpu: VCPU, id: Int, count: Int, seed: UInt64, layout: GuestLayout, deleted: [Bool],
+                       into recorder: inout BlockTimeRecorder) {
+        var generator = SplitMix64(seed: seed)
+        let range = vcpu.addressSpace == .smm ? (layout.smramPart(of: id) ?? layout.part(of: id)) : layout.part(of: id)
+        guard !range.isEmpty else { return }
+        var interval: UInt64?
+        if case .faultsPerSecond(let rate) = scenario.workload.pacing { interval = UInt64(1e9 / rate) }
+        let start = monotonicNanoseconds()
+        for index in 0..<count {
+            if index & 255 == 0 && options.cancellation.isCancelled { return }
+            if let interval {
+                let due = start &+ UInt64(index) &* interval
+                let now = monotonicNanoseconds()
+                if due > now { sleepNanoseconds(due - now) }
+            }
+            var region = range.lowerBound + Int(generator.next() % UInt64(range.count))
+            if vcpu.addressSpace == .normal {
+                // A deleted memslot has no memory to fault; try a few other regions.
+                var attempts = 0
+                while deleted[layout.slot(ofRegion: region) - slice.firstSlot] && attempts < 8 {
+                    region = range.lowerBound + Int(generator.next() % UInt64(range.count))
+                    attempts += 1
+                }
+                if deleted[layout.slot(ofRegion: region) - slice.firstSlot] { continue }
+            }
+            let frame = UInt64(region) << 9 | (generator.next() & 511)
+            recorder.record(.fault, vcpu.fault(gfn: frame, size: .size4K, write: generator.next() & 1 == 0),
+                            expectedInterval: interval)
+        }
+    }
+
+    // MARK: - Progress
+
+    private func progressMonitor(vm: VirtualMachine, policy: ZapPolicy, steps: [TimelineStep],
+                                 currentStep: ManagedAtomic<Int>, start: UInt64, sptesPerPopulation: Int) -> ProgressMonitor? {
+        guard let callback = options.progress else { return nil }
+        let interval = options.progressInterval
+        return ProgressMonitor(interval: interval) {
+            let stats = vm.statistics
+            let index = currentStep.load(ordering: .relaxed)
+            callback(RunProgress(policy: policy, step: index + 1, steps: steps.count, stepName: steps[index].name,
+                                 sptesInstalled: stats.sptesInstalled, sptesZapped: stats.sptesZapped,
+                                 sptesPerPopulation: sptesPerPopulation,
+                                 elapsedNanoseconds: monotonicNanoseconds() &- start))
+        }
+    }
+}
+
+/// Calls `tick` every `interval` on its own thread until stopped.
+final class ProgressMonitor: @unchecked Sendable {
+    private let stopped = ManagedAtomic<Bool>(false)
+    private var thread: OSThread?
+
+    init(interval: UInt64, tick: @escaping @Sendable () -> Void) {
+        thread = OSThread(name: "progress") { [stopped] in
+            while !stopped.load(ordering: .relaxed) {
+                var slept: UInt64 = 0
+                while slept < interval && !stopped.load(ordering: .relaxed) {
+                    sleepNanoseconds(min(50_000_000, interval - slept))
+                    slept += 50_000_000
+                }
+                if !stopped.load(ordering: .relaxed) { tick() }
+            }
+        }
+    }
+
+    func stop() {
+        stopped.store(true, ordering: .relaxed)
+        thread?.join()
+    }
+}
+
+/// Per-vCPU recorders, stored once by each thread.
+private final class RecorderSlots: @unchecked Sendable {
+    private let mutex = PThreadMutex()
+    private var slots: [BlockTimeRecorder?]
+
+    init(count: Int) { slots = Array(repeating: nil, count: count) }
+
+    func store(_ index: Int, _ recorder: BlockTimeRecorder) { mutex.withLock { slots[index] = recorder } }
+
+    func merged(kernelNanosecondsPerSPTE: Double, enabled: Bool) -> BlockTimeRecorder {
+        mutex.withLock {
+            var total = BlockTimeRecorder(kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, enabled: enabled)
+            for case let recorder? in slots { total.merge(recorder) }
+            return total
+        }
+    }
+}
+
+func sleepNanoseconds(_ nanoseconds: UInt64) {
+    var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+    var remaining = timespec()
+    while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
+}

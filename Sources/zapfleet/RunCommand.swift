@@ -1,0 +1,233 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import ZapEngine
+import ZapRun
+import ZapScenario
+
+/// `zapfleet run`: runs a scenario on this machine, every policy side by side, and reports.
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a scenario on this machine and compare the policies side by side.",
+        discussion: """
+            SCENARIO is a built-in name (see `zapfleet scenarios`) or a YAML file; the default is `quick`. \
+            Options override the scenario. The table goes to standard output; progress goes to standard \
+            error (a live line on a terminal, log lines otherwise).
+
+            --out DIR writes report.json (schema in the README), one .hgrm percentile distribution per \
+            histogram (values in microseconds) and scenario.yaml, the exact scenario run.
+
+            Exit codes: 0 every objective met and no invariant violated; 1 an objective missed; \
+            2 an invariant violated; 64 bad input (nothing was run); 70 internal error; \
+            130 interrupted by Ctrl-C (what was measured is still reported, marked incomplete).
+
+            Examples:
+              zapfleet run
+              zapfleet run max-guest-memory --policy sync --policy async --out runs/mgm
+              zapfleet run quick --inject double-queue
+            """
+    )
+
+    @Argument(help: "Built-in scenario name or YAML file.")
+    var scenario: String = "quick"
+
+    @Option(help: "Run only this policy; repeat for several (sync, async, preserve).")
+    var policy: [ZapPolicy] = []
+
+    @Option(help: "Number of vCPU threads.")
+    var vcpus: Int?
+
+    @Option(help: "Guest memory, e.g. 64GiB (a whole number of memslots).")
+    var size: String?
+
+    @Option(help: "Re-create a known bug: \(InjectedBug.allCases.map(\.rawValue).joined(separator: ", ")). Repeatable.")
+    var inject: [InjectedBug] = []
+
+    @Option(help: "Seed of every random choice.")
+    var seed: UInt64?
+
+    @Option(help: "Directory to write report.json, .hgrm files and scenario.yaml into.")
+    var out: String?
+
+    @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection column (the seed's 900 s / 2^34).")
+    var kernelSpteNs: Double = 52
+
+    @Option(help: "Refuse runs whose page tables would need more than this (default: 80% of available memory).")
+    var maxMemory: String?
+
+    @Flag(help: "No progress output.")
+    var quiet = false
+
+    @Flag(help: .hidden)
+    var noMeasure = false
+
+    func validate() throws {
+        if let vcpus, vcpus < 1 || vcpus > 4096 { throw ValidationError("--vcpus must be between 1 and 4096, got \(vcpus)") }
+        if let size, Quantities.parseSize(size) == nil {
+            throw ValidationError("--size '\(size)' is not a size; write a number and a binary unit (e.g. 64GiB, 2TiB)")
+        }
+        if let maxMemory, Quantities.parseSize(maxMemory) == nil {
+            throw ValidationError("--max-memory '\(maxMemory)' is not a size; write a number and a binary unit (e.g. 16GiB)")
+        }
+        guard kernelSpteNs > 0 && kernelSpteNs.isFinite else { throw ValidationError("--kernel-spte-ns must be above 0") }
+    }
+
+    func run() throws {
+        let logger = Logger(label: "zapfleet.run")
+        let resolved: Scenario
+        do {
+            resolved = try applyOverrides(to: try ScenarioCatalog.load(scenario))
+        } catch {
+            printError(error.description)
+            throw ZapfleetExitCode.badInput
+        }
+        let estimate = MemoryEstimate.estimate(resolved)
+        let limit = maxMemory.flatMap(Quantities.parseSize) ?? SystemMemory.defaultLimit
+        if estimate.peakBytes > limit {
+            printError("""
+                \(resolved.name): the page tables of \(Quantities.formatSize(resolved.vm.memoryBytes)) need about \
+                \(Quantities.describeSize(Double(estimate.peakBytes))), more than the limit of \(Quantities.describeSize(Double(limit))). \
+                Run it on a fleet, where it is cut into shards (`zapfleet coordinator`), use a smaller --size, \
+                or raise --max-memory if this machine really has the memory.
+                """)
+            throw ZapfleetExitCode.badInput
+        }
+
+        let cancellation = CancellationFlag()
+        let interrupt = InterruptHandler { cancellation.cancel() }
+        defer { interrupt.cancel() }
+        let progress = quiet ? nil : ProgressReporter(logger: logger)
+        var options = RunOptions(kernelNanosecondsPerSPTE: kernelSpteNs, measure: !noMeasure, cancellation: cancellation)
+        if let progress {
+            options.progress = { @Sendable update in progress.update(update) }
+        }
+        let runner = ScenarioRunner(scenario: resolved, options: options)
+        if !quiet {
+            logger.info("running \(resolved.name): \(Quantities.formatSize(resolved.vm.memoryBytes)), \(resolved.workload.vcpus) vCPUs, policies \(resolved.policies.map(\.rawValue).joined(separator: ", ")), page tables ≈ \(Quantities.describeSize(Double(estimate.peakBytes)))")
+        }
+        let started = Date()
+        let start = monotonicNanoseconds()
+        var runs: [PolicyRun] = []
+        for policy in resolved.policies {
+            if cancellation.isCancelled { break }
+            do {
+                runs.append(try runner.run(policy: policy))
+            } catch {
+                printError("internal error running \(policy): \(error)")
+                throw ZapfleetExitCode.internalError
+            }
+            progress?.finish(runs.last!)
+        }
+        let report = RunReport(scenario: resolved, runs: runs, slice: .whole(resolved), kernelNanosecondsPerSPTE: kernelSpteNs,
+                               startedAt: started, wallNanoseconds: monotonicNanoseconds() - start, version: ZapfleetVersion.current)
+        print("zapfleet run \(resolved.name): \(Quantities.formatSize(resolved.vm.memoryBytes)), \(resolved.workload.vcpus) vCPUs, seed \(resolved.seed)")
+        print(ReportTable.render(report), terminator: "")
+        if let out {
+            do {
+                let files = try ReportFiles.write(report, runs: runs, to: out)
+                print("wrote \(files.count) files to \(out)")
+            } catch {
+                printError("cannot write the report to \(out): \(error.localizedDescription)")
+                throw ZapfleetExitCode.internalError
+            }
+        }
+        if report.verdict.exitCode != 0 { throw ExitCode(report.verdict.exitCode) }
+    }
+
+    /// The scenario with the command line's overrides, validated as a file would be.
+    private func applyOverrides(to base: Scenario) throws(ScenarioError) -> Scenario {
+        var scenario = base
+        if !policy.isEmpty { scenario.policies = policy }
+        if let vcpus { scenario.workload.vcpus = vcpus }
+        if let size, let bytes = Quantities.parseSize(size) { scenario.vm.memoryBytes = bytes }
+        if !inject.isEmpty { scenario.injectedBugs = inject }
+        if let seed { scenario.seed = seed }
+        // Objectives naming a policy that is no longer run are dropped with the policy.
+        scenario.objectives = scenario.objectives.filter { $0.policy.map(scenario.policies.contains) ?? true }
+        return try ScenarioParser.parse(ScenarioWriter.yaml(scenario), file: "\(self.scenario) (with command-line overrides)")
+    }
+}
+
+/// Where the machine's memory limit comes from.
+enum SystemMemory {
+    /// 80% of `MemAvailable` from /proc/meminfo, or 8 GiB if it cannot be read.
+    static var defaultLimit: UInt64 {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
+              let kib = UInt64(line.split(separator: " ").dropFirst().first ?? "") else { return 8 << 30 }
+        return kib * 1024 / 5 * 4
+    }
+}
+
+/// Turns SIGINT and SIGTERM into a cancellation instead of death, so the run can report.
+final class InterruptHandler: @unchecked Sendable {
+    private var sources: [DispatchSourceSignal] = []
+
+    init(_ handler: @escaping @Sendable () -> Void) {
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                FileHandle.standardError.write(Data("\nzapfleet: stopping; tearing down and writing what was measured\n".utf8))
+                handler()
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    func cancel() {
+        for source in sources { source.cancel() }
+    }
+}
+
+/// Progress on standard error: a live line on a terminal, log lines otherwise.
+final class ProgressReporter: @unchecked Sendable {
+    private let logger: Logger
+    private let terminal = isatty(STDERR_FILENO) == 1
+    private let mutex = PThreadMutex()
+    private var lastInstalled = 0
+    private var lastZapped = 0
+    private var lastTime: UInt64 = 0
+
+    init(logger: Logger) { self.logger = logger }
+
+    func update(_ progress: RunProgress) {
+        mutex.withLock {
+            let seconds = Double(progress.elapsedNanoseconds - lastTime) / 1e9
+            let installRate = seconds > 0 ? Double(progress.sptesInstalled - lastInstalled) / seconds : 0
+            let zapRate = seconds > 0 ? Double(progress.sptesZapped - lastZapped) / seconds : 0
+            (lastInstalled, lastZapped, lastTime) = (progress.sptesInstalled, progress.sptesZapped, progress.elapsedNanoseconds)
+            var line = "\(progress.policy) step \(progress.step)/\(progress.steps) \(progress.stepName): "
+                + "mapped \(Quantities.describeSize(Double(progress.sptesInstalled) * 4096)) "
+                + "(\(Quantities.rounded(installRate / 1e6, 1)) M SPTE/s), "
+                + "zapped \(Quantities.describeSize(Double(progress.sptesZapped) * 4096)) "
+                + "(\(Quantities.rounded(zapRate / 1e6, 1)) M SPTE/s), \(Quantities.formatDuration(Double(progress.elapsedNanoseconds)))"
+            if progress.stepName == "populate" && installRate > 0 {
+                let remaining = Double(progress.sptesPerPopulation - progress.sptesInstalled % max(1, progress.sptesPerPopulation))
+                line += ", step ETA \(Quantities.formatDuration(remaining / installRate * 1e9))"
+            }
+            if terminal {
+                FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
+            } else {
+                logger.info("\(line)")
+            }
+        }
+    }
+
+    func finish(_ run: PolicyRun) {
+        mutex.withLock {
+            if terminal { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            let violations = run.violationCounts.values.reduce(0, +)
+            logger.info("\(run.policy) done in \(Quantities.formatDuration(Double(run.wallNanoseconds))): \(run.statistics.sptesZapped) SPTEs zapped, \(violations) violation(s)\(run.complete ? "" : ", INCOMPLETE")")
+            (lastInstalled, lastZapped, lastTime) = (0, 0, 0)
+        }
+    }
+}
+
+/// Writes `message` to standard error.
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data(("zapfleet: " + message + "\n").utf8))
+}

@@ -1,0 +1,123 @@
+import Foundation
+import Testing
+@testable import ZapRun
+
+/// `zapfleet` as a user runs it: a subprocess, its exit code, its output and its files.
+@Suite("zapfleet command line", .serialized, .timeLimit(.minutes(10)))
+struct RunCommandTests {
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Runs the built `zapfleet` with `arguments`; returns exit code, standard output and error.
+    static func zapfleet(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
+        let binary = packageRoot.appendingPathComponent(".build/debug/zapfleet")
+        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+            throw CLIError("\(binary.path) is missing: build with `swift build --build-tests` (./test does)")
+        }
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        let errData = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+
+    static func temporaryDirectory() -> String {
+        let path = NSTemporaryDirectory() + "zapfleet-test-\(UUID().uuidString)"
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    @Test("`zapfleet run quick` exits 0, balances its counters, and shows sync's reset blocking far longer than async's")
+    func quickEndToEnd() throws {
+        let directory = Self.temporaryDirectory()
+        let result = try Self.zapfleet(["run", "quick", "--out", directory])
+        #expect(result.status == 0, "\(result.out)\n\(result.err)")
+        #expect(result.out.contains("verdict: every objective met"))
+        let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
+        #expect(report.complete)
+        #expect(report.schemaVersion == RunReport.currentSchemaVersion)
+        #expect(Set(report.policies.map(\.policy)) == ["sync", "async", "preserve"])
+        for policy in report.policies {
+            #expect(policy.counters.sptesInstalled == policy.counters.sptesZapped, "\(policy.policy)")
+            #expect(policy.counters.tablesLive == 0, "\(policy.policy)")
+            #expect(policy.counters.tablesAllocated == policy.counters.tablesFreed, "\(policy.policy)")
+        }
+        let sync = try #require(report.policies.first { $0.policy == "sync" }?.operations["reset"])
+        let async = try #require(report.policies.first { $0.policy == "async" }?.operations["reset"])
+        #expect(sync.measured.maxNs >= 5 * async.measured.maxNs, "sync \(sync.measured.maxNs) ns vs async \(async.measured.maxNs) ns")
+        #expect(sync.projected.maxNs > 0 && async.projected.maxNs == 0)
+        // Every histogram file, and the scenario to re-run it.
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory)
+        #expect(files.contains("scenario.yaml"))
+        #expect(files.contains("async-reset.hgrm"))
+        #expect(files.contains("sync-reset.projected.hgrm"))
+    }
+
+    @Test("an injected double queue exits 2 and names the violation in the report")
+    func injectedDoubleQueue() throws {
+        let directory = Self.temporaryDirectory()
+        // Two defunct roots (normal, 8 GiB; SMM, 4 GiB) behind one worker. Whichever runs first
+        // takes at least three 1 GiB steps; the other is queued at the first step boundary and
+        // the memslot deletion right after the reset gets mmu_lock at the next one, so it finds
+        // the other root still pending and, with the bug, queues it again.
+        let scenario = directory + "/double-queue.yaml"
+        try """
+            name: double-queue
+            vm: {memory: 8GiB, smm: true, smram: 4GiB}
+            workload: {vcpus: 2}
+            timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.25}}]
+            policies: [async]
+            workqueue_width: 1
+            """.write(toFile: scenario, atomically: true, encoding: .utf8)
+        let result = try Self.zapfleet(["run", scenario, "--inject", "double-queue", "--out", directory])
+        #expect(result.status == 2, "\(result.out)\n\(result.err)")
+        let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
+        let async = try #require(report.policies.first)
+        #expect(async.violationsByKind["double-queue", default: 0] > 0, "\(async.violationsByKind)")
+        #expect(async.violationsByKind["root-leaked", default: 0] > 0)
+        #expect(report.verdict.exitCode == 2)
+        #expect(result.out.contains("double-queue"))
+    }
+
+    @Test("bad input exits 64 with the file, line and key, and runs nothing")
+    func badScenario() throws {
+        let directory = Self.temporaryDirectory()
+        let path = directory + "/bad.yaml"
+        try "name: bad\nvm:\n  memory: 64TB\nworkload: {vcpus: 1}\ntimeline: [populate]\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let result = try Self.zapfleet(["run", path, "--out", directory + "/out"])
+        #expect(result.status == 64)
+        #expect(result.err.contains("bad.yaml:3: vm.memory"))
+        #expect(!FileManager.default.fileExists(atPath: directory + "/out/report.json"))
+
+        let unknownPolicy = try Self.zapfleet(["run", "--policy", "lazy"])
+        #expect(unknownPolicy.status == 64)
+    }
+
+    @Test("a run that needs more memory than allowed is refused with the estimate and what to do")
+    func tooLarge() throws {
+        let result = try Self.zapfleet(["run", "seed-64t", "--max-memory", "16GiB"])
+        #expect(result.status == 64)
+        #expect(result.err.contains("128 GiB") || result.err.contains("256 GiB"), "\(result.err)")
+        #expect(result.err.contains("coordinator"))
+    }
+
+    @Test("`zapfleet scenarios` lists every built-in and --show prints parseable YAML")
+    func scenarios() throws {
+        let list = try Self.zapfleet(["scenarios"])
+        #expect(list.status == 0)
+        for name in ["quick", "seed-64t", "max-guest-memory", "smm"] { #expect(list.out.contains(name)) }
+        let shown = try Self.zapfleet(["scenarios", "--show", "smm"])
+        #expect(shown.status == 0)
+        #expect(shown.out.contains("smm: true"))
+    }
+}
+
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
