@@ -51,7 +51,7 @@ let package = Package(
         .executableTarget(
             name: "zapfleet-bench",
             dependencies: [
-                "ZapEngine",
+                "ZapEngine", "ZapScenario", "ZapRun",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

@@ -9,8 +9,11 @@ import ZapEngine
 public struct BlockTimeRecorder: Sendable {
     /// Measured block times, indexed by ``MeasuredOperation/rawValue``.
     public private(set) var measured: [LatencyHistogram]
-    /// Projected kernel block times: SPTEs zapped in the caller's context × the per-SPTE cost.
-    public private(set) var projected: [LatencyHistogram]
+    /// Projected kernel block times above zero: SPTEs zapped while the caller waited × the
+    /// per-SPTE cost. Most operations zap nothing; their zeros are counted in `zeroProjections`
+    /// and added when the histogram is read, so that the common sample costs one record.
+    private var projected: [LatencyHistogram]
+    private var zeroProjections: [UInt64]
     /// The per-SPTE kernel cost used for projections, in nanoseconds.
     public let kernelNanosecondsPerSPTE: Double
     /// Whether samples are recorded at all (off only to measure the measurement's overhead).
@@ -23,6 +26,7 @@ public struct BlockTimeRecorder: Sendable {
         let count = MeasuredOperation.allCases.count
         measured = (0..<count).map { _ in .makeLatency() }
         projected = (0..<count).map { _ in .makeLatency() }
+        zeroProjections = [UInt64](repeating: 0, count: count)
     }
 
     /// Records one operation's outcome. With `expectedInterval` (a paced workload), the value is
@@ -37,9 +41,13 @@ public struct BlockTimeRecorder: Sendable {
         } else {
             _ = measured[operation.rawValue].record(value)
         }
-        let kernel = min(Double(outcome.sptesZappedInline) * kernelNanosecondsPerSPTE,
-                         Double(LatencyHistogram.highestTrackableNanoseconds))
-        _ = projected[operation.rawValue].record(UInt64(kernel))
+        if outcome.sptesZappedInline == 0 {
+            zeroProjections[operation.rawValue] &+= 1
+        } else {
+            let kernel = min(Double(outcome.sptesZappedInline) * kernelNanosecondsPerSPTE,
+                             Double(LatencyHistogram.highestTrackableNanoseconds))
+            _ = projected[operation.rawValue].record(UInt64(kernel))
+        }
     }
 
     /// Records a raw duration (no projection), e.g. a root's lifetime.
@@ -53,6 +61,7 @@ public struct BlockTimeRecorder: Sendable {
         for index in measured.indices {
             measured[index].add(other.measured[index])
             projected[index].add(other.projected[index])
+            zeroProjections[index] &+= other.zeroProjections[index]
         }
     }
 
@@ -60,7 +69,12 @@ public struct BlockTimeRecorder: Sendable {
     public func histogram(_ operation: MeasuredOperation) -> LatencyHistogram { measured[operation.rawValue] }
 
     /// The projected histogram of `operation`.
-    public func projection(_ operation: MeasuredOperation) -> LatencyHistogram { projected[operation.rawValue] }
+    public func projection(_ operation: MeasuredOperation) -> LatencyHistogram {
+        var histogram = projected[operation.rawValue]
+        let zeros = zeroProjections[operation.rawValue]
+        if zeros > 0 { _ = histogram.record(0, count: zeros) }
+        return histogram
+    }
 
     /// Every vCPU-side block, measured (`vcpu_block`).
     public var vcpuBlock: LatencyHistogram {
@@ -72,7 +86,7 @@ public struct BlockTimeRecorder: Sendable {
     /// Every vCPU-side block, projected.
     public var vcpuBlockProjected: LatencyHistogram {
         var merged = LatencyHistogram.makeLatency()
-        for operation in MeasuredOperation.vcpuSide { merged.add(projected[operation.rawValue]) }
+        for operation in MeasuredOperation.vcpuSide { merged.add(projection(operation)) }
         return merged
     }
 }

@@ -21,7 +21,7 @@ public enum ReportTable {
                 })
             }
         }
-        section("kernel projection (SPTEs zapped in the caller × \(Quantities.rounded(report.kernelNsPerSpte, 1)) ns)")
+        section("kernel projection (SPTEs zapped while the caller waited × \(Quantities.rounded(report.kernelNsPerSpte, 1)) ns)")
         for operation in ["reset", "fast_zap", "full_zap", "teardown"] {
             let summaries = report.policies.map { $0.operations[operation]?.projected }
             guard summaries.contains(where: { ($0?.count ?? 0) > 0 }) else { continue }

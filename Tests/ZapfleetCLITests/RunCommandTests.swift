@@ -106,6 +106,41 @@ struct RunCommandTests {
         #expect(result.err.contains("coordinator"))
     }
 
+    @Test("Ctrl-C stops the run cleanly: exit 130, and the report is written, marked incomplete")
+    func interrupt() throws {
+        let directory = Self.temporaryDirectory()
+        let binary = Self.packageRoot.appendingPathComponent(".build/debug/zapfleet")
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = ["run", "max-guest-memory", "--size", "256GiB", "--out", directory]
+        process.standardOutput = FileHandle.nullDevice
+        let err = Pipe()
+        process.standardError = err
+        try process.run()
+        // Interrupt once the run is under way (its first progress line), not before.
+        var seen = Data()
+        while !String(decoding: seen, as: UTF8.self).contains("running max-guest-memory") {
+            let chunk = err.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            seen.append(chunk)
+        }
+        Thread.sleep(forTimeInterval: 1.0)
+        process.interrupt()
+        let rest = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let stderr = String(decoding: seen + rest, as: UTF8.self)
+        #expect(process.terminationStatus == 130, "\(stderr)")
+        #expect(stderr.contains("stopping"))
+        let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
+        #expect(!report.complete)
+        #expect(report.verdict.exitCode == 130)
+        // Whatever ran was torn down and balanced.
+        for policy in report.policies {
+            #expect(policy.counters.sptesInstalled == policy.counters.sptesZapped)
+            #expect(policy.counters.tablesLive == 0)
+        }
+    }
+
     @Test("`zapfleet scenarios` lists every built-in and --show prints parseable YAML")
     func scenarios() throws {
         let list = try Self.zapfleet(["scenarios"])
