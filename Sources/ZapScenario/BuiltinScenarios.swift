@@ -50,7 +50,7 @@ public enum BuiltinScenarios {
         timeline:
           - populate
           - reset_vcpus
-          - delete_memslots: {fraction: 0.0001}
+          - delete_memslots: {fraction: 0.00003}   # one memslot of 32768: one fast zap
           - teardown
         policies: [sync, async]
         workqueue_width: 2
