@@ -36,6 +36,13 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
+        // zlib, from Debian's zlib1g-dev.
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+        // HdrHistogram's V2 encoding (compressed and plain, base64), which hdrhistogram-swift lacks.
+        .target(
+            name: "HistogramCodec",
+            dependencies: ["CZlib", .product(name: "Histogram", package: "hdrhistogram-swift")]
+        ),
         // The command-line tool: parses arguments and wires the other targets together.
         .executableTarget(
             name: "zapfleet",
@@ -62,6 +69,11 @@ let package = Package(
         .testTarget(name: "ZapRunTests", dependencies: [
             "ZapRun", "ZapScenario", "ZapEngine", .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
+        .testTarget(
+            name: "HistogramCodecTests",
+            dependencies: ["HistogramCodec", "CZlib", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            resources: [.copy("Vectors")]
+        ),
         // End-to-end tests of the built executable, run as a subprocess.
         .testTarget(name: "ZapfleetCLITests", dependencies: ["ZapRun"]),
     ]

@@ -1,0 +1,162 @@
+import Foundation
+import Histogram
+@testable import HistogramCodec
+import Testing
+
+/// HdrHistogram's V2 encoding: round trips, interoperability with another implementation, and
+/// hostile input.
+@Suite("HdrHistogram V2 codec")
+struct HistogramV2CodecTests {
+    private func makeHistogram() -> Histogram<UInt64> {
+        Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+    }
+
+    /// A histogram of `count` values spread over many magnitudes.
+    private func randomHistogram(seed: UInt64, count: Int) -> Histogram<UInt64> {
+        var generator = SeededGenerator(seed: seed)
+        var histogram = makeHistogram()
+        for _ in 0..<count {
+            let magnitude = generator.next() % 40
+            _ = histogram.record(1 + generator.next() % (UInt64(1) << magnitude))
+        }
+        return histogram
+    }
+
+    @Test("encode then decode gives back the same histogram", arguments: [0, 1, 7, 1000, 100_000])
+    func roundTrip(count: Int) throws {
+        for seed in UInt64(1)...5 {
+            let histogram = randomHistogram(seed: seed, count: count)
+            let plain = try HistogramV2Codec.decode(HistogramV2Codec.encode(histogram))
+            let compressed = try HistogramV2Codec.decode(HistogramV2Codec.encodeCompressed(histogram))
+            let text = try HistogramV2Codec.decodeBase64(HistogramV2Codec.encodeBase64(histogram))
+            for decoded in [plain, compressed, text] {
+                #expect(decoded.totalCount == histogram.totalCount)
+                #expect(decoded == histogram, "seed \(seed), \(count) values")
+            }
+        }
+    }
+
+    @Test("the compressed form starts with the V2 compressed cookie (base64 'HISTF')")
+    func cookie() {
+        let text = HistogramV2Codec.encodeBase64(randomHistogram(seed: 1, count: 10))
+        #expect(text.hasPrefix("HISTF"))
+    }
+
+    @Test("a V2 histogram written by the Python implementation decodes to its buckets exactly")
+    func pythonVector() throws {
+        let url = try #require(Bundle.module.url(forResource: "python-hdrhistogram-v2", withExtension: "txt", subdirectory: "Vectors"))
+        let lines = try String(contentsOf: url, encoding: .utf8).split(separator: "\n").filter { !$0.hasPrefix("#") }
+        let decoded = try HistogramV2Codec.decodeBase64(String(lines[0]))
+        let summary = lines[1].split(separator: " ").compactMap { UInt64($0) }
+        #expect(decoded.totalCount == summary[0])
+        #expect(decoded.min == summary[1])
+        #expect(decoded.max == summary[2])
+        var buckets = 0
+        for line in lines.dropFirst(2) {
+            let fields = line.split(separator: " ").compactMap { UInt64($0) }
+            #expect(decoded.countForValue(fields[0]) == fields[1], "bucket of \(fields[0])")
+            buckets += 1
+        }
+        #expect(buckets > 3000)
+        // And ours re-encodes it to something that decodes the same.
+        #expect(try HistogramV2Codec.decode(HistogramV2Codec.encodeCompressed(decoded)) == decoded)
+    }
+
+    @Test("merging N decoded histograms equals one histogram fed every value")
+    func mergeEqualsWhole() throws {
+        var generator = SeededGenerator(seed: 77)
+        var whole = makeHistogram()
+        var parts = [Histogram<UInt64>](repeating: makeHistogram(), count: 5)
+        for index in 0..<50_000 {
+            let value = 1 + generator.next() % 10_000_000_000
+            _ = whole.record(value)
+            _ = parts[index % 5].record(value)
+        }
+        var merged = makeHistogram()
+        for part in parts { merged.add(try HistogramV2Codec.decode(HistogramV2Codec.encodeCompressed(part))) }
+        #expect(merged == whole)
+        #expect(merged.valueAtPercentile(99.9) == whole.valueAtPercentile(99.9))
+    }
+
+    @Test("ZigZag LEB128 uses at most 9 bytes and round-trips the extremes",
+          arguments: [Int64.min + 1, -1, 0, 1, 63, 64, 1 << 35, Int64.max])
+    func zigZag(value: Int64) throws {
+        var bytes: [UInt8] = []
+        HistogramV2Codec.appendZigZag(&bytes, value)
+        #expect(bytes.count <= 9)
+        var position = 0
+        #expect(try HistogramV2Codec.readZigZag(bytes, &position) == value)
+        #expect(position == bytes.count)
+    }
+
+    @Test("hostile bytes give errors, never a crash")
+    func hostileInput() throws {
+        var generator = SeededGenerator(seed: 5)
+        let valid = HistogramV2Codec.encodeCompressed(randomHistogram(seed: 3, count: 500))
+        let plain = HistogramV2Codec.encode(randomHistogram(seed: 3, count: 500))
+        var rejected = 0
+        for trial in 0..<3000 {
+            var bytes: [UInt8]
+            switch trial % 4 {
+            case 0: bytes = (0..<Int(generator.next() % 200)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+            case 1: bytes = Array(valid.prefix(Int(generator.next() % UInt64(valid.count))))
+            case 2:
+                bytes = valid
+                bytes[Int(generator.next() % UInt64(bytes.count))] ^= UInt8(truncatingIfNeeded: generator.next() | 1)
+            default:
+                bytes = plain
+                bytes[8 + Int(generator.next() % UInt64(bytes.count - 8))] = UInt8(truncatingIfNeeded: generator.next())
+            }
+            do {
+                _ = try HistogramV2Codec.decode(bytes)
+            } catch {
+                rejected += 1
+            }
+        }
+        #expect(rejected > 1500)
+        #expect(throws: HistogramCodecError.self) { try HistogramV2Codec.decodeBase64("not base64!") }
+    }
+
+    @Test("a compressed payload that inflates past the limit is refused")
+    func decompressionBomb() throws {
+        // A plain header claiming a huge payload of zeros, which compresses to almost nothing.
+        var plain = Array(HistogramV2Codec.encode(makeHistogram()).prefix(40))
+        let payload = [UInt8](repeating: 0, count: HistogramV2Codec.maximumPlainBytes + 1)
+        let length = UInt32(payload.count)
+        for index in 0..<4 { plain[4 + index] = UInt8(truncatingIfNeeded: length >> (24 - 8 * index)) }
+        plain += payload
+        var compressed = [UInt8](repeating: 0, count: plain.count)
+        var compressedLength = UInt(compressed.count)
+        _ = compressed.withUnsafeMutableBufferPointer { target in
+            plain.withUnsafeBufferPointer { source in
+                compress2Shim(target.baseAddress!, &compressedLength, source.baseAddress!, UInt(source.count))
+            }
+        }
+        var bytes: [UInt8] = [0x1c, 0x84, 0x93, 0x14]
+        for index in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: UInt32(compressedLength) >> (24 - 8 * index))) }
+        bytes += compressed.prefix(Int(compressedLength))
+        #expect(throws: HistogramCodecError.self) { try HistogramV2Codec.decode(bytes) }
+    }
+}
+
+import CZlib
+
+private func compress2Shim(_ target: UnsafeMutablePointer<UInt8>, _ length: inout UInt, _ source: UnsafePointer<UInt8>, _ count: UInt) -> Int32 {
+    var targetLength = uLong(length)
+    let status = compress2(target, &targetLength, source, uLong(count), 9)
+    length = UInt(targetLength)
+    return status
+}
+
+/// SplitMix64, so that every test run sees the same inputs.
+struct SeededGenerator: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
