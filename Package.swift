@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // The simulation of KVM's TDP MMU root lifecycle. Knows nothing of networks or CLIs.
@@ -43,6 +44,15 @@ let package = Package(
             name: "HistogramCodec",
             dependencies: ["CZlib", .product(name: "Histogram", package: "hdrhistogram-swift")]
         ),
+        // The wire protocol: Swift generated from Proto/zapfleet.proto (scripts/generate-proto).
+        .target(
+            name: "ZapProtocol",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
+        // libzmq, from Debian's libzmq3-dev, found with pkg-config.
+        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        // A thin Swift layer of our own over libzmq: context, sockets, multipart messages, poller.
+        .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
         // The command-line tool: parses arguments and wires the other targets together.
         .executableTarget(
             name: "zapfleet",
@@ -74,6 +84,7 @@ let package = Package(
             dependencies: ["HistogramCodec", "CZlib", .product(name: "Histogram", package: "hdrhistogram-swift")],
             resources: [.copy("Vectors")]
         ),
+        .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         // End-to-end tests of the built executable, run as a subprocess.
         .testTarget(name: "ZapfleetCLITests", dependencies: ["ZapRun"]),
     ]

@@ -1,0 +1,2 @@
+// libzmq (Debian's libzmq3-dev).
+#include <zmq.h>

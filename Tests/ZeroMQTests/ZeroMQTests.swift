@@ -1,0 +1,89 @@
+import Testing
+import ZeroMQ
+
+/// The ZeroMQ layer over real libzmq sockets.
+@Suite("ZeroMQ layer")
+struct ZeroMQTests {
+    @Test("a DEALER's multipart message reaches a ROUTER with its identity in front, and the reply comes back")
+    func routerDealer() throws {
+        let context = try ZeroMQContext()
+        let router = try ZeroMQSocket(context, type: .router)
+        try router.setOption(SocketOption.routerMandatory, Int32(1))
+        try router.bind("tcp://127.0.0.1:*")
+        let endpoint = try router.lastEndpoint()
+        let dealer = try ZeroMQSocket(context, type: .dealer)
+        try dealer.setOption(SocketOption.identity, Array("worker-1".utf8))
+        try dealer.connect(endpoint)
+        try dealer.send([[1, 2, 3], [4]])
+
+        var poller = ZeroMQPoller()
+        poller.add(router)
+        #expect(try poller.poll(timeoutMilliseconds: 5000) == [true])
+        let message = try #require(try router.receive())
+        #expect(message.frames == [Array("worker-1".utf8), [1, 2, 3], [4]])
+        try router.send([message.frames[0], [9, 9]])
+        let reply = try #require(try dealer.receive())
+        #expect(reply.frames == [[9, 9]])
+        dealer.close()
+        router.close()
+    }
+
+    @Test("with ROUTER_MANDATORY, a send to an unknown identity fails with EHOSTUNREACH")
+    func routerMandatory() throws {
+        let context = try ZeroMQContext()
+        let router = try ZeroMQSocket(context, type: .router)
+        try router.setOption(SocketOption.routerMandatory, Int32(1))
+        try router.bind("inproc://mandatory")
+        do {
+            try router.send([Array("nobody".utf8), [1]])
+            Issue.record("send to an unknown peer succeeded")
+        } catch {
+            #expect(error.isHostUnreachable)
+        }
+    }
+
+    @Test("a non-blocking receive with nothing queued returns nil; frames past the limit are dropped")
+    func nonBlockingAndLimits() throws {
+        let context = try ZeroMQContext()
+        let a = try ZeroMQSocket(context, type: .pair)
+        let b = try ZeroMQSocket(context, type: .pair)
+        try a.bind("inproc://pair")
+        try b.connect("inproc://pair")
+        #expect(try a.receive(dontWait: true) == nil)
+        try b.send((0..<40).map { [UInt8($0)] })
+        let message = try #require(try a.receive(maximumFrames: 4))
+        #expect(message.frames.count == 4)
+        #expect(message.truncated)
+    }
+
+    @Test("a message larger than MAXMSGSIZE never arrives")
+    func maximumMessageSize() throws {
+        let context = try ZeroMQContext()
+        let router = try ZeroMQSocket(context, type: .router)
+        try router.setOption(SocketOption.maximumMessageSize, Int64(1024))
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZeroMQSocket(context, type: .dealer)
+        try dealer.connect(try router.lastEndpoint())
+        try dealer.send([[UInt8](repeating: 7, count: 4096)])
+        try dealer.send([[1]])
+        var poller = ZeroMQPoller()
+        poller.add(router)
+        _ = try poller.poll(timeoutMilliseconds: 500)
+        // The oversized message disconnected the peer; whatever arrives, it is not the big one.
+        while let message = try router.receive(dontWait: true) {
+            #expect(message.frames.allSatisfy { $0.count <= 1024 })
+        }
+    }
+
+    @Test("libzmq reports its version and CURVE support")
+    func capabilities() {
+        #expect(ZeroMQContext.version.hasPrefix("4."))
+        #expect(ZeroMQContext.has("curve"))
+    }
+}
+
+extension ReceivedMessage: Equatable {
+    public static func == (lhs: ReceivedMessage, rhs: ReceivedMessage) -> Bool {
+        lhs.frames == rhs.frames && lhs.truncated == rhs.truncated
+    }
+}
