@@ -53,6 +53,17 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         // A thin Swift layer of our own over libzmq: context, sockets, multipart messages, poller.
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
+        // The fleet: coordinator, workers, shard planning, result coding and merging. Uses the engine
+        // only through ZapRun's and ZapEngine's public API.
+        .target(
+            name: "ZapCluster",
+            dependencies: [
+                "ZapEngine", "ZapScenario", "ZapRun", "ZapProtocol", "ZeroMQ", "HistogramCodec",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
         // The command-line tool: parses arguments and wires the other targets together.
         .executableTarget(
             name: "zapfleet",
@@ -60,6 +71,7 @@ let package = Package(
                 "ZapEngine",
                 "ZapScenario",
                 "ZapRun",
+                "ZapCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -34,6 +34,86 @@ final class EngineCounters: @unchecked Sendable {
 
 /// A snapshot of a VM's counters, for reports and tests.
 public struct EngineStatistics: Sendable, Codable, Equatable {
+    /// All counters at zero.
+    public init() {
+        sptesInstalled = 0
+        sptesZapped = 0
+        accessedZapped = 0
+        dirtyZapped = 0
+        tablesAllocated = 0
+        tablesFreed = 0
+        tablesLive = 0
+        tablesPeak = 0
+        faults = 0
+        faultRetries = 0
+        spuriousFaults = 0
+        yields = 0
+        zapSteps = 0
+        largestStepTables = 0
+        rootsCreated = 0
+        rootsReused = 0
+        rootsFreed = 0
+        rootZaps = 0
+        workItemsQueued = 0
+        workItemsRejected = 0
+        fastZaps = 0
+        fullZaps = 0
+    }
+
+    /// Every counter given.
+    public init(sptesInstalled: Int, sptesZapped: Int, accessedZapped: Int, dirtyZapped: Int, tablesAllocated: Int, tablesFreed: Int, tablesLive: Int, tablesPeak: Int, faults: Int, faultRetries: Int, spuriousFaults: Int, yields: Int, zapSteps: Int, largestStepTables: Int, rootsCreated: Int, rootsReused: Int, rootsFreed: Int, rootZaps: Int, workItemsQueued: Int, workItemsRejected: Int, fastZaps: Int, fullZaps: Int) {
+        self.sptesInstalled = sptesInstalled
+        self.sptesZapped = sptesZapped
+        self.accessedZapped = accessedZapped
+        self.dirtyZapped = dirtyZapped
+        self.tablesAllocated = tablesAllocated
+        self.tablesFreed = tablesFreed
+        self.tablesLive = tablesLive
+        self.tablesPeak = tablesPeak
+        self.faults = faults
+        self.faultRetries = faultRetries
+        self.spuriousFaults = spuriousFaults
+        self.yields = yields
+        self.zapSteps = zapSteps
+        self.largestStepTables = largestStepTables
+        self.rootsCreated = rootsCreated
+        self.rootsReused = rootsReused
+        self.rootsFreed = rootsFreed
+        self.rootZaps = rootZaps
+        self.workItemsQueued = workItemsQueued
+        self.workItemsRejected = workItemsRejected
+        self.fastZaps = fastZaps
+        self.fullZaps = fullZaps
+    }
+
+    /// The sum of two shards' counters; the peaks and the largest step are maxima.
+    public func adding(_ other: EngineStatistics) -> EngineStatistics {
+        var sum = self
+        sum.sptesInstalled = sptesInstalled + other.sptesInstalled
+        sum.sptesZapped = sptesZapped + other.sptesZapped
+        sum.accessedZapped = accessedZapped + other.accessedZapped
+        sum.dirtyZapped = dirtyZapped + other.dirtyZapped
+        sum.tablesAllocated = tablesAllocated + other.tablesAllocated
+        sum.tablesFreed = tablesFreed + other.tablesFreed
+        sum.tablesLive = tablesLive + other.tablesLive
+        sum.tablesPeak = max(tablesPeak, other.tablesPeak)
+        sum.faults = faults + other.faults
+        sum.faultRetries = faultRetries + other.faultRetries
+        sum.spuriousFaults = spuriousFaults + other.spuriousFaults
+        sum.yields = yields + other.yields
+        sum.zapSteps = zapSteps + other.zapSteps
+        sum.largestStepTables = max(largestStepTables, other.largestStepTables)
+        sum.rootsCreated = rootsCreated + other.rootsCreated
+        sum.rootsReused = rootsReused + other.rootsReused
+        sum.rootsFreed = rootsFreed + other.rootsFreed
+        sum.rootZaps = rootZaps + other.rootZaps
+        sum.workItemsQueued = workItemsQueued + other.workItemsQueued
+        sum.workItemsRejected = workItemsRejected + other.workItemsRejected
+        sum.fastZaps = fastZaps + other.fastZaps
+        sum.fullZaps = fullZaps + other.fullZaps
+        return sum
+    }
+
     /// Leaf SPTEs installed by faults.
     public var sptesInstalled: Int
     /// Leaf SPTEs removed by zaps.

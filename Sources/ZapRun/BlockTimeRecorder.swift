@@ -18,6 +18,10 @@ public struct BlockTimeRecorder: Sendable {
     public let kernelNanosecondsPerSPTE: Double
     /// Whether samples are recorded at all (off only to measure the measurement's overhead).
     public let enabled: Bool
+    /// The longest block recorded (any operation but root lifetimes).
+    public private(set) var longestBlock: UInt64 = 0
+    /// Leaf SPTEs zapped while the recorded callers waited, in total.
+    public private(set) var sptesZappedInline = 0
 
     /// Empty histograms.
     public init(kernelNanosecondsPerSPTE: Double, enabled: Bool = true) {
@@ -36,6 +40,8 @@ public struct BlockTimeRecorder: Sendable {
     public mutating func record(_ operation: MeasuredOperation, _ outcome: OperationOutcome, expectedInterval: UInt64? = nil) {
         guard enabled else { return }
         let value = min(outcome.blockedNanoseconds, LatencyHistogram.highestTrackableNanoseconds)
+        longestBlock = max(longestBlock, value)
+        sptesZappedInline &+= outcome.sptesZappedInline
         if let expectedInterval {
             _ = measured[operation.rawValue].recordCorrectedValue(value, expectedInterval: expectedInterval)
         } else {
@@ -56,11 +62,23 @@ public struct BlockTimeRecorder: Sendable {
         _ = measured[operation.rawValue].record(min(nanoseconds, LatencyHistogram.highestTrackableNanoseconds))
     }
 
+    /// A recorder holding decoded histograms (from a shard's result), indexed like
+    /// ``MeasuredOperation``; missing entries are empty.
+    public init(kernelNanosecondsPerSPTE: Double, measured: [MeasuredOperation: LatencyHistogram],
+                projected: [MeasuredOperation: LatencyHistogram]) {
+        self.init(kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
+        for (operation, histogram) in measured { self.measured[operation.rawValue] = histogram }
+        for (operation, histogram) in projected { self.projected[operation.rawValue] = histogram }
+    }
+
     /// Adds every sample of `other`.
     public mutating func merge(_ other: BlockTimeRecorder) {
+        longestBlock = max(longestBlock, other.longestBlock)
+        sptesZappedInline &+= other.sptesZappedInline
+        // Most operations have no samples in a given step: skip their ~30,000 empty buckets.
         for index in measured.indices {
-            measured[index].add(other.measured[index])
-            projected[index].add(other.projected[index])
+            if other.measured[index].totalCount > 0 { measured[index].add(other.measured[index]) }
+            if other.projected[index].totalCount > 0 { projected[index].add(other.projected[index]) }
             zeroProjections[index] &+= other.zeroProjections[index]
         }
     }

@@ -31,7 +31,7 @@ public enum ReportFiles {
 
     /// Writes every file of `report` and `runs` into `directory`, creating it. Returns the paths.
     @discardableResult
-    public static func write(_ report: RunReport, runs: [PolicyRun], to directory: String) throws -> [String] {
+    public static func write(_ report: RunReport, runs: [PolicyRun], to directory: String, intervalLog: String? = nil) throws -> [String] {
         let manager = FileManager.default
         try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var written: [String] = []
@@ -42,6 +42,7 @@ public enum ReportFiles {
         }
         try put("report.json", json(report))
         try put("scenario.yaml", Data(report.scenarioYaml.utf8))
+        if let intervalLog { try put("shards.hlog", Data(intervalLog.utf8)) }
         for run in runs {
             for operation in MeasuredOperation.allCases where run.recorder.histogram(operation).totalCount > 0 {
                 try put("\(run.policy.rawValue)-\(operation.name).hgrm", Data(hgrm(run.recorder.histogram(operation)).utf8))

@@ -2,8 +2,8 @@ import ZapScenario
 
 /// The side-by-side text table `zapfleet run` prints: one column per policy.
 public enum ReportTable {
-    /// Renders `report`.
-    public static func render(_ report: RunReport) -> String {
+    /// Renders `report`; with `fleetDetail`, also its workers, shards and whole-VM view.
+    public static func render(_ report: RunReport, fleetDetail: Bool = false) -> String {
         let columns = report.policies.map(\.policy)
         var rows: [[String]] = []
         func row(_ label: String, _ values: [String]) { rows.append([label] + values) }
@@ -52,6 +52,7 @@ public enum ReportTable {
         row("  complete", report.policies.map { $0.complete ? "yes" : "NO" })
 
         var lines = [layout(rows, header: ["policy"] + columns)]
+        if fleetDetail, let fleet = report.fleet { lines.append(contentsOf: render(fleet)) }
         for verdict in report.objectives {
             let shown = verdict.objective.contains("violations") || verdict.objective.contains("count")
                 ? Quantities.rounded(verdict.value, 0) : Quantities.formatDuration(verdict.value)
@@ -62,6 +63,23 @@ public enum ReportTable {
         }
         lines.append("verdict: \(report.verdict.summary) (exit \(report.verdict.exitCode))")
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    private static func render(_ fleet: FleetSection) -> [String] {
+        var lines = ["", "whole VM, per event (slices composed; projected = every slice's inline SPTEs × cost)"]
+        for event in fleet.wholeVm where event.name != "populate" && event.name != "run" {
+            lines.append("  \(event.policy.padding(to: 9)) step \(event.step) \(event.name.padding(to: 16)) measured \(Quantities.formatDuration(Double(event.measuredNs)).padding(to: 11)) projected \(Quantities.formatDuration(Double(event.projectedNs)))")
+        }
+        lines.append("workers")
+        for worker in fleet.workers {
+            lines.append("  \(worker.name.padding(to: 16)) \(worker.host.padding(to: 16)) \(worker.cores) cores, budget \(Quantities.describeSize(Double(worker.memoryBudgetBytes))), shards \(worker.shardsCompleted), duplicates \(worker.duplicatesDropped), bad frames \(worker.badFrames), \(worker.state)")
+        }
+        lines.append("shards: \(fleet.shards.count), requeued \(fleet.requeues), duplicates dropped \(fleet.duplicatesDropped), bad frames \(fleet.badFrames)")
+        for shard in fleet.shards {
+            let zapped = shard.sptesZapped.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+            lines.append("  shard \(shard.id) \(shard.slice) on \(shard.worker), attempts \(shard.attempts), \(Quantities.formatDuration(shard.wallSeconds * 1e9)); SPTEs zapped: \(zapped)")
+        }
+        return lines
     }
 
     private static func layout(_ rows: [[String]], header: [String]) -> String {

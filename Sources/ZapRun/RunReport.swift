@@ -144,13 +144,17 @@ public struct RunReport: Sendable, Codable, Equatable {
     public var objectives: [ObjectiveVerdict]
     /// The outcome.
     public var verdict: Verdict
+    /// Workers, shards and the whole-VM view, for a fleet run; absent for a local run.
+    public var fleet: FleetSection?
 
     /// The schema version this build writes.
     public static let currentSchemaVersion = 1
 
     /// Builds the report of `runs`, evaluating `scenario`'s objectives.
     public init(scenario: Scenario, runs: [PolicyRun], slice: MemorySlice, kernelNanosecondsPerSPTE: Double,
-                startedAt: Date, wallNanoseconds: UInt64, version: String) {
+                startedAt: Date, wallNanoseconds: UInt64, version: String, fleet: FleetSection? = nil,
+                failure: String? = nil) {
+        self.fleet = fleet
         zapfleetVersion = version
         self.scenario = scenario.name
         scenarioYaml = ScenarioWriter.yaml(scenario)
@@ -163,9 +167,10 @@ public struct RunReport: Sendable, Codable, Equatable {
         objectives = Self.evaluate(scenario.objectives, on: policies)
         let violations = policies.reduce(0) { $0 + $1.violations }
         let missed = objectives.filter { !$0.met }.count
-        let code: Int32 = !complete ? 130 : violations > 0 ? 2 : missed > 0 ? 1 : 0
+        let code: Int32 = failure != nil ? 70 : !complete ? 130 : violations > 0 ? 2 : missed > 0 ? 1 : 0
         let summary: String
         switch code {
+        case 70: summary = "the run failed: \(failure ?? "")"
         case 130: summary = "interrupted: the report holds what was measured before the stop"
         case 2: summary = "\(violations) invariant violation(s)" + (missed > 0 ? " and \(missed) objective(s) missed" : "")
         case 1: summary = "\(missed) objective(s) missed"

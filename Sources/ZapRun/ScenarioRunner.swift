@@ -51,14 +51,39 @@ public struct RunProgress: Sendable {
     public var sptesPerPopulation: Int
     /// Time since the policy started.
     public var elapsedNanoseconds: UInt64
+
+    /// A progress report.
+    public init(policy: ZapPolicy, step: Int, steps: Int, stepName: String, sptesInstalled: Int, sptesZapped: Int,
+                sptesPerPopulation: Int, elapsedNanoseconds: UInt64) {
+        self.policy = policy
+        self.step = step
+        self.steps = steps
+        self.stepName = stepName
+        self.sptesInstalled = sptesInstalled
+        self.sptesZapped = sptesZapped
+        self.sptesPerPopulation = sptesPerPopulation
+        self.elapsedNanoseconds = elapsedNanoseconds
+    }
 }
 
-/// How long one step took.
+/// How long one step took, and the most it blocked anyone.
 public struct StepTiming: Sendable, Codable, Equatable {
     /// The step's name.
     public var name: String
     /// Its wall time.
     public var nanoseconds: UInt64
+    /// The longest block any one operation of the step caused.
+    public var longestBlockNanoseconds: UInt64
+    /// Leaf SPTEs zapped while the step's callers waited.
+    public var sptesZappedInline: Int
+
+    /// A step's record.
+    public init(name: String, nanoseconds: UInt64, longestBlockNanoseconds: UInt64 = 0, sptesZappedInline: Int = 0) {
+        self.name = name
+        self.nanoseconds = nanoseconds
+        self.longestBlockNanoseconds = longestBlockNanoseconds
+        self.sptesZappedInline = sptesZappedInline
+    }
 }
 
 /// What one policy's run of a scenario measured.
@@ -81,6 +106,21 @@ public struct PolicyRun: Sendable {
     public var complete: Bool
     /// SPTEs zapped per second of zap wall time.
     public var zapThroughput: Double
+
+    /// A policy's run, as measured here or decoded from a worker's result.
+    public init(policy: ZapPolicy, recorder: BlockTimeRecorder, statistics: EngineStatistics, violations: [Violation],
+                violationCounts: [Violation.Kind: Int], steps: [StepTiming], wallNanoseconds: UInt64, complete: Bool,
+                zapThroughput: Double) {
+        self.policy = policy
+        self.recorder = recorder
+        self.statistics = statistics
+        self.violations = violations
+        self.violationCounts = violationCounts
+        self.steps = steps
+        self.wallNanoseconds = wallNanoseconds
+        self.complete = complete
+        self.zapThroughput = zapThroughput
+    }
 }
 
 /// Runs a scenario's timeline on the engine, one policy at a time, with a real thread per vCPU.
@@ -133,21 +173,22 @@ public final class ScenarioRunner: Sendable {
             }
             currentStep.store(index, ordering: .relaxed)
             let stepStart = monotonicNanoseconds()
+            var stepRecorder = BlockTimeRecorder(kernelNanosecondsPerSPTE: options.kernelNanosecondsPerSPTE, enabled: options.measure)
             switch step {
             case .populate:
                 let deletedNow = deleted
-                recorder.merge(onEveryVCPU(vcpus, step: index) { vcpu, id, recorder, _ in
+                stepRecorder = onEveryVCPU(vcpus, step: index) { vcpu, id, recorder, _ in
                     self.populate(vcpu, id: id, layout: layout, deleted: deletedNow, into: &recorder)
-                })
+                }
             case .run(let faults):
                 let deletedNow = deleted
-                recorder.merge(onEveryVCPU(vcpus, step: index) { vcpu, id, recorder, seed in
+                stepRecorder = onEveryVCPU(vcpus, step: index) { vcpu, id, recorder, seed in
                     self.fault(vcpu, id: id, count: faults, seed: seed, layout: layout, deleted: deletedNow, into: &recorder)
-                })
+                }
             case .resetVCPUs:
-                recorder.merge(onEveryVCPU(vcpus, step: index) { vcpu, _, recorder, _ in
+                stepRecorder = onEveryVCPU(vcpus, step: index) { vcpu, _, recorder, _ in
                     recorder.record(.reset, vcpu.reset())
-                })
+                }
             case .deleteMemslots(let fraction):
                 var generator = SplitMix64(seed: scenario.seed ^ UInt64(index) &* 0xD1B5_4A32_D192_ED03)
                 var live = deleted.indices.filter { !deleted[$0] }
@@ -157,14 +198,17 @@ public final class ScenarioRunner: Sendable {
                     let pick = chosen + Int(generator.next() % UInt64(live.count - chosen))
                     live.swapAt(chosen, pick)
                     deleted[live[chosen]] = true
-                    recorder.record(.fastZap, vm.fastZap())
+                    stepRecorder.record(.fastZap, vm.fastZap())
                 }
             case .fullZap:
-                recorder.record(.fullZap, vm.fullZap())
+                stepRecorder.record(.fullZap, vm.fullZap())
             case .teardown:
-                recorder.record(.teardown, vm.teardown())
+                stepRecorder.record(.teardown, vm.teardown())
             }
-            timings.append(StepTiming(name: step.name, nanoseconds: monotonicNanoseconds() &- stepStart))
+            recorder.merge(stepRecorder)
+            timings.append(StepTiming(name: step.name, nanoseconds: monotonicNanoseconds() &- stepStart,
+                                      longestBlockNanoseconds: stepRecorder.longestBlock,
+                                      sptesZappedInline: stepRecorder.sptesZappedInline))
         }
         monitor?.stop()
         recorder.merge(observer.lifetimes)
@@ -308,8 +352,11 @@ private final class RecorderSlots: @unchecked Sendable {
 
     func merged(kernelNanosecondsPerSPTE: Double, enabled: Bool) -> BlockTimeRecorder {
         mutex.withLock {
-            var total = BlockTimeRecorder(kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, enabled: enabled)
-            for case let recorder? in slots { total.merge(recorder) }
+            let filled = slots.compactMap { $0 }
+            guard var total = filled.first else {
+                return BlockTimeRecorder(kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, enabled: enabled)
+            }
+            for recorder in filled.dropFirst() { total.merge(recorder) }
             return total
         }
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import ZapCluster
 import ZapEngine
 import ZapRun
 import ZapScenario
@@ -57,11 +58,11 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Refuse runs whose page tables would need more than this (default: 80% of available memory).")
     var maxMemory: String?
 
+    @Option(help: "In-process workers (default: one per core). The scenario runs as one shard when it fits in --max-memory.")
+    var workers: Int?
+
     @Flag(help: "No progress output.")
     var quiet = false
-
-    @Flag(help: .hidden)
-    var noMeasure = false
 
     func validate() throws {
         if let vcpus, vcpus < 1 || vcpus > 4096 { throw ValidationError("--vcpus must be between 1 and 4096, got \(vcpus)") }
@@ -72,6 +73,7 @@ struct RunCommand: ParsableCommand {
             throw ValidationError("--max-memory '\(maxMemory)' is not a size; write a number and a binary unit (e.g. 16GiB)")
         }
         guard kernelSpteNs > 0 && kernelSpteNs.isFinite else { throw ValidationError("--kernel-spte-ns must be above 0") }
+        if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be between 1 and 256, got \(workers)") }
     }
 
     func run() throws {
@@ -99,42 +101,31 @@ struct RunCommand: ParsableCommand {
         let interrupt = InterruptHandler { cancellation.cancel() }
         defer { interrupt.cancel() }
         let progress = quiet ? nil : ProgressReporter(logger: logger)
-        var options = RunOptions(kernelNanosecondsPerSPTE: kernelSpteNs, measure: !noMeasure, cancellation: cancellation)
-        if let progress {
-            options.progress = { @Sendable update in progress.update(update) }
-        }
-        let runner = ScenarioRunner(scenario: resolved, options: options)
         if !quiet {
-            logger.info("running \(resolved.name): \(Quantities.formatSize(resolved.vm.memoryBytes)), \(resolved.workload.vcpus) vCPUs, policies \(resolved.policies.map(\.rawValue).joined(separator: ", ")), page tables ≈ \(Quantities.describeSize(Double(estimate.peakBytes)))")
+            logger.info("running \(resolved.name): \(Quantities.formatSize(resolved.vm.memoryBytes)), \(resolved.workload.vcpus) vCPUs, policies \(resolved.policies.map(\.rawValue).joined(separator: ", ")), page tables ≈ \(Quantities.describeSize(Double(estimate.peakBytes))), \(workerCount) in-process worker(s)")
         }
         let started = Date()
         let start = monotonicNanoseconds()
-        var runs: [PolicyRun] = []
-        for policy in resolved.policies {
-            if cancellation.isCancelled { break }
-            do {
-                runs.append(try runner.run(policy: policy))
-            } catch {
-                printError("internal error running \(policy): \(error)")
-                throw ZapfleetExitCode.internalError
-            }
-            progress?.finish(runs.last!)
+        let outcome: FleetRunOutcome
+        do {
+            // The local path is the fleet path: a coordinator and in-process workers over inproc sockets.
+            outcome = try LocalFleet.run(
+                scenario: resolved, workers: workerCount, memoryBudgetBytes: limit, kernelNanosecondsPerSPTE: kernelSpteNs,
+                logger: quiet ? Logger(label: "zapfleet.quiet", factory: { _ in SwiftLogNoOpLogHandler() }) : logger,
+                cancellation: cancellation,
+                progress: progress.map { reporter in { @Sendable _, update in reporter.update(update) } })
+        } catch {
+            printError("internal error: \(error)")
+            throw ZapfleetExitCode.internalError
         }
-        let report = RunReport(scenario: resolved, runs: runs, slice: .whole(resolved), kernelNanosecondsPerSPTE: kernelSpteNs,
-                               startedAt: started, wallNanoseconds: monotonicNanoseconds() - start, version: ZapfleetVersion.current)
-        print("zapfleet run \(resolved.name): \(Quantities.formatSize(resolved.vm.memoryBytes)), \(resolved.workload.vcpus) vCPUs, seed \(resolved.seed)")
-        print(ReportTable.render(report), terminator: "")
-        if let out {
-            do {
-                let files = try ReportFiles.write(report, runs: runs, to: out)
-                print("wrote \(files.count) files to \(out)")
-            } catch {
-                printError("cannot write the report to \(out): \(error.localizedDescription)")
-                throw ZapfleetExitCode.internalError
-            }
-        }
-        if report.verdict.exitCode != 0 { throw ExitCode(report.verdict.exitCode) }
+        progress?.clear()
+        let code = try ReportOutput.emit(scenario: resolved, outcome: outcome, started: started,
+                                         wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
+                                         out: out, fleetDetail: false)
+        if code != 0 { throw ExitCode(code) }
     }
+
+    private var workerCount: Int { workers ?? ProcessInfo.processInfo.activeProcessorCount }
 
     /// The scenario with the command line's overrides, validated as a file would be.
     private func applyOverrides(to base: Scenario) throws(ScenarioError) -> Scenario {
@@ -191,14 +182,19 @@ final class ProgressReporter: @unchecked Sendable {
     private var lastInstalled = 0
     private var lastZapped = 0
     private var lastTime: UInt64 = 0
+    private var lastPolicy: ZapPolicy?
 
     init(logger: Logger) { self.logger = logger }
 
     func update(_ progress: RunProgress) {
         mutex.withLock {
+            if lastPolicy != progress.policy || progress.elapsedNanoseconds < lastTime {
+                // A new policy (or shard) restarts the counters.
+                (lastInstalled, lastZapped, lastTime, lastPolicy) = (0, 0, 0, progress.policy)
+            }
             let seconds = Double(progress.elapsedNanoseconds - lastTime) / 1e9
-            let installRate = seconds > 0 ? Double(progress.sptesInstalled - lastInstalled) / seconds : 0
-            let zapRate = seconds > 0 ? Double(progress.sptesZapped - lastZapped) / seconds : 0
+            let installRate = seconds > 0 ? Double(max(0, progress.sptesInstalled - lastInstalled)) / seconds : 0
+            let zapRate = seconds > 0 ? Double(max(0, progress.sptesZapped - lastZapped)) / seconds : 0
             (lastInstalled, lastZapped, lastTime) = (progress.sptesInstalled, progress.sptesZapped, progress.elapsedNanoseconds)
             var line = "\(progress.policy) step \(progress.step)/\(progress.steps) \(progress.stepName): "
                 + "mapped \(Quantities.describeSize(Double(progress.sptesInstalled) * 4096)) "
@@ -217,12 +213,10 @@ final class ProgressReporter: @unchecked Sendable {
         }
     }
 
-    func finish(_ run: PolicyRun) {
+    /// Clears the live line before the table is printed.
+    func clear() {
         mutex.withLock {
             if terminal { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
-            let violations = run.violationCounts.values.reduce(0, +)
-            logger.info("\(run.policy) done in \(Quantities.formatDuration(Double(run.wallNanoseconds))): \(run.statistics.sptesZapped) SPTEs zapped, \(violations) violation(s)\(run.complete ? "" : ", INCOMPLETE")")
-            (lastInstalled, lastZapped, lastTime) = (0, 0, 0)
         }
     }
 }

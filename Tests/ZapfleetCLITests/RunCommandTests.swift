@@ -61,14 +61,14 @@ struct RunCommandTests {
     @Test("an injected double queue exits 2 and names the violation in the report")
     func injectedDoubleQueue() throws {
         let directory = Self.temporaryDirectory()
-        // Two defunct roots (normal, 8 GiB; SMM, 4 GiB) behind one worker. Whichever runs first
+        // Two defunct roots (normal, 16 GiB; SMM, 8 GiB) behind one worker. Whichever runs first
         // takes at least three 1 GiB steps; the other is queued at the first step boundary and
         // the memslot deletion right after the reset gets mmu_lock at the next one, so it finds
         // the other root still pending and, with the bug, queues it again.
         let scenario = directory + "/double-queue.yaml"
         try """
             name: double-queue
-            vm: {memory: 8GiB, smm: true, smram: 4GiB}
+            vm: {memory: 16GiB, smm: true, smram: 8GiB}
             workload: {vcpus: 2}
             timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.25}}]
             policies: [async]

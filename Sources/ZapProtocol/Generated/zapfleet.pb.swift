@@ -218,6 +218,9 @@ public nonisolated struct Zapfleet_V1_Hello: Sendable {
   /// What the worker is.
   public var role: Zapfleet_V1_WorkerRole = .unspecified
 
+  /// The most memslots the worker takes in one shard; 0 for no limit beyond the memory budget.
+  public var largestShardSlots: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -849,7 +852,7 @@ nonisolated extension Zapfleet_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}build_version\0\u{3}host_name\0\u{1}cores\0\u{3}memory_budget_bytes\0\u{3}largest_shard_bytes\0\u{3}worker_name\0\u{1}role\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}build_version\0\u{3}host_name\0\u{1}cores\0\u{3}memory_budget_bytes\0\u{3}largest_shard_bytes\0\u{3}worker_name\0\u{1}role\0\u{3}largest_shard_slots\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -864,6 +867,7 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.largestShardBytes) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.workerName) }()
       case 7: try { try decoder.decodeSingularEnumField(value: &self.role) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.largestShardSlots) }()
       default: break
       }
     }
@@ -891,6 +895,9 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.role != .unspecified {
       try visitor.visitSingularEnumField(value: self.role, fieldNumber: 7)
     }
+    if self.largestShardSlots != 0 {
+      try visitor.visitSingularUInt32Field(value: self.largestShardSlots, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -902,6 +909,7 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.largestShardBytes != rhs.largestShardBytes {return false}
     if lhs.workerName != rhs.workerName {return false}
     if lhs.role != rhs.role {return false}
+    if lhs.largestShardSlots != rhs.largestShardSlots {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

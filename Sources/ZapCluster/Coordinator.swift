@@ -1,0 +1,514 @@
+import Foundation
+import Logging
+import ZapEngine
+import ZapProtocol
+import ZapRun
+import ZapScenario
+import ZeroMQ
+
+/// How a coordinator runs.
+public struct CoordinatorConfiguration: Sendable {
+    /// The ZeroMQ endpoint to bind, e.g. `tcp://0.0.0.0:5555` or `inproc://zapfleet`.
+    public var bind: String
+    /// Workers to wait for before planning; planning starts early with fewer only when `wait` ends.
+    public var expectWorkers: Int
+    /// How long to wait for the expected workers, in seconds.
+    public var waitSeconds: Double
+    /// Heartbeat interval, in milliseconds.
+    public var heartbeatIntervalMilliseconds: Int
+    /// Silent intervals after which a worker is missing (its shard is requeued).
+    public var heartbeatLiveness: Int
+    /// Attempts a shard may take before the run fails.
+    public var maxAttempts: Int
+    /// Kernel cost per SPTE for projections.
+    public var kernelNanosecondsPerSPTE: Double
+    /// The largest message a peer may send.
+    public var maximumMessageBytes: Int64
+    /// A cap on shard size, in bytes of guest memory (nil: as the workers' budgets allow).
+    public var shardBytes: UInt64?
+    /// Frames that fail validation before a peer is ignored.
+    public var badFrameLimit: Int
+
+    /// A configuration with the defaults of `zapfleet coordinator`.
+    public init(bind: String, expectWorkers: Int = 1, waitSeconds: Double = 60, heartbeatIntervalMilliseconds: Int = 1000,
+                heartbeatLiveness: Int = 3, maxAttempts: Int = 3, kernelNanosecondsPerSPTE: Double = 52,
+                maximumMessageBytes: Int64 = 64 << 20, shardBytes: UInt64? = nil, badFrameLimit: Int = 20) {
+        self.bind = bind
+        self.expectWorkers = expectWorkers
+        self.waitSeconds = waitSeconds
+        self.heartbeatIntervalMilliseconds = heartbeatIntervalMilliseconds
+        self.heartbeatLiveness = heartbeatLiveness
+        self.maxAttempts = maxAttempts
+        self.kernelNanosecondsPerSPTE = kernelNanosecondsPerSPTE
+        self.maximumMessageBytes = maximumMessageBytes
+        self.shardBytes = shardBytes
+        self.badFrameLimit = badFrameLimit
+    }
+}
+
+/// What a fleet run produced.
+public struct FleetRunOutcome: Sendable {
+    /// One merged run per policy that has results, in scenario order.
+    public var runs: [PolicyRun]
+    /// Workers, shards, the whole-VM view.
+    public var fleet: FleetSection
+    /// The `.hlog` text.
+    public var intervalLog: String
+    /// Why the run failed, if it did (a shard out of attempts, no workers).
+    public var failure: String?
+    /// False if the run was stopped before every shard had a result.
+    public var complete: Bool
+}
+
+/// The coordinator: binds a ROUTER socket, welcomes workers, plans shards, hands them out as
+/// workers become free, requeues the shards of workers that go missing, keeps the first result
+/// of each shard, and merges them. Everything happens on the thread that calls ``run()``, which
+/// owns the socket.
+public final class Coordinator: @unchecked Sendable {
+    /// Where a worker stands.
+    enum PeerState: String {
+        case ready, busy, missing, dead, refused
+    }
+
+    final class Peer {
+        let identity: [UInt8]
+        var name: String
+        var hello: Zapfleet_V1_Hello?
+        var state: PeerState = .ready
+        var lastHeard: UInt64
+        var lastSent: UInt64 = 0
+        var assignment: (shard: UInt64, attempt: UInt32)?
+        var badFrames = 0
+        var duplicates = 0
+        var completed = 0
+        let joinOrder: Int
+
+        init(identity: [UInt8], now: UInt64, joinOrder: Int) {
+            self.identity = identity
+            self.name = String(decoding: identity.prefix(64), as: UTF8.self)
+            self.lastHeard = now
+            self.joinOrder = joinOrder
+        }
+    }
+
+    struct ShardState {
+        let shard: Shard
+        var attempts: UInt32 = 0
+        var excluded: Set<[UInt8]> = []
+        var result: (runs: [PolicyRun], worker: String, attempt: UInt32, wall: UInt64, finishedAt: UInt64)?
+        var startedAt: UInt64 = 0
+    }
+
+    private let scenario: Scenario
+    private let scenarioYAML: String
+    private let configuration: CoordinatorConfiguration
+    private let context: ZeroMQContext
+    private let logger: Logger
+    private let cancellation: CancellationFlag
+    private let progress: (@Sendable (String, RunProgress) -> Void)?
+    private var peers: [[UInt8]: Peer] = [:]
+    private var shards: [ShardState] = []
+    private var pending: [UInt64] = []
+    private var requeues = 0
+    private var duplicates = 0
+    private var badFramesTotal = 0
+    private var failure: String?
+    private let start = monotonicNanoseconds()
+    private let runID = UUID().uuidString.prefix(8).lowercased()
+    private var socket: ZeroMQSocket?
+    private let boundEndpoint = BoundEndpoint()
+
+    /// A coordinator for `scenario`. `progress` receives workers' progress reports (worker name first).
+    public init(scenario: Scenario, configuration: CoordinatorConfiguration, context: ZeroMQContext, logger: Logger,
+                cancellation: CancellationFlag = CancellationFlag(),
+                progress: (@Sendable (String, RunProgress) -> Void)? = nil) {
+        self.scenario = scenario
+        self.scenarioYAML = ScenarioWriter.yaml(scenario)
+        self.configuration = configuration
+        self.context = context
+        self.logger = logger
+        self.cancellation = cancellation
+        self.progress = progress
+    }
+
+    /// The endpoint actually bound (with the real port for `tcp://…:*`), once ``run()`` has bound it.
+    public func waitForEndpoint() -> String { boundEndpoint.wait() }
+
+    private var interval: UInt64 { UInt64(configuration.heartbeatIntervalMilliseconds) * 1_000_000 }
+    private var missingAfter: UInt64 { interval * UInt64(configuration.heartbeatLiveness) }
+
+    /// Runs the whole fleet run and returns its merged results.
+    public func run() throws -> FleetRunOutcome {
+        let router = try ZeroMQSocket(context, type: .router)
+        try router.setOption(SocketOption.routerMandatory, Int32(1))
+        try router.setOption(SocketOption.maximumMessageSize, configuration.maximumMessageBytes)
+        try router.setOption(ZMQ_ROUTER_HANDOVER_OPTION, Int32(1))
+        try router.bind(configuration.bind)
+        socket = router
+        let endpoint = (try? router.lastEndpoint()) ?? configuration.bind
+        boundEndpoint.set(endpoint)
+        logger.info("coordinator \(runID) listening on \(endpoint); waiting up to \(configuration.waitSeconds) s for \(configuration.expectWorkers) worker(s)")
+        defer {
+            router.close()
+            socket = nil
+        }
+
+        let waitDeadline = start + UInt64(configuration.waitSeconds * 1e9)
+        var planned = false
+        var stopping = false
+        var stopDeadline: UInt64 = 0
+        var poller = ZeroMQPoller()
+        poller.add(router)
+
+        while true {
+            let now = monotonicNanoseconds()
+            if (cancellation.isCancelled || failure != nil) && !stopping {
+                stopping = true
+                stopDeadline = now + max(5_000_000_000, 2 * missingAfter)
+                broadcastStop(reason: failure ?? "interrupted")
+            }
+            if stopping && (now > stopDeadline || !peers.values.contains { $0.state == .busy }) { break }
+
+            if !planned && !stopping {
+                let ready = peers.values.filter { $0.state == .ready }
+                if ready.count >= configuration.expectWorkers || (now > waitDeadline && !ready.isEmpty) {
+                    do {
+                        try plan(for: ready)
+                        planned = true
+                    } catch {
+                        failure = "\(error)"
+                        continue
+                    }
+                } else if now > waitDeadline {
+                    failure = "no worker joined within \(Int(configuration.waitSeconds)) s (expected \(configuration.expectWorkers)); check the workers' --connect address and the network"
+                    break
+                }
+            }
+            if planned && !stopping {
+                if shards.allSatisfy({ $0.result != nil }) {
+                    broadcastStop(reason: "run complete")
+                    break
+                }
+                dispatch()
+            }
+            checkLiveness(now: now)
+            sendHeartbeats(now: now)
+
+            let ready = try poller.poll(timeoutMilliseconds: max(10, configuration.heartbeatIntervalMilliseconds / 4))
+            if ready[0] {
+                while let message = try router.receive(dontWait: true, maximumFrames: 3) {
+                    handle(message)
+                }
+            }
+        }
+        return outcome()
+    }
+
+    // MARK: - Planning and dispatch
+
+    private func plan(for workers: [Peer]) throws {
+        let budget = workers.compactMap { $0.hello?.memoryBudgetBytes }.min() ?? 0
+        let largest = min(workers.compactMap { $0.hello?.largestShardBytes }.min() ?? .max, configuration.shardBytes ?? .max)
+        let slots = workers.compactMap { $0.hello.map { Int($0.largestShardSlots) } }.filter { $0 > 0 }.min() ?? .max
+        let planned = try ShardPlanner.plan(scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots)
+        shards = planned.map { ShardState(shard: $0) }
+        pending = planned.map(\.id)
+        logger.info("planned \(planned.count) shard(s) of up to \(Quantities.formatSize(planned.map(\.bytes).max() ?? 0)) for \(workers.count) worker(s) (smallest budget \(Quantities.describeSize(Double(budget))))")
+    }
+
+    private func dispatch() {
+        let free = peers.values.filter { $0.state == .ready && $0.hello != nil }.sorted { $0.joinOrder < $1.joinOrder }
+        for peer in free {
+            guard let position = pending.firstIndex(where: { id in
+                let state = shards[Int(id)]
+                let slotLimit = Int(peer.hello?.largestShardSlots ?? 0)
+                return !state.excluded.contains(peer.identity) && state.shard.bytes <= (peer.hello?.largestShardBytes ?? .max)
+                    && (slotLimit == 0 || state.shard.slice.slotCount <= slotLimit)
+            }) else { continue }
+            let id = pending.remove(at: position)
+            shards[Int(id)].attempts += 1
+            let attempt = shards[Int(id)].attempts
+            if attempt > UInt32(configuration.maxAttempts) {
+                failure = "shard \(id) (\(shards[Int(id)].shard.slice)) failed \(configuration.maxAttempts) attempts; the run cannot complete"
+                logger.error("\(failure!)")
+                return
+            }
+            shards[Int(id)].startedAt = monotonicNanoseconds()
+            var assignment = Zapfleet_V1_Assignment()
+            assignment.shardID = id
+            assignment.attempt = attempt
+            assignment.scenarioYaml = scenarioYAML
+            assignment.firstSlot = UInt32(shards[Int(id)].shard.slice.firstSlot)
+            assignment.slotCount = UInt32(shards[Int(id)].shard.slice.slotCount)
+            assignment.kernelNsPerSpte = configuration.kernelNanosecondsPerSPTE
+            if send(.assignment(assignment), to: peer) {
+                peer.state = .busy
+                peer.assignment = (id, attempt)
+                logger.info("shard \(id) attempt \(attempt) (\(shards[Int(id)].shard.slice)) -> \(peer.name)")
+            } else {
+                shards[Int(id)].attempts -= 1
+                pending.insert(id, at: 0)
+            }
+        }
+    }
+
+    private func requeue(_ id: UInt64, from peer: Peer, why: String) {
+        guard shards.indices.contains(Int(id)), shards[Int(id)].result == nil, !pending.contains(id) else { return }
+        requeues += 1
+        pending.insert(id, at: 0)
+        logger.warning("shard \(id) requeued (attempt \(shards[Int(id)].attempts) on \(peer.name) \(why))")
+    }
+
+    // MARK: - Liveness
+
+    private func checkLiveness(now: UInt64) {
+        for peer in peers.values {
+            let silence = now &- peer.lastHeard
+            switch peer.state {
+            case .ready where silence > missingAfter, .busy where silence > missingAfter:
+                peer.state = .missing
+                logger.warning("worker \(peer.name) missing: silent for \(silence / 1_000_000) ms")
+                if let assignment = peer.assignment { requeue(assignment.shard, from: peer, why: "went missing") }
+            case .missing where silence > missingAfter * 10:
+                peer.state = .dead
+                peer.assignment = nil
+                logger.warning("worker \(peer.name) dead: silent for \(silence / 1_000_000_000) s")
+            default:
+                break
+            }
+        }
+    }
+
+    private func sendHeartbeats(now: UInt64) {
+        for peer in peers.values where (peer.state == .ready || peer.state == .busy) && now &- peer.lastSent >= interval {
+            _ = send(.heartbeat(Zapfleet_V1_Heartbeat()), to: peer)
+        }
+    }
+
+    private func broadcastStop(reason: String) {
+        var stop = Zapfleet_V1_Stop()
+        stop.reason = reason
+        for peer in peers.values where peer.state != .dead && peer.state != .refused {
+            _ = send(.stop(stop), to: peer)
+        }
+    }
+
+    @discardableResult
+    private func send(_ body: Zapfleet_V1_Envelope.OneOf_Body, to peer: Peer) -> Bool {
+        guard let socket else { return false }
+        do {
+            try socket.send([peer.identity, Messages.frame(body)], dontWait: true)
+            peer.lastSent = monotonicNanoseconds()
+            return true
+        } catch {
+            if error.isHostUnreachable && peer.state != .missing && peer.state != .dead {
+                logger.warning("worker \(peer.name) unreachable (\(Messages.name(body)) not sent)")
+            }
+            return false
+        }
+    }
+
+    // MARK: - Receiving
+
+    private func handle(_ message: ReceivedMessage) {
+        guard message.frames.count == 2, !message.truncated else {
+            rejectFrame(from: message.frames.first, "\(message.frames.count) frames, expected an identity and one envelope")
+            return
+        }
+        let identity = message.frames[0]
+        guard let envelope = Messages.decode(message.frames[1]) else {
+            rejectFrame(from: identity, "not a zapfleet envelope (\(message.frames[1].count) bytes)")
+            return
+        }
+        let now = monotonicNanoseconds()
+        if envelope.protocolVersion != zapfleetProtocolVersion {
+            let peer = peers[identity] ?? register(identity, now: now)
+            var refusal = Zapfleet_V1_Refusal()
+            refusal.reason = "protocol version \(envelope.protocolVersion) is not this coordinator's \(zapfleetProtocolVersion); run the same zapfleet version on coordinator and workers"
+            refusal.coordinatorProtocolVersion = zapfleetProtocolVersion
+            _ = send(.refusal(refusal), to: peer)
+            peer.state = .refused
+            logger.error("refused \(peer.name): protocol version \(envelope.protocolVersion), ours is \(zapfleetProtocolVersion)")
+            return
+        }
+        if case .hello(let hello) = envelope.body {
+            welcome(identity, hello, now: now)
+            return
+        }
+        guard let peer = peers[identity], peer.hello != nil, peer.state != .refused, peer.state != .dead else {
+            rejectFrame(from: identity, "\(Messages.name(envelope.body)) before hello")
+            return
+        }
+        peer.lastHeard = now
+        if peer.state == .missing {
+            peer.state = peer.assignment == nil ? .ready : .busy
+            logger.info("worker \(peer.name) is back")
+        }
+        switch envelope.body {
+        case .heartbeat:
+            break
+        case .progress(let report):
+            guard let assignment = peer.assignment, assignment.shard == report.shardID,
+                  let policy = ZapPolicy(rawValue: report.policy), report.steps < 1_000_000 else {
+                rejectFrame(from: identity, "progress for a shard or policy it was not given")
+                return
+            }
+            progress?(peer.name, RunProgress(policy: policy, step: Int(report.step), steps: Int(report.steps),
+                                             stepName: String(report.stepName.prefix(40)), sptesInstalled: Int(clamping: report.sptesInstalled),
+                                             sptesZapped: Int(clamping: report.sptesZapped),
+                                             sptesPerPopulation: Int(shards[Int(report.shardID)].shard.bytes >> 12),
+                                             elapsedNanoseconds: report.elapsedNs))
+        case .result(let result):
+            accept(result, from: peer)
+        case .abandoned(let abandoned):
+            guard shards.indices.contains(Int(abandoned.shardID)), peer.assignment?.shard == abandoned.shardID else {
+                rejectFrame(from: identity, "abandoned a shard it was not given")
+                return
+            }
+            logger.warning("worker \(peer.name) gave up shard \(abandoned.shardID): \(abandoned.reason.prefix(200))")
+            shards[Int(abandoned.shardID)].excluded.insert(peer.identity)
+            peer.assignment = nil
+            peer.state = .ready
+            requeue(abandoned.shardID, from: peer, why: "was given up")
+        default:
+            rejectFrame(from: identity, "a worker does not send \(Messages.name(envelope.body))")
+        }
+    }
+
+    private func register(_ identity: [UInt8], now: UInt64) -> Peer {
+        let peer = Peer(identity: identity, now: now, joinOrder: peers.count)
+        peers[identity] = peer
+        return peer
+    }
+
+    private func welcome(_ identity: [UInt8], _ hello: Zapfleet_V1_Hello, now: UInt64) {
+        let peer = peers[identity] ?? register(identity, now: now)
+        guard peer.state != .refused else { return }
+        guard hello.memoryBudgetBytes > 0, hello.cores > 0, hello.cores < 1 << 16 else {
+            rejectFrame(from: identity, "hello with a zero memory budget or an impossible core count")
+            return
+        }
+        let reconnect = peer.hello != nil
+        peer.hello = hello
+        peer.name = hello.workerName.isEmpty ? peer.name : String(hello.workerName.prefix(64))
+        peer.lastHeard = now
+        if peer.state == .missing || peer.state == .dead || !reconnect { peer.state = peer.assignment == nil ? .ready : .busy }
+        var welcome = Zapfleet_V1_Welcome()
+        welcome.runID = String(runID)
+        welcome.heartbeatIntervalMs = UInt32(configuration.heartbeatIntervalMilliseconds)
+        welcome.heartbeatLiveness = UInt32(configuration.heartbeatLiveness)
+        _ = send(.welcome(welcome), to: peer)
+        logger.info("worker \(peer.name) \(reconnect ? "reconnected" : "joined") from \(hello.hostName.prefix(64)): \(hello.cores) cores, budget \(Quantities.describeSize(Double(hello.memoryBudgetBytes))), build \(hello.buildVersion.prefix(32))")
+    }
+
+    private func accept(_ result: Zapfleet_V1_ShardResult, from peer: Peer) {
+        let id = result.shardID
+        guard shards.indices.contains(Int(id)), result.attempt >= 1, result.attempt <= shards[Int(id)].attempts else {
+            rejectFrame(from: peer.identity, "result for shard \(id) attempt \(result.attempt), which was never assigned")
+            return
+        }
+        let runs: [PolicyRun]
+        do {
+            runs = try result.policies.map { policy throws(ProtocolViolation) in
+                try ResultCoding.decode(policy, kernelNanosecondsPerSPTE: configuration.kernelNanosecondsPerSPTE)
+            }
+        } catch {
+            rejectFrame(from: peer.identity, "result for shard \(id): \(error)")
+            return
+        }
+        guard runs.map(\.policy) == scenario.policies else {
+            rejectFrame(from: peer.identity, "result for shard \(id) has policies \(runs.map(\.policy.rawValue)), the scenario \(scenario.policies.map(\.rawValue))")
+            return
+        }
+        if peer.assignment?.shard == id {
+            peer.assignment = nil
+            if peer.state == .busy { peer.state = .ready }
+        }
+        var ack = Zapfleet_V1_ResultAck()
+        ack.shardID = id
+        ack.attempt = result.attempt
+        if shards[Int(id)].result != nil {
+            duplicates += 1
+            peer.duplicates += 1
+            ack.duplicate = true
+            logger.info("dropped a duplicate result for shard \(id) (attempt \(result.attempt) from \(peer.name)); attempt \(shards[Int(id)].result!.attempt) from \(shards[Int(id)].result!.worker) was first")
+        } else {
+            shards[Int(id)].result = (runs, peer.name, result.attempt, result.wallNs, monotonicNanoseconds())
+            pending.removeAll { $0 == id }
+            peer.completed += 1
+            let done = shards.filter { $0.result != nil }.count
+            logger.info("shard \(id) done by \(peer.name) in \(Quantities.formatDuration(Double(result.wallNs))) (\(done)/\(shards.count))")
+        }
+        _ = send(.resultAck(ack), to: peer)
+    }
+
+    private func rejectFrame(from identity: [UInt8]?, _ reason: String) {
+        badFramesTotal += 1
+        guard let identity else { return }
+        let peer = peers[identity] ?? register(identity, now: monotonicNanoseconds())
+        peer.badFrames += 1
+        if peer.badFrames <= 3 { logger.warning("dropped a frame from \(peer.name): \(reason)") }
+        if peer.badFrames == configuration.badFrameLimit {
+            logger.error("ignoring \(peer.name) from now on: \(peer.badFrames) bad frames")
+            if let assignment = peer.assignment { requeue(assignment.shard, from: peer, why: "was ignored for bad frames") }
+            peer.assignment = nil
+            peer.state = .dead
+        }
+    }
+
+    // MARK: - Outcome
+
+    private func outcome() -> FleetRunOutcome {
+        let cost = configuration.kernelNanosecondsPerSPTE
+        let done = shards.filter { $0.result != nil }
+        let merged = scenario.policies.compactMap { policy -> PolicyRun? in
+            let runs = done.compactMap { $0.result?.runs.first { $0.policy == policy } }
+            return runs.isEmpty ? nil : FleetAggregation.merge(runs, policy: policy, kernelNanosecondsPerSPTE: cost)
+        }
+        let workers = peers.values.filter { $0.hello != nil || $0.badFrames > 0 }.sorted { $0.joinOrder < $1.joinOrder }.map { peer in
+            FleetSection.WorkerSummary(name: peer.name, host: peer.hello?.hostName ?? "?", cores: Int(peer.hello?.cores ?? 0),
+                                       memoryBudgetBytes: peer.hello?.memoryBudgetBytes ?? 0, shardsCompleted: peer.completed,
+                                       duplicatesDropped: peer.duplicates, badFrames: peer.badFrames, state: peer.state.rawValue)
+        }
+        let shardSummaries = done.map { state in
+            let result = state.result!
+            return FleetSection.ShardSummary(
+                id: state.shard.id, slice: state.shard.slice, worker: result.worker, attempts: Int(state.attempts),
+                wallSeconds: Double(result.wall) / 1e9,
+                sptesZapped: Dictionary(uniqueKeysWithValues: result.runs.map { ($0.policy.rawValue, $0.statistics.sptesZapped) }),
+                violations: Dictionary(uniqueKeysWithValues: result.runs.map { ($0.policy.rawValue, $0.violationCounts.values.reduce(0, +)) }))
+        }
+        let fleet = FleetSection(workers: workers, shards: shardSummaries, requeues: requeues, duplicatesDropped: duplicates,
+                                 badFrames: badFramesTotal, wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: cost))
+        let log = FleetAggregation.intervalLog(done.map { state in
+            let result = state.result!
+            return (state.shard.id, Double(state.startedAt &- start) / 1e9, Double(result.wall) / 1e9, result.runs)
+        }, started: Date(timeIntervalSinceNow: -Double(monotonicNanoseconds() - start) / 1e9))
+        let complete = !shards.isEmpty && shards.allSatisfy { $0.result != nil } && merged.allSatisfy(\.complete)
+        return FleetRunOutcome(runs: merged, fleet: fleet, intervalLog: log, failure: failure, complete: complete)
+    }
+}
+
+/// `ZMQ_ROUTER_HANDOVER`: a reconnecting worker with the same identity takes over its old
+/// connection instead of being refused.
+let ZMQ_ROUTER_HANDOVER_OPTION: Int32 = 56
+
+/// The bound endpoint, published from the coordinator's thread to whoever waits for it.
+final class BoundEndpoint: @unchecked Sendable {
+    private let mutex = PThreadMutex()
+    private let condition = PThreadCondition()
+    private var value: String?
+
+    func set(_ endpoint: String) {
+        mutex.withLock { value = endpoint }
+        condition.broadcast()
+    }
+
+    func wait() -> String {
+        mutex.lock()
+        while value == nil { condition.wait(mutex) }
+        let endpoint = value!
+        mutex.unlock()
+        return endpoint
+    }
+}

@@ -1,0 +1,54 @@
+import Foundation
+import Logging
+import ZapEngine
+import ZapRun
+import ZapScenario
+import ZeroMQ
+
+/// `zapfleet run`'s fleet: a coordinator and in-process workers over `inproc://` sockets of
+/// one context, so that a local run takes exactly the path of a fleet run.
+public enum LocalFleet {
+    /// Runs `scenario` on `workers` in-process workers, each allowed `memoryBudgetBytes` of
+    /// page tables, and returns the coordinator's outcome.
+    public static func run(scenario: Scenario, workers: Int, memoryBudgetBytes: UInt64, kernelNanosecondsPerSPTE: Double,
+                           logger: Logger, cancellation: CancellationFlag,
+                           progress: (@Sendable (String, RunProgress) -> Void)? = nil,
+                           heartbeatIntervalMilliseconds: Int = 1000) throws -> FleetRunOutcome {
+        let context = try ZeroMQContext()
+        let endpoint = "inproc://zapfleet-local-\(UUID().uuidString)"
+        let coordinator = Coordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(bind: endpoint, expectWorkers: workers, waitSeconds: 30,
+                                                    heartbeatIntervalMilliseconds: heartbeatIntervalMilliseconds,
+                                                    kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE),
+            context: context, logger: logger, cancellation: cancellation, progress: progress)
+        let workerCancellation = CancellationFlag()
+        var threads: [OSThread] = []
+        let failures = WorkerFailures()
+        for index in 0..<workers {
+            let configuration = WorkerConfiguration(connect: endpoint, name: "local-\(index)", memoryBudgetBytes: memoryBudgetBytes,
+                                                    cores: 1, progressInterval: 500_000_000)
+            threads.append(OSThread(name: "worker\(index)") {
+                do {
+                    _ = try Worker(configuration: configuration, context: context, logger: logger, cancellation: workerCancellation).run()
+                } catch {
+                    failures.record("worker local-\(index): \(error)")
+                }
+            })
+        }
+        defer {
+            workerCancellation.cancel()
+            for thread in threads { thread.join() }
+        }
+        var outcome = try coordinator.run()
+        if outcome.failure == nil, let failure = failures.first { outcome.failure = failure }
+        return outcome
+    }
+}
+
+private final class WorkerFailures: @unchecked Sendable {
+    private let mutex = PThreadMutex()
+    private var messages: [String] = []
+    func record(_ message: String) { mutex.withLock { messages.append(message) } }
+    var first: String? { mutex.withLock { messages.first } }
+}

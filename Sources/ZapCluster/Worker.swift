@@ -1,0 +1,348 @@
+import Foundation
+import Logging
+import ZapEngine
+import ZapProtocol
+import ZapRun
+import ZapScenario
+import ZeroMQ
+
+/// How a worker runs.
+public struct WorkerConfiguration: Sendable {
+    /// The coordinator's endpoint, e.g. `tcp://10.0.0.1:5555`.
+    public var connect: String
+    /// A name unique among the run's workers; also the socket identity.
+    public var name: String
+    /// Page-table memory the worker may use, in bytes; larger shards are refused.
+    public var memoryBudgetBytes: UInt64
+    /// The largest shard accepted, in bytes of guest memory.
+    public var largestShardBytes: UInt64
+    /// The most memslots accepted in one shard (0: no limit).
+    public var largestShardSlots: Int
+    /// Cores reported to the coordinator.
+    public var cores: Int
+    /// First reconnect delay after the coordinator goes silent, in milliseconds; doubles up to
+    /// `reconnectMaximumMilliseconds`.
+    public var reconnectInitialMilliseconds: Int
+    /// The longest reconnect delay.
+    public var reconnectMaximumMilliseconds: Int
+    /// The build version sent in hello.
+    public var buildVersion: String
+    /// The protocol version sent (tests set another to see the refusal).
+    public var protocolVersion: UInt32
+    /// Leave when the coordinator says stop (otherwise wait for the next run).
+    public var exitOnStop: Bool
+    /// Progress messages at most this often, in nanoseconds.
+    public var progressInterval: UInt64
+
+    /// A configuration with the defaults of `zapfleet worker`.
+    public init(connect: String, name: String, memoryBudgetBytes: UInt64, largestShardBytes: UInt64 = .max, largestShardSlots: Int = 0,
+                cores: Int = ProcessInfo.processInfo.activeProcessorCount, reconnectInitialMilliseconds: Int = 250,
+                reconnectMaximumMilliseconds: Int = 8000, buildVersion: String = "dev",
+                protocolVersion: UInt32 = zapfleetProtocolVersion, exitOnStop: Bool = true,
+                progressInterval: UInt64 = 1_000_000_000) {
+        self.connect = connect
+        self.name = name
+        self.memoryBudgetBytes = memoryBudgetBytes
+        self.largestShardBytes = largestShardBytes
+        self.largestShardSlots = largestShardSlots
+        self.cores = cores
+        self.reconnectInitialMilliseconds = reconnectInitialMilliseconds
+        self.reconnectMaximumMilliseconds = reconnectMaximumMilliseconds
+        self.buildVersion = buildVersion
+        self.protocolVersion = protocolVersion
+        self.exitOnStop = exitOnStop
+        self.progressInterval = progressInterval
+    }
+}
+
+/// Why a worker left.
+public enum WorkerExit: Sendable, Equatable {
+    /// The coordinator said the run is over.
+    case stopped(reason: String)
+    /// The coordinator refused this worker (e.g. a protocol version mismatch).
+    case refused(reason: String)
+    /// The worker was asked to stop (SIGINT/SIGTERM).
+    case cancelled
+}
+
+/// A worker: connects a DEALER socket to the coordinator, says hello, runs the shards it is
+/// given (one at a time, on a thread of their own, with the engine's vCPU threads), reports
+/// progress and results, heartbeats, and reconnects with backoff when the coordinator falls
+/// silent. Results stay queued until acknowledged, so a reconnect does not lose one. The
+/// socket belongs to the thread that calls ``run()``.
+public final class Worker: @unchecked Sendable {
+    private let configuration: WorkerConfiguration
+    private let context: ZeroMQContext
+    private let logger: Logger
+    private let cancellation: CancellationFlag
+    private let outbox = Outbox()
+    private var unacknowledged: [UInt64: [UInt8]] = [:]
+    private var shardThread: OSThread?
+    private var shardCancellation: CancellationFlag?
+    private var currentShard: (id: UInt64, attempt: UInt32)?
+    private var interval: UInt64 = 1_000_000_000
+    private var liveness: UInt64 = 3
+
+    /// A worker with `configuration`.
+    public init(configuration: WorkerConfiguration, context: ZeroMQContext, logger: Logger,
+                cancellation: CancellationFlag = CancellationFlag()) {
+        self.configuration = configuration
+        self.context = context
+        self.logger = logger
+        self.cancellation = cancellation
+    }
+
+    /// Runs until the coordinator stops or refuses the worker, or the worker is cancelled.
+    public func run() throws -> WorkerExit {
+        var backoff = configuration.reconnectInitialMilliseconds
+        var socket = try connect()
+        var welcomed = false
+        var lastHeard = monotonicNanoseconds()
+        var lastSent: UInt64 = 0
+        var poller = ZeroMQPoller()
+        poller.add(socket)
+        defer {
+            shardCancellation?.cancel()
+            shardThread?.join()
+            socket.close()
+        }
+
+        func transmit(_ frame: [UInt8]) {
+            do {
+                try socket.send([frame], dontWait: true)
+                lastSent = monotonicNanoseconds()
+            } catch {
+                logger.debug("send failed: \(error)")
+            }
+        }
+
+        while true {
+            if cancellation.isCancelled {
+                if let shard = currentShard {
+                    var abandoned = Zapfleet_V1_ShardAbandoned()
+                    abandoned.shardID = shard.id
+                    abandoned.attempt = shard.attempt
+                    abandoned.reason = "worker \(configuration.name) is stopping"
+                    transmit(frame(.abandoned(abandoned)))
+                }
+                return .cancelled
+            }
+            let now = monotonicNanoseconds()
+            // Paranoid Pirate: a silent coordinator is presumed gone; start over with a new socket.
+            if now &- lastHeard > interval * liveness {
+                logger.warning("coordinator silent for \((now &- lastHeard) / 1_000_000) ms; reconnecting in \(backoff) ms")
+                socket.close()
+                sleep(milliseconds: backoff)
+                backoff = min(backoff * 2, configuration.reconnectMaximumMilliseconds)
+                socket = try connect()
+                poller = ZeroMQPoller()
+                poller.add(socket)
+                welcomed = false
+                lastHeard = monotonicNanoseconds()
+                continue
+            }
+            for item in outbox.drain() {
+                switch item {
+                case .progress(let bytes):
+                    transmit(bytes)
+                case .result(let id, let bytes):
+                    // Kept until acknowledged; sent again after a reconnect.
+                    unacknowledged[id] = bytes
+                    if welcomed { transmit(bytes) }
+                case .finished:
+                    shardThread?.join()
+                    shardThread = nil
+                    currentShard = nil
+                }
+            }
+            if now &- lastSent >= interval { transmit(frame(.heartbeat(Zapfleet_V1_Heartbeat()))) }
+
+            guard try poller.poll(timeoutMilliseconds: 50)[0] else { continue }
+            while let message = try socket.receive(dontWait: true, maximumFrames: 2) {
+                guard message.frames.count == 1, let envelope = Messages.decode(message.frames[0]) else {
+                    logger.warning("dropped a malformed frame from the coordinator")
+                    continue
+                }
+                lastHeard = monotonicNanoseconds()
+                switch envelope.body {
+                case .welcome(let welcome):
+                    welcomed = true
+                    backoff = configuration.reconnectInitialMilliseconds
+                    interval = UInt64(max(10, welcome.heartbeatIntervalMs)) * 1_000_000
+                    liveness = UInt64(max(2, welcome.heartbeatLiveness))
+                    logger.info("joined run \(welcome.runID) at \(configuration.connect)")
+                    for bytes in unacknowledged.values { transmit(bytes) }
+                case .refusal(let refusal):
+                    logger.error("refused by the coordinator: \(refusal.reason)")
+                    return .refused(reason: refusal.reason)
+                case .assignment(let assignment):
+                    start(assignment, transmit: transmit)
+                case .resultAck(let ack):
+                    unacknowledged[ack.shardID] = nil
+                    if ack.duplicate { logger.info("shard \(ack.shardID): the coordinator already had a result; ours was dropped") }
+                case .stop(let stop):
+                    logger.info("coordinator says stop: \(stop.reason)")
+                    if configuration.exitOnStop || stop.reason != "run complete" {
+                        // A stopped run still sends what it measured, marked incomplete.
+                        shardCancellation?.cancel()
+                        if let thread = shardThread {
+                            thread.join()
+                            shardThread = nil
+                            for case .result(_, let bytes) in outbox.drain() { transmit(bytes) }
+                        }
+                        if configuration.exitOnStop { return .stopped(reason: stop.reason) }
+                    }
+                case .heartbeat:
+                    break
+                default:
+                    logger.warning("dropped an unexpected \(Messages.name(envelope.body)) from the coordinator")
+                }
+            }
+        }
+    }
+
+    private func frame(_ body: Zapfleet_V1_Envelope.OneOf_Body) -> [UInt8] {
+        var envelope = Messages.envelope(body)
+        envelope.protocolVersion = configuration.protocolVersion
+        return (try? envelope.serializedBytes()) ?? []
+    }
+
+    private func connect() throws -> ZeroMQSocket {
+        let socket = try ZeroMQSocket(context, type: .dealer)
+        try socket.setOption(SocketOption.identity, Array(configuration.name.utf8))
+        try socket.setOption(SocketOption.reconnectInterval, Int32(configuration.reconnectInitialMilliseconds))
+        try socket.setOption(SocketOption.reconnectIntervalMaximum, Int32(configuration.reconnectMaximumMilliseconds))
+        try socket.setOption(SocketOption.maximumMessageSize, Int64(64 << 20))
+        // Give a last result a moment to leave when the worker exits right after sending it.
+        try socket.setOption(SocketOption.linger, Int32(2000))
+        try socket.connect(configuration.connect)
+        var hello = Zapfleet_V1_Hello()
+        hello.buildVersion = configuration.buildVersion
+        hello.hostName = ProcessInfo.processInfo.hostName
+        hello.cores = UInt32(configuration.cores)
+        hello.memoryBudgetBytes = configuration.memoryBudgetBytes
+        hello.largestShardBytes = configuration.largestShardBytes
+        hello.workerName = configuration.name
+        hello.largestShardSlots = UInt32(configuration.largestShardSlots)
+        hello.role = .simulator
+        try socket.send([frame(.hello(hello))], dontWait: true)
+        return socket
+    }
+
+    /// Validates an assignment and runs it on a thread, or says why not.
+    private func start(_ assignment: Zapfleet_V1_Assignment, transmit: ([UInt8]) -> Void) {
+        func abandon(_ reason: String) {
+            logger.warning("refusing shard \(assignment.shardID): \(reason)")
+            var abandoned = Zapfleet_V1_ShardAbandoned()
+            abandoned.shardID = assignment.shardID
+            abandoned.attempt = assignment.attempt
+            abandoned.reason = reason
+            transmit(frame(.abandoned(abandoned)))
+        }
+        guard currentShard == nil else { return abandon("busy with shard \(currentShard!.id)") }
+        let scenario: Scenario
+        do {
+            scenario = try ScenarioParser.parse(assignment.scenarioYaml, file: "assignment \(assignment.shardID)")
+        } catch {
+            return abandon("the scenario does not parse: \(error)")
+        }
+        let slice = MemorySlice(firstSlot: Int(assignment.firstSlot), slotCount: Int(assignment.slotCount))
+        guard slice.slotCount > 0, slice.firstSlot + slice.slotCount <= scenario.memslotCount else {
+            return abandon("\(slice) lies outside the scenario's \(scenario.memslotCount) memslots")
+        }
+        guard configuration.largestShardSlots == 0 || slice.slotCount <= configuration.largestShardSlots else {
+            return abandon("\(slice.slotCount) memslots exceed this worker's --slots \(configuration.largestShardSlots)")
+        }
+        let bytes = UInt64(slice.slotCount) * scenario.vm.memslotBytes
+        let need = MemoryEstimate.estimate(scenario, bytes: bytes).peakBytes
+        guard bytes <= configuration.largestShardBytes, need <= configuration.memoryBudgetBytes else {
+            return abandon("the shard (\(Quantities.formatSize(bytes))) needs \(Quantities.describeSize(Double(need))) of page tables; this worker's budget is \(Quantities.describeSize(Double(configuration.memoryBudgetBytes)))")
+        }
+        guard assignment.kernelNsPerSpte > 0, assignment.kernelNsPerSpte.isFinite else { return abandon("invalid kernel cost per SPTE") }
+
+        currentShard = (assignment.shardID, assignment.attempt)
+        let flag = CancellationFlag()
+        shardCancellation = flag
+        let outbox = self.outbox
+        let shardLogger = self.logger
+        let interval = configuration.progressInterval
+        let progressFrame: @Sendable (RunProgress) -> [UInt8] = { [configuration] update in
+            var report = Zapfleet_V1_Progress()
+            report.shardID = assignment.shardID
+            report.attempt = assignment.attempt
+            report.policy = update.policy.rawValue
+            report.step = UInt32(update.step)
+            report.steps = UInt32(update.steps)
+            report.stepName = update.stepName
+            report.sptesInstalled = UInt64(update.sptesInstalled)
+            report.sptesZapped = UInt64(update.sptesZapped)
+            report.elapsedNs = update.elapsedNanoseconds
+            var envelope = Messages.envelope(.progress(report))
+            envelope.protocolVersion = configuration.protocolVersion
+            return (try? envelope.serializedBytes()) ?? []
+        }
+        let resultVersion = configuration.protocolVersion
+        logger.info("running shard \(assignment.shardID) attempt \(assignment.attempt): \(slice) of \(scenario.name)")
+        shardThread = OSThread(name: "shard") {
+            let start = monotonicNanoseconds()
+            let runner = ScenarioRunner(scenario: scenario, options: RunOptions(
+                kernelNanosecondsPerSPTE: assignment.kernelNsPerSpte, slice: slice, cancellation: flag,
+                progress: { outbox.push(.progress(progressFrame($0))) }, progressInterval: interval))
+            var result = Zapfleet_V1_ShardResult()
+            result.shardID = assignment.shardID
+            result.attempt = assignment.attempt
+            do {
+                for policy in scenario.policies {
+                    result.policies.append(ResultCoding.encode(try runner.run(policy: policy)))
+                }
+            } catch {
+                shardLogger.error("shard \(assignment.shardID) failed: \(error)")
+                var abandoned = Zapfleet_V1_ShardAbandoned()
+                abandoned.shardID = assignment.shardID
+                abandoned.attempt = assignment.attempt
+                abandoned.reason = "the engine failed: \(error)"
+                var envelope = Messages.envelope(.abandoned(abandoned))
+                envelope.protocolVersion = resultVersion
+                outbox.push(.progress((try? envelope.serializedBytes()) ?? []))
+                outbox.push(.finished)
+                return
+            }
+            result.wallNs = monotonicNanoseconds() - start
+            var envelope = Messages.envelope(.result(result))
+            envelope.protocolVersion = resultVersion
+            outbox.push(.result(assignment.shardID, (try? envelope.serializedBytes()) ?? []))
+            outbox.push(.finished)
+            shardLogger.info("shard \(assignment.shardID) finished in \(Quantities.formatDuration(Double(result.wallNs)))")
+        }
+    }
+
+    private func sleep(milliseconds: Int) {
+        var remaining = milliseconds
+        while remaining > 0 && !cancellation.isCancelled {
+            usleep(UInt32(min(remaining, 100)) * 1000)
+            remaining -= 100
+        }
+    }
+}
+
+/// Messages from the shard thread to the socket's thread.
+final class Outbox: @unchecked Sendable {
+    enum Item {
+        case progress([UInt8])
+        case result(UInt64, [UInt8])
+        case finished
+
+    }
+
+    private let mutex = PThreadMutex()
+    private var items: [Item] = []
+
+    func push(_ item: Item) { mutex.withLock { items.append(item) } }
+
+    func drain() -> [Item] {
+        mutex.withLock {
+            defer { items.removeAll() }
+            return items
+        }
+    }
+}

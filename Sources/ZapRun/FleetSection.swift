@@ -1,0 +1,117 @@
+/// The parts of a report that only a fleet run has: who ran what, and the whole-VM view.
+public struct FleetSection: Sendable, Codable, Equatable {
+    /// One worker's part in the run.
+    public struct WorkerSummary: Sendable, Codable, Equatable {
+        /// The worker's name.
+        public var name: String
+        /// Its host.
+        public var host: String
+        /// Cores it reported.
+        public var cores: Int
+        /// Page-table memory it may use.
+        public var memoryBudgetBytes: UInt64
+        /// Shards whose accepted result came from it.
+        public var shardsCompleted: Int
+        /// Results it sent for shards already done (dropped).
+        public var duplicatesDropped: Int
+        /// Frames from it that failed validation (dropped).
+        public var badFrames: Int
+        /// Its last state: ready, busy, missing, dead, refused.
+        public var state: String
+
+        /// A worker's summary.
+        public init(name: String, host: String, cores: Int, memoryBudgetBytes: UInt64, shardsCompleted: Int,
+                    duplicatesDropped: Int, badFrames: Int, state: String) {
+            self.name = name
+            self.host = host
+            self.cores = cores
+            self.memoryBudgetBytes = memoryBudgetBytes
+            self.shardsCompleted = shardsCompleted
+            self.duplicatesDropped = duplicatesDropped
+            self.badFrames = badFrames
+            self.state = state
+        }
+    }
+
+    /// One shard's part in the run.
+    public struct ShardSummary: Sendable, Codable, Equatable {
+        /// The shard's id.
+        public var id: UInt64
+        /// Its memslots.
+        public var slice: MemorySlice
+        /// The worker whose result was accepted.
+        public var worker: String
+        /// Attempts it took (1 unless requeued).
+        public var attempts: Int
+        /// Wall time of the accepted attempt.
+        public var wallSeconds: Double
+        /// SPTEs zapped under each policy.
+        public var sptesZapped: [String: Int]
+        /// Violations under each policy.
+        public var violations: [String: Int]
+
+        /// A shard's summary.
+        public init(id: UInt64, slice: MemorySlice, worker: String, attempts: Int, wallSeconds: Double,
+                    sptesZapped: [String: Int], violations: [String: Int]) {
+            self.id = id
+            self.slice = slice
+            self.worker = worker
+            self.attempts = attempts
+            self.wallSeconds = wallSeconds
+            self.sptesZapped = sptesZapped
+            self.violations = violations
+        }
+    }
+
+    /// One timeline event of the whole VM, composed from its slices.
+    public struct WholeVMEvent: Sendable, Codable, Equatable {
+        /// The policy.
+        public var policy: String
+        /// The step's position in the timeline (1-based) and its name.
+        public var step: Int
+        /// The step's name.
+        public var name: String
+        /// The event's block time for the whole VM: where the caller waits for zapping (the
+        /// slices' SPTEs were zapped while it waited), the sum of the slices' longest blocks,
+        /// since one root spans them all; otherwise the longest slice's.
+        public var measuredNs: UInt64
+        /// The kernel projection of the same: every slice's inline SPTEs × the per-SPTE cost.
+        public var projectedNs: UInt64
+        /// Leaf SPTEs zapped while the event's callers waited, over every slice.
+        public var sptesZappedInline: Int
+
+        /// An event.
+        public init(policy: String, step: Int, name: String, measuredNs: UInt64, projectedNs: UInt64, sptesZappedInline: Int) {
+            self.policy = policy
+            self.step = step
+            self.name = name
+            self.measuredNs = measuredNs
+            self.projectedNs = projectedNs
+            self.sptesZappedInline = sptesZappedInline
+        }
+    }
+
+    /// The workers, in the order they joined.
+    public var workers: [WorkerSummary]
+    /// The shards, by id.
+    public var shards: [ShardSummary]
+    /// Shards that were requeued (a worker went missing, died, or gave one up).
+    public var requeues: Int
+    /// Results dropped as duplicates.
+    public var duplicatesDropped: Int
+    /// Frames dropped for failing validation.
+    public var badFrames: Int
+    /// The whole-VM block time of each event of the timeline.
+    public var wholeVm: [WholeVMEvent]
+
+    /// A fleet section.
+    public init(workers: [WorkerSummary], shards: [ShardSummary], requeues: Int, duplicatesDropped: Int, badFrames: Int,
+                wholeVm: [WholeVMEvent]) {
+        self.workers = workers
+        self.shards = shards
+        self.requeues = requeues
+        self.duplicatesDropped = duplicatesDropped
+        self.badFrames = badFrames
+        self.wholeVm = wholeVm
+    }
+}

@@ -1,0 +1,38 @@
+import Foundation
+import ZapCluster
+import ZapRun
+import ZapScenario
+
+/// Turns a fleet outcome into what the user sees: the table, the files, the exit code.
+enum ReportOutput {
+    /// Prints the report of `outcome`, writes its files into `out` if given, and returns the
+    /// exit code its verdict calls for.
+    static func emit(scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
+                     kernelNanosecondsPerSPTE: Double, out: String?, fleetDetail: Bool) throws -> Int32 {
+        var report = RunReport(scenario: scenario, runs: outcome.runs, slice: .whole(scenario),
+                               kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, startedAt: started,
+                               wallNanoseconds: wallNanoseconds, version: ZapfleetVersion.current,
+                               fleet: outcome.fleet, failure: outcome.failure)
+        if !outcome.complete && report.complete {
+            report.complete = false
+            if report.verdict.exitCode == 0 || report.verdict.exitCode == 1 {
+                report.verdict.exitCode = 130
+                report.verdict.summary = "interrupted: the report holds what was measured before the stop"
+            }
+        }
+        print("zapfleet \(scenario.name): \(Quantities.formatSize(scenario.vm.memoryBytes)), \(scenario.workload.vcpus) vCPUs, seed \(scenario.seed)")
+        print(ReportTable.render(report, fleetDetail: fleetDetail), terminator: "")
+        if let failure = outcome.failure { printError(failure) }
+        if let out {
+            do {
+                let files = try ReportFiles.write(report, runs: outcome.runs, to: out,
+                                                  intervalLog: fleetDetail ? outcome.intervalLog : nil)
+                print("wrote \(files.count) files to \(out)")
+            } catch {
+                printError("cannot write the report to \(out): \(error.localizedDescription)")
+                return ZapfleetExitCode.internalError.rawValue
+            }
+        }
+        return report.verdict.exitCode
+    }
+}
