@@ -14,6 +14,10 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
         case refcountUnderflow = "refcount-underflow"
         /// A freed root or table was touched (bug class 3).
         case useAfterFree = "use-after-free"
+        /// A valid root lost its last reference (`preserve`: a put without a get; bug class 3).
+        case validRootFreed = "valid-root-freed"
+        /// A valid root had no reference under the write lock (`async` invalidation's WARN).
+        case validRootUnreferenced = "valid-root-unreferenced"
         /// A zap that may yield ran on a root whose count was zero (bug class 4).
         case zapUnreferenced = "zap-unreferenced"
         /// A root was queued while already pending: `queue_work` returned false (bug class 1).
@@ -32,7 +36,7 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
             switch self {
             case .rootLeaked, .pagesLeaked, .sptesLeaked: 1
             case .earlyReturn: 2
-            case .refcountUnderflow, .useAfterFree: 3
+            case .refcountUnderflow, .useAfterFree, .validRootFreed, .validRootUnreferenced: 3
             case .zapUnreferenced: 4
             case .doubleQueue, .queueRefused: 5
             case .addressSpaceSkipped: 6

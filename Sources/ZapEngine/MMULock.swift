@@ -11,8 +11,13 @@ public final class MMULock: @unchecked Sendable {
     private let mutex = PThreadMutex()
     private let readersMayEnter = PThreadCondition()
     private let writerMayEnter = PThreadCondition()
+    private let handedOver = PThreadCondition()
     private var activeReaders = 0
     private var writerActive = false
+    private var acquisitions: UInt64 = 0
+    private var handoverWaiters = 0
+    /// `acquisitions`, readable without the mutex.
+    private let acquisitionMirror = ManagedAtomic<UInt64>(0)
     /// Waiting writers, readable without the mutex so that a zap can poll it cheaply.
     private let waitingWriters = ManagedAtomic<Int>(0)
     /// Waiting readers, so that a write-locked zap can see it starves someone.
@@ -32,7 +37,15 @@ public final class MMULock: @unchecked Sendable {
             waitingReaders.wrappingDecrement(ordering: .relaxed)
         }
         activeReaders += 1
+        noteAcquisition()
         mutex.unlock()
+    }
+
+    /// Counts an acquisition; with the mutex held.
+    private func noteAcquisition() {
+        acquisitions &+= 1
+        acquisitionMirror.store(acquisitions, ordering: .relaxed)
+        if handoverWaiters > 0 { handedOver.broadcast() }
     }
 
     /// `read_unlock(&kvm->mmu_lock)`.
@@ -54,8 +67,58 @@ public final class MMULock: @unchecked Sendable {
         }
         waitingWriters.wrappingDecrement(ordering: .relaxed)
         writerActive = true
+        noteAcquisition()
         mutex.unlock()
     }
+
+    /// `cond_resched_rwlock_write`: gives the lock to whoever waits for it, then takes it back.
+    ///
+    /// Releasing and re-taking is not enough: the yielding writer would win the race against the
+    /// waiters it just woke, and hand nothing over. So it waits until someone else has acquired
+    /// the lock (or nobody waits any more), as the kernel's FIFO queued rwlock guarantees.
+    /// - Returns: whether someone else held the lock in between.
+    @discardableResult
+    public func yieldExclusive() -> Bool {
+        mutex.lock()
+        let before = acquisitions
+        writerActive = false
+        if waitingWriters.load(ordering: .relaxed) > 0 {
+            writerMayEnter.signal()
+        } else {
+            readersMayEnter.broadcast()
+        }
+        handoverWaiters += 1
+        while acquisitions == before
+                && (waitingWriters.load(ordering: .relaxed) > 0 || waitingReaders.load(ordering: .relaxed) > 0) {
+            handedOver.wait(mutex)
+        }
+        handoverWaiters -= 1
+        let handed = acquisitions != before
+        waitingWriters.wrappingIncrement(ordering: .relaxed)
+        while writerActive || activeReaders > 0 {
+            writerMayEnter.wait(mutex)
+        }
+        waitingWriters.wrappingDecrement(ordering: .relaxed)
+        writerActive = true
+        noteAcquisition()
+        mutex.unlock()
+        return handed
+    }
+
+    /// `cond_resched_rwlock_read`: lets a waiting writer in, then takes the read lock again.
+    /// Readers queue behind a waiting writer, so the writer always gets its turn.
+    /// - Returns: whether someone else held the lock in between.
+    @discardableResult
+    public func yieldShared() -> Bool {
+        let before = acquisitionCount
+        unlockShared()
+        lockShared()
+        // Our own re-acquisition is one; any more were someone else's.
+        return acquisitionCount &- before > 1
+    }
+
+    /// Acquisitions of the lock so far, shared or exclusive, by anyone.
+    public var acquisitionCount: UInt64 { acquisitionMirror.load(ordering: .relaxed) }
 
     /// `write_unlock(&kvm->mmu_lock)`.
     public func unlockExclusive() {

@@ -97,8 +97,17 @@ public final class Root: @unchecked Sendable, CustomStringConvertible {
         RootLifecycle(rawValue: lifecycleRaw.load(ordering: .acquiring))!
     }
 
+    /// Moves the root forward to `state`. A root never moves back: a zapped root cannot become
+    /// unzapped, so a later step that would name an earlier state (a re-queue by a buggy
+    /// invalidation, a second zap) leaves the state as it is.
     func advance(to state: RootLifecycle) {
-        lifecycleRaw.store(state.rawValue, ordering: .releasing)
+        var seen = lifecycleRaw.load(ordering: .relaxed)
+        while seen < state.rawValue {
+            let (exchanged, original) = lifecycleRaw.weakCompareExchange(
+                expected: seen, desired: state.rawValue, ordering: .acquiringAndReleasing)
+            if exchanged { return }
+            seen = original
+        }
     }
 
     /// `kvm_tdp_mmu_get_root`: takes a reference unless the count is zero (or below).

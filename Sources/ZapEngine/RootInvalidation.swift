@@ -46,7 +46,14 @@ extension VirtualMachine {
             switch policy {
             case .async:
                 if root.isInvalid && !injectsDoubleQueue { continue }
-                guard root.tryGetReference() else { continue }
+                guard root.tryGetReference() else {
+                    // `WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root))`: under the write lock a valid
+                    // root always has a reference.
+                    if !root.isInvalid {
+                        checker.record(.validRootUnreferenced, root: root, "a valid root had no reference under the write lock")
+                    }
+                    continue
+                }
                 _ = root.markInvalid()
                 root.advance(to: .invalidQueued)
                 scheduleZap(root)

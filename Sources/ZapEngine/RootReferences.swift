@@ -24,7 +24,10 @@ extension VirtualMachine {
         let root = Root(id: makeRootID(), role: role, table: table,
                         initialReferences: policy == .preserve ? 2 : 1)
         if policy == .async {
-            root.zapWork = WorkItem(label: "zap root#\(root.id)") { [unowned self, root] in
+            // Weak both ways: the work item must neither keep its root alive (root -> item ->
+            // root) nor touch a VM being deinitialised.
+            root.zapWork = WorkItem(label: "zap root#\(root.id)") { [weak self, weak root] in
+                guard let self, let root else { return }
                 self.zapRootWork(root)
             }
         }
@@ -58,9 +61,14 @@ extension VirtualMachine {
             // full, while the caller waits: the 900 s of the seed on a 64 TiB root.
             _ = root.markInvalid()
             removeRoot(root)
-            root.advance(to: .zapping)
-            let zapped = zapRoot(root, mode: mode, yieldable: false)
-            root.advance(to: .zapped)
+            // A root the fast-zap caller already zapped has nothing left: it is invalid, and
+            // faults never install into an invalid root.
+            var zapped = 0
+            if root.lifecycle < .zapped {
+                root.advance(to: .zapping)
+                zapped = zapRoot(root, mode: mode, yieldable: false)
+                root.advance(to: .zapped)
+            }
             freeRootAfterGracePeriod(root)
             return zapped
         case .async:
@@ -81,8 +89,11 @@ extension VirtualMachine {
             freeRootAfterGracePeriod(root)
             return 0
         case .preserve:
-            // The MMU's own reference is put only after the zap, so the root is invalid here.
-            _ = root.markInvalid()
+            // The MMU's own reference is put only after the zap, so the root is invalid here
+            // (`KVM_BUG_ON(!root->role.invalid)`); a valid one means an extra put somewhere.
+            if !root.markInvalid() {
+                checker.record(.validRootFreed, root: root, "the last reference of a valid root was put: a put without a get")
+            }
             removeRoot(root)
             freeRootAfterGracePeriod(root)
             return 0

@@ -13,6 +13,8 @@ extension VirtualMachine {
     /// Two passes, as the kernel does since v5.18: first every 1 GiB (level-3) entry, then every
     /// root-level entry, whose level-3 tables are empty by then. So no step frees more than one
     /// 1 GiB subtree (513 tables of 4 KiB mappings), and a yield is never more than a step away.
+    /// Under `sync` (v5.17's `zap_gfn_range`) there is only the root-level pass: a step is a whole
+    /// 512 GiB entry.
     /// A `yieldable` zap gives `mmu_lock` up at a step boundary when someone waits for it, but
     /// only after it made progress since its last yield (`tdp_mmu_iter_cond_resched`).
     /// - Returns: leaf SPTEs zapped.
@@ -24,7 +26,7 @@ extension VirtualMachine {
         walk.checkReferenced()
         let rootTable = pool.table(root.table)
         // Pass 1: each 1 GiB entry under each root entry.
-        for rootIndex in 0..<PagingGeometry.entriesPerTable {
+        for rootIndex in 0..<PagingGeometry.entriesPerTable where policy != .sync {
             var index = 0
             while index < PagingGeometry.entriesPerTable {
                 // (Re)read the path from the root: after a yield the level-3 table may be gone.
@@ -199,6 +201,10 @@ struct ZapWalk {
             if !old.isRemoved { return old }
             yieldProcessor()
         }
+        // Nobody else may freeze an entry of a table this walk unlinked: the table was unlinked
+        // twice, or reused while still reachable.
+        vm.checker.record(.useAfterFree, root: root,
+                          "entry \(index) of a table being torn down stayed frozen: the table was unlinked twice or reused")
         return .removed
     }
 
@@ -239,34 +245,34 @@ struct ZapWalk {
         }
         let someoneWaits = mode == .shared ? vm.mmuLock.writerIsWaiting : vm.mmuLock.anyoneIsWaiting
         guard someoneWaits && progressSinceYield else { return leftTree }
+        // Invariant 7 is judged on what the lock did, not on what this walk meant to do: someone
+        // waited at a boundary after progress, and must have had the lock before the walk goes on.
+        var handedOver = false
         if yields {
-            yieldLock()
+            handedOver = yieldLock()
             progressSinceYield = false
             checkReferenced()
-            return true
         }
-        if yieldable && !starvationReported {
+        if yieldable && !handedOver && !starvationReported {
             starvationReported = true
             vm.checker.record(.writerStarved, root: root,
                               "zap kept mmu_lock past a step boundary while another thread waited for it")
         }
-        return leftTree
+        return yields || leftTree
     }
 
-    /// `cond_resched_rwlock_read` / `cond_resched_rwlock_write`.
-    private mutating func yieldLock() {
+    /// `cond_resched_rwlock_read` / `cond_resched_rwlock_write`. Returns whether someone else
+    /// held the lock in between.
+    private mutating func yieldLock() -> Bool {
         vm.counters.yields.wrappingIncrement(ordering: .relaxed)
         switch mode {
         case .shared:
             if let held = token { vm.gracePeriod.exitReadSide(held) }
-            vm.mmuLock.unlockShared()
-            yieldProcessor()
-            vm.mmuLock.lockShared()
+            let handed = vm.mmuLock.yieldShared()
             token = vm.gracePeriod.enterReadSide()
+            return handed
         case .exclusive:
-            vm.mmuLock.unlockExclusive()
-            yieldProcessor()
-            vm.mmuLock.lockExclusive()
+            return vm.mmuLock.yieldExclusive()
         }
     }
 

@@ -114,6 +114,7 @@ public final class VirtualMachine: @unchecked Sendable {
     }
 
     deinit {
+        // A VM dropped without teardown still stops its workers; their items find no VM.
         zapQueue?.destroy()
     }
 

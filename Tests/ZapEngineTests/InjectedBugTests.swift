@@ -165,4 +165,32 @@ struct InjectedBugTests {
         #expect(vm.checker.saw(.writerStarved), "\(policy): \(vm.checker.violations)")
         #expect(vm.statistics.yields == 0)
     }
+
+    @Test("a full zap under the write lock hands mmu_lock to faults waiting at each step",
+          arguments: [ZapPolicy.async, .preserve])
+    func writeLockedZapHandsOver(policy: ZapPolicy) throws {
+        let vm = try makeVM(policy, [])
+        let owner = vm.makeVCPU()
+        for region in 0..<UInt64(4 * 512) { owner.populate2MRegion(firstFrame: region * 512) }
+        let faulter = vm.makeVCPU()
+        faulter.fault(gfn: 1 << 30)
+        let zapping = Log<Int>()
+        let duringZap = Log<Int>()
+        let stop = Log<Int>()
+        let thread = OSThread(name: "faulter") {
+            while stop.count == 0 {
+                faulter.fault(gfn: 1 << 30)
+                if zapping.count == 1 { duringZap.append(1) }
+            }
+        }
+        zapping.append(1)
+        vm.fullZap()
+        zapping.append(2)
+        stop.append(1)
+        thread.join()
+        vm.teardown()
+        #expect(vm.statistics.yields > 0)
+        #expect(duringZap.count > 0, "no fault got mmu_lock while the full zap ran")
+        #expect(!vm.checker.saw(.writerStarved), "\(vm.checker.violations)")
+    }
 }
