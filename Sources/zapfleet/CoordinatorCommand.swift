@@ -1,0 +1,104 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ZapCluster
+import ZapEngine
+import ZapRun
+import ZapScenario
+import ZeroMQ
+
+/// `zapfleet coordinator`: cuts a scenario into shards and runs them on workers over ZeroMQ.
+struct CoordinatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator",
+        abstract: "Run a scenario on a fleet of workers: plan shards, hand them out, merge the results.",
+        discussion: """
+            Binds a ROUTER socket and waits for --expect-workers workers (`zapfleet worker --connect …`), \
+            up to --wait; then cuts the scenario's memory at memslot boundaries into shards that fit the \
+            smallest worker budget, hands them out as workers become free, requeues the shard of a worker \
+            that goes silent for --liveness heartbeat intervals, keeps the first result of each shard, \
+            and merges the histograms exactly. Prints the same table as `zapfleet run`, plus the whole-VM \
+            view, workers and shards; --out also writes shards.hlog (HdrHistogram interval log).
+
+            Exit codes as `zapfleet run`: 0, 1 objective missed, 2 invariant violated, 64 bad input, \
+            70 failure (a shard out of attempts, no workers), 130 interrupted.
+
+            Example:
+              zapfleet coordinator --scenario seed-64t --bind tcp://0.0.0.0:5555 --expect-workers 4 --out runs/seed
+            """
+    )
+
+    @Option(help: "Built-in scenario name or YAML file.")
+    var scenario: String = "quick"
+
+    @Option(help: "ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5555.")
+    var bind: String = "tcp://127.0.0.1:5555"
+
+    @Option(help: "Workers to wait for before planning.")
+    var expectWorkers: Int = 1
+
+    @Option(help: "How long to wait for the expected workers, e.g. 60s; planning then starts with those present.")
+    var wait: String = "60s"
+
+    @Option(help: "Heartbeat interval, e.g. 1s.")
+    var heartbeatInterval: String = "1s"
+
+    @Option(help: "Silent heartbeat intervals after which a worker is missing and its shard is requeued.")
+    var liveness: Int = 3
+
+    @Option(help: "Attempts a shard may take before the run fails.")
+    var maxAttempts: Int = 3
+
+    @Option(help: "Largest shard, e.g. 2TiB (default: as large as the smallest worker budget allows).")
+    var shardSize: String?
+
+    @Option(help: "Directory for report.json, .hgrm files, shards.hlog and scenario.yaml.")
+    var out: String?
+
+    @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection.")
+    var kernelSpteNs: Double = 52
+
+    func validate() throws {
+        guard Quantities.parseDuration(wait) != nil else { throw ValidationError("--wait '\(wait)' is not a duration, e.g. 60s") }
+        guard let beat = Quantities.parseDuration(heartbeatInterval), beat >= 10e6 else {
+            throw ValidationError("--heartbeat-interval '\(heartbeatInterval)' is not a duration of at least 10ms")
+        }
+        guard expectWorkers >= 1 else { throw ValidationError("--expect-workers must be at least 1") }
+        guard liveness >= 2 else { throw ValidationError("--liveness must be at least 2") }
+        guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
+        if let shardSize, Quantities.parseSize(shardSize) == nil { throw ValidationError("--shard-size '\(shardSize)' is not a size, e.g. 2TiB") }
+    }
+
+    func run() throws {
+        let logger = Logger(label: "zapfleet.coordinator")
+        let resolved: Scenario
+        do {
+            resolved = try ScenarioCatalog.load(scenario)
+        } catch {
+            printError(error.description)
+            throw ZapfleetExitCode.badInput
+        }
+        let cancellation = CancellationFlag()
+        let interrupt = InterruptHandler { cancellation.cancel() }
+        defer { interrupt.cancel() }
+        let configuration = CoordinatorConfiguration(
+            bind: bind, expectWorkers: expectWorkers, waitSeconds: Quantities.parseDuration(wait)! / 1e9,
+            heartbeatIntervalMilliseconds: Int(Quantities.parseDuration(heartbeatInterval)! / 1e6), heartbeatLiveness: liveness,
+            maxAttempts: maxAttempts, kernelNanosecondsPerSPTE: kernelSpteNs, shardBytes: shardSize.flatMap(Quantities.parseSize))
+        let started = Date()
+        let start = monotonicNanoseconds()
+        let outcome: FleetRunOutcome
+        do {
+            let context = try ZeroMQContext()
+            outcome = try Coordinator(scenario: resolved, configuration: configuration, context: context, logger: logger,
+                                      cancellation: cancellation).run()
+        } catch let error as ZeroMQError {
+            printError("cannot run the coordinator: \(error); check --bind")
+            throw ZapfleetExitCode.badInput
+        }
+        let code = try ReportOutput.emit(scenario: resolved, outcome: outcome, started: started,
+                                         wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
+                                         out: out, fleetDetail: true)
+        if code != 0 { throw ExitCode(code) }
+    }
+}

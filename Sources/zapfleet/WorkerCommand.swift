@@ -1,0 +1,76 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ZapCluster
+import ZapRun
+import ZapScenario
+import ZeroMQ
+
+/// `zapfleet worker`: connects to a coordinator and runs the shards it hands out.
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Connect to a coordinator and run the shards it hands out.",
+        discussion: """
+            Says hello (protocol and build version, host, cores, memory budget), runs one shard at a time \
+            with the engine (its own VM slice, roots and workqueue, every policy of the scenario), reports \
+            progress and results, and heartbeats. When the coordinator falls silent it reconnects with \
+            backoff; a result is kept until the coordinator acknowledges it. A shard whose page tables \
+            would exceed --memory is refused, not run.
+
+            Exit codes: 0 the coordinator ended the run; 3 refused by the coordinator (e.g. a protocol \
+            version mismatch); 64 bad input; 130 interrupted.
+
+            Example:
+              zapfleet worker --connect tcp://coordinator.example:5555 --memory 16GiB
+            """
+    )
+
+    @Option(help: "The coordinator's endpoint, e.g. tcp://10.0.0.1:5555.")
+    var connect: String
+
+    @Option(help: "This worker's name, unique in the run (default: host-pid).")
+    var name: String?
+
+    @Option(help: "Page-table memory this worker may use, e.g. 16GiB (default: 80% of available memory).")
+    var memory: String?
+
+    @Option(help: "The most memslots this worker takes in one shard (default: as --memory allows).")
+    var slots: Int?
+
+    @Flag(help: "Stay connected after a run ends, for the next one.")
+    var keepRunning = false
+
+    func validate() throws {
+        if let memory, Quantities.parseSize(memory) == nil { throw ValidationError("--memory '\(memory)' is not a size, e.g. 16GiB") }
+        if let slots, slots < 1 { throw ValidationError("--slots must be at least 1") }
+    }
+
+    func run() throws {
+        let logger = Logger(label: "zapfleet.worker")
+        let cancellation = CancellationFlag()
+        let interrupt = InterruptHandler { cancellation.cancel() }
+        defer { interrupt.cancel() }
+        let configuration = WorkerConfiguration(
+            connect: connect, name: name ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())",
+            memoryBudgetBytes: memory.flatMap(Quantities.parseSize) ?? SystemMemory.defaultLimit,
+            largestShardSlots: slots ?? 0, buildVersion: ZapfleetVersion.current, exitOnStop: !keepRunning)
+        let exit: WorkerExit
+        do {
+            exit = try Worker(configuration: configuration, context: try ZeroMQContext(), logger: logger,
+                              cancellation: cancellation).run()
+        } catch let error as ZeroMQError {
+            printError("cannot connect: \(error); check --connect")
+            throw ZapfleetExitCode.badInput
+        }
+        switch exit {
+        case .stopped(let reason):
+            logger.info("done: \(reason)")
+        case .refused(let reason):
+            printError("refused by the coordinator: \(reason)")
+            throw ExitCode(3)
+        case .cancelled:
+            throw ExitCode(130)
+        }
+    }
+}
