@@ -97,6 +97,10 @@ let package = Package(
             resources: [.copy("Vectors")]
         ),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
+        .testTarget(name: "ZapClusterTests", dependencies: [
+            "ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // End-to-end tests of the built executable, run as a subprocess.
         .testTarget(name: "ZapfleetCLITests", dependencies: ["ZapRun"]),
     ]

@@ -465,7 +465,7 @@ public final class Coordinator: @unchecked Sendable {
             let runs = done.compactMap { $0.result?.runs.first { $0.policy == policy } }
             return runs.isEmpty ? nil : FleetAggregation.merge(runs, policy: policy, kernelNanosecondsPerSPTE: cost)
         }
-        let workers = peers.values.filter { $0.hello != nil || $0.badFrames > 0 }.sorted { $0.joinOrder < $1.joinOrder }.map { peer in
+        let workers = peers.values.filter { $0.hello != nil || $0.badFrames > 0 || $0.state == .refused }.sorted { $0.joinOrder < $1.joinOrder }.map { peer in
             FleetSection.WorkerSummary(name: peer.name, host: peer.hello?.hostName ?? "?", cores: Int(peer.hello?.cores ?? 0),
                                        memoryBudgetBytes: peer.hello?.memoryBudgetBytes ?? 0, shardsCompleted: peer.completed,
                                        duplicatesDropped: peer.duplicates, badFrames: peer.badFrames, state: peer.state.rawValue)

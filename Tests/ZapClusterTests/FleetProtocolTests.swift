@@ -1,0 +1,217 @@
+import Foundation
+import Logging
+import Testing
+import ZapCluster
+import ZapEngine
+import ZapProtocol
+import ZapRun
+import ZapScenario
+import ZeroMQ
+
+/// The coordinator and workers over real libzmq sockets, with real Protobuf frames.
+@Suite("Fleet protocol", .serialized, .timeLimit(.minutes(3)))
+struct FleetProtocolTests {
+    static let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    static let smallScenario = """
+        name: small
+        vm: {memory: 8GiB, memslot: 1GiB}
+        workload: {vcpus: 2}
+        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
+        policies: [sync, async]
+        """
+
+    /// Runs a coordinator on its own thread; returns a handle to its endpoint and outcome.
+    final class RunningCoordinator: @unchecked Sendable {
+        let coordinator: Coordinator
+        private var outcome: Result<FleetRunOutcome, Error>?
+        private var thread: OSThread?
+
+        init(scenario: Scenario, configuration: CoordinatorConfiguration, context: ZeroMQContext) {
+            coordinator = Coordinator(scenario: scenario, configuration: configuration, context: context, logger: FleetProtocolTests.logger)
+            thread = OSThread(name: "coordinator") { [self] in
+                outcome = Result { try coordinator.run() }
+            }
+        }
+
+        var endpoint: String { coordinator.waitForEndpoint() }
+
+        func finish() throws -> FleetRunOutcome {
+            thread?.join()
+            return try outcome!.get()
+        }
+    }
+
+    static func workerThread(_ configuration: WorkerConfiguration, context: ZeroMQContext) -> (OSThread, () -> WorkerExit?) {
+        final class Box: @unchecked Sendable { var exit: WorkerExit? }
+        let box = Box()
+        let thread = OSThread(name: "worker") {
+            box.exit = try? Worker(configuration: configuration, context: context, logger: FleetProtocolTests.logger).run()
+        }
+        return (thread, { box.exit })
+    }
+
+    @Test("a worker with another protocol version is refused with a clear reason, on both sides")
+    func versionMismatch() throws {
+        let context = try ZeroMQContext()
+        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
+        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
+            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 2, heartbeatIntervalMilliseconds: 200), context: context)
+        let (thread, exit) = Self.workerThread(WorkerConfiguration(connect: running.endpoint, name: "old", memoryBudgetBytes: 1 << 30,
+                                                                   protocolVersion: zapfleetProtocolVersion + 1), context: context)
+        thread.join()
+        guard case .refused(let reason)? = exit() else {
+            Issue.record("worker was not refused: \(String(describing: exit()))")
+            return
+        }
+        #expect(reason.contains("protocol version \(zapfleetProtocolVersion + 1)"))
+        let outcome = try running.finish()
+        #expect(outcome.failure?.contains("no worker joined") == true)
+        #expect(outcome.fleet.workers.first?.state == "refused")
+    }
+
+    @Test("shards are handed out, run and merged exactly: the merged counts are the sum of the shards'")
+    func shardsMerge() throws {
+        let context = try ZeroMQContext()
+        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
+        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
+            bind: "inproc://merge", expectWorkers: 2, waitSeconds: 20, heartbeatIntervalMilliseconds: 200,
+            shardBytes: 2 << 30), context: context)
+        let workers = (0..<2).map { index in
+            Self.workerThread(WorkerConfiguration(connect: "inproc://merge", name: "w\(index)", memoryBudgetBytes: 1 << 30,
+                                                  progressInterval: 50_000_000), context: context)
+        }
+        let outcome = try running.finish()
+        for (thread, _) in workers { thread.join() }
+        #expect(outcome.failure == nil)
+        #expect(outcome.complete)
+        #expect(outcome.fleet.shards.count == 4)
+        #expect(Set(outcome.fleet.shards.map(\.worker)).count == 2, "both workers took shards")
+        for run in outcome.runs {
+            let policy = run.policy.rawValue
+            let sum = outcome.fleet.shards.reduce(0) { $0 + ($1.sptesZapped[policy] ?? 0) }
+            #expect(run.statistics.sptesZapped == sum, "\(policy)")
+            #expect(run.statistics.sptesInstalled == run.statistics.sptesZapped)
+            #expect(run.statistics.sptesZapped == 2 << 20, "8 GiB of 4 KiB pages")
+            #expect(run.recorder.histogram(.reset).totalCount == 4 * 2, "two vCPUs' resets in each of four shards")
+            #expect(run.violations.isEmpty)
+        }
+        // Under sync the whole-VM reset is the sum of the slices' zaps; its projection covers every SPTE.
+        let syncReset = try #require(outcome.fleet.wholeVm.first { $0.policy == "sync" && $0.name == "reset_vcpus" })
+        #expect(syncReset.sptesZappedInline == 2 << 20)
+        #expect(syncReset.projectedNs == UInt64(Double(2 << 20) * 52))
+        let asyncReset = try #require(outcome.fleet.wholeVm.first { $0.policy == "async" && $0.name == "reset_vcpus" })
+        #expect(asyncReset.projectedNs == 0)
+    }
+
+    /// A peer that speaks the protocol by hand, to send what a real worker never would.
+    final class RawPeer {
+        let socket: ZeroMQSocket
+        init(context: ZeroMQContext, endpoint: String, name: String) throws {
+            socket = try ZeroMQSocket(context, type: .dealer)
+            try socket.setOption(SocketOption.identity, Array(name.utf8))
+            try socket.connect(endpoint)
+        }
+        func send(_ body: Zapfleet_V1_Envelope.OneOf_Body) throws {
+            var envelope = Zapfleet_V1_Envelope()
+            envelope.protocolVersion = zapfleetProtocolVersion
+            envelope.body = body
+            try socket.send([try envelope.serializedBytes()])
+        }
+        func sendRaw(_ frames: [[UInt8]]) throws { try socket.send(frames) }
+        /// The next message that is not a heartbeat.
+        func next(timeoutMilliseconds: Int = 10_000) throws -> Zapfleet_V1_Envelope.OneOf_Body? {
+            var poller = ZeroMQPoller()
+            poller.add(socket)
+            let deadline = Date().addingTimeInterval(Double(timeoutMilliseconds) / 1000)
+            while Date() < deadline {
+                guard try poller.poll(timeoutMilliseconds: 100)[0], let message = try socket.receive(dontWait: true) else { continue }
+                let envelope = try Zapfleet_V1_Envelope(serializedBytes: message.frames[0])
+                if case .heartbeat = envelope.body { continue }
+                return envelope.body
+            }
+            return nil
+        }
+    }
+
+    @Test("assignment, result and acknowledgement; a second result for the same shard is dropped as a duplicate; garbage is counted and dropped")
+    func duplicateAndGarbage() throws {
+        let context = try ZeroMQContext()
+        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
+        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
+            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 500), context: context)
+        let endpoint = running.endpoint
+
+        // Garbage first, from a peer that never says hello.
+        let stranger = try RawPeer(context: context, endpoint: endpoint, name: "stranger")
+        try stranger.sendRaw([[0xde, 0xad, 0xbe, 0xef]])
+        try stranger.sendRaw([[1], [2], [3]])
+
+        let peer = try RawPeer(context: context, endpoint: endpoint, name: "raw")
+        var hello = Zapfleet_V1_Hello()
+        hello.workerName = "raw"
+        hello.hostName = "test"
+        hello.cores = 1
+        hello.memoryBudgetBytes = 1 << 30
+        hello.largestShardBytes = .max
+        try peer.send(.hello(hello))
+        guard case .welcome? = try peer.next() else { Issue.record("no welcome"); return }
+        guard case .assignment(let assignment)? = try peer.next() else { Issue.record("no assignment"); return }
+        #expect(assignment.attempt == 1)
+        #expect(assignment.slotCount == 8)
+
+        // Run it for real, and report it twice.
+        let shardScenario = try ScenarioParser.parse(assignment.scenarioYaml, file: "assignment")
+        let runner = ScenarioRunner(scenario: shardScenario, options: RunOptions(
+            slice: MemorySlice(firstSlot: Int(assignment.firstSlot), slotCount: Int(assignment.slotCount))))
+        var result = Zapfleet_V1_ShardResult()
+        result.shardID = assignment.shardID
+        result.attempt = assignment.attempt
+        result.policies = try shardScenario.policies.map { ResultCoding.encode(try runner.run(policy: $0)) }
+        try peer.send(.result(result))
+        try peer.send(.result(result))
+        var acks: [Zapfleet_V1_ResultAck] = []
+        while acks.count < 2, let body = try peer.next(timeoutMilliseconds: 5000) {
+            if case .resultAck(let ack) = body { acks.append(ack) }
+        }
+        #expect(acks.map(\.duplicate) == [false, true])
+
+        let outcome = try running.finish()
+        #expect(outcome.complete)
+        #expect(outcome.fleet.duplicatesDropped == 1)
+        #expect(outcome.fleet.badFrames >= 2)
+        #expect(outcome.fleet.workers.first { $0.name == "raw" }?.duplicatesDropped == 1)
+        #expect(outcome.runs.allSatisfy { $0.statistics.sptesZapped == 2 << 20 }, "counted once, not twice")
+    }
+
+    @Test("a result with a corrupt histogram is dropped and the shard still completes")
+    func corruptHistogram() throws {
+        let context = try ZeroMQContext()
+        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
+        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
+            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 500), context: context)
+        let peer = try RawPeer(context: context, endpoint: running.endpoint, name: "liar")
+        var hello = Zapfleet_V1_Hello()
+        hello.workerName = "liar"
+        hello.cores = 1
+        hello.memoryBudgetBytes = 1 << 30
+        hello.largestShardBytes = .max
+        try peer.send(.hello(hello))
+        _ = try peer.next()
+        guard case .assignment(let assignment)? = try peer.next() else { Issue.record("no assignment"); return }
+        let shardScenario = try ScenarioParser.parse(assignment.scenarioYaml, file: "assignment")
+        let runner = ScenarioRunner(scenario: shardScenario, options: RunOptions(slice: MemorySlice(firstSlot: 0, slotCount: 8)))
+        var result = Zapfleet_V1_ShardResult()
+        result.shardID = assignment.shardID
+        result.attempt = 1
+        result.policies = try shardScenario.policies.map { ResultCoding.encode(try runner.run(policy: $0)) }
+        var corrupt = result
+        corrupt.policies[0].histograms[0].hdrV2 = Data([0x1c, 0x84, 0x93, 0x14, 0, 0, 0, 9, 1, 2, 3])
+        try peer.send(.result(corrupt))
+        try peer.send(.result(result))
+        let outcome = try running.finish()
+        #expect(outcome.complete)
+        #expect(outcome.fleet.badFrames == 1)
+        #expect(outcome.fleet.duplicatesDropped == 0)
+    }
+}
