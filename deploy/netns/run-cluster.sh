@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Builds an N-host test cluster from Linux network namespaces on this machine and runs a
+# zapfleet scenario on it: a coordinator host and N worker hosts, each a namespace with its own
+# network stack, joined by a bridge that lives in a namespace of its own. Every process runs
+# inside the namespaces and every address (10.77.0.0/24) exists only there, so no packet can
+# leave them. Everything is removed on exit.
+#
+# Where namespaces cannot be made (not root, no iproute2, a sandbox that forbids them), the same
+# run happens on loopback with one port per run, and the output says so.
+#
+# Usage: deploy/netns/run-cluster.sh [options]
+#   --workers N        worker hosts (default 3)
+#   --scenario S       built-in name or YAML file (default max-guest-memory)
+#   --slots K          the most memslots per shard each worker takes (default 4)
+#   --kill-one         SIGKILL worker 1 once it has a shard: the run must requeue it and finish
+#   --out DIR          where the coordinator writes report.json and the rest (default: a temp dir)
+#   --binary PATH      the zapfleet binary (default: .build/release/zapfleet, built if missing)
+#   --loopback         skip namespaces even where they work
+# Exit status: the coordinator's (0: every objective met), or 1 if the cluster could not run.
+set -euo pipefail
+
+workers=3
+scenario=max-guest-memory
+slots=4
+kill_one=0
+out=""
+binary=""
+force_loopback=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --workers) workers=$2; shift 2 ;;
+        --scenario) scenario=$2; shift 2 ;;
+        --slots) slots=$2; shift 2 ;;
+        --kill-one) kill_one=1; shift ;;
+        --out) out=$2; shift 2 ;;
+        --binary) binary=$2; shift 2 ;;
+        --loopback) force_loopback=1; shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "run-cluster: unknown option $1 (see --help)" >&2; exit 1 ;;
+    esac
+done
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+if [ -z "$binary" ]; then
+    binary="$root/.build/release/zapfleet"
+    [ -x "$binary" ] || (cd "$root" && swift build -c release --product zapfleet >&2)
+fi
+binary=$(cd "$(dirname "$binary")" && pwd)/$(basename "$binary")
+[ -n "$out" ] || out=$(mktemp -d /tmp/zapfleet-cluster.XXXXXX)
+mkdir -p "$out"
+logs="$out/logs"
+mkdir -p "$logs"
+
+id=$(printf '%04x' $((RANDOM % 65536)))
+prefix="zf$id"
+namespaces=()
+pids=()
+
+cleanup() {
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    for ns in "${namespaces[@]}"; do ip netns delete "$ns" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+use_netns=0
+reason=""
+if [ "$force_loopback" = 1 ]; then
+    reason="--loopback given"
+elif [ "$(id -u)" != 0 ]; then
+    reason="not root"
+elif ! command -v ip >/dev/null 2>&1; then
+    reason="iproute2 (ip) is not installed"
+elif ! ip netns add "$prefix-probe" 2>/dev/null; then
+    reason="ip netns add is not permitted here"
+else
+    ip netns delete "$prefix-probe"
+    use_netns=1
+fi
+
+# run_on HOST COMMAND...: becomes COMMAND on HOST (inside its namespace, or here on loopback).
+# Called in the background, it execs, so that $! is the command's own pid.
+run_on() {
+    local host=$1; shift
+    if [ "$use_netns" = 1 ]; then
+        exec ip netns exec "$prefix-$host" "$@"
+    else
+        exec "$@"
+    fi
+}
+
+if [ "$use_netns" = 1 ]; then
+    echo "hosts: network namespaces ($prefix-*), bridge 10.77.0.0/24, 1 coordinator + $workers workers"
+    bridge="$prefix-br"
+    ip netns add "$bridge"; namespaces+=("$bridge")
+    ip -n "$bridge" link add br0 type bridge
+    ip -n "$bridge" link set br0 up
+    hosts=(coord)
+    for k in $(seq 1 "$workers"); do hosts+=("w$k"); done
+    n=1
+    for host in "${hosts[@]}"; do
+        ns="$prefix-$host"
+        ip netns add "$ns"; namespaces+=("$ns")
+        ip link add "v$id$host" type veth peer name "b$id$host"
+        ip link set "v$id$host" netns "$ns"
+        ip link set "b$id$host" netns "$bridge"
+        ip -n "$ns" link set "v$id$host" name eth0
+        ip -n "$ns" addr add "10.77.0.$n/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+        ip -n "$bridge" link set "b$id$host" master br0
+        ip -n "$bridge" link set "b$id$host" up
+        n=$((n + 1))
+    done
+    endpoint="tcp://10.77.0.1:5555"
+    bind="tcp://10.77.0.1:5555"
+else
+    port=$((20000 + RANDOM % 20000))
+    echo "hosts: loopback, not network namespaces ($reason); coordinator on 127.0.0.1:$port"
+    endpoint="tcp://127.0.0.1:$port"
+    bind="$endpoint"
+fi
+
+run_on coord "$binary" coordinator --scenario "$scenario" --bind "$bind" --expect-workers "$workers" \
+    --wait 60s --heartbeat-interval 500ms --out "$out" > "$logs/coordinator.out" 2> "$logs/coordinator.err" &
+coordinator=$!
+pids+=("$coordinator")
+worker_pids=()
+for k in $(seq 1 "$workers"); do
+    run_on "w$k" "$binary" worker --connect "$endpoint" --name "w$k" --slots "$slots" --memory 4GiB \
+        > "$logs/w$k.out" 2> "$logs/w$k.err" &
+    worker_pids+=($!)
+    pids+=($!)
+done
+
+if [ "$kill_one" = 1 ]; then
+    # Wait until worker 1 has a shard, then kill it without warning.
+    for _ in $(seq 1 600); do
+        grep -q -- "-> w1$" "$logs/coordinator.err" 2>/dev/null && break
+        sleep 0.1
+    done
+    sleep 0.3
+    kill -9 "${worker_pids[0]}"
+    echo "killed worker w1 (pid ${worker_pids[0]}) with SIGKILL mid-shard"
+fi
+
+status=0
+wait "$coordinator" || status=$?
+for pid in "${worker_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+cat "$logs/coordinator.out"
+echo "coordinator exit status: $status; report: $out/report.json; logs: $logs"
+exit "$status"
