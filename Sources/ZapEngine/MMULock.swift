@@ -61,6 +61,12 @@ public final class MMULock: @unchecked Sendable {
     /// `write_lock(&kvm->mmu_lock)`.
     public func lockExclusive() {
         mutex.lock()
+        acquireExclusiveLocked()
+        mutex.unlock()
+    }
+
+    /// Waits, as a waiting writer, until the lock is free, and takes it; with the mutex held.
+    private func acquireExclusiveLocked() {
         waitingWriters.wrappingIncrement(ordering: .relaxed)
         while writerActive || activeReaders > 0 {
             writerMayEnter.wait(mutex)
@@ -68,7 +74,6 @@ public final class MMULock: @unchecked Sendable {
         waitingWriters.wrappingDecrement(ordering: .relaxed)
         writerActive = true
         noteAcquisition()
-        mutex.unlock()
     }
 
     /// `cond_resched_rwlock_write`: gives the lock to whoever waits for it, then takes it back.
@@ -94,13 +99,7 @@ public final class MMULock: @unchecked Sendable {
         }
         handoverWaiters -= 1
         let handed = acquisitions != before
-        waitingWriters.wrappingIncrement(ordering: .relaxed)
-        while writerActive || activeReaders > 0 {
-            writerMayEnter.wait(mutex)
-        }
-        waitingWriters.wrappingDecrement(ordering: .relaxed)
-        writerActive = true
-        noteAcquisition()
+        acquireExclusiveLocked()
         mutex.unlock()
         return handed
     }

@@ -61,6 +61,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "In-process workers (default: one per core). The scenario runs as one shard when it fits in --max-memory.")
     var workers: Int?
 
+    @Flag(help: "Cut a scenario larger than --max-memory into shards, run on the in-process workers within it (each gets its share), instead of refusing it.")
+    var shard = false
+
     @Flag(help: "No progress output.")
     var quiet = false
 
@@ -87,12 +90,13 @@ struct RunCommand: ParsableCommand {
         }
         let estimate = MemoryEstimate.estimate(resolved)
         let limit = maxMemory.flatMap(Quantities.parseSize) ?? SystemMemory.defaultLimit
-        if estimate.peakBytes > limit {
+        if estimate.peakBytes > limit && !shard {
             printError("""
                 \(resolved.name): the page tables of \(Quantities.formatSize(resolved.vm.memoryBytes)) need about \
                 \(Quantities.describeSize(Double(estimate.peakBytes))), more than the limit of \(Quantities.describeSize(Double(limit))). \
-                Run it on a fleet, where it is cut into shards (`zapfleet coordinator`), use a smaller --size, \
-                or raise --max-memory if this machine really has the memory.
+                Run it on a fleet, where it is cut into shards (`zapfleet coordinator`), cut it into shards \
+                here with --shard (slower: one shard after another), use a smaller --size, or raise --max-memory \
+                if this machine really has the memory.
                 """)
             throw ZapfleetExitCode.badInput
         }
@@ -110,7 +114,10 @@ struct RunCommand: ParsableCommand {
         do {
             // The local path is the fleet path: a coordinator and in-process workers over inproc sockets.
             outcome = try LocalFleet.run(
-                scenario: resolved, workers: workerCount, memoryBudgetBytes: limit, kernelNanosecondsPerSPTE: kernelSpteNs,
+                scenario: resolved, workers: workerCount,
+                // Sharded, the workers run at once, so each gets its share of the limit.
+                memoryBudgetBytes: estimate.peakBytes > limit ? limit / UInt64(workerCount) : limit,
+                kernelNanosecondsPerSPTE: kernelSpteNs,
                 logger: quiet ? Logger(label: "zapfleet.quiet", factory: { _ in SwiftLogNoOpLogHandler() }) : logger,
                 cancellation: cancellation,
                 progress: progress.map { reporter in { @Sendable _, update in reporter.update(update) } })
@@ -121,7 +128,7 @@ struct RunCommand: ParsableCommand {
         progress?.clear()
         let code = try ReportOutput.emit(scenario: resolved, outcome: outcome, started: started,
                                          wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
-                                         out: out, fleetDetail: false)
+                                         out: out, fleetDetail: estimate.peakBytes > limit)
         if code != 0 { throw ExitCode(code) }
     }
 

@@ -10,15 +10,6 @@ struct InjectedBugTests {
             policy: policy, workqueueWidth: 1, pageTableBudgetBytes: 512 << 20, injectedBugs: bugs))
     }
 
-    private func occupyWorker(_ vm: VirtualMachine) throws -> Gate {
-        let queue = try #require(vm.zapQueue)
-        let release = Gate()
-        let started = Gate()
-        queue.queue(WorkItem(label: "blocker") { started.open(); release.wait() })
-        started.wait()
-        return release
-    }
-
     /// A defunct root waits behind a busy worker while a fast zap runs.
     private func defunctRootMeetsFastZap(_ bugs: Set<InjectedBug>) throws -> VirtualMachine {
         let vm = try makeVM(.async, bugs)

@@ -10,14 +10,6 @@ struct RootLifecycleTests {
     }
 
     /// Occupies the VM's only zap worker until the returned gate opens.
-    private func occupyWorker(_ vm: VirtualMachine) throws -> Gate {
-        let queue = try #require(vm.zapQueue)
-        let release = Gate()
-        let started = Gate()
-        queue.queue(WorkItem(label: "blocker") { started.open(); release.wait() })
-        started.wait()
-        return release
-    }
 
     @Test("a valid root is shared by vCPUs of its role; each holds one reference; preserve adds the MMU's",
           arguments: ZapPolicy.allCases)

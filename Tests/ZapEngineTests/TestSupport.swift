@@ -1,4 +1,5 @@
-import ZapEngine
+import Testing
+@testable import ZapEngine
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -38,4 +39,15 @@ func eventually(_ condition: () -> Bool) -> Bool {
         usleep(1000)
     }
     return condition()
+}
+
+/// Occupies the VM's only zap worker with an item that waits until the returned gate opens, so
+/// that the next item queued stays pending.
+func occupyWorker(_ vm: VirtualMachine) throws -> Gate {
+    let queue = try #require(vm.zapQueue)
+    let release = Gate()
+    let started = Gate()
+    queue.queue(WorkItem(label: "blocker") { started.open(); release.wait() })
+    started.wait()
+    return release
 }
