@@ -116,6 +116,8 @@ public final class Coordinator: @unchecked Sendable {
     private let start = monotonicNanoseconds()
     private let runID = UUID().uuidString.prefix(8).lowercased()
     private var socket: ZeroMQSocket?
+    private var plannedAt: UInt64 = 0
+    private var finishedAt: UInt64 = 0
     private let boundEndpoint = BoundEndpoint()
 
     /// A coordinator for `scenario`. `progress` receives workers' progress reports (worker name first).
@@ -186,6 +188,7 @@ public final class Coordinator: @unchecked Sendable {
             }
             if planned && !stopping {
                 if shards.allSatisfy({ $0.result != nil }) {
+                    finishedAt = monotonicNanoseconds()
                     broadcastStop(reason: "run complete")
                     break
                 }
@@ -211,6 +214,7 @@ public final class Coordinator: @unchecked Sendable {
         let largest = min(workers.compactMap { $0.hello?.largestShardBytes }.min() ?? .max, configuration.shardBytes ?? .max)
         let slots = workers.compactMap { $0.hello.map { Int($0.largestShardSlots) } }.filter { $0 > 0 }.min() ?? .max
         let planned = try ShardPlanner.plan(scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots)
+        plannedAt = monotonicNanoseconds()
         shards = planned.map { ShardState(shard: $0) }
         pending = planned.map(\.id)
         logger.info("planned \(planned.count) shard(s) of up to \(Quantities.formatSize(planned.map(\.bytes).max() ?? 0)) for \(workers.count) worker(s) (smallest budget \(Quantities.describeSize(Double(budget))))")
@@ -479,7 +483,9 @@ public final class Coordinator: @unchecked Sendable {
                 violations: Dictionary(uniqueKeysWithValues: result.runs.map { ($0.policy.rawValue, $0.violationCounts.values.reduce(0, +)) }))
         }
         let fleet = FleetSection(workers: workers, shards: shardSummaries, requeues: requeues, duplicatesDropped: duplicates,
-                                 badFrames: badFramesTotal, wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: cost))
+                                 badFrames: badFramesTotal, wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: cost),
+                                 dispatchSeconds: finishedAt > plannedAt && plannedAt > 0 ? Double(finishedAt - plannedAt) / 1e9 : 0,
+                                 coordinatorCpuSeconds: threadCPUSeconds())
         let log = FleetAggregation.intervalLog(done.map { state in
             let result = state.result!
             return (state.shard.id, Double(state.startedAt &- start) / 1e9, Double(result.wall) / 1e9, result.runs)
@@ -487,6 +493,13 @@ public final class Coordinator: @unchecked Sendable {
         let complete = !shards.isEmpty && shards.allSatisfy { $0.result != nil } && merged.allSatisfy(\.complete)
         return FleetRunOutcome(runs: merged, fleet: fleet, intervalLog: log, failure: failure, complete: complete)
     }
+}
+
+/// CPU time of the calling thread, in seconds.
+func threadCPUSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
 
 /// `ZMQ_ROUTER_HANDOVER`: a reconnecting worker with the same identity takes over its old

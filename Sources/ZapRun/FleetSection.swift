@@ -103,10 +103,17 @@ public struct FleetSection: Sendable, Codable, Equatable {
     public var badFrames: Int
     /// The whole-VM block time of each event of the timeline.
     public var wholeVm: [WholeVMEvent]
+    /// From planning to the last shard's result: the run's wall time on the fleet, without the
+    /// wait for workers to join.
+    public var dispatchSeconds: Double
+    /// The coordinator thread's CPU time over the run, for capacity measurements.
+    public var coordinatorCpuSeconds: Double
 
     /// A fleet section.
     public init(workers: [WorkerSummary], shards: [ShardSummary], requeues: Int, duplicatesDropped: Int, badFrames: Int,
-                wholeVm: [WholeVMEvent]) {
+                wholeVm: [WholeVMEvent], dispatchSeconds: Double = 0, coordinatorCpuSeconds: Double = 0) {
+        self.dispatchSeconds = dispatchSeconds
+        self.coordinatorCpuSeconds = coordinatorCpuSeconds
         self.workers = workers
         self.shards = shards
         self.requeues = requeues

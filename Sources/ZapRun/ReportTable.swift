@@ -74,6 +74,10 @@ public enum ReportTable {
         for worker in fleet.workers {
             lines.append("  \(worker.name.padding(to: 16)) \(worker.host.padding(to: 16)) \(worker.cores) cores, budget \(Quantities.describeSize(Double(worker.memoryBudgetBytes))), shards \(worker.shardsCompleted), duplicates \(worker.duplicatesDropped), bad frames \(worker.badFrames), \(worker.state)")
         }
+        let slowest = fleet.shards.map(\.wallSeconds).max() ?? 0
+        if fleet.dispatchSeconds > 0 && slowest > 0 {
+            lines.append("dispatch: \(Quantities.formatDuration(fleet.dispatchSeconds * 1e9)) from plan to last result, \(Quantities.rounded(fleet.dispatchSeconds / slowest, 2))× the slowest shard (\(Quantities.formatDuration(slowest * 1e9))); coordinator CPU \(Quantities.formatDuration(fleet.coordinatorCpuSeconds * 1e9))")
+        }
         lines.append("shards: \(fleet.shards.count), requeued \(fleet.requeues), duplicates dropped \(fleet.duplicatesDropped), bad frames \(fleet.badFrames)")
         for shard in fleet.shards {
             let zapped = shard.sptesZapped.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
