@@ -91,11 +91,22 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
+    /// What the coordinator keeps of a shard's accepted result: its summary and the `.hlog`
+    /// lines; the histograms themselves are merged into the totals on arrival.
+    struct ShardOutcome {
+        let worker: String
+        let attempt: UInt32
+        let wall: UInt64
+        let sptesZapped: [String: Int]
+        let violations: [String: Int]
+        let intervalLog: [String]
+    }
+
     struct ShardState {
         let shard: Shard
         var attempts: UInt32 = 0
         var excluded: Set<[UInt8]> = []
-        var result: (runs: [PolicyRun], worker: String, attempt: UInt32, wall: UInt64, finishedAt: UInt64)?
+        var result: ShardOutcome?
         var startedAt: UInt64 = 0
     }
 
@@ -116,6 +127,9 @@ public final class Coordinator: @unchecked Sendable {
     private let start = monotonicNanoseconds()
     private let runID = UUID().uuidString.prefix(8).lowercased()
     private var socket: ZeroMQSocket?
+    private var completedShards = 0
+    private var totals: [ZapPolicy: FleetAggregation.Accumulator] = [:]
+    private let startedAt = Date()
     private var plannedAt: UInt64 = 0
     private var finishedAt: UInt64 = 0
     private let boundEndpoint = BoundEndpoint()
@@ -187,7 +201,7 @@ public final class Coordinator: @unchecked Sendable {
                 }
             }
             if planned && !stopping {
-                if shards.allSatisfy({ $0.result != nil }) {
+                if completedShards == shards.count {
                     finishedAt = monotonicNanoseconds()
                     broadcastStop(reason: "run complete")
                     break
@@ -431,17 +445,34 @@ public final class Coordinator: @unchecked Sendable {
         var ack = Zapfleet_V1_ResultAck()
         ack.shardID = id
         ack.attempt = result.attempt
-        if shards[Int(id)].result != nil {
+        if let first = shards[Int(id)].result {
             duplicates += 1
             peer.duplicates += 1
             ack.duplicate = true
-            logger.info("dropped a duplicate result for shard \(id) (attempt \(result.attempt) from \(peer.name)); attempt \(shards[Int(id)].result!.attempt) from \(shards[Int(id)].result!.worker) was first")
+            logger.info("dropped a duplicate result for shard \(id) (attempt \(result.attempt) from \(peer.name)); attempt \(first.attempt) from \(first.worker) was first")
         } else {
-            shards[Int(id)].result = (runs, peer.name, result.attempt, result.wallNs, monotonicNanoseconds())
+            let cost = configuration.kernelNanosecondsPerSPTE
+            let startSeconds = Double(shards[Int(id)].startedAt &- start) / 1e9
+            var lines: [String] = []
+            for (run, wire) in zip(runs, result.policies) {
+                totals[run.policy, default: FleetAggregation.Accumulator(policy: run.policy, kernelNanosecondsPerSPTE: cost)].add(run)
+                for encoded in wire.histograms where !encoded.projected {
+                    guard let operation = MeasuredOperation.allCases.first(where: { $0.name == encoded.operation }) else { continue }
+                    lines.append(FleetAggregation.intervalLogLine(
+                        policy: run.policy, operation: operation, startSeconds: startSeconds,
+                        lengthSeconds: Double(result.wallNs) / 1e9, maxNanoseconds: run.recorder.histogram(operation).max,
+                        encoded: [UInt8](encoded.hdrV2)))
+                }
+            }
+            shards[Int(id)].result = ShardOutcome(
+                worker: peer.name, attempt: result.attempt, wall: result.wallNs,
+                sptesZapped: Dictionary(uniqueKeysWithValues: runs.map { ($0.policy.rawValue, $0.statistics.sptesZapped) }),
+                violations: Dictionary(uniqueKeysWithValues: runs.map { ($0.policy.rawValue, $0.violationCounts.values.reduce(0, +)) }),
+                intervalLog: lines)
             pending.removeAll { $0 == id }
             peer.completed += 1
-            let done = shards.filter { $0.result != nil }.count
-            logger.info("shard \(id) done by \(peer.name) in \(Quantities.formatDuration(Double(result.wallNs))) (\(done)/\(shards.count))")
+            completedShards += 1
+            logger.info("shard \(id) done by \(peer.name) in \(Quantities.formatDuration(Double(result.wallNs))) (\(completedShards)/\(shards.count))")
         }
         _ = send(.resultAck(ack), to: peer)
     }
@@ -465,10 +496,7 @@ public final class Coordinator: @unchecked Sendable {
     private func outcome() -> FleetRunOutcome {
         let cost = configuration.kernelNanosecondsPerSPTE
         let done = shards.filter { $0.result != nil }
-        let merged = scenario.policies.compactMap { policy -> PolicyRun? in
-            let runs = done.compactMap { $0.result?.runs.first { $0.policy == policy } }
-            return runs.isEmpty ? nil : FleetAggregation.merge(runs, policy: policy, kernelNanosecondsPerSPTE: cost)
-        }
+        let merged = scenario.policies.compactMap { totals[$0]?.run }
         let workers = peers.values.filter { $0.hello != nil || $0.badFrames > 0 || $0.state == .refused }.sorted { $0.joinOrder < $1.joinOrder }.map { peer in
             FleetSection.WorkerSummary(name: peer.name, host: peer.hello?.hostName ?? "?", cores: Int(peer.hello?.cores ?? 0),
                                        memoryBudgetBytes: peer.hello?.memoryBudgetBytes ?? 0, shardsCompleted: peer.completed,
@@ -478,19 +506,15 @@ public final class Coordinator: @unchecked Sendable {
             let result = state.result!
             return FleetSection.ShardSummary(
                 id: state.shard.id, slice: state.shard.slice, worker: result.worker, attempts: Int(state.attempts),
-                wallSeconds: Double(result.wall) / 1e9,
-                sptesZapped: Dictionary(uniqueKeysWithValues: result.runs.map { ($0.policy.rawValue, $0.statistics.sptesZapped) }),
-                violations: Dictionary(uniqueKeysWithValues: result.runs.map { ($0.policy.rawValue, $0.violationCounts.values.reduce(0, +)) }))
+                wallSeconds: Double(result.wall) / 1e9, sptesZapped: result.sptesZapped, violations: result.violations)
         }
         let fleet = FleetSection(workers: workers, shards: shardSummaries, requeues: requeues, duplicatesDropped: duplicates,
                                  badFrames: badFramesTotal, wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: cost),
                                  dispatchSeconds: finishedAt > plannedAt && plannedAt > 0 ? Double(finishedAt - plannedAt) / 1e9 : 0,
                                  coordinatorCpuSeconds: threadCPUSeconds())
-        let log = FleetAggregation.intervalLog(done.map { state in
-            let result = state.result!
-            return (state.shard.id, Double(state.startedAt &- start) / 1e9, Double(result.wall) / 1e9, result.runs)
-        }, started: Date(timeIntervalSinceNow: -Double(monotonicNanoseconds() - start) / 1e9))
-        let complete = !shards.isEmpty && shards.allSatisfy { $0.result != nil } && merged.allSatisfy(\.complete)
+        let log = (FleetAggregation.intervalLogHeader(started: startedAt) + done.flatMap { $0.result!.intervalLog })
+            .joined(separator: "\n") + "\n"
+        let complete = !shards.isEmpty && completedShards == shards.count && merged.allSatisfy(\.complete)
         return FleetRunOutcome(runs: merged, fleet: fleet, intervalLog: log, failure: failure, complete: complete)
     }
 }
