@@ -80,9 +80,10 @@ let package = Package(
         .executableTarget(
             name: "zapfleet-bench",
             dependencies: [
-                "ZapEngine", "ZapScenario", "ZapRun",
+                "ZapEngine", "ZapScenario", "ZapRun", "ZapCluster", "ZapProtocol", "ZeroMQ",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/zapfleet-bench"
         ),

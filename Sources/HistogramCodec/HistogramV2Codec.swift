@@ -34,6 +34,49 @@ public struct HistogramCodecError: Error, Sendable, CustomStringConvertible, Equ
     public var description: String { "\(code.rawValue): \(message)" }
 }
 
+/// A V2 histogram decoded to its parameters and non-empty buckets, without building a
+/// `Histogram` (whose creation allocates and zeroes every bucket): the cheap form to validate
+/// and then add into a running total.
+public struct DecodedHistogram: Sendable, Equatable {
+    /// Lowest discernible value.
+    public var lowestDiscernibleValue: UInt64
+    /// Highest trackable value.
+    public var highestTrackableValue: UInt64
+    /// Significant digits.
+    public var significantDigits: SignificantDigits
+    /// The lowest value of each non-empty bucket, and its count, in increasing order.
+    public var buckets: [(value: UInt64, count: UInt64)]
+
+    /// Total samples.
+    public var totalCount: UInt64 { buckets.reduce(0) { $0 &+ $1.count } }
+    /// The lowest value of the highest non-empty bucket (0 when empty).
+    public var maxBucketValue: UInt64 { buckets.last?.value ?? 0 }
+
+    /// Adds every sample into `histogram`, which must have the same parameters.
+    /// - Returns: false, adding nothing, if the parameters differ.
+    @discardableResult
+    public func add(into histogram: inout Histogram<UInt64>) -> Bool {
+        guard histogram.lowestDiscernibleValue == lowestDiscernibleValue,
+              histogram.highestTrackableValue >= highestTrackableValue,
+              histogram.numberOfSignificantValueDigits == significantDigits else { return false }
+        for bucket in buckets { _ = histogram.record(bucket.value, count: bucket.count) }
+        return true
+    }
+
+    /// A histogram holding these samples.
+    public var histogram: Histogram<UInt64> {
+        var histogram = Histogram<UInt64>(lowestDiscernibleValue: lowestDiscernibleValue, highestTrackableValue: highestTrackableValue,
+                                          numberOfSignificantValueDigits: significantDigits)
+        add(into: &histogram)
+        return histogram
+    }
+
+    public static func == (lhs: DecodedHistogram, rhs: DecodedHistogram) -> Bool {
+        lhs.lowestDiscernibleValue == rhs.lowestDiscernibleValue && lhs.highestTrackableValue == rhs.highestTrackableValue
+            && lhs.significantDigits == rhs.significantDigits && lhs.buckets.elementsEqual(rhs.buckets, by: { $0 == $1 })
+    }
+}
+
 /// HdrHistogram's V2 encoding, compressed and not, as the Java, C, Go and Python implementations
 /// write it: a 40-byte big-endian header (cookie, payload length, normalizing index offset,
 /// significant digits, lowest discernible value, highest trackable value, integer-to-double
@@ -117,6 +160,11 @@ public enum HistogramV2Codec {
 
     /// Decodes either V2 form. Never traps on hostile bytes; allocation is bounded.
     public static func decode(_ bytes: [UInt8]) throws(HistogramCodecError) -> Histogram<UInt64> {
+        try decodeBuckets(bytes).histogram
+    }
+
+    /// Decodes either V2 form to its parameters and buckets, validating everything.
+    public static func decodeBuckets(_ bytes: [UInt8]) throws(HistogramCodecError) -> DecodedHistogram {
         guard bytes.count >= 8 else { throw HistogramCodecError(.truncated, "\(bytes.count) bytes, fewer than a header") }
         let cookie = readBigEndian32(bytes, 0)
         switch cookie {
@@ -135,13 +183,18 @@ public enum HistogramV2Codec {
 
     /// Decodes base64 text of either V2 form.
     public static func decodeBase64(_ text: String) throws(HistogramCodecError) -> Histogram<UInt64> {
+        try decodeBuckets(base64: text).histogram
+    }
+
+    /// Decodes base64 text of either V2 form to its parameters and buckets.
+    public static func decodeBuckets(base64 text: String) throws(HistogramCodecError) -> DecodedHistogram {
         guard let data = Data(base64Encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             throw HistogramCodecError(.badBase64, "not base64 text")
         }
-        return try decode([UInt8](data))
+        return try decodeBuckets([UInt8](data))
     }
 
-    private static func decodePlain(_ bytes: [UInt8]) throws(HistogramCodecError) -> Histogram<UInt64> {
+    private static func decodePlain(_ bytes: [UInt8]) throws(HistogramCodecError) -> DecodedHistogram {
         guard bytes.count >= 40 else { throw HistogramCodecError(.truncated, "\(bytes.count) bytes, fewer than the 40-byte header") }
         guard readBigEndian32(bytes, 0) == plainCookie else {
             throw HistogramCodecError(.unknownCookie, "inner cookie 0x\(String(readBigEndian32(bytes, 0), radix: 16)) is not V2")
@@ -165,8 +218,8 @@ public enum HistogramV2Codec {
         guard geometry.unitMagnitude + geometry.subBucketHalfCountMagnitude <= 61 else {
             throw HistogramCodecError(.invalidParameters, "lowest \(lowest) with \(digits) digits exceeds 64-bit values")
         }
-        var histogram = Histogram<UInt64>(lowestDiscernibleValue: lowest, highestTrackableValue: highest,
-                                          numberOfSignificantValueDigits: significant)
+        var buckets: [(value: UInt64, count: UInt64)] = []
+        var total: UInt64 = 0
         var position = 40
         var index = 0
         while position < bytes.count {
@@ -181,13 +234,15 @@ public enum HistogramV2Codec {
                 throw HistogramCodecError(.badCounts, "a count at index \(index) lies above the highest trackable value")
             }
             if value > 0 {
-                guard histogram.record(bucketValue, count: UInt64(value)) else {
-                    throw HistogramCodecError(.badCounts, "count at index \(index) does not fit")
-                }
+                let (sum, overflow) = total.addingReportingOverflow(UInt64(value))
+                guard !overflow else { throw HistogramCodecError(.badCounts, "counts overflow a 64-bit total") }
+                total = sum
+                buckets.append((bucketValue, UInt64(value)))
             }
             index += 1
         }
-        return histogram
+        return DecodedHistogram(lowestDiscernibleValue: lowest, highestTrackableValue: highest,
+                                significantDigits: significant, buckets: buckets)
     }
 
     /// The bucket arithmetic shared by every HdrHistogram implementation.

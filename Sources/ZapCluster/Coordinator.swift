@@ -119,7 +119,10 @@ public final class Coordinator: @unchecked Sendable {
     private let progress: (@Sendable (String, RunProgress) -> Void)?
     private var peers: [[UInt8]: Peer] = [:]
     private var shards: [ShardState] = []
-    private var pending: [UInt64] = []
+    private var pending = ShardQueue()
+    /// Set when a worker becomes free or a shard is requeued: only then is there dispatching to do.
+    private var dispatchNeeded = true
+    private var lastHousekeeping: UInt64 = 0
     private var requeues = 0
     private var duplicates = 0
     private var badFramesTotal = 0
@@ -206,10 +209,17 @@ public final class Coordinator: @unchecked Sendable {
                     broadcastStop(reason: "run complete")
                     break
                 }
-                dispatch()
+                if dispatchNeeded {
+                    dispatchNeeded = false
+                    dispatch()
+                }
             }
-            checkLiveness(now: now)
-            sendHeartbeats(now: now)
+            // Walking every peer is work proportional to the fleet: ten times a heartbeat is enough.
+            if now &- lastHousekeeping >= interval / 10 {
+                lastHousekeeping = now
+                checkLiveness(now: now)
+                sendHeartbeats(now: now)
+            }
 
             let ready = try poller.poll(timeoutMilliseconds: max(10, configuration.heartbeatIntervalMilliseconds / 4))
             if ready[0] {
@@ -230,20 +240,20 @@ public final class Coordinator: @unchecked Sendable {
         let planned = try ShardPlanner.plan(scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots)
         plannedAt = monotonicNanoseconds()
         shards = planned.map { ShardState(shard: $0) }
-        pending = planned.map(\.id)
+        pending = ShardQueue(planned.map(\.id))
+        dispatchNeeded = true
         logger.info("planned \(planned.count) shard(s) of up to \(Quantities.formatSize(planned.map(\.bytes).max() ?? 0)) for \(workers.count) worker(s) (smallest budget \(Quantities.describeSize(Double(budget))))")
     }
 
     private func dispatch() {
         let free = peers.values.filter { $0.state == .ready && $0.hello != nil }.sorted { $0.joinOrder < $1.joinOrder }
         for peer in free {
-            guard let position = pending.firstIndex(where: { id in
+            guard let id = pending.takeFirst(where: { id in
                 let state = shards[Int(id)]
                 let slotLimit = Int(peer.hello?.largestShardSlots ?? 0)
                 return !state.excluded.contains(peer.identity) && state.shard.bytes <= (peer.hello?.largestShardBytes ?? .max)
                     && (slotLimit == 0 || state.shard.slice.slotCount <= slotLimit)
             }) else { continue }
-            let id = pending.remove(at: position)
             shards[Int(id)].attempts += 1
             let attempt = shards[Int(id)].attempts
             if attempt > UInt32(configuration.maxAttempts) {
@@ -265,7 +275,7 @@ public final class Coordinator: @unchecked Sendable {
                 logger.info("shard \(id) attempt \(attempt) (\(shards[Int(id)].shard.slice)) -> \(peer.name)")
             } else {
                 shards[Int(id)].attempts -= 1
-                pending.insert(id, at: 0)
+                pending.pushFront(id)
             }
         }
     }
@@ -273,7 +283,8 @@ public final class Coordinator: @unchecked Sendable {
     private func requeue(_ id: UInt64, from peer: Peer, why: String) {
         guard shards.indices.contains(Int(id)), shards[Int(id)].result == nil, !pending.contains(id) else { return }
         requeues += 1
-        pending.insert(id, at: 0)
+        pending.pushFront(id)
+        dispatchNeeded = true
         logger.warning("shard \(id) requeued (attempt \(shards[Int(id)].attempts) on \(peer.name) \(why))")
     }
 
@@ -360,6 +371,7 @@ public final class Coordinator: @unchecked Sendable {
         peer.lastHeard = now
         if peer.state == .missing {
             peer.state = peer.assignment == nil ? .ready : .busy
+            dispatchNeeded = true
             logger.info("worker \(peer.name) is back")
         }
         switch envelope.body {
@@ -387,6 +399,7 @@ public final class Coordinator: @unchecked Sendable {
             shards[Int(abandoned.shardID)].excluded.insert(peer.identity)
             peer.assignment = nil
             peer.state = .ready
+            dispatchNeeded = true
             requeue(abandoned.shardID, from: peer, why: "was given up")
         default:
             rejectFrame(from: identity, "a worker does not send \(Messages.name(envelope.body))")
@@ -411,6 +424,7 @@ public final class Coordinator: @unchecked Sendable {
         peer.name = hello.workerName.isEmpty ? peer.name : String(hello.workerName.prefix(64))
         peer.lastHeard = now
         if peer.state == .missing || peer.state == .dead || !reconnect { peer.state = peer.assignment == nil ? .ready : .busy }
+        dispatchNeeded = true
         var welcome = Zapfleet_V1_Welcome()
         welcome.runID = String(runID)
         welcome.heartbeatIntervalMs = UInt32(configuration.heartbeatIntervalMilliseconds)
@@ -425,11 +439,9 @@ public final class Coordinator: @unchecked Sendable {
             rejectFrame(from: peer.identity, "result for shard \(id) attempt \(result.attempt), which was never assigned")
             return
         }
-        let runs: [PolicyRun]
+        let runs: [DecodedPolicyResult]
         do {
-            runs = try result.policies.map { policy throws(ProtocolViolation) in
-                try ResultCoding.decode(policy, kernelNanosecondsPerSPTE: configuration.kernelNanosecondsPerSPTE)
-            }
+            runs = try result.policies.map { policy throws(ProtocolViolation) in try ResultCoding.decodeValidated(policy) }
         } catch {
             rejectFrame(from: peer.identity, "result for shard \(id): \(error)")
             return
@@ -441,6 +453,7 @@ public final class Coordinator: @unchecked Sendable {
         if peer.assignment?.shard == id {
             peer.assignment = nil
             if peer.state == .busy { peer.state = .ready }
+            dispatchNeeded = true
         }
         var ack = Zapfleet_V1_ResultAck()
         ack.shardID = id
@@ -454,22 +467,21 @@ public final class Coordinator: @unchecked Sendable {
             let cost = configuration.kernelNanosecondsPerSPTE
             let startSeconds = Double(shards[Int(id)].startedAt &- start) / 1e9
             var lines: [String] = []
-            for (run, wire) in zip(runs, result.policies) {
+            for run in runs {
                 totals[run.policy, default: FleetAggregation.Accumulator(policy: run.policy, kernelNanosecondsPerSPTE: cost)].add(run)
-                for encoded in wire.histograms where !encoded.projected {
-                    guard let operation = MeasuredOperation.allCases.first(where: { $0.name == encoded.operation }) else { continue }
+                for histogram in run.histograms where !histogram.projected {
                     lines.append(FleetAggregation.intervalLogLine(
-                        policy: run.policy, operation: operation, startSeconds: startSeconds,
-                        lengthSeconds: Double(result.wallNs) / 1e9, maxNanoseconds: run.recorder.histogram(operation).max,
-                        encoded: [UInt8](encoded.hdrV2)))
+                        policy: run.policy, operation: histogram.operation, startSeconds: startSeconds,
+                        lengthSeconds: Double(result.wallNs) / 1e9, maxNanoseconds: histogram.buckets.maxBucketValue,
+                        encoded: histogram.encoded))
                 }
             }
+            pending.remove(id)  // a requeued shard whose first attempt finished after all
             shards[Int(id)].result = ShardOutcome(
                 worker: peer.name, attempt: result.attempt, wall: result.wallNs,
                 sptesZapped: Dictionary(uniqueKeysWithValues: runs.map { ($0.policy.rawValue, $0.statistics.sptesZapped) }),
                 violations: Dictionary(uniqueKeysWithValues: runs.map { ($0.policy.rawValue, $0.violationCounts.values.reduce(0, +)) }),
                 intervalLog: lines)
-            pending.removeAll { $0 == id }
             peer.completed += 1
             completedShards += 1
             logger.info("shard \(id) done by \(peer.name) in \(Quantities.formatDuration(Double(result.wallNs))) (\(completedShards)/\(shards.count))")
@@ -516,6 +528,39 @@ public final class Coordinator: @unchecked Sendable {
             .joined(separator: "\n") + "\n"
         let complete = !shards.isEmpty && completedShards == shards.count && merged.allSatisfy(\.complete)
         return FleetRunOutcome(runs: merged, fleet: fleet, intervalLog: log, failure: failure, complete: complete)
+    }
+}
+
+/// The shards waiting for a worker, first come first served, requeued ones in front. Kept as a
+/// stack whose top is the front, so that taking and requeueing cost O(1) for a fleet's
+/// thousands of shards.
+struct ShardQueue {
+    private var stack: [UInt64]
+    private var members: Set<UInt64>
+
+    init(_ ids: [UInt64] = []) {
+        stack = ids.reversed()
+        members = Set(ids)
+    }
+
+    func contains(_ id: UInt64) -> Bool { members.contains(id) }
+
+    mutating func pushFront(_ id: UInt64) {
+        guard members.insert(id).inserted else { return }
+        stack.append(id)
+    }
+
+    /// Takes the frontmost shard that `fits`.
+    mutating func takeFirst(where fits: (UInt64) -> Bool) -> UInt64? {
+        guard let position = stack.lastIndex(where: fits) else { return nil }
+        let id = stack.remove(at: position)
+        members.remove(id)
+        return id
+    }
+
+    mutating func remove(_ id: UInt64) {
+        guard members.remove(id) != nil else { return }
+        stack.removeAll { $0 == id }
     }
 }
 

@@ -30,6 +30,22 @@ public enum FleetAggregation {
         /// Adds one shard's run, exactly: histograms bucket by bucket, counters summed.
         public mutating func add(_ run: PolicyRun) {
             recorder.merge(run.recorder)
+            addCounters(run)
+        }
+
+        /// Adds one shard's run as decoded from the wire: each histogram's buckets go straight
+        /// into the totals, without building a histogram per shard.
+        public mutating func add(_ decoded: DecodedPolicyResult) {
+            for histogram in decoded.histograms {
+                recorder.modify(histogram.operation, projected: histogram.projected) { histogram.buckets.add(into: &$0) }
+            }
+            addCounters(PolicyRun(policy: decoded.policy, recorder: BlockTimeRecorder.empty, statistics: decoded.statistics,
+                                  violations: decoded.violations, violationCounts: decoded.violationCounts, steps: decoded.steps,
+                                  wallNanoseconds: decoded.wallNanoseconds, complete: decoded.complete,
+                                  zapThroughput: decoded.zapThroughput))
+        }
+
+        private mutating func addCounters(_ run: PolicyRun) {
             statistics = statistics.adding(run.statistics)
             violations.append(contentsOf: run.violations.prefix(max(0, 10 - violations.count)))
             counts.merge(run.violationCounts, uniquingKeysWith: +)

@@ -56,28 +56,33 @@ public enum ResultCoding {
     /// The run a peer reported, validated: known policy, operations and violation kinds,
     /// decodable histograms with the run's parameters, counts within range.
     public static func decode(_ result: Zapfleet_V1_PolicyResult, kernelNanosecondsPerSPTE: Double) throws(ProtocolViolation) -> PolicyRun {
+        try decodeValidated(result).run(kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
+    }
+
+    /// The same validation, keeping the histograms as decoded buckets (cheap to add into a total).
+    public static func decodeValidated(_ result: Zapfleet_V1_PolicyResult) throws(ProtocolViolation) -> DecodedPolicyResult {
         guard let policy = ZapPolicy(rawValue: result.policy) else { throw ProtocolViolation("unknown policy '\(result.policy.prefix(40))'") }
-        var measured: [MeasuredOperation: LatencyHistogram] = [:]
-        var projected: [MeasuredOperation: LatencyHistogram] = [:]
         guard result.histograms.count <= MeasuredOperation.allCases.count * 2 else {
             throw ProtocolViolation("\(result.histograms.count) histograms, more than a run has")
         }
+        var histograms: [DecodedPolicyResult.Histogram] = []
         for encoded in result.histograms {
             guard let operation = MeasuredOperation.allCases.first(where: { $0.name == encoded.operation }) else {
                 throw ProtocolViolation("unknown operation '\(encoded.operation.prefix(40))'")
             }
-            let histogram: LatencyHistogram
+            let decoded: DecodedHistogram
             do {
-                histogram = try HistogramV2Codec.decode([UInt8](encoded.hdrV2))
+                decoded = try HistogramV2Codec.decodeBuckets([UInt8](encoded.hdrV2))
             } catch {
                 throw ProtocolViolation("histogram \(operation.name): \(error)")
             }
-            guard histogram.lowestDiscernibleValue == 1,
-                  histogram.highestTrackableValue == LatencyHistogram.highestTrackableNanoseconds,
-                  histogram.numberOfSignificantValueDigits == .three else {
+            guard decoded.lowestDiscernibleValue == 1,
+                  decoded.highestTrackableValue == LatencyHistogram.highestTrackableNanoseconds,
+                  decoded.significantDigits == .three else {
                 throw ProtocolViolation("histogram \(operation.name) has parameters other than the run's (1 ns, 1 h, 3 digits)")
             }
-            if encoded.projected { projected[operation] = histogram } else { measured[operation] = histogram }
+            histograms.append(DecodedPolicyResult.Histogram(operation: operation, projected: encoded.projected, buckets: decoded,
+                                                            encoded: [UInt8](encoded.hdrV2)))
         }
         var counts: [Violation.Kind: Int] = [:]
         for (name, count) in result.violationCounts {
@@ -94,11 +99,9 @@ public enum ResultCoding {
             StepTiming(name: String($0.name.prefix(40)), nanoseconds: $0.wallNs, longestBlockNanoseconds: $0.longestBlockNs,
                        sptesZappedInline: Int(clamping: $0.sptesZappedInline))
         }
-        return PolicyRun(
-            policy: policy,
-            recorder: BlockTimeRecorder(kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, measured: measured, projected: projected),
-            statistics: try decode(result.counters), violations: violations, violationCounts: counts, steps: steps,
-            wallNanoseconds: result.wallNs, complete: result.complete,
+        return DecodedPolicyResult(
+            policy: policy, histograms: histograms, statistics: try decode(result.counters), violations: violations,
+            violationCounts: counts, steps: steps, wallNanoseconds: result.wallNs, complete: result.complete,
             zapThroughput: result.zapThroughput.isFinite && result.zapThroughput >= 0 ? result.zapThroughput : 0)
     }
 
@@ -143,5 +146,50 @@ public enum ResultCoding {
             tablesFreed: v[5], tablesLive: v[6], tablesPeak: v[7], faults: v[8], faultRetries: v[9], spuriousFaults: v[10],
             yields: v[11], zapSteps: v[12], largestStepTables: v[13], rootsCreated: v[14], rootsReused: v[15],
             rootsFreed: v[16], rootZaps: v[17], workItemsQueued: v[18], workItemsRejected: v[19], fastZaps: v[20], fullZaps: v[21])
+    }
+}
+
+/// A policy's run as a worker reported it, validated, with its histograms still as buckets.
+public struct DecodedPolicyResult: Sendable {
+    /// One histogram of the run.
+    public struct Histogram: Sendable {
+        /// The operation.
+        public var operation: MeasuredOperation
+        /// Projected (true) or measured.
+        public var projected: Bool
+        /// Its buckets.
+        public var buckets: DecodedHistogram
+        /// The V2 compressed bytes as received (for the interval log).
+        public var encoded: [UInt8]
+    }
+
+    /// The policy.
+    public var policy: ZapPolicy
+    /// Its histograms.
+    public var histograms: [Histogram]
+    /// The engine's counters.
+    public var statistics: EngineStatistics
+    /// Up to ten violations.
+    public var violations: [Violation]
+    /// Every violation, by kind.
+    public var violationCounts: [Violation.Kind: Int]
+    /// Step records.
+    public var steps: [StepTiming]
+    /// Wall time.
+    public var wallNanoseconds: UInt64
+    /// Whether the timeline ran to its end.
+    public var complete: Bool
+    /// SPTEs zapped per second of zap wall time.
+    public var zapThroughput: Double
+
+    /// The run with full histograms.
+    public func run(kernelNanosecondsPerSPTE: Double) -> PolicyRun {
+        var recorder = BlockTimeRecorder(kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
+        for histogram in histograms {
+            recorder.modify(histogram.operation, projected: histogram.projected) { histogram.buckets.add(into: &$0) }
+        }
+        return PolicyRun(policy: policy, recorder: recorder, statistics: statistics, violations: violations,
+                         violationCounts: violationCounts, steps: steps, wallNanoseconds: wallNanoseconds,
+                         complete: complete, zapThroughput: zapThroughput)
     }
 }

@@ -23,6 +23,17 @@ public struct BlockTimeRecorder: Sendable {
     /// Leaf SPTEs zapped while the recorded callers waited, in total.
     public private(set) var sptesZappedInline = 0
 
+    /// A recorder with no histograms at all, for records that carry none (cheaper than empty ones).
+    public static let empty = BlockTimeRecorder(kernelNanosecondsPerSPTE: 0, enabled: false, allocate: false)
+
+    private init(kernelNanosecondsPerSPTE: Double, enabled: Bool, allocate: Bool) {
+        self.kernelNanosecondsPerSPTE = kernelNanosecondsPerSPTE
+        self.enabled = enabled
+        measured = []
+        projected = []
+        zeroProjections = []
+    }
+
     /// Empty histograms.
     public init(kernelNanosecondsPerSPTE: Double, enabled: Bool = true) {
         self.kernelNanosecondsPerSPTE = kernelNanosecondsPerSPTE
@@ -69,6 +80,12 @@ public struct BlockTimeRecorder: Sendable {
         self.init(kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
         for (operation, histogram) in measured { self.measured[operation.rawValue] = histogram }
         for (operation, histogram) in projected { self.projected[operation.rawValue] = histogram }
+    }
+
+    /// Gives `body` the measured (or projected) histogram of `operation` to change in place,
+    /// e.g. to add decoded buckets without building a histogram first.
+    public mutating func modify(_ operation: MeasuredOperation, projected isProjected: Bool, _ body: (inout LatencyHistogram) -> Void) {
+        if isProjected { body(&projected[operation.rawValue]) } else { body(&measured[operation.rawValue]) }
     }
 
     /// Adds every sample of `other`.

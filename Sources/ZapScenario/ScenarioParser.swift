@@ -154,9 +154,10 @@ struct ScenarioReader {
                 throw error(.badValue, pagesNode, "vm.pages", "the fractions must add up to 1, they add up to \(sum)")
             }
         }
-        let smram = try map["smram"].map { node throws(ScenarioError) in try size(node, key: "vm.smram") } ?? (1 << 30)
+        // SMRAM defaults to 1 GiB, or all of a smaller VM.
+        let smram = try map["smram"].map { node throws(ScenarioError) in try size(node, key: "vm.smram") } ?? min(1 << 30, memory)
         guard smram >= 2 << 20, smram <= memory else {
-            throw error(.badValue, map["smram"]!, "vm.smram", "SMRAM must be between 2MiB and the VM's memory")
+            throw error(.badValue, map["smram"] ?? node, "vm.smram", "SMRAM must be between 2MiB and the VM's memory")
         }
         return VMShape(memoryBytes: memory, memslotBytes: memslot, pageMix: mix,
                        dirtyLogging: try boolean(map["dirty_logging"], key: "vm.dirty_logging", default: false),

@@ -15,6 +15,11 @@ public final class ZeroMQContext: @unchecked Sendable {
         while zmq_ctx_term(handle) != 0 && zmq_errno() == EINTR {}
     }
 
+    /// Raises the number of sockets the context may hold (`ZMQ_MAX_SOCKETS`, 1023 by default).
+    public func setMaximumSockets(_ count: Int32) throws(ZeroMQError) {
+        guard zmq_ctx_set(handle, ZMQ_MAX_SOCKETS, count) == 0 else { throw ZeroMQError.last("zmq_ctx_set ZMQ_MAX_SOCKETS") }
+    }
+
     /// Does the linked libzmq support `capability` (e.g. `curve`)?
     public static func has(_ capability: String) -> Bool { zmq_has(capability) == 1 }
 

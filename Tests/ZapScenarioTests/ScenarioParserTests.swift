@@ -67,6 +67,12 @@ struct ScenarioParserTests {
         #expect(scenario.workload.touched == 1)
     }
 
+    @Test("a VM smaller than the default SMRAM parses, with SMRAM cut to its memory")
+    func smallVM() throws {
+        let scenario = try ScenarioParser.parse("name: s\nvm: {memory: 400MiB, memslot: 2MiB}\nworkload: {vcpus: 1}\ntimeline: [populate]\n", file: "s.yaml")
+        #expect(scenario.vm.smramBytes == 400 << 20)
+    }
+
     @Test("an unknown key is named with its line")
     func unknownKey() throws {
         let error = try #require(failure(replacing: 3, with: "  memroy: 8GiB"))
