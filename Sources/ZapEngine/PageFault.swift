@@ -66,11 +66,12 @@ extension VirtualMachine {
     /// address spaces. `firstFrame` is rounded down to the region's start.
     func mapRegion2M(_ root: Root, firstFrame: UInt64, writable: Bool, dirty: Bool) -> MapResult {
         let base = firstFrame & ~511
-        let (found, result) = walkToTable(root, gfn: base, targetLevel: 1)
-        guard let table = found else { return result }
         var bits = SPTE.presentBit | SPTE.accessedBit | (base << 12)
         if writable { bits |= SPTE.writableBit }
         if dirty { bits |= SPTE.dirtyBit }
+        if let installed = mapFreshRegion2M(root, base: base, leafBits: bits) { return installed }
+        let (found, result) = walkToTable(root, gfn: base, targetLevel: 1)
+        guard let table = found else { return result }
         var installed = 0
         for index in 0..<PagingGeometry.entriesPerTable {
             let leaf = SPTE(rawValue: bits &+ (UInt64(index) << 12))
@@ -82,5 +83,26 @@ extension VirtualMachine {
             }
         }
         return installed > 0 ? .installed(installed) : .alreadyMapped
+    }
+
+    /// The common case of populating: no leaf table yet. Fill a new table with plain stores while
+    /// no one else can see it, then publish it with one compare-exchange, as the kernel links a
+    /// filled child table when it splits a huge page (`tdp_mmu_link_sp`). Returns nil when a
+    /// table (or a mapping) is already there, for the entry-by-entry path.
+    private func mapFreshRegion2M(_ root: Root, base: UInt64, leafBits: UInt64) -> MapResult? {
+        let (found, _) = walkToTable(root, gfn: base, targetLevel: 2)
+        guard let parent = found else { return nil }
+        let index = PagingGeometry.index(of: base, atLevel: 2)
+        guard parent.load(index) == .nonPresent, let page = pool.allocate() else { return nil }
+        let table = pool.table(page)
+        for entry in 0..<PagingGeometry.entriesPerTable {
+            table.storeExclusive(entry, SPTE(rawValue: leafBits &+ (UInt64(entry) << 12)))
+        }
+        // The release ordering of the exchange publishes the filled entries with the pointer.
+        guard parent.compareExchange(index, expected: .nonPresent, desired: .table(page)).exchanged else {
+            pool.free(page)  // someone linked a table first; ours was never visible
+            return nil
+        }
+        return .installed(PagingGeometry.entriesPerTable)
     }
 }
