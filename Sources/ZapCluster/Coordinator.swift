@@ -189,7 +189,7 @@ public final class Coordinator: @unchecked Sendable {
             if stopping && (now > stopDeadline || !peers.values.contains { $0.state == .busy }) { break }
 
             if !planned && !stopping {
-                let ready = peers.values.filter { $0.state == .ready }
+                let ready = peers.values.filter { $0.state == .ready && $0.hello != nil }
                 if ready.count >= configuration.expectWorkers || (now > waitDeadline && !ready.isEmpty) {
                     do {
                         try plan(for: ready)
@@ -291,7 +291,8 @@ public final class Coordinator: @unchecked Sendable {
     // MARK: - Liveness
 
     private func checkLiveness(now: UInt64) {
-        for peer in peers.values {
+        // Only workers that said hello are tracked; a peer that only ever sent garbage is not one.
+        for peer in peers.values where peer.hello != nil {
             let silence = now &- peer.lastHeard
             switch peer.state {
             case .ready where silence > missingAfter, .busy where silence > missingAfter:
@@ -309,7 +310,7 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     private func sendHeartbeats(now: UInt64) {
-        for peer in peers.values where (peer.state == .ready || peer.state == .busy) && now &- peer.lastSent >= interval {
+        for peer in peers.values where peer.hello != nil && (peer.state == .ready || peer.state == .busy) && now &- peer.lastSent >= interval {
             _ = send(.heartbeat(Zapfleet_V1_Heartbeat()), to: peer)
         }
     }
