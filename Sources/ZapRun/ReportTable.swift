@@ -76,7 +76,13 @@ public enum ReportTable {
         }
         let slowest = fleet.shards.map(\.wallSeconds).max() ?? 0
         if fleet.dispatchSeconds > 0 && slowest > 0 {
-            lines.append("dispatch: \(Quantities.formatDuration(fleet.dispatchSeconds * 1e9)) from plan to last result, \(Quantities.rounded(fleet.dispatchSeconds / slowest, 2))× the slowest shard (\(Quantities.formatDuration(slowest * 1e9))); coordinator CPU \(Quantities.formatDuration(fleet.coordinatorCpuSeconds * 1e9))")
+            // Against the slowest shard only when every worker ran at most one shard; otherwise
+            // shards ran one after another and the ratio says nothing about dispatch.
+            let oneEach = fleet.shards.count <= fleet.workers.count
+            let comparison = oneEach
+                ? "\(Quantities.rounded(fleet.dispatchSeconds / slowest, 2))× the slowest shard (\(Quantities.formatDuration(slowest * 1e9)))"
+                : "\(fleet.shards.count) shards on \(fleet.workers.count) workers"
+            lines.append("dispatch: \(Quantities.formatDuration(fleet.dispatchSeconds * 1e9)) from plan to last result, \(comparison); coordinator CPU \(Quantities.formatDuration(fleet.coordinatorCpuSeconds * 1e9))")
         }
         lines.append("shards: \(fleet.shards.count), requeued \(fleet.requeues), duplicates dropped \(fleet.duplicatesDropped), bad frames \(fleet.badFrames)")
         for shard in fleet.shards {
