@@ -108,6 +108,10 @@ struct RunCommand: ParsableCommand {
         if !quiet {
             logger.info("running \(resolved.name): \(Quantities.formatSize(resolved.vm.memoryBytes)), \(resolved.workload.vcpus) vCPUs, policies \(resolved.policies.map(\.rawValue).joined(separator: ", ")), page tables ≈ \(Quantities.describeSize(Double(estimate.peakBytes))), \(workerCount) in-process worker(s)")
         }
+        // The in-process fleet's routine messages (joins, assignments) would bury the progress
+        // line; its warnings and errors still show.
+        var clusterLogger = logger
+        clusterLogger.logLevel = .warning
         let started = Date()
         let start = monotonicNanoseconds()
         let outcome: FleetRunOutcome
@@ -118,7 +122,7 @@ struct RunCommand: ParsableCommand {
                 // Sharded, the workers run at once, so each gets its share of the limit.
                 memoryBudgetBytes: estimate.peakBytes > limit ? limit / UInt64(workerCount) : limit,
                 kernelNanosecondsPerSPTE: kernelSpteNs,
-                logger: quiet ? Logger(label: "zapfleet.quiet", factory: { _ in SwiftLogNoOpLogHandler() }) : logger,
+                logger: quiet ? Logger(label: "zapfleet.quiet", factory: { _ in SwiftLogNoOpLogHandler() }) : clusterLogger,
                 cancellation: cancellation,
                 progress: progress.map { reporter in { @Sendable _, update in reporter.update(update) } })
         } catch {
