@@ -119,6 +119,16 @@ struct FleetProtocolTests {
             try socket.send([try envelope.serializedBytes()])
         }
         func sendRaw(_ frames: [[UInt8]]) throws { try socket.send(frames) }
+        /// Says hello as a worker named `name` with a 1 GiB budget.
+        func sayHello(as name: String) throws {
+            var hello = Zapfleet_V1_Hello()
+            hello.workerName = name
+            hello.hostName = "test"
+            hello.cores = 1
+            hello.memoryBudgetBytes = 1 << 30
+            hello.largestShardBytes = .max
+            try send(.hello(hello))
+        }
         /// The next message that is not a heartbeat.
         func next(timeoutMilliseconds: Int = 10_000) throws -> Zapfleet_V1_Envelope.OneOf_Body? {
             var poller = ZeroMQPoller()
@@ -148,13 +158,7 @@ struct FleetProtocolTests {
         try stranger.sendRaw([[1], [2], [3]])
 
         let peer = try RawPeer(context: context, endpoint: endpoint, name: "raw")
-        var hello = Zapfleet_V1_Hello()
-        hello.workerName = "raw"
-        hello.hostName = "test"
-        hello.cores = 1
-        hello.memoryBudgetBytes = 1 << 30
-        hello.largestShardBytes = .max
-        try peer.send(.hello(hello))
+        try peer.sayHello(as: "raw")
         guard case .welcome? = try peer.next() else { Issue.record("no welcome"); return }
         guard case .assignment(let assignment)? = try peer.next() else { Issue.record("no assignment"); return }
         #expect(assignment.attempt == 1)
@@ -191,12 +195,7 @@ struct FleetProtocolTests {
         let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
             bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 500), context: context)
         let peer = try RawPeer(context: context, endpoint: running.endpoint, name: "liar")
-        var hello = Zapfleet_V1_Hello()
-        hello.workerName = "liar"
-        hello.cores = 1
-        hello.memoryBudgetBytes = 1 << 30
-        hello.largestShardBytes = .max
-        try peer.send(.hello(hello))
+        try peer.sayHello(as: "liar")
         _ = try peer.next()
         guard case .assignment(let assignment)? = try peer.next() else { Issue.record("no assignment"); return }
         let shardScenario = try ScenarioParser.parse(assignment.scenarioYaml, file: "assignment")
