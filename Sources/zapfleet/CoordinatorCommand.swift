@@ -55,6 +55,9 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Directory for report.json, .hgrm files, shards.hlog and scenario.yaml.")
     var out: String?
 
+    @Option(help: "Also write JUnit XML here: one test case per objective and per invariant, for CI systems.")
+    var junit: String?
+
     @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection.")
     var kernelSpteNs: Double = 52
 
@@ -98,7 +101,7 @@ struct CoordinatorCommand: ParsableCommand {
         }
         let code = try ReportOutput.emit(scenario: resolved, outcome: outcome, started: started,
                                          wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
-                                         out: out, fleetDetail: true)
+                                         out: out, fleetDetail: true, junit: junit)
         if code != 0 { throw ExitCode(code) }
     }
 }

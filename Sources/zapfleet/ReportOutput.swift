@@ -8,7 +8,7 @@ enum ReportOutput {
     /// Prints the report of `outcome`, writes its files into `out` if given, and returns the
     /// exit code its verdict calls for.
     static func emit(scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
-                     kernelNanosecondsPerSPTE: Double, out: String?, fleetDetail: Bool) throws -> Int32 {
+                     kernelNanosecondsPerSPTE: Double, out: String?, fleetDetail: Bool, junit: String? = nil) throws -> Int32 {
         var report = RunReport(scenario: scenario, runs: outcome.runs, slice: .whole(scenario),
                                kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, startedAt: started,
                                wallNanoseconds: wallNanoseconds, version: ZapfleetVersion.current,
@@ -30,6 +30,14 @@ enum ReportOutput {
                 print("wrote \(files.count) files to \(out)")
             } catch {
                 printError("cannot write the report to \(out): \(error.localizedDescription)")
+                return ZapfleetExitCode.internalError.rawValue
+            }
+        }
+        if let junit {
+            do {
+                try Data(JUnitReport.render(report).utf8).write(to: URL(fileURLWithPath: junit), options: .atomic)
+            } catch {
+                printError("cannot write JUnit XML to \(junit): \(error.localizedDescription)")
                 return ZapfleetExitCode.internalError.rawValue
             }
         }

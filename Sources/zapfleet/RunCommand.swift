@@ -52,6 +52,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Directory to write report.json, .hgrm files and scenario.yaml into.")
     var out: String?
 
+    @Option(help: "Also write JUnit XML here: one test case per objective and per invariant, for CI systems.")
+    var junit: String?
+
     @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection column (the seed's 900 s / 2^34).")
     var kernelSpteNs: Double = 52
 
@@ -132,7 +135,7 @@ struct RunCommand: ParsableCommand {
         progress?.clear()
         let code = try ReportOutput.emit(scenario: resolved, outcome: outcome, started: started,
                                          wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
-                                         out: out, fleetDetail: estimate.peakBytes > limit)
+                                         out: out, fleetDetail: estimate.peakBytes > limit, junit: junit)
         if code != 0 { throw ExitCode(code) }
     }
 

@@ -74,8 +74,14 @@ struct RunCommandTests {
             policies: [async]
             workqueue_width: 1
             """.write(toFile: scenario, atomically: true, encoding: .utf8)
-        let result = try Self.zapfleet(["run", scenario, "--inject", "double-queue", "--out", directory])
+        let result = try Self.zapfleet(["run", scenario, "--inject", "double-queue", "--out", directory,
+                                        "--junit", directory + "/junit.xml"])
         #expect(result.status == 2, "\(result.out)\n\(result.err)")
+        // CI systems see the broken invariants as failed test cases.
+        let junit = try String(contentsOfFile: directory + "/junit.xml", encoding: .utf8)
+        #expect(junit.contains("name=\"async: invariant 5: each root queued at most once\">"))
+        #expect(junit.contains("<failure message=\"double-queue"))
+        #expect(junit.contains("name=\"async: invariant 2: fast zap returns only when every invalid root is zapped\"/>"))
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
         let async = try #require(report.policies.first)
         #expect(async.violationsByKind["double-queue", default: 0] > 0, "\(async.violationsByKind)")
