@@ -33,7 +33,7 @@ public enum BuiltinScenarios {
         seed: 1
         slos:
           - "violations == 0"
-          - "async.reset.p99.9 < 10ms"
+          - "async.reset.p99.9 < 100ms"
 
         """
 
