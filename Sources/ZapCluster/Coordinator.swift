@@ -281,7 +281,7 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     private func requeue(_ id: UInt64, from peer: Peer, why: String) {
-        guard shards.indices.contains(Int(id)), shards[Int(id)].result == nil, !pending.contains(id) else { return }
+        guard id < UInt64(shards.count), shards[Int(id)].result == nil, !pending.contains(id) else { return }
         requeues += 1
         pending.pushFront(id)
         dispatchNeeded = true
@@ -392,7 +392,7 @@ public final class Coordinator: @unchecked Sendable {
         case .result(let result):
             accept(result, from: peer)
         case .abandoned(let abandoned):
-            guard shards.indices.contains(Int(abandoned.shardID)), peer.assignment?.shard == abandoned.shardID else {
+            guard abandoned.shardID < UInt64(shards.count), peer.assignment?.shard == abandoned.shardID else {
                 rejectFrame(from: identity, "abandoned a shard it was not given")
                 return
             }
@@ -436,7 +436,8 @@ public final class Coordinator: @unchecked Sendable {
 
     private func accept(_ result: Zapfleet_V1_ShardResult, from peer: Peer) {
         let id = result.shardID
-        guard shards.indices.contains(Int(id)), result.attempt >= 1, result.attempt <= shards[Int(id)].attempts else {
+        // Compared as UInt64 first: a hostile id past Int.max must not trap in a conversion.
+        guard id < UInt64(shards.count), result.attempt >= 1, result.attempt <= shards[Int(id)].attempts else {
             rejectFrame(from: peer.identity, "result for shard \(id) attempt \(result.attempt), which was never assigned")
             return
         }

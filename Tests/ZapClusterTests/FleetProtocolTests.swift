@@ -224,10 +224,17 @@ struct FleetProtocolTests {
         var corrupt = result
         corrupt.policies[0].histograms[0].hdrV2 = Data([0x1c, 0x84, 0x93, 0x14, 0, 0, 0, 9, 1, 2, 3])
         try peer.send(.result(corrupt))
+        // Ids no shard has, up to the largest a field can carry.
+        var stray = result
+        stray.shardID = .max
+        try peer.send(.result(stray))
+        var abandoned = Zapfleet_V1_ShardAbandoned()
+        abandoned.shardID = .max
+        try peer.send(.abandoned(abandoned))
         try peer.send(.result(result))
         let outcome = try running.finish()
         #expect(outcome.complete)
-        #expect(outcome.fleet.badFrames == 1)
+        #expect(outcome.fleet.badFrames == 3)
         #expect(outcome.fleet.duplicatesDropped == 0)
     }
 }
