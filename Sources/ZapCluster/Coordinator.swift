@@ -81,6 +81,8 @@ public final class Coordinator: @unchecked Sendable {
         var badFrames = 0
         var duplicates = 0
         var completed = 0
+        /// Cannot take one memslot: kept connected, given no shard.
+        var unfit = false
         let joinOrder: Int
 
         init(identity: [UInt8], now: UInt64, joinOrder: Int) {
@@ -233,9 +235,27 @@ public final class Coordinator: @unchecked Sendable {
 
     // MARK: - Planning and dispatch
 
-    private func plan(for workers: [Peer]) throws {
+    private func plan(for candidates: [Peer]) throws {
+        // A worker that cannot take even one memslot must not shrink every shard to nothing
+        // (or sink the run): it is left out of the plan, and of dispatch.
+        let slotBytes = scenario.vm.memslotBytes
+        let oneSlot = MemoryEstimate.estimate(scenario, bytes: slotBytes).peakBytes
+        let workers = candidates.filter { peer in
+            guard let hello = peer.hello else { return false }
+            let fits = hello.memoryBudgetBytes >= oneSlot && (hello.largestShardBytes == 0 || hello.largestShardBytes >= slotBytes)
+            if !fits {
+                logger.warning("worker \(peer.name) cannot take one \(Quantities.formatSize(slotBytes)) memslot (budget \(Quantities.describeSize(Double(hello.memoryBudgetBytes))), largest shard \(hello.largestShardBytes) bytes); it gets no shard")
+                peer.unfit = true
+            }
+            return fits
+        }
+        guard !workers.isEmpty else {
+            throw PlanError(message: "no worker can take one \(Quantities.formatSize(slotBytes)) memslot, which needs \(Quantities.describeSize(Double(oneSlot))) of page tables; give workers more --memory")
+        }
         let budget = workers.compactMap { $0.hello?.memoryBudgetBytes }.min() ?? 0
-        let largest = min(workers.compactMap { $0.hello?.largestShardBytes }.min() ?? .max, configuration.shardBytes ?? .max)
+        // 0 is proto3's unset: no limit.
+        let largest = min(workers.compactMap { $0.hello.map { $0.largestShardBytes == 0 ? .max : $0.largestShardBytes } }.min() ?? .max,
+                          configuration.shardBytes ?? .max)
         let slots = workers.compactMap { $0.hello.map { Int($0.largestShardSlots) } }.filter { $0 > 0 }.min() ?? .max
         let planned = try ShardPlanner.plan(scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots)
         plannedAt = monotonicNanoseconds()
@@ -246,12 +266,13 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     private func dispatch() {
-        let free = peers.values.filter { $0.state == .ready && $0.hello != nil }.sorted { $0.joinOrder < $1.joinOrder }
+        let free = peers.values.filter { $0.state == .ready && $0.hello != nil && !$0.unfit }.sorted { $0.joinOrder < $1.joinOrder }
         for peer in free {
             guard let id = pending.takeFirst(where: { id in
                 let state = shards[Int(id)]
                 let slotLimit = Int(peer.hello?.largestShardSlots ?? 0)
-                return !state.excluded.contains(peer.identity) && state.shard.bytes <= (peer.hello?.largestShardBytes ?? .max)
+                let largestBytes = peer.hello.map { $0.largestShardBytes == 0 ? .max : $0.largestShardBytes } ?? .max
+                return !state.excluded.contains(peer.identity) && state.shard.bytes <= largestBytes
                     && (slotLimit == 0 || state.shard.slice.slotCount <= slotLimit)
             }) else { continue }
             shards[Int(id)].attempts += 1
@@ -318,7 +339,8 @@ public final class Coordinator: @unchecked Sendable {
     private func broadcastStop(reason: String) {
         var stop = Zapfleet_V1_Stop()
         stop.reason = reason
-        for peer in peers.values where peer.state != .dead && peer.state != .refused {
+        // Every worker that said hello hears it, those left out of the plan included.
+        for peer in peers.values where peer.hello != nil && peer.state != .dead {
             _ = send(.stop(stop), to: peer)
         }
     }

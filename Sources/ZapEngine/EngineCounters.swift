@@ -89,28 +89,28 @@ public struct EngineStatistics: Sendable, Codable, Equatable {
     /// The sum of two shards' counters; the peaks and the largest step are maxima.
     public func adding(_ other: EngineStatistics) -> EngineStatistics {
         var sum = self
-        sum.sptesInstalled = sptesInstalled + other.sptesInstalled
-        sum.sptesZapped = sptesZapped + other.sptesZapped
-        sum.accessedZapped = accessedZapped + other.accessedZapped
-        sum.dirtyZapped = dirtyZapped + other.dirtyZapped
-        sum.tablesAllocated = tablesAllocated + other.tablesAllocated
-        sum.tablesFreed = tablesFreed + other.tablesFreed
-        sum.tablesLive = tablesLive + other.tablesLive
+        sum.sptesInstalled = sptesInstalled &+ other.sptesInstalled
+        sum.sptesZapped = sptesZapped &+ other.sptesZapped
+        sum.accessedZapped = accessedZapped &+ other.accessedZapped
+        sum.dirtyZapped = dirtyZapped &+ other.dirtyZapped
+        sum.tablesAllocated = tablesAllocated &+ other.tablesAllocated
+        sum.tablesFreed = tablesFreed &+ other.tablesFreed
+        sum.tablesLive = tablesLive &+ other.tablesLive
         sum.tablesPeak = max(tablesPeak, other.tablesPeak)
-        sum.faults = faults + other.faults
-        sum.faultRetries = faultRetries + other.faultRetries
-        sum.spuriousFaults = spuriousFaults + other.spuriousFaults
-        sum.yields = yields + other.yields
-        sum.zapSteps = zapSteps + other.zapSteps
+        sum.faults = faults &+ other.faults
+        sum.faultRetries = faultRetries &+ other.faultRetries
+        sum.spuriousFaults = spuriousFaults &+ other.spuriousFaults
+        sum.yields = yields &+ other.yields
+        sum.zapSteps = zapSteps &+ other.zapSteps
         sum.largestStepTables = max(largestStepTables, other.largestStepTables)
-        sum.rootsCreated = rootsCreated + other.rootsCreated
-        sum.rootsReused = rootsReused + other.rootsReused
-        sum.rootsFreed = rootsFreed + other.rootsFreed
-        sum.rootZaps = rootZaps + other.rootZaps
-        sum.workItemsQueued = workItemsQueued + other.workItemsQueued
-        sum.workItemsRejected = workItemsRejected + other.workItemsRejected
-        sum.fastZaps = fastZaps + other.fastZaps
-        sum.fullZaps = fullZaps + other.fullZaps
+        sum.rootsCreated = rootsCreated &+ other.rootsCreated
+        sum.rootsReused = rootsReused &+ other.rootsReused
+        sum.rootsFreed = rootsFreed &+ other.rootsFreed
+        sum.rootZaps = rootZaps &+ other.rootZaps
+        sum.workItemsQueued = workItemsQueued &+ other.workItemsQueued
+        sum.workItemsRejected = workItemsRejected &+ other.workItemsRejected
+        sum.fastZaps = fastZaps &+ other.fastZaps
+        sum.fullZaps = fullZaps &+ other.fullZaps
         return sum
     }
 

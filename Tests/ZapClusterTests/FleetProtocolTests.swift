@@ -104,6 +104,24 @@ struct FleetProtocolTests {
         #expect(asyncReset.projectedNs == 0)
     }
 
+    @Test("a worker too small for one memslot is left out of the plan instead of sinking the run")
+    func tooSmallWorker() throws {
+        let context = try ZeroMQContext()
+        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
+        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
+            bind: "inproc://small", expectWorkers: 2, waitSeconds: 20, heartbeatIntervalMilliseconds: 200), context: context)
+        let tiny = Self.workerThread(WorkerConfiguration(connect: "inproc://small", name: "tiny", memoryBudgetBytes: 1024), context: context)
+        let able = Self.workerThread(WorkerConfiguration(connect: "inproc://small", name: "able", memoryBudgetBytes: 1 << 30), context: context)
+        let outcome = try running.finish()
+        tiny.0.join()
+        able.0.join()
+        #expect(outcome.failure == nil)
+        #expect(outcome.complete)
+        #expect(outcome.fleet.shards.allSatisfy { $0.worker == "able" })
+        #expect(outcome.fleet.workers.first { $0.name == "tiny" }?.shardsCompleted == 0)
+        #expect(tiny.1() == .stopped(reason: "run complete"))
+    }
+
     /// A peer that speaks the protocol by hand, to send what a real worker never would.
     final class RawPeer {
         let socket: ZeroMQSocket
