@@ -64,13 +64,6 @@ public enum FleetAggregation {
         }
     }
 
-    /// One policy's runs over every shard, merged.
-    public static func merge(_ runs: [PolicyRun], policy: ZapPolicy, kernelNanosecondsPerSPTE: Double) -> PolicyRun {
-        var accumulator = Accumulator(policy: policy, kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
-        for run in runs { accumulator.add(run) }
-        return accumulator.run
-    }
-
     /// Step by step over the shards: where the callers waited for zapping, the slices' blocks
     /// add up (one root spans every slice); otherwise the longest slice's block stands.
     static func composeSteps(_ shards: [[StepTiming]]) -> [StepTiming] {

@@ -73,15 +73,6 @@ public struct BlockTimeRecorder: Sendable {
         _ = measured[operation.rawValue].record(min(nanoseconds, LatencyHistogram.highestTrackableNanoseconds))
     }
 
-    /// A recorder holding decoded histograms (from a shard's result), indexed like
-    /// ``MeasuredOperation``; missing entries are empty.
-    public init(kernelNanosecondsPerSPTE: Double, measured: [MeasuredOperation: LatencyHistogram],
-                projected: [MeasuredOperation: LatencyHistogram]) {
-        self.init(kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
-        for (operation, histogram) in measured { self.measured[operation.rawValue] = histogram }
-        for (operation, histogram) in projected { self.projected[operation.rawValue] = histogram }
-    }
-
     /// Gives `body` the measured (or projected) histogram of `operation` to change in place,
     /// e.g. to add decoded buckets without building a histogram first.
     public mutating func modify(_ operation: MeasuredOperation, projected isProjected: Bool, _ body: (inout LatencyHistogram) -> Void) {
