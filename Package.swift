@@ -103,6 +103,6 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // End-to-end tests of the built executable, run as a subprocess.
-        .testTarget(name: "ZapfleetCLITests", dependencies: ["ZapRun"]),
+        .testTarget(name: "ZapfleetCLITests", dependencies: ["ZapRun", "ZapCluster"]),
     ]
 )

@@ -28,11 +28,15 @@ public struct CoordinatorConfiguration: Sendable {
     public var shardBytes: UInt64?
     /// Frames that fail validation before a peer is ignored.
     public var badFrameLimit: Int
+    /// CURVE keys and the workers' allow-list; nil runs without encryption or authentication
+    /// (only where ``BindPolicy`` allows it).
+    public var security: CoordinatorSecurity?
 
     /// A configuration with the defaults of `zapfleet coordinator`.
     public init(bind: String, expectWorkers: Int = 1, waitSeconds: Double = 60, heartbeatIntervalMilliseconds: Int = 1000,
                 heartbeatLiveness: Int = 3, maxAttempts: Int = 3, kernelNanosecondsPerSPTE: Double = 52,
-                maximumMessageBytes: Int64 = 64 << 20, shardBytes: UInt64? = nil, badFrameLimit: Int = 20) {
+                maximumMessageBytes: Int64 = 64 << 20, shardBytes: UInt64? = nil, badFrameLimit: Int = 20,
+                security: CoordinatorSecurity? = nil) {
         self.bind = bind
         self.expectWorkers = expectWorkers
         self.waitSeconds = waitSeconds
@@ -43,6 +47,7 @@ public struct CoordinatorConfiguration: Sendable {
         self.maximumMessageBytes = maximumMessageBytes
         self.shardBytes = shardBytes
         self.badFrameLimit = badFrameLimit
+        self.security = security
     }
 }
 
@@ -128,6 +133,7 @@ public final class Coordinator: @unchecked Sendable {
     private var requeues = 0
     private var duplicates = 0
     private var badFramesTotal = 0
+    private var keysRefused = 0
     private var failure: String?
     private let start = monotonicNanoseconds()
     private let runID = UUID().uuidString.prefix(8).lowercased()
@@ -160,17 +166,24 @@ public final class Coordinator: @unchecked Sendable {
 
     /// Runs the whole fleet run and returns its merged results.
     public func run() throws -> FleetRunOutcome {
+        // The ZAP handler is bound before the router, so that no peer is ever let in unasked.
+        let zap = try configuration.security.map { _ throws(ZeroMQError) in try ZAPHandler(context) }
         let router = try ZeroMQSocket(context, type: .router)
         try router.setOption(SocketOption.routerMandatory, Int32(1))
         try router.setOption(SocketOption.maximumMessageSize, configuration.maximumMessageBytes)
         try router.setOption(ZMQ_ROUTER_HANDOVER_OPTION, Int32(1))
+        if let security = configuration.security {
+            try router.makeCurveServer(security.keys, zapDomain: "zapfleet")
+        }
         try router.bind(configuration.bind)
         socket = router
         let endpoint = (try? router.lastEndpoint()) ?? configuration.bind
         boundEndpoint.set(endpoint)
-        logger.info("coordinator \(runID) listening on \(endpoint); waiting up to \(configuration.waitSeconds) s for \(configuration.expectWorkers) worker(s)")
+        let security = configuration.security.map { "CURVE, \($0.allowedWorkers.count) worker key(s) allowed, coordinator \($0.keys)" } ?? "no keys (plain text)"
+        logger.info("coordinator \(runID) listening on \(endpoint) [\(security)]; waiting up to \(configuration.waitSeconds) s for \(configuration.expectWorkers) worker(s)")
         defer {
             router.close()
+            zap?.socket.close()
             socket = nil
         }
 
@@ -180,6 +193,7 @@ public final class Coordinator: @unchecked Sendable {
         var stopDeadline: UInt64 = 0
         var poller = ZeroMQPoller()
         poller.add(router)
+        if let zap { poller.add(zap.socket) }
 
         while true {
             let now = monotonicNanoseconds()
@@ -224,6 +238,9 @@ public final class Coordinator: @unchecked Sendable {
             }
 
             let ready = try poller.poll(timeoutMilliseconds: max(10, configuration.heartbeatIntervalMilliseconds / 4))
+            if ready.count > 1 && ready[1], let zap {
+                try zap.answer(authenticate)
+            }
             if ready[0] {
                 while let message = try router.receive(dontWait: true, maximumFrames: 3) {
                     handle(message)
@@ -231,6 +248,24 @@ public final class Coordinator: @unchecked Sendable {
             }
         }
         return outcome()
+    }
+
+    // MARK: - Authentication
+
+    /// The ZAP decision: a CURVE peer whose long-term key is on the allow-list is let in;
+    /// anything else is refused, and never reaches ``handle(_:)``.
+    private func authenticate(_ request: ZAPRequest) -> String? {
+        if let key = request.clientKey, let name = configuration.security?.allowedWorkers[key] {
+            logger.debug("authenticated \(name) from \(request.address)")
+            return nil
+        }
+        keysRefused += 1
+        // Logged in full at first, then sparsely: a flood of strangers must not flood the log.
+        if keysRefused <= 10 || keysRefused % 100 == 0 {
+            let key = request.clientKey.map { "public key \($0)" } ?? "no CURVE key (\(request.mechanism))"
+            logger.warning("refused a worker from \(request.address): \(key) is not on the allow-list (--allow-keys); refusals so far: \(keysRefused)")
+        }
+        return "public key not on the coordinator's allow-list"
     }
 
     // MARK: - Planning and dispatch
@@ -547,7 +582,7 @@ public final class Coordinator: @unchecked Sendable {
         let fleet = FleetSection(workers: workers, shards: shardSummaries, requeues: requeues, duplicatesDropped: duplicates,
                                  badFrames: badFramesTotal, wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: cost),
                                  dispatchSeconds: finishedAt > plannedAt && plannedAt > 0 ? Double(finishedAt - plannedAt) / 1e9 : 0,
-                                 coordinatorCpuSeconds: threadCPUSeconds())
+                                 coordinatorCpuSeconds: threadCPUSeconds(), keysRefused: keysRefused)
         let log = (FleetAggregation.intervalLogHeader(started: startedAt) + done.flatMap { $0.result!.intervalLog })
             .joined(separator: "\n") + "\n"
         let complete = !shards.isEmpty && completedShards == shards.count && merged.allSatisfy(\.complete)

@@ -33,13 +33,16 @@ public struct WorkerConfiguration: Sendable {
     public var exitOnStop: Bool
     /// Progress messages at most this often, in nanoseconds.
     public var progressInterval: UInt64
+    /// CURVE keys; nil connects in plain text (to a coordinator without keys).
+    public var security: WorkerSecurity?
 
     /// A configuration with the defaults of `zapfleet worker`.
     public init(connect: String, name: String, memoryBudgetBytes: UInt64, largestShardBytes: UInt64 = .max, largestShardSlots: Int = 0,
                 cores: Int = ProcessInfo.processInfo.activeProcessorCount, reconnectInitialMilliseconds: Int = 250,
                 reconnectMaximumMilliseconds: Int = 8000, buildVersion: String = "dev",
                 protocolVersion: UInt32 = zapfleetProtocolVersion, exitOnStop: Bool = true,
-                progressInterval: UInt64 = 1_000_000_000) {
+                progressInterval: UInt64 = 1_000_000_000, security: WorkerSecurity? = nil) {
+        self.security = security
         self.connect = connect
         self.name = name
         self.memoryBudgetBytes = memoryBudgetBytes
@@ -95,16 +98,19 @@ public final class Worker: @unchecked Sendable {
     /// Runs until the coordinator stops or refuses the worker, or the worker is cancelled.
     public func run() throws -> WorkerExit {
         var backoff = configuration.reconnectInitialMilliseconds
-        var socket = try connect()
+        var (socket, monitor) = try connect()
         var welcomed = false
+        var handshakeHint = false
         var lastHeard = monotonicNanoseconds()
         var lastSent: UInt64 = 0
         var poller = ZeroMQPoller()
         poller.add(socket)
+        poller.add(monitor.socket)
         defer {
             shardCancellation?.cancel()
             shardThread?.join()
             socket.close()
+            monitor.socket.close()
         }
 
         func transmit(_ frame: [UInt8]) {
@@ -132,11 +138,13 @@ public final class Worker: @unchecked Sendable {
             if now &- lastHeard > interval * liveness {
                 logger.warning("coordinator silent for \((now &- lastHeard) / 1_000_000) ms; reconnecting in \(backoff) ms")
                 socket.close()
+                monitor.socket.close()
                 sleep(milliseconds: backoff)
                 backoff = min(backoff * 2, configuration.reconnectMaximumMilliseconds)
-                socket = try connect()
+                (socket, monitor) = try connect()
                 poller = ZeroMQPoller()
                 poller.add(socket)
+                poller.add(monitor.socket)
                 welcomed = false
                 lastHeard = monotonicNanoseconds()
                 continue
@@ -157,7 +165,27 @@ public final class Worker: @unchecked Sendable {
             }
             if now &- lastSent >= interval { transmit(frame(.heartbeat(Zapfleet_V1_Heartbeat()))) }
 
-            guard try poller.poll(timeoutMilliseconds: 50)[0] else { continue }
+            let ready = try poller.poll(timeoutMilliseconds: 50)
+            if ready[1] {
+                for event in try monitor.drain() {
+                    switch event {
+                    case .authenticationRefused(let status):
+                        let key = configuration.security.map { "key \($0.keys.publicKey)" } ?? "plain-text connection"
+                        let reason = "the coordinator's authentication refused this worker's \(key) (ZAP status \(status)); ask its operator to add this worker's .pub file to --allow-keys"
+                        logger.error("\(reason)")
+                        return .refused(reason: reason)
+                    case .handshakeFailed, .disconnected:
+                        // A CURVE/plain-text mismatch or a wrong coordinator key ends the handshake
+                        // without a word; say once what usually causes it.
+                        guard !welcomed && !handshakeHint else { continue }
+                        handshakeHint = true
+                        logger.warning("the connection to \(configuration.connect) closed during the handshake: do the coordinator and this worker agree on CURVE (--key, --coordinator-key)? Retrying.")
+                    default:
+                        break
+                    }
+                }
+            }
+            guard ready[0] else { continue }
             while let message = try socket.receive(dontWait: true, maximumFrames: 2) {
                 guard message.frames.count == 1, let envelope = Messages.decode(message.frames[0]) else {
                     logger.warning("dropped a malformed frame from the coordinator")
@@ -207,8 +235,12 @@ public final class Worker: @unchecked Sendable {
         return (try? envelope.serializedBytes()) ?? []
     }
 
-    private func connect() throws -> ZeroMQSocket {
+    private func connect() throws -> (ZeroMQSocket, SocketMonitor) {
         let socket = try ZeroMQSocket(context, type: .dealer)
+        if let security = configuration.security {
+            try socket.makeCurveClient(security.keys, server: security.coordinatorKey)
+        }
+        let monitor = try SocketMonitor(socket)
         try socket.setOption(SocketOption.identity, Array(configuration.name.utf8))
         try socket.setOption(SocketOption.reconnectInterval, Int32(configuration.reconnectInitialMilliseconds))
         try socket.setOption(SocketOption.reconnectIntervalMaximum, Int32(configuration.reconnectMaximumMilliseconds))
@@ -226,7 +258,7 @@ public final class Worker: @unchecked Sendable {
         hello.largestShardSlots = UInt32(configuration.largestShardSlots)
         hello.role = .simulator
         try socket.send([frame(.hello(hello))], dontWait: true)
-        return socket
+        return (socket, monitor)
     }
 
     /// Validates an assignment and runs it on a thread, or says why not.

@@ -108,10 +108,17 @@ public struct FleetSection: Sendable, Codable, Equatable {
     public var dispatchSeconds: Double
     /// The coordinator thread's CPU time over the run, for capacity measurements.
     public var coordinatorCpuSeconds: Double
+    /// CURVE handshakes refused because the peer's key is not on the allow-list.
+    public var keysRefused: Int
+    /// Shards whose results came from the journal of an interrupted run (`--resume`).
+    public var resumedShards: Int
 
     /// A fleet section.
     public init(workers: [WorkerSummary], shards: [ShardSummary], requeues: Int, duplicatesDropped: Int, badFrames: Int,
-                wholeVm: [WholeVMEvent], dispatchSeconds: Double = 0, coordinatorCpuSeconds: Double = 0) {
+                wholeVm: [WholeVMEvent], dispatchSeconds: Double = 0, coordinatorCpuSeconds: Double = 0,
+                keysRefused: Int = 0, resumedShards: Int = 0) {
+        self.keysRefused = keysRefused
+        self.resumedShards = resumedShards
         self.dispatchSeconds = dispatchSeconds
         self.coordinatorCpuSeconds = coordinatorCpuSeconds
         self.workers = workers
@@ -120,5 +127,25 @@ public struct FleetSection: Sendable, Codable, Equatable {
         self.duplicatesDropped = duplicatesDropped
         self.badFrames = badFrames
         self.wholeVm = wholeVm
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case workers, shards, requeues, duplicatesDropped, badFrames, wholeVm, dispatchSeconds, coordinatorCpuSeconds
+        case keysRefused, resumedShards
+    }
+
+    /// Decodes a fleet section; fields added after schema version 1 was first written default to 0.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        workers = try container.decode([WorkerSummary].self, forKey: .workers)
+        shards = try container.decode([ShardSummary].self, forKey: .shards)
+        requeues = try container.decode(Int.self, forKey: .requeues)
+        duplicatesDropped = try container.decode(Int.self, forKey: .duplicatesDropped)
+        badFrames = try container.decode(Int.self, forKey: .badFrames)
+        wholeVm = try container.decode([WholeVMEvent].self, forKey: .wholeVm)
+        dispatchSeconds = try container.decode(Double.self, forKey: .dispatchSeconds)
+        coordinatorCpuSeconds = try container.decode(Double.self, forKey: .coordinatorCpuSeconds)
+        keysRefused = try container.decodeIfPresent(Int.self, forKey: .keysRefused) ?? 0
+        resumedShards = try container.decodeIfPresent(Int.self, forKey: .resumedShards) ?? 0
     }
 }

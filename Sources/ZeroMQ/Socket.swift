@@ -11,12 +11,15 @@ public enum SocketType: Sendable {
     case dealer
     /// One-to-one, for signalling between threads over `inproc://`.
     case pair
+    /// Answers requests in turn; a ZAP handler's side.
+    case reply
 
     var raw: Int32 {
         switch self {
         case .router: ZMQ_ROUTER
         case .dealer: ZMQ_DEALER
         case .pair: ZMQ_PAIR
+        case .reply: ZMQ_REP
         }
     }
 }

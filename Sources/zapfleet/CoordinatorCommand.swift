@@ -20,11 +20,16 @@ struct CoordinatorCommand: ParsableCommand {
             and merges the histograms exactly. Prints the same table as `zapfleet run`, plus the whole-VM \
             view, workers and shards; --out also writes shards.hlog (HdrHistogram interval log).
 
+            Security: a coordinator binds a network address only with CURVE keys (--key, --allow-keys; \
+            see `zapfleet keygen`), or with --insecure on purpose. Workers whose public key is not on \
+            the allow-list are refused and logged, and get no shard. Without keys it binds loopback only.
+
             Exit codes as `zapfleet run`: 0, 1 objective missed, 2 invariant violated, 64 bad input, \
             70 failure (a shard out of attempts, no workers), 130 interrupted.
 
             Example:
-              zapfleet coordinator --scenario seed-64t --bind tcp://0.0.0.0:5555 --expect-workers 4 --out runs/seed
+              zapfleet coordinator --scenario seed-64t --bind tcp://0.0.0.0:5555 --expect-workers 4 \\
+                --key keys/coordinator.key --allow-keys keys/workers/ --out runs/seed
             """
     )
 
@@ -61,6 +66,15 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection.")
     var kernelSpteNs: Double = 52
 
+    @Option(help: ArgumentHelp("The coordinator's CURVE secret key file (from `zapfleet keygen`); turns on encryption and authentication.", valueName: "file"))
+    var key: String?
+
+    @Option(help: ArgumentHelp("Workers allowed to join: a directory of their .pub files, or a file of public keys (one per line, optionally followed by a name).", valueName: "path"))
+    var allowKeys: String?
+
+    @Flag(help: "Bind a network address without keys: anyone who reaches the port can join. Only on a network you trust.")
+    var insecure = false
+
     func validate() throws {
         guard Quantities.parseDuration(wait) != nil else { throw ValidationError("--wait '\(wait)' is not a duration, e.g. 60s") }
         guard let beat = Quantities.parseDuration(heartbeatInterval), beat >= 10e6 else {
@@ -70,6 +84,19 @@ struct CoordinatorCommand: ParsableCommand {
         guard liveness >= 2 else { throw ValidationError("--liveness must be at least 2") }
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
         if let shardSize, Quantities.parseSize(shardSize) == nil { throw ValidationError("--shard-size '\(shardSize)' is not a size, e.g. 2TiB") }
+        guard (key == nil) == (allowKeys == nil) else {
+            throw ValidationError("--key and --allow-keys go together: the coordinator's secret key, and the workers' public keys it lets in")
+        }
+        if key != nil && insecure { throw ValidationError("--insecure and --key contradict each other; drop one") }
+    }
+
+    /// The CURVE setup from --key and --allow-keys, after checking that the bind is allowed.
+    private func security() throws -> CoordinatorSecurity? {
+        guard let key, let allowKeys else {
+            try BindPolicy.check(bind, secured: false, insecure: insecure)
+            return nil
+        }
+        return CoordinatorSecurity(keys: try KeyFiles.readKeyPair(key), allowedWorkers: try KeyFiles.readAllowList(allowKeys))
     }
 
     func run() throws {
@@ -81,13 +108,24 @@ struct CoordinatorCommand: ParsableCommand {
             printError(error.description)
             throw ZapfleetExitCode.badInput
         }
+        let security: CoordinatorSecurity?
+        do {
+            security = try self.security()
+        } catch let error as FleetSecurityError {
+            printError(error.description)
+            throw ZapfleetExitCode.badInput
+        }
+        if security == nil && insecure && !BindPolicy.isLocal(bind) {
+            logger.warning("--insecure: \(bind) takes workers without keys and in plain text; anyone who reaches it can join or send results")
+        }
         let cancellation = CancellationFlag()
         let interrupt = InterruptHandler { cancellation.cancel() }
         defer { interrupt.cancel() }
         let configuration = CoordinatorConfiguration(
             bind: bind, expectWorkers: expectWorkers, waitSeconds: Quantities.parseDuration(wait)! / 1e9,
             heartbeatIntervalMilliseconds: Int(Quantities.parseDuration(heartbeatInterval)! / 1e6), heartbeatLiveness: liveness,
-            maxAttempts: maxAttempts, kernelNanosecondsPerSPTE: kernelSpteNs, shardBytes: shardSize.flatMap(Quantities.parseSize))
+            maxAttempts: maxAttempts, kernelNanosecondsPerSPTE: kernelSpteNs, shardBytes: shardSize.flatMap(Quantities.parseSize),
+            security: security)
         let started = Date()
         let start = monotonicNanoseconds()
         let outcome: FleetRunOutcome

@@ -18,11 +18,15 @@ struct WorkerCommand: ParsableCommand {
             backoff; a result is kept until the coordinator acknowledges it. A shard whose page tables \
             would exceed --memory is refused, not run.
 
-            Exit codes: 0 the coordinator ended the run; 3 refused by the coordinator (e.g. a protocol \
-            version mismatch); 64 bad input; 130 interrupted.
+            With --key and --coordinator-key the connection is CurveZMQ: encrypted, and both sides \
+            authenticated (see `zapfleet keygen`).
+
+            Exit codes: 0 the coordinator ended the run; 3 refused by the coordinator (a protocol \
+            version mismatch, or a key not on its allow-list); 64 bad input; 130 interrupted.
 
             Example:
-              zapfleet worker --connect tcp://coordinator.example:5555 --memory 16GiB
+              zapfleet worker --connect tcp://coordinator.example:5555 --memory 16GiB \\
+                --key keys/w1.key --coordinator-key keys/coordinator.pub
             """
     )
 
@@ -41,20 +45,39 @@ struct WorkerCommand: ParsableCommand {
     @Flag(help: "Stay connected after a run ends, for the next one.")
     var keepRunning = false
 
+    @Option(help: ArgumentHelp("This worker's CURVE secret key file (from `zapfleet keygen`); its .pub must be on the coordinator's allow-list.", valueName: "file"))
+    var key: String?
+
+    @Option(help: ArgumentHelp("The coordinator's CURVE public key file: only a coordinator holding the matching secret key is trusted.", valueName: "file"))
+    var coordinatorKey: String?
+
     func validate() throws {
         if let memory, Quantities.parseSize(memory) == nil { throw ValidationError("--memory '\(memory)' is not a size, e.g. 16GiB") }
         if let slots, slots < 1 { throw ValidationError("--slots must be at least 1") }
+        guard (key == nil) == (coordinatorKey == nil) else {
+            throw ValidationError("--key and --coordinator-key go together: this worker's secret key, and the coordinator's public key")
+        }
     }
 
     func run() throws {
         let logger = Logger(label: "zapfleet.worker")
+        var security: WorkerSecurity?
+        if let key, let coordinatorKey {
+            do {
+                security = WorkerSecurity(keys: try KeyFiles.readKeyPair(key), coordinatorKey: try KeyFiles.readPublicKey(coordinatorKey))
+            } catch let error as FleetSecurityError {
+                printError(error.description)
+                throw ZapfleetExitCode.badInput
+            }
+        }
         let cancellation = CancellationFlag()
         let interrupt = InterruptHandler { cancellation.cancel() }
         defer { interrupt.cancel() }
         let configuration = WorkerConfiguration(
             connect: connect, name: name ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())",
             memoryBudgetBytes: memory.flatMap(Quantities.parseSize) ?? SystemMemory.defaultLimit,
-            largestShardSlots: slots ?? 0, buildVersion: ZapfleetVersion.current, exitOnStop: !keepRunning)
+            largestShardSlots: slots ?? 0, buildVersion: ZapfleetVersion.current, exitOnStop: !keepRunning,
+            security: security)
         let exit: WorkerExit
         do {
             exit = try Worker(configuration: configuration, context: try ZeroMQContext(), logger: logger,

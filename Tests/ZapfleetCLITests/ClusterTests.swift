@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ZapCluster
 import ZapRun
 
 /// Multi-host runs: `deploy/netns/run-cluster.sh` builds hosts from network namespaces (or
@@ -15,8 +16,29 @@ struct ClusterTests {
 
         """
 
-    /// Runs the cluster script; returns its exit status, output and the report it produced.
-    static func runCluster(_ extra: [String]) throws -> (status: Int32, output: String, report: RunReport) {
+    /// 64 shards of two memslots: a run long enough that a worker can be stopped or cut off,
+    /// noticed missing, and brought back while the others still work.
+    static let longScenario = """
+        name: cluster-faults
+        vm: {memory: 256GiB, memslot: 2GiB}
+        workload: {vcpus: 2}
+        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
+        policies: [sync, async]
+
+        """
+
+    struct ClusterRun {
+        var status: Int32
+        var output: String
+        var report: RunReport
+        /// The coordinator's log.
+        var log: String
+        /// Where the run's files are (`out/` holds the report, logs and keys).
+        var directory: String
+    }
+
+    /// Runs the cluster script; returns its exit status, output, the report it produced and the coordinator's log.
+    static func runCluster(_ extra: [String], scenario: String = scenario) throws -> ClusterRun {
         let directory = RunCommandTests.temporaryDirectory()
         let scenarioPath = directory + "/cluster.yaml"
         try scenario.write(toFile: scenarioPath, atomically: true, encoding: .utf8)
@@ -30,21 +52,36 @@ struct ClusterTests {
         try process.run()
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        print(output.split(separator: "\n").filter { $0.hasPrefix("hosts:") || $0.hasPrefix("killed") }.joined(separator: "\n"))
+        let events = ["hosts:", "killed", "stopped", "continued", "partitioned", "healed"]
+        print(output.split(separator: "\n").filter { line in events.contains { line.hasPrefix($0) } }.joined(separator: "\n"))
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/out/report.json")))
-        return (process.terminationStatus, output, report)
+        let log = (try? String(contentsOfFile: directory + "/out/logs/coordinator.err", encoding: .utf8)) ?? ""
+        return ClusterRun(status: process.terminationStatus, output: output, report: report, log: log, directory: directory)
     }
 
-    static func checkTotals(_ report: RunReport) throws {
+    /// Every SPTE of `gibibytes` counted exactly once, whatever the faults: merged counters equal
+    /// the sum of the shards', and the page count of the whole memory.
+    static func checkTotals(_ report: RunReport, shards: Int = 8, gibibytes: Int = 32) throws {
         let fleet = try #require(report.fleet)
-        #expect(fleet.shards.count == 8)
+        #expect(fleet.shards.count == shards)
         for policy in report.policies {
             let sum = fleet.shards.reduce(0) { $0 + ($1.sptesZapped[policy.policy] ?? 0) }
             #expect(policy.counters.sptesZapped == sum, "\(policy.policy): merged equals the sum of the shards")
-            #expect(policy.counters.sptesZapped == 8 << 20, "\(policy.policy): 32 GiB of 4 KiB pages, each counted once")
+            #expect(policy.counters.sptesZapped == (gibibytes << 18), "\(policy.policy): \(gibibytes) GiB of 4 KiB pages, each counted once")
             #expect(policy.counters.sptesInstalled == policy.counters.sptesZapped)
-            #expect(policy.operations["reset"]?.measured.count == 8 * 2, "two vCPU resets per shard")
+            #expect(policy.operations["reset"]?.measured.count == UInt64(shards * 2), "two vCPU resets per shard")
         }
+    }
+
+    /// A late result from worker 1 for a shard finished elsewhere: one requeue, one duplicate dropped.
+    static func checkLateResultDropped(_ run: ClusterRun) throws {
+        #expect(run.status == 0, "\(run.output)")
+        let fleet = try #require(run.report.fleet)
+        #expect(fleet.requeues == 1)
+        #expect(fleet.duplicatesDropped == 1)
+        #expect(fleet.workers.first { $0.name == "w1" }?.duplicatesDropped == 1)
+        #expect(fleet.shards.filter { $0.attempts == 2 }.count == 1)
+        try checkTotals(run.report, shards: 64, gibibytes: 256)
     }
 
     @Test("a coordinator and three worker hosts run a scenario; the merged counts equal the sum of the shards")
@@ -54,7 +91,28 @@ struct ClusterTests {
         #expect(run.output.contains("hosts: network namespaces") || run.output.contains("hosts: loopback"))
         #expect(Set(run.report.fleet?.workers.map(\.name) ?? []) == ["w1", "w2", "w3"])
         #expect(run.report.fleet?.requeues == 0)
+        #expect(run.log.contains("[CURVE, 3 worker key(s) allowed"), "the fleet ran over CurveZMQ")
         try Self.checkTotals(run.report)
+        // No secret key appears in any log, report or output the run left behind.
+        let keys = run.directory + "/out/keys"
+        let secrets = try FileManager.default.contentsOfDirectory(atPath: keys).filter { $0.hasSuffix(".key") }
+            .map { try KeyFiles.readKeyPair(keys + "/" + $0).secretKey.z85 }
+        #expect(secrets.count == 4)
+        let written = try FileManager.default.subpathsOfDirectory(atPath: run.directory + "/out")
+            .filter { !$0.hasPrefix("keys") }
+            .compactMap { try? String(contentsOfFile: run.directory + "/out/" + $0, encoding: .utf8) }
+        #expect(written.count > 5)
+        for secret in secrets {
+            #expect(!run.output.contains(secret) && !written.contains { $0.contains(secret) }, "a secret key leaked")
+        }
+    }
+
+    @Test("a coordinator refuses to bind a network address without keys, and says how to make them")
+    func openBindRefused() throws {
+        let result = try RunCommandTests.zapfleet(["coordinator", "--bind", "tcp://0.0.0.0:0", "--wait", "1s"])
+        #expect(result.status == 64)
+        #expect(result.err.contains("zapfleet keygen"))
+        #expect(result.err.contains("--insecure"))
     }
 
     @Test("a worker killed with SIGKILL mid-shard: the shard is requeued once, the run completes, totals exact")
@@ -67,5 +125,24 @@ struct ClusterTests {
         #expect(fleet.shards.filter { $0.attempts == 2 }.count == 1)
         #expect(fleet.workers.first { $0.name == "w1" }?.state == "missing" || fleet.workers.first { $0.name == "w1" }?.state == "dead")
         try Self.checkTotals(run.report)
+    }
+
+    @Test("a worker stopped (SIGSTOP) past its liveness deadline: its shard is done elsewhere; after SIGCONT its late result is dropped as a duplicate; totals exact")
+    func workerStopped() throws {
+        let run = try Self.runCluster(["--stop-one"], scenario: Self.longScenario)
+        #expect(run.output.contains("stopped worker w1"))
+        #expect(run.output.contains("continued worker w1"))
+        try Self.checkLateResultDropped(run)
+    }
+
+    @Test("a worker cut off by a network partition: its shard is done elsewhere; when the link is back it reconnects, its late result is dropped, and it takes new work")
+    func workerPartitioned() throws {
+        let run = try Self.runCluster(["--partition-one"], scenario: Self.longScenario)
+        // Partitions need network namespaces; the script says why it cannot make them.
+        #expect(run.output.contains("hosts: network namespaces"), "\(run.output.prefix(400))")
+        #expect(run.output.contains("healed worker w1"))
+        try Self.checkLateResultDropped(run)
+        let afterHeal = try #require(run.log.range(of: "worker w1 reconnected") ?? run.log.range(of: "worker w1 is back"), "w1 came back")
+        #expect(run.log[afterHeal.upperBound...].contains("-> w1"), "w1 took new work after the partition")
     }
 }

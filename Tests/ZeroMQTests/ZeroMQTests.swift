@@ -87,3 +87,24 @@ extension ReceivedMessage: Equatable {
         lhs.frames == rhs.frames && lhs.truncated == rhs.truncated
     }
 }
+
+@Suite("CURVE keys")
+struct CurveKeyTests {
+    @Test("a generated pair's public key is the one derived from its secret; Z85 round-trips through raw bytes")
+    func keyPair() throws {
+        #expect(curveAvailable, "Debian's libzmq is built with libsodium")
+        let pair = try CurveKeyPair.generate()
+        #expect(try CurveKeyPair(secretKey: pair.secretKey).publicKey == pair.publicKey)
+        #expect(CurveKey(bytes: pair.publicKey.bytes) == pair.publicKey)
+        #expect(pair.publicKey.bytes.count == 32)
+        #expect(try CurveKeyPair.generate().publicKey != pair.publicKey)
+    }
+
+    @Test("text that is not 40 Z85 characters is no key")
+    func malformed() {
+        #expect(CurveKey(z85: "") == nil)
+        #expect(CurveKey(z85: String(repeating: "a", count: 39)) == nil)
+        #expect(CurveKey(z85: String(repeating: "~", count: 40)) == nil, "~ is not a Z85 character")
+        #expect(CurveKey(bytes: [1, 2, 3]) == nil)
+    }
+}

@@ -3,7 +3,8 @@
 # zapfleet scenario on it: a coordinator host and N worker hosts, each a namespace with its own
 # network stack, joined by a bridge that lives in a namespace of its own. Every process runs
 # inside the namespaces and every address (10.77.0.0/24) exists only there, so no packet can
-# leave them. Everything is removed on exit.
+# leave them. Everything is removed on exit. The fleet talks CurveZMQ: the script makes a key
+# pair for the coordinator and each worker (in OUT/keys) and allows exactly those workers.
 #
 # Where namespaces cannot be made (not root, no iproute2, a sandbox that forbids them), the same
 # run happens on loopback with one port per run, and the output says so.
@@ -13,6 +14,11 @@
 #   --scenario S       built-in name or YAML file (default max-guest-memory)
 #   --slots K          the most memslots per shard each worker takes (default 4)
 #   --kill-one         SIGKILL worker 1 once it has a shard: the run must requeue it and finish
+#   --stop-one         SIGSTOP worker 1 once it has a shard, SIGCONT it after another worker has
+#                      finished that shard: its late result must be dropped as a duplicate
+#   --partition-one    take worker 1's link down once it has a shard, up again after another
+#                      worker has finished that shard (namespaces only): the same, and worker 1
+#                      must reconnect and take new work
 #   --out DIR          where the coordinator writes report.json and the rest (default: a temp dir)
 #   --binary PATH      the zapfleet binary (default: .build/release/zapfleet, built if missing)
 #   --loopback         skip namespaces even where they work
@@ -23,6 +29,8 @@ workers=3
 scenario=max-guest-memory
 slots=4
 kill_one=0
+stop_one=0
+partition_one=0
 out=""
 binary=""
 force_loopback=0
@@ -32,10 +40,12 @@ while [ $# -gt 0 ]; do
         --scenario) scenario=$2; shift 2 ;;
         --slots) slots=$2; shift 2 ;;
         --kill-one) kill_one=1; shift ;;
+        --stop-one) stop_one=1; shift ;;
+        --partition-one) partition_one=1; shift ;;
         --out) out=$2; shift 2 ;;
         --binary) binary=$2; shift 2 ;;
         --loopback) force_loopback=1; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "run-cluster: unknown option $1 (see --help)" >&2; exit 1 ;;
     esac
 done
@@ -120,13 +130,23 @@ else
     bind="$endpoint"
 fi
 
+keys="$out/keys"
+mkdir -p "$keys/workers"
+"$binary" keygen coordinator --dir "$keys" --force > /dev/null
+for k in $(seq 1 "$workers"); do
+    "$binary" keygen "w$k" --dir "$keys" --force > /dev/null
+    cp "$keys/w$k.pub" "$keys/workers/"
+done
+
 run_on coord "$binary" coordinator --scenario "$scenario" --bind "$bind" --expect-workers "$workers" \
+    --key "$keys/coordinator.key" --allow-keys "$keys/workers" \
     --wait 60s --heartbeat-interval 500ms --out "$out" > "$logs/coordinator.out" 2> "$logs/coordinator.err" &
 coordinator=$!
 pids+=("$coordinator")
 worker_pids=()
 for k in $(seq 1 "$workers"); do
     run_on "w$k" "$binary" worker --connect "$endpoint" --name "w$k" --slots "$slots" --memory 4GiB \
+        --key "$keys/w$k.key" --coordinator-key "$keys/coordinator.pub" \
         > "$logs/w$k.out" 2> "$logs/w$k.err" &
     worker_pids+=($!)
     pids+=($!)
@@ -141,6 +161,42 @@ if [ "$kill_one" = 1 ]; then
     sleep 0.3
     kill -9 "${worker_pids[0]}"
     echo "killed worker w1 (pid ${worker_pids[0]}) with SIGKILL mid-shard"
+fi
+
+# wait_for PATTERN: until the coordinator's log has a line matching PATTERN (at most 60 s);
+# prints that line.
+wait_for() {
+    for _ in $(seq 1 600); do
+        if line=$(grep -m1 -E -- "$1" "$logs/coordinator.err" 2>/dev/null); then echo "$line"; return 0; fi
+        sleep 0.1
+    done
+    echo "run-cluster: gave up waiting for '$1' in the coordinator's log" >&2
+    return 1
+}
+
+if [ "$stop_one" = 1 ] || [ "$partition_one" = 1 ]; then
+    if [ "$partition_one" = 1 ] && [ "$use_netns" != 1 ]; then
+        echo "run-cluster: --partition-one needs network namespaces ($reason)" >&2
+        exit 1
+    fi
+    # The first shard worker 1 takes, then the moment another worker has finished it.
+    shard=$(wait_for "-> w1$" | sed -E 's/.*shard ([0-9]+) attempt.*/\1/')
+    sleep 0.1
+    if [ "$stop_one" = 1 ]; then
+        kill -STOP "${worker_pids[0]}"
+        echo "stopped worker w1 (pid ${worker_pids[0]}) with SIGSTOP during shard $shard"
+    else
+        ip -n "$prefix-w1" link set eth0 down
+        echo "partitioned worker w1: its link is down during shard $shard"
+    fi
+    wait_for "shard $shard done by w[0-9]+ " > /dev/null
+    if [ "$stop_one" = 1 ]; then
+        kill -CONT "${worker_pids[0]}"
+        echo "continued worker w1 with SIGCONT after shard $shard was done elsewhere"
+    else
+        ip -n "$prefix-w1" link set eth0 up
+        echo "healed worker w1's link after shard $shard was done elsewhere"
+    fi
 fi
 
 status=0

@@ -1,0 +1,127 @@
+import Foundation
+import Testing
+import ZapCluster
+import ZapEngine
+import ZapRun
+import ZapScenario
+import ZeroMQ
+
+/// CURVE between coordinator and workers: who gets in, who is refused, and how keys are kept.
+@Suite("Fleet security", .serialized, .timeLimit(.minutes(3)))
+struct FleetSecurityTests {
+    static func temporaryDirectory() -> String {
+        let path = NSTemporaryDirectory() + "zapfleet-keys-\(UUID().uuidString)"
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    @Test("a worker whose key is on the allow-list runs every shard; one whose key is not is refused, counted, and gets no shard")
+    func allowList() throws {
+        let context = try ZeroMQContext()
+        let coordinatorKeys = try CurveKeyPair.generate()
+        let allowed = try CurveKeyPair.generate()
+        let stranger = try CurveKeyPair.generate()
+        let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
+        let running = FleetProtocolTests.RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
+            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 200,
+            security: CoordinatorSecurity(keys: coordinatorKeys, allowedWorkers: [allowed.publicKey: "allowed"])), context: context)
+        let endpoint = running.endpoint
+        // The stranger first: it must be refused before the allowed worker even joins.
+        let (strangerThread, strangerExit) = FleetProtocolTests.workerThread(WorkerConfiguration(
+            connect: endpoint, name: "stranger", memoryBudgetBytes: 1 << 30,
+            security: WorkerSecurity(keys: stranger, coordinatorKey: coordinatorKeys.publicKey)), context: context)
+        strangerThread.join()
+        guard case .refused(let reason)? = strangerExit() else {
+            Issue.record("the stranger was not refused: \(String(describing: strangerExit()))")
+            return
+        }
+        #expect(reason.contains(stranger.publicKey.z85), "the refusal names the key, so the operator can add it")
+        let (thread, exit) = FleetProtocolTests.workerThread(WorkerConfiguration(
+            connect: endpoint, name: "allowed", memoryBudgetBytes: 1 << 30,
+            security: WorkerSecurity(keys: allowed, coordinatorKey: coordinatorKeys.publicKey)), context: context)
+        let outcome = try running.finish()
+        thread.join()
+        #expect(exit() == .stopped(reason: "run complete"))
+        #expect(outcome.complete)
+        #expect(outcome.fleet.keysRefused >= 1)
+        #expect(outcome.fleet.workers.map(\.name) == ["allowed"], "a refused peer never reaches the coordinator")
+        #expect(outcome.fleet.shards.allSatisfy { $0.worker == "allowed" })
+        #expect(outcome.runs.allSatisfy { $0.statistics.sptesZapped == 2 << 20 })
+    }
+
+    @Test("a plain-text worker, and a worker that trusts another coordinator key, never join a CURVE coordinator")
+    func mismatchedSecurity() throws {
+        let context = try ZeroMQContext()
+        let coordinatorKeys = try CurveKeyPair.generate()
+        let worker = try CurveKeyPair.generate()
+        let impostor = try CurveKeyPair.generate()
+        let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
+        let running = FleetProtocolTests.RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
+            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 3, heartbeatIntervalMilliseconds: 200,
+            security: CoordinatorSecurity(keys: coordinatorKeys, allowedWorkers: [worker.publicKey: "worker"])), context: context)
+        let endpoint = running.endpoint
+        let cancellation = CancellationFlag()
+        let logger = FleetProtocolTests.logger
+        let plain = OSThread(name: "plain") {
+            _ = try? Worker(configuration: WorkerConfiguration(connect: endpoint, name: "plain", memoryBudgetBytes: 1 << 30),
+                            context: context, logger: logger, cancellation: cancellation).run()
+        }
+        // The right worker key, but the wrong idea of the coordinator's: the handshake cannot finish.
+        let misled = OSThread(name: "misled") {
+            _ = try? Worker(configuration: WorkerConfiguration(
+                connect: endpoint, name: "misled", memoryBudgetBytes: 1 << 30,
+                security: WorkerSecurity(keys: worker, coordinatorKey: impostor.publicKey)),
+                            context: context, logger: logger, cancellation: cancellation).run()
+        }
+        let outcome = try running.finish()
+        cancellation.cancel()
+        plain.join()
+        misled.join()
+        #expect(outcome.failure?.contains("no worker joined") == true)
+        #expect(outcome.fleet.workers.isEmpty)
+        #expect(outcome.fleet.shards.isEmpty)
+    }
+
+    @Test("keygen writes a secret key only its owner can read, and the public key derived from it")
+    func keyFiles() throws {
+        let directory = Self.temporaryDirectory()
+        let paths = try KeyFiles.generate(name: "w1", directory: directory)
+        let mode = try #require(try FileManager.default.attributesOfItem(atPath: paths.secret)[.posixPermissions] as? NSNumber)
+        #expect(mode.intValue & 0o777 == 0o600)
+        let pair = try KeyFiles.readKeyPair(paths.secret)
+        #expect(try KeyFiles.readPublicKey(paths.public) == pair.publicKey)
+        #expect(!"\(pair)".contains(pair.secretKey.z85), "a key pair never prints its secret")
+        #expect(throws: FleetSecurityError.self) { try KeyFiles.generate(name: "w1", directory: directory) }
+        #expect(try KeyFiles.readAllowList(directory) == [pair.publicKey: "w1"])
+
+        chmod(paths.secret, 0o644)
+        let exposed = #expect(throws: FleetSecurityError.self) { try KeyFiles.readKeyPair(paths.secret) }
+        #expect(exposed?.code == .exposedSecretKey)
+        #expect(exposed?.description.contains("chmod 600") == true)
+    }
+
+    @Test("an allow-list file names the line of a bad key")
+    func malformedAllowList() throws {
+        let directory = Self.temporaryDirectory()
+        let good = try CurveKeyPair.generate().publicKey
+        let path = directory + "/allowed"
+        try "# workers\n\(good.z85) w1\nnot-a-key w2\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let error = #expect(throws: FleetSecurityError.self) { try KeyFiles.readAllowList(path) }
+        #expect(error?.description.hasPrefix("\(path):3:") == true, "\(String(describing: error))")
+        try "# workers\n\(good.z85) first worker\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(try KeyFiles.readAllowList(path) == [good: "first worker"])
+    }
+
+    @Test("without keys only loopback, inproc and ipc may be bound, unless --insecure says otherwise")
+    func bindPolicy() throws {
+        for local in ["tcp://127.0.0.1:5555", "tcp://localhost:5555", "tcp://[::1]:5555", "inproc://x", "ipc:///tmp/x"] {
+            #expect(throws: Never.self) { try BindPolicy.check(local, secured: false, insecure: false) }
+        }
+        for open in ["tcp://0.0.0.0:5555", "tcp://10.77.0.1:5555", "tcp://*:5555", "tcp://eth0:5555"] {
+            let error = #expect(throws: FleetSecurityError.self) { try BindPolicy.check(open, secured: false, insecure: false) }
+            #expect(error?.description.contains("zapfleet keygen") == true)
+            #expect(throws: Never.self) { try BindPolicy.check(open, secured: true, insecure: false) }
+            #expect(throws: Never.self) { try BindPolicy.check(open, secured: false, insecure: true) }
+        }
+    }
+}
