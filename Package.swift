@@ -58,7 +58,7 @@ let package = Package(
         .target(
             name: "ZapCluster",
             dependencies: [
-                "ZapEngine", "ZapScenario", "ZapRun", "ZapProtocol", "ZeroMQ", "HistogramCodec",
+                "ZapEngine", "ZapScenario", "ZapRun", "ZapProtocol", "ZeroMQ", "HistogramCodec", "CZlib",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
@@ -103,6 +103,6 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // End-to-end tests of the built executable, run as a subprocess.
-        .testTarget(name: "ZapfleetCLITests", dependencies: ["ZapRun", "ZapCluster"]),
+        .testTarget(name: "ZapfleetCLITests", dependencies: ["ZapRun", "ZapCluster", "ZapEngine"]),
     ]
 )

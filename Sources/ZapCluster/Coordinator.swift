@@ -31,12 +31,19 @@ public struct CoordinatorConfiguration: Sendable {
     /// CURVE keys and the workers' allow-list; nil runs without encryption or authentication
     /// (only where ``BindPolicy`` allows it).
     public var security: CoordinatorSecurity?
+    /// Where to journal accepted results (see ``ResultJournal``); nil keeps none.
+    public var journalPath: String?
+    /// A loaded journal to resume from: its plan replaces planning, its results count as
+    /// accepted, and new results are appended to it at `journalPath`.
+    public var resume: JournalContents?
 
     /// A configuration with the defaults of `zapfleet coordinator`.
     public init(bind: String, expectWorkers: Int = 1, waitSeconds: Double = 60, heartbeatIntervalMilliseconds: Int = 1000,
                 heartbeatLiveness: Int = 3, maxAttempts: Int = 3, kernelNanosecondsPerSPTE: Double = 52,
                 maximumMessageBytes: Int64 = 64 << 20, shardBytes: UInt64? = nil, badFrameLimit: Int = 20,
-                security: CoordinatorSecurity? = nil) {
+                security: CoordinatorSecurity? = nil, journalPath: String? = nil, resume: JournalContents? = nil) {
+        self.journalPath = journalPath
+        self.resume = resume
         self.bind = bind
         self.expectWorkers = expectWorkers
         self.waitSeconds = waitSeconds
@@ -136,7 +143,11 @@ public final class Coordinator: @unchecked Sendable {
     private var keysRefused = 0
     private var failure: String?
     private let start = monotonicNanoseconds()
-    private let runID = UUID().uuidString.prefix(8).lowercased()
+    private let runID: String
+    private var journal: ResultJournal?
+    /// Acknowledgements held back until the journal is synced: a worker drops a result only once it is durable here.
+    private var pendingAcks: [(Peer, Zapfleet_V1_ResultAck)] = []
+    private var resumedShards = 0
     private var socket: ZeroMQSocket?
     private var completedShards = 0
     private var totals: [ZapPolicy: FleetAggregation.Accumulator] = [:]
@@ -156,6 +167,7 @@ public final class Coordinator: @unchecked Sendable {
         self.logger = logger
         self.cancellation = cancellation
         self.progress = progress
+        self.runID = configuration.resume?.plan.runID ?? String(UUID().uuidString.prefix(8).lowercased())
     }
 
     /// The endpoint actually bound (with the real port for `tcp://…:*`), once ``run()`` has bound it.
@@ -189,6 +201,10 @@ public final class Coordinator: @unchecked Sendable {
 
         let waitDeadline = start + UInt64(configuration.waitSeconds * 1e9)
         var planned = false
+        if let contents = configuration.resume {
+            try restore(contents)
+            planned = true
+        }
         var stopping = false
         var stopDeadline: UInt64 = 0
         var poller = ZeroMQPoller()
@@ -245,6 +261,7 @@ public final class Coordinator: @unchecked Sendable {
                 while let message = try router.receive(dontWait: true, maximumFrames: 3) {
                     handle(message)
                 }
+                acknowledgeDurably()
             }
         }
         return outcome()
@@ -293,6 +310,11 @@ public final class Coordinator: @unchecked Sendable {
                           configuration.shardBytes ?? .max)
         let slots = workers.compactMap { $0.hello.map { Int($0.largestShardSlots) } }.filter { $0 > 0 }.min() ?? .max
         let planned = try ShardPlanner.plan(scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots)
+        if let path = configuration.journalPath {
+            journal = try ResultJournal.create(at: path, plan: JournalPlan(
+                runID: runID, scenarioYAML: scenarioYAML, kernelNanosecondsPerSPTE: configuration.kernelNanosecondsPerSPTE,
+                shards: planned.map { JournalShard(id: $0.id, firstSlot: $0.slice.firstSlot, slotCount: $0.slice.slotCount) }))
+        }
         plannedAt = monotonicNanoseconds()
         shards = planned.map { ShardState(shard: $0) }
         pending = ShardQueue(planned.map(\.id))
@@ -302,6 +324,8 @@ public final class Coordinator: @unchecked Sendable {
 
     private func dispatch() {
         let free = peers.values.filter { $0.state == .ready && $0.hello != nil && !$0.unfit }.sorted { $0.joinOrder < $1.joinOrder }
+        var idle: [Peer] = []
+        defer { forgiveExclusions(idle: idle) }
         for peer in free {
             guard let id = pending.takeFirst(where: { id in
                 let state = shards[Int(id)]
@@ -309,7 +333,10 @@ public final class Coordinator: @unchecked Sendable {
                 let largestBytes = peer.hello.map { $0.largestShardBytes == 0 ? .max : $0.largestShardBytes } ?? .max
                 return !state.excluded.contains(peer.identity) && state.shard.bytes <= largestBytes
                     && (slotLimit == 0 || state.shard.slice.slotCount <= slotLimit)
-            }) else { continue }
+            }) else {
+                idle.append(peer)
+                continue
+            }
             shards[Int(id)].attempts += 1
             let attempt = shards[Int(id)].attempts
             if attempt > UInt32(configuration.maxAttempts) {
@@ -333,6 +360,18 @@ public final class Coordinator: @unchecked Sendable {
                 shards[Int(id)].attempts -= 1
                 pending.pushFront(id)
             }
+        }
+    }
+
+    /// A shard every idle worker has given up would wait forever (e.g. each was busy with a
+    /// shard of a coordinator that was restarted): it is offered again, and its attempts bound
+    /// how often.
+    private func forgiveExclusions(idle: [Peer]) {
+        guard !idle.isEmpty, failure == nil else { return }
+        for id in pending.ids where !shards[Int(id)].excluded.isEmpty
+            && idle.allSatisfy({ shards[Int(id)].excluded.contains($0.identity) }) {
+            shards[Int(id)].excluded.removeAll()
+            dispatchNeeded = true
         }
     }
 
@@ -482,6 +521,12 @@ public final class Coordinator: @unchecked Sendable {
         peer.name = hello.workerName.isEmpty ? peer.name : String(hello.workerName.prefix(64))
         peer.lastHeard = now
         if peer.state == .missing || peer.state == .dead || !reconnect { peer.state = peer.assignment == nil ? .ready : .busy }
+        // A worker still running a shard (handed out before it reconnected, or by this run's
+        // coordinator before a --resume) is busy with it: offering it another would only be refused.
+        if hello.hasRunningShardID {
+            peer.state = .busy
+            if hello.runningShardID < UInt64(shards.count) { peer.assignment = (hello.runningShardID, hello.runningAttempt) }
+        }
         dispatchNeeded = true
         var welcome = Zapfleet_V1_Welcome()
         welcome.runID = String(runID)
@@ -493,8 +538,22 @@ public final class Coordinator: @unchecked Sendable {
 
     private func accept(_ result: Zapfleet_V1_ShardResult, from peer: Peer) {
         let id = result.shardID
+        // Whatever becomes of it, a worker that sends the result of the shard it was busy with is free.
+        defer {
+            if peer.state == .busy && (peer.assignment == nil || peer.assignment?.shard == id) {
+                peer.assignment = nil
+                peer.state = .ready
+                dispatchNeeded = true
+            }
+        }
         // Compared as UInt64 first: a hostile id past Int.max must not trap in a conversion.
-        guard id < UInt64(shards.count), result.attempt >= 1, result.attempt <= shards[Int(id)].attempts else {
+        guard id < UInt64(shards.count) else {
+            rejectFrame(from: peer.identity, "result for shard \(id), which does not exist")
+            return
+        }
+        // A resumed run also takes results of attempts the previous coordinator handed out.
+        let highestAttempt = configuration.resume == nil ? shards[Int(id)].attempts : UInt32(configuration.maxAttempts)
+        guard result.attempt >= 1, result.attempt <= highestAttempt else {
             rejectFrame(from: peer.identity, "result for shard \(id) attempt \(result.attempt), which was never assigned")
             return
         }
@@ -509,11 +568,6 @@ public final class Coordinator: @unchecked Sendable {
             rejectFrame(from: peer.identity, "result for shard \(id) has policies \(runs.map(\.policy.rawValue)), the scenario \(scenario.policies.map(\.rawValue))")
             return
         }
-        if peer.assignment?.shard == id {
-            peer.assignment = nil
-            if peer.state == .busy { peer.state = .ready }
-            dispatchNeeded = true
-        }
         var ack = Zapfleet_V1_ResultAck()
         ack.shardID = id
         ack.attempt = result.attempt
@@ -523,29 +577,92 @@ public final class Coordinator: @unchecked Sendable {
             ack.duplicate = true
             logger.info("dropped a duplicate result for shard \(id) (attempt \(result.attempt) from \(peer.name)); attempt \(first.attempt) from \(first.worker) was first")
         } else {
-            let cost = configuration.kernelNanosecondsPerSPTE
-            let startSeconds = Double(shards[Int(id)].startedAt &- start) / 1e9
-            var lines: [String] = []
-            for run in runs {
-                totals[run.policy, default: FleetAggregation.Accumulator(policy: run.policy, kernelNanosecondsPerSPTE: cost)].add(run)
-                for histogram in run.histograms where !histogram.projected {
-                    lines.append(FleetAggregation.intervalLogLine(
-                        policy: run.policy, operation: histogram.operation, startSeconds: startSeconds,
-                        lengthSeconds: Double(result.wallNs) / 1e9, maxNanoseconds: histogram.buckets.maxBucketValue,
-                        encoded: histogram.encoded))
+            if let journal {
+                do {
+                    try journal.append(result, worker: peer.name)
+                } catch {
+                    // Not durable, so not accepted: the worker keeps it and the run stops.
+                    failure = "\(error)"
+                    logger.error("\(error)")
+                    return
                 }
             }
-            pending.remove(id)  // a requeued shard whose first attempt finished after all
-            shards[Int(id)].result = ShardOutcome(
-                worker: peer.name, attempt: result.attempt, wall: result.wallNs,
-                sptesZapped: Dictionary(uniqueKeysWithValues: runs.map { ($0.policy.rawValue, $0.statistics.sptesZapped) }),
-                violations: Dictionary(uniqueKeysWithValues: runs.map { ($0.policy.rawValue, $0.violationCounts.values.reduce(0, +)) }),
-                intervalLog: lines)
+            record(runs, of: result, worker: peer.name, startSeconds: Double(shards[Int(id)].startedAt &- start) / 1e9)
             peer.completed += 1
-            completedShards += 1
             logger.info("shard \(id) done by \(peer.name) in \(Quantities.formatDuration(Double(result.wallNs))) (\(completedShards)/\(shards.count))")
         }
-        _ = send(.resultAck(ack), to: peer)
+        pendingAcks.append((peer, ack))
+    }
+
+    /// Counts an accepted result: merges its histograms into the totals and keeps its summary.
+    private func record(_ runs: [DecodedPolicyResult], of result: Zapfleet_V1_ShardResult, worker: String, startSeconds: Double) {
+        let id = result.shardID
+        let cost = configuration.kernelNanosecondsPerSPTE
+        var lines: [String] = []
+        for run in runs {
+            totals[run.policy, default: FleetAggregation.Accumulator(policy: run.policy, kernelNanosecondsPerSPTE: cost)].add(run)
+            for histogram in run.histograms where !histogram.projected {
+                lines.append(FleetAggregation.intervalLogLine(
+                    policy: run.policy, operation: histogram.operation, startSeconds: startSeconds,
+                    lengthSeconds: Double(result.wallNs) / 1e9, maxNanoseconds: histogram.buckets.maxBucketValue,
+                    encoded: histogram.encoded))
+            }
+        }
+        pending.remove(id)  // a requeued shard whose first attempt finished after all
+        shards[Int(id)].result = ShardOutcome(
+            worker: worker, attempt: result.attempt, wall: result.wallNs,
+            sptesZapped: Dictionary(uniqueKeysWithValues: runs.map { ($0.policy.rawValue, $0.statistics.sptesZapped) }),
+            violations: Dictionary(uniqueKeysWithValues: runs.map { ($0.policy.rawValue, $0.violationCounts.values.reduce(0, +)) }),
+            intervalLog: lines)
+        completedShards += 1
+    }
+
+    /// Syncs the journal, then sends the acknowledgements it now covers: one `fsync` for every
+    /// result that arrived together.
+    private func acknowledgeDurably() {
+        guard !pendingAcks.isEmpty else { return }
+        do {
+            try journal?.sync()
+        } catch {
+            failure = "\(error)"
+            logger.error("\(error)")
+            pendingAcks.removeAll()
+            return
+        }
+        for (peer, ack) in pendingAcks { _ = send(.resultAck(ack), to: peer) }
+        pendingAcks.removeAll()
+    }
+
+    /// Takes up an interrupted run: its plan, and every result its journal holds, as if just accepted.
+    private func restore(_ contents: JournalContents) throws {
+        let slotBytes = scenario.vm.memslotBytes
+        shards = contents.plan.shards.enumerated().map { index, planned in
+            let bytes = UInt64(planned.slotCount) * slotBytes
+            return ShardState(shard: Shard(id: UInt64(index), slice: MemorySlice(firstSlot: planned.firstSlot, slotCount: planned.slotCount),
+                                           bytes: bytes, estimatedTableBytes: MemoryEstimate.estimate(scenario, bytes: bytes).peakBytes))
+        }
+        guard shards.map(\.shard.id) == contents.plan.shards.map(\.id),
+              shards.allSatisfy({ $0.shard.slice.slotCount > 0 && $0.shard.slice.firstSlot + $0.shard.slice.slotCount <= scenario.memslotCount }) else {
+            throw PlanError(message: "the journal's plan does not fit its scenario; it cannot be resumed")
+        }
+        for entry in contents.results {
+            let id = entry.result.shardID
+            guard id < UInt64(shards.count), shards[Int(id)].result == nil,
+                  let runs = try? entry.result.policies.map({ policy throws(ProtocolViolation) in try ResultCoding.decodeValidated(policy) }),
+                  runs.map(\.policy) == scenario.policies else {
+                logger.warning("journal: skipped a record for shard \(id) (a duplicate, or not this plan's)")
+                continue
+            }
+            shards[Int(id)].attempts = entry.result.attempt
+            record(runs, of: entry.result, worker: entry.worker, startSeconds: 0)
+            resumedShards += 1
+        }
+        pending = ShardQueue(shards.filter { $0.result == nil }.map(\.shard.id))
+        dispatchNeeded = true
+        plannedAt = monotonicNanoseconds()
+        if let path = configuration.journalPath { journal = try ResultJournal.reopen(at: path, contents: contents) }
+        let torn = contents.tornBytes > 0 ? "; ignored a torn last record of \(contents.tornBytes) bytes" : ""
+        logger.info("resumed run \(runID): \(resumedShards) of \(shards.count) shard results from the journal\(torn); \(pending.count) shard(s) to run")
     }
 
     private func rejectFrame(from identity: [UInt8]?, _ reason: String) {
@@ -582,7 +699,8 @@ public final class Coordinator: @unchecked Sendable {
         let fleet = FleetSection(workers: workers, shards: shardSummaries, requeues: requeues, duplicatesDropped: duplicates,
                                  badFrames: badFramesTotal, wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: cost),
                                  dispatchSeconds: finishedAt > plannedAt && plannedAt > 0 ? Double(finishedAt - plannedAt) / 1e9 : 0,
-                                 coordinatorCpuSeconds: threadCPUSeconds(), keysRefused: keysRefused)
+                                 coordinatorCpuSeconds: threadCPUSeconds(), keysRefused: keysRefused,
+                                 resumedShards: resumedShards)
         let log = (FleetAggregation.intervalLogHeader(started: startedAt) + done.flatMap { $0.result!.intervalLog })
             .joined(separator: "\n") + "\n"
         let complete = !shards.isEmpty && completedShards == shards.count && merged.allSatisfy(\.complete)
@@ -603,6 +721,12 @@ struct ShardQueue {
     }
 
     func contains(_ id: UInt64) -> Bool { members.contains(id) }
+
+    /// The waiting shards, front first.
+    var ids: [UInt64] { stack.reversed() }
+
+    /// How many wait.
+    var count: Int { stack.count }
 
     mutating func pushFront(_ id: UInt64) {
         guard members.insert(id).inserted else { return }

@@ -109,8 +109,8 @@ public final class Worker: @unchecked Sendable {
         defer {
             shardCancellation?.cancel()
             shardThread?.join()
+            monitor.close()
             socket.close()
-            monitor.socket.close()
         }
 
         func transmit(_ frame: [UInt8]) {
@@ -137,8 +137,8 @@ public final class Worker: @unchecked Sendable {
             // Paranoid Pirate: a silent coordinator is presumed gone; start over with a new socket.
             if now &- lastHeard > interval * liveness {
                 logger.warning("coordinator silent for \((now &- lastHeard) / 1_000_000) ms; reconnecting in \(backoff) ms")
+                monitor.close()
                 socket.close()
-                monitor.socket.close()
                 sleep(milliseconds: backoff)
                 backoff = min(backoff * 2, configuration.reconnectMaximumMilliseconds)
                 (socket, monitor) = try connect()
@@ -257,6 +257,10 @@ public final class Worker: @unchecked Sendable {
         hello.workerName = configuration.name
         hello.largestShardSlots = UInt32(configuration.largestShardSlots)
         hello.role = .simulator
+        if let running = currentShard {
+            hello.runningShardID = running.id
+            hello.runningAttempt = running.attempt
+        }
         try socket.send([frame(.hello(hello))], dontWait: true)
         return (socket, monitor)
     }

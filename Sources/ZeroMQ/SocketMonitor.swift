@@ -16,10 +16,13 @@ public enum SocketEvent: Sendable, Equatable {
 }
 
 /// Watches one socket's connection events over an `inproc` PAIR socket. Owned by the thread
-/// that owns the monitored socket.
+/// that owns the monitored socket, and closed (``close()``) before it: libzmq's I/O thread
+/// sends the events, and blocks for good on a monitor whose reader is gone.
 public final class SocketMonitor {
     /// The monitor's socket, for a poller.
     public let socket: ZeroMQSocket
+    private let monitored: ZeroMQSocket
+    private var closed = false
 
     /// Starts monitoring `monitored`'s handshakes and disconnects.
     public init(_ monitored: ZeroMQSocket) throws(ZeroMQError) {
@@ -27,9 +30,21 @@ public final class SocketMonitor {
         let events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
             | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_DISCONNECTED
         guard zmq_socket_monitor(monitored.handle, endpoint, events) == 0 else { throw ZeroMQError.last("zmq_socket_monitor") }
+        self.monitored = monitored
         socket = try ZeroMQSocket(monitored.context, type: .pair)
         try socket.connect(endpoint)
     }
+
+    /// Stops monitoring, then closes the monitor's socket. Call before closing the monitored socket.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        // Stopping first closes libzmq's sending side, so no event can wait for a reader any more.
+        zmq_socket_monitor(monitored.handle, nil, 0)
+        socket.close()
+    }
+
+    deinit { close() }
 
     /// The events queued so far.
     public func drain() throws(ZeroMQError) -> [SocketEvent] {

@@ -24,6 +24,12 @@ struct CoordinatorCommand: ParsableCommand {
             see `zapfleet keygen`), or with --insecure on purpose. Workers whose public key is not on \
             the allow-list are refused and logged, and get no shard. Without keys it binds loopback only.
 
+            Durability: with --out, every accepted shard result is appended to OUT/journal.zfj and synced \
+            to disk (fsync, a CRC32 per record) before the worker hears it was accepted. If the \
+            coordinator dies, `zapfleet coordinator --resume OUT` reloads the journal (a torn last \
+            record is detected and ignored), runs only the shards without a result, and takes the \
+            workers back as they reconnect; the totals are those of an uninterrupted run.
+
             Exit codes as `zapfleet run`: 0, 1 objective missed, 2 invariant violated, 64 bad input, \
             70 failure (a shard out of attempts, no workers), 130 interrupted.
 
@@ -33,8 +39,11 @@ struct CoordinatorCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Built-in scenario name or YAML file.")
-    var scenario: String = "quick"
+    @Option(help: "Built-in scenario name or YAML file (default: quick).")
+    var scenario: String?
+
+    @Option(help: ArgumentHelp("Take up an interrupted run: RUN_DIR is its --out directory. Its journal gives the scenario, the shards and every result it accepted; only the shards without one are run.", valueName: "run-dir"))
+    var resume: String?
 
     @Option(help: "ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5555.")
     var bind: String = "tcp://127.0.0.1:5555"
@@ -57,7 +66,7 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Largest shard, e.g. 2TiB (default: as large as the smallest worker budget allows).")
     var shardSize: String?
 
-    @Option(help: "Directory for report.json, .hgrm files, shards.hlog and scenario.yaml.")
+    @Option(help: "Directory for report.json, .hgrm files, shards.hlog, scenario.yaml and the journal of accepted results (journal.zfj, which --resume reads).")
     var out: String?
 
     @Option(help: "Also write JUnit XML here: one test case per objective and per invariant, for CI systems.")
@@ -88,6 +97,9 @@ struct CoordinatorCommand: ParsableCommand {
             throw ValidationError("--key and --allow-keys go together: the coordinator's secret key, and the workers' public keys it lets in")
         }
         if key != nil && insecure { throw ValidationError("--insecure and --key contradict each other; drop one") }
+        if resume != nil && scenario != nil {
+            throw ValidationError("--resume takes the scenario from the run's journal; drop --scenario")
+        }
     }
 
     /// The CURVE setup from --key and --allow-keys, after checking that the bind is allowed.
@@ -102,10 +114,25 @@ struct CoordinatorCommand: ParsableCommand {
     func run() throws {
         let logger = Logger(label: "zapfleet.coordinator")
         let resolved: Scenario
+        var resumed: JournalContents?
+        let out = self.out ?? resume
         do {
-            resolved = try ScenarioCatalog.load(scenario)
-        } catch {
+            if let resume {
+                let contents = try ResultJournal.load(Self.journalPath(resume))
+                resolved = try ScenarioParser.parse(contents.plan.scenarioYAML, file: Self.journalPath(resume))
+                resumed = contents
+            } else {
+                resolved = try ScenarioCatalog.load(scenario ?? "quick")
+            }
+            if let out { try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true) }
+        } catch let error as JournalError {
             printError(error.description)
+            throw ZapfleetExitCode.badInput
+        } catch let error as ScenarioError {
+            printError(error.description)
+            throw ZapfleetExitCode.badInput
+        } catch {
+            printError("cannot use --out \(out ?? ""): \(error)")
             throw ZapfleetExitCode.badInput
         }
         let security: CoordinatorSecurity?
@@ -118,14 +145,16 @@ struct CoordinatorCommand: ParsableCommand {
         if security == nil && insecure && !BindPolicy.isLocal(bind) {
             logger.warning("--insecure: \(bind) takes workers without keys and in plain text; anyone who reaches it can join or send results")
         }
+        // A resumed run keeps the projection it started with.
+        let kernelCost = resumed?.plan.kernelNanosecondsPerSPTE ?? kernelSpteNs
         let cancellation = CancellationFlag()
         let interrupt = InterruptHandler { cancellation.cancel() }
         defer { interrupt.cancel() }
         let configuration = CoordinatorConfiguration(
             bind: bind, expectWorkers: expectWorkers, waitSeconds: Quantities.parseDuration(wait)! / 1e9,
             heartbeatIntervalMilliseconds: Int(Quantities.parseDuration(heartbeatInterval)! / 1e6), heartbeatLiveness: liveness,
-            maxAttempts: maxAttempts, kernelNanosecondsPerSPTE: kernelSpteNs, shardBytes: shardSize.flatMap(Quantities.parseSize),
-            security: security)
+            maxAttempts: maxAttempts, kernelNanosecondsPerSPTE: kernelCost, shardBytes: shardSize.flatMap(Quantities.parseSize),
+            security: security, journalPath: out.map(Self.journalPath), resume: resumed)
         let started = Date()
         let start = monotonicNanoseconds()
         let outcome: FleetRunOutcome
@@ -138,8 +167,11 @@ struct CoordinatorCommand: ParsableCommand {
             throw ZapfleetExitCode.badInput
         }
         let code = try ReportOutput.emit(scenario: resolved, outcome: outcome, started: started,
-                                         wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
+                                         wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelCost,
                                          out: out, fleetDetail: true, junit: junit)
         if code != 0 { throw ExitCode(code) }
     }
+
+    /// The journal of the run whose --out directory is `directory`.
+    static func journalPath(_ directory: String) -> String { (directory as NSString).appendingPathComponent("journal.zfj") }
 }

@@ -221,9 +221,26 @@ public nonisolated struct Zapfleet_V1_Hello: Sendable {
   /// The most memslots the worker takes in one shard; 0 for no limit beyond the memory budget.
   public var largestShardSlots: UInt32 = 0
 
+  /// The shard the worker is still running from before this hello (after a reconnect, or after
+  /// the coordinator restarted with --resume), if any: the coordinator counts the worker busy
+  /// with it instead of offering it another.
+  public var runningShardID: UInt64 {
+    get {_runningShardID ?? 0}
+    set {_runningShardID = newValue}
+  }
+  /// Returns true if `runningShardID` has been explicitly set.
+  public var hasRunningShardID: Bool {self._runningShardID != nil}
+  /// Clears the value of `runningShardID`. Subsequent reads from it will return its default value.
+  public mutating func clearRunningShardID() {self._runningShardID = nil}
+
+  /// That shard's attempt number.
+  public var runningAttempt: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _runningShardID: UInt64? = nil
 }
 
 /// Coordinator -> worker: accepted.
@@ -852,7 +869,7 @@ nonisolated extension Zapfleet_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}build_version\0\u{3}host_name\0\u{1}cores\0\u{3}memory_budget_bytes\0\u{3}largest_shard_bytes\0\u{3}worker_name\0\u{1}role\0\u{3}largest_shard_slots\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}build_version\0\u{3}host_name\0\u{1}cores\0\u{3}memory_budget_bytes\0\u{3}largest_shard_bytes\0\u{3}worker_name\0\u{1}role\0\u{3}largest_shard_slots\0\u{3}running_shard_id\0\u{3}running_attempt\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -868,12 +885,18 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
       case 6: try { try decoder.decodeSingularStringField(value: &self.workerName) }()
       case 7: try { try decoder.decodeSingularEnumField(value: &self.role) }()
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.largestShardSlots) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self._runningShardID) }()
+      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.runningAttempt) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.buildVersion.isEmpty {
       try visitor.visitSingularStringField(value: self.buildVersion, fieldNumber: 1)
     }
@@ -898,6 +921,12 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.largestShardSlots != 0 {
       try visitor.visitSingularUInt32Field(value: self.largestShardSlots, fieldNumber: 8)
     }
+    try { if let v = self._runningShardID {
+      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 9)
+    } }()
+    if self.runningAttempt != 0 {
+      try visitor.visitSingularUInt32Field(value: self.runningAttempt, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -910,6 +939,8 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.workerName != rhs.workerName {return false}
     if lhs.role != rhs.role {return false}
     if lhs.largestShardSlots != rhs.largestShardSlots {return false}
+    if lhs._runningShardID != rhs._runningShardID {return false}
+    if lhs.runningAttempt != rhs.runningAttempt {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
