@@ -211,7 +211,8 @@ public enum HistogramV2Codec {
         guard let significant = SignificantDigits(rawValue: Int8(clamping: digits)), digits <= 5 else {
             throw HistogramCodecError(.invalidParameters, "\(digits) significant digits, not 0...5")
         }
-        guard lowest >= 1, highest >= 2 * lowest, highest <= UInt64(1) << 62 else {
+        // Divided, not multiplied: a hostile lowest above 2^63 must not overflow.
+        guard lowest >= 1, highest / 2 >= lowest, highest <= UInt64(1) << 62 else {
             throw HistogramCodecError(.invalidParameters, "lowest \(lowest) and highest \(highest) do not make a histogram")
         }
         let geometry = Geometry(lowest: lowest, digits: Int(digits))

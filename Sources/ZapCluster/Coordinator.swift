@@ -79,7 +79,8 @@ public struct FleetRunOutcome: Sendable {
 public final class Coordinator: @unchecked Sendable {
     /// Where a worker stands.
     enum PeerState: String {
-        case ready, busy, missing, dead, refused
+        /// `banned`: sent too many bad frames; everything it sends from then on is dropped unread.
+        case ready, busy, missing, dead, refused, banned
     }
 
     final class Peer {
@@ -120,6 +121,8 @@ public final class Coordinator: @unchecked Sendable {
         let shard: Shard
         var attempts: UInt32 = 0
         var excluded: Set<[UInt8]> = []
+        /// Every worker this shard was handed to: only they may send its result.
+        var assignedTo: Set<[UInt8]> = []
         var result: ShardOutcome?
         var startedAt: UInt64 = 0
     }
@@ -353,6 +356,7 @@ public final class Coordinator: @unchecked Sendable {
             assignment.slotCount = UInt32(shards[Int(id)].shard.slice.slotCount)
             assignment.kernelNsPerSpte = configuration.kernelNanosecondsPerSPTE
             if send(.assignment(assignment), to: peer) {
+                shards[Int(id)].assignedTo.insert(peer.identity)
                 peer.state = .busy
                 peer.assignment = (id, attempt)
                 logger.info("shard \(id) attempt \(attempt) (\(shards[Int(id)].shard.slice)) -> \(peer.name)")
@@ -414,7 +418,7 @@ public final class Coordinator: @unchecked Sendable {
         var stop = Zapfleet_V1_Stop()
         stop.reason = reason
         // Every worker that said hello hears it, those left out of the plan included.
-        for peer in peers.values where peer.hello != nil && peer.state != .dead {
+        for peer in peers.values where peer.hello != nil && peer.state != .dead && peer.state != .banned {
             _ = send(.stop(stop), to: peer)
         }
     }
@@ -448,7 +452,7 @@ public final class Coordinator: @unchecked Sendable {
         }
         let now = monotonicNanoseconds()
         if envelope.protocolVersion != zapfleetProtocolVersion {
-            let peer = peers[identity] ?? register(identity, now: now)
+            guard let peer = peers[identity] ?? registerIfRoom(identity, now: now) else { return }
             var refusal = Zapfleet_V1_Refusal()
             refusal.reason = "protocol version \(envelope.protocolVersion) is not this coordinator's \(zapfleetProtocolVersion); run the same zapfleet version on coordinator and workers"
             refusal.coordinatorProtocolVersion = zapfleetProtocolVersion
@@ -461,7 +465,7 @@ public final class Coordinator: @unchecked Sendable {
             welcome(identity, hello, now: now)
             return
         }
-        guard let peer = peers[identity], peer.hello != nil, peer.state != .refused, peer.state != .dead else {
+        guard let peer = peers[identity], peer.hello != nil, peer.state != .refused, peer.state != .dead, peer.state != .banned else {
             rejectFrame(from: identity, "\(Messages.name(envelope.body)) before hello")
             return
         }
@@ -492,26 +496,47 @@ public final class Coordinator: @unchecked Sendable {
                 rejectFrame(from: identity, "abandoned a shard it was not given")
                 return
             }
-            logger.warning("worker \(peer.name) gave up shard \(abandoned.shardID): \(abandoned.reason.prefix(200))")
-            shards[Int(abandoned.shardID)].excluded.insert(peer.identity)
+            let id = abandoned.shardID
+            if abandoned.hasBusyWithShardID {
+                // Refused only because it still runs another shard (one handed out before a
+                // reconnect or a restart): it is busy with that one, and this shard lost no attempt.
+                logger.info("worker \(peer.name) is still running shard \(abandoned.busyWithShardID); shard \(id) goes back to the queue")
+                shards[Int(id)].attempts -= 1
+                shards[Int(id)].assignedTo.remove(peer.identity)
+                peer.assignment = abandoned.busyWithShardID < UInt64(shards.count) ? (abandoned.busyWithShardID, abandoned.busyWithAttempt) : nil
+                peer.state = .busy
+                pending.pushFront(id)
+                dispatchNeeded = true
+                return
+            }
+            logger.warning("worker \(peer.name) gave up shard \(id): \(abandoned.reason.prefix(200))")
+            shards[Int(id)].excluded.insert(peer.identity)
             peer.assignment = nil
             peer.state = .ready
             dispatchNeeded = true
-            requeue(abandoned.shardID, from: peer, why: "was given up")
+            requeue(id, from: peer, why: "was given up")
         default:
             rejectFrame(from: identity, "a worker does not send \(Messages.name(envelope.body))")
         }
     }
 
-    private func register(_ identity: [UInt8], now: UInt64) -> Peer {
+    /// The most peers (workers and strangers) the coordinator keeps state for.
+    static let maximumPeers = 65_536
+
+    /// Starts tracking a new peer, unless the coordinator already tracks as many as it will.
+    private func registerIfRoom(_ identity: [UInt8], now: UInt64) -> Peer? {
+        guard peers.count < Self.maximumPeers else { return nil }
         let peer = Peer(identity: identity, now: now, joinOrder: peers.count)
         peers[identity] = peer
         return peer
     }
 
     private func welcome(_ identity: [UInt8], _ hello: Zapfleet_V1_Hello, now: UInt64) {
-        let peer = peers[identity] ?? register(identity, now: now)
-        guard peer.state != .refused else { return }
+        guard let peer = peers[identity] ?? registerIfRoom(identity, now: now) else {
+            rejectFrame(from: nil, "hello from a new peer beyond the \(Self.maximumPeers) the coordinator tracks")
+            return
+        }
+        guard peer.state != .refused, peer.state != .banned else { return }
         guard hello.memoryBudgetBytes > 0, hello.cores > 0, hello.cores < 1 << 16 else {
             rejectFrame(from: identity, "hello with a zero memory budget or an impossible core count")
             return
@@ -553,7 +578,8 @@ public final class Coordinator: @unchecked Sendable {
         }
         // A resumed run also takes results of attempts the previous coordinator handed out.
         let highestAttempt = configuration.resume == nil ? shards[Int(id)].attempts : UInt32(configuration.maxAttempts)
-        guard result.attempt >= 1, result.attempt <= highestAttempt else {
+        guard result.attempt >= 1, result.attempt <= highestAttempt,
+              configuration.resume != nil || shards[Int(id)].assignedTo.contains(peer.identity) else {
             rejectFrame(from: peer.identity, "result for shard \(id) attempt \(result.attempt), which was never assigned")
             return
         }
@@ -668,14 +694,15 @@ public final class Coordinator: @unchecked Sendable {
     private func rejectFrame(from identity: [UInt8]?, _ reason: String) {
         badFramesTotal += 1
         guard let identity else { return }
-        let peer = peers[identity] ?? register(identity, now: monotonicNanoseconds())
+        // Strangers are tracked only up to a bound: a flood of new identities must not grow memory without end.
+        guard let peer = peers[identity] ?? registerIfRoom(identity, now: monotonicNanoseconds()) else { return }
         peer.badFrames += 1
         if peer.badFrames <= 3 { logger.warning("dropped a frame from \(peer.name): \(reason)") }
         if peer.badFrames == configuration.badFrameLimit {
             logger.error("ignoring \(peer.name) from now on: \(peer.badFrames) bad frames")
             if let assignment = peer.assignment { requeue(assignment.shard, from: peer, why: "was ignored for bad frames") }
             peer.assignment = nil
-            peer.state = .dead
+            peer.state = .banned
         }
     }
 
@@ -685,7 +712,8 @@ public final class Coordinator: @unchecked Sendable {
         let cost = configuration.kernelNanosecondsPerSPTE
         let done = shards.filter { $0.result != nil }
         let merged = scenario.policies.compactMap { totals[$0]?.run }
-        let workers = peers.values.filter { $0.hello != nil || $0.badFrames > 0 || $0.state == .refused }.sorted { $0.joinOrder < $1.joinOrder }.map { peer in
+        // Strangers that never said hello show only in the bad-frame total: a port scan must not fill the report.
+        let workers = peers.values.filter { $0.hello != nil || $0.state == .refused }.sorted { $0.joinOrder < $1.joinOrder }.map { peer in
             FleetSection.WorkerSummary(name: peer.name, host: peer.hello?.hostName ?? "?", cores: Int(peer.hello?.cores ?? 0),
                                        memoryBudgetBytes: peer.hello?.memoryBudgetBytes ?? 0, shardsCompleted: peer.completed,
                                        duplicatesDropped: peer.duplicates, badFrames: peer.badFrames, state: peer.state.rawValue)

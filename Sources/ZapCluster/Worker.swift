@@ -101,6 +101,7 @@ public final class Worker: @unchecked Sendable {
         var (socket, monitor) = try connect()
         var welcomed = false
         var handshakeHint = false
+        var connectionLost = false
         var lastHeard = monotonicNanoseconds()
         var lastSent: UInt64 = 0
         var poller = ZeroMQPoller()
@@ -163,7 +164,8 @@ public final class Worker: @unchecked Sendable {
                     currentShard = nil
                 }
             }
-            if now &- lastSent >= interval { transmit(frame(.heartbeat(Zapfleet_V1_Heartbeat()))) }
+            // Until welcomed, hello is the only message a coordinator takes: repeat it instead of a heartbeat.
+            if now &- lastSent >= interval { transmit(welcomed ? frame(.heartbeat(Zapfleet_V1_Heartbeat())) : helloFrame()) }
 
             let ready = try poller.poll(timeoutMilliseconds: 50)
             if ready[1] {
@@ -174,6 +176,15 @@ public final class Worker: @unchecked Sendable {
                         let reason = "the coordinator's authentication refused this worker's \(key) (ZAP status \(status)); ask its operator to add this worker's .pub file to --allow-keys"
                         logger.error("\(reason)")
                         return .refused(reason: reason)
+                    case .disconnected where welcomed:
+                        // libzmq reconnects by itself; the coordinator on the other side may be a
+                        // new one (restarted with --resume), so say hello again once it is back.
+                        welcomed = false
+                        connectionLost = true
+                        logger.warning("lost the connection to the coordinator; reconnecting")
+                    case .handshakeSucceeded where connectionLost:
+                        connectionLost = false
+                        transmit(helloFrame())
                     case .handshakeFailed, .disconnected:
                         // A CURVE/plain-text mismatch or a wrong coordinator key ends the handshake
                         // without a word; say once what usually causes it.
@@ -248,6 +259,12 @@ public final class Worker: @unchecked Sendable {
         // Give a last result a moment to leave when the worker exits right after sending it.
         try socket.setOption(SocketOption.linger, Int32(2000))
         try socket.connect(configuration.connect)
+        try socket.send([helloFrame()], dontWait: true)
+        return (socket, monitor)
+    }
+
+    /// Hello: who this worker is, what it can take, and the shard it still runs, if any.
+    private func helloFrame() -> [UInt8] {
         var hello = Zapfleet_V1_Hello()
         hello.buildVersion = configuration.buildVersion
         hello.hostName = ProcessInfo.processInfo.hostName
@@ -261,8 +278,7 @@ public final class Worker: @unchecked Sendable {
             hello.runningShardID = running.id
             hello.runningAttempt = running.attempt
         }
-        try socket.send([frame(.hello(hello))], dontWait: true)
-        return (socket, monitor)
+        return frame(.hello(hello))
     }
 
     /// Validates an assignment and runs it on a thread, or says why not.
@@ -273,6 +289,10 @@ public final class Worker: @unchecked Sendable {
             abandoned.shardID = assignment.shardID
             abandoned.attempt = assignment.attempt
             abandoned.reason = reason
+            if let running = currentShard {
+                abandoned.busyWithShardID = running.id
+                abandoned.busyWithAttempt = running.attempt
+            }
             transmit(frame(.abandoned(abandoned)))
         }
         guard currentShard == nil else { return abandon("busy with shard \(currentShard!.id)") }

@@ -117,6 +117,40 @@ struct HistogramV2CodecTests {
         #expect(throws: HistogramCodecError.self) { try HistogramV2Codec.decodeBase64("not base64!") }
     }
 
+    @Test("fuzz: 100,000 random, spliced and mutated inputs (headers included) through both decoders give a histogram or an error, never a crash")
+    func fuzzDecoders() throws {
+        var generator = SeededGenerator(seed: 0x5eed)
+        let seeds = [HistogramV2Codec.encodeCompressed(randomHistogram(seed: 3, count: 500)),
+                     HistogramV2Codec.encode(randomHistogram(seed: 4, count: 50)),
+                     HistogramV2Codec.encode(makeHistogram())]
+        var outcomes = (decoded: 0, rejected: 0)
+        for _ in 0..<100_000 {
+            var bytes = seeds[Int(generator.next() % UInt64(seeds.count))]
+            for _ in 0...(generator.next() % 4) {
+                switch generator.next() % 6 {
+                case 0 where bytes.count > 40:
+                    // The header: cookie, lengths, ranges, precision, conversion ratio.
+                    bytes[Int(generator.next() % 40)] = UInt8(truncatingIfNeeded: generator.next())
+                case 1 where !bytes.isEmpty: bytes[Int(generator.next() % UInt64(bytes.count))] ^= UInt8(truncatingIfNeeded: generator.next() | 1)
+                case 2: bytes = Array(bytes.prefix(Int(generator.next() % UInt64(bytes.count + 1))))
+                case 3: bytes += (0..<Int(generator.next() % 64)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+                case 4: bytes = (0..<Int(generator.next() % 256)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+                default:
+                    let other = seeds[Int(generator.next() % UInt64(seeds.count))]
+                    bytes = Array(bytes.prefix(Int(generator.next() % UInt64(bytes.count + 1)))) + other.suffix(Int(generator.next() % UInt64(other.count + 1)))
+                }
+            }
+            let buckets = try? HistogramV2Codec.decodeBuckets(bytes)
+            let histogram = try? HistogramV2Codec.decode(bytes)
+            // The two decoders agree on what is valid.
+            #expect((buckets == nil) == (histogram == nil))
+            if let buckets, let histogram { #expect(buckets.totalCount == histogram.totalCount) }
+            if buckets == nil { outcomes.rejected += 1 } else { outcomes.decoded += 1 }
+        }
+        #expect(outcomes.rejected > 50_000)
+        print("decoder fuzz: \(outcomes.decoded) decoded, \(outcomes.rejected) rejected")
+    }
+
     @Test("a compressed payload that inflates past the limit is refused")
     func decompressionBomb() throws {
         // A plain header claiming a huge payload of zeros, which compresses to almost nothing.

@@ -73,13 +73,15 @@ struct ClusterTests {
         }
     }
 
-    /// A late result from worker 1 for a shard finished elsewhere: one requeue, one duplicate dropped.
+    /// A late result from worker 1 for a shard finished elsewhere: one requeue, and the late
+    /// result dropped (possibly more than once: a worker resends what is not yet acknowledged
+    /// each time it is welcomed), every one of them from worker 1.
     static func checkLateResultDropped(_ run: ClusterRun) throws {
         #expect(run.status == 0, "\(run.output)")
         let fleet = try #require(run.report.fleet)
         #expect(fleet.requeues == 1)
-        #expect(fleet.duplicatesDropped == 1)
-        #expect(fleet.workers.first { $0.name == "w1" }?.duplicatesDropped == 1)
+        #expect(fleet.duplicatesDropped >= 1)
+        #expect(fleet.workers.first { $0.name == "w1" }?.duplicatesDropped == fleet.duplicatesDropped)
         #expect(fleet.shards.filter { $0.attempts == 2 }.count == 1)
         try checkTotals(run.report, shards: 64, gibibytes: 256)
     }

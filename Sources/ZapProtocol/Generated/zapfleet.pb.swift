@@ -633,9 +633,25 @@ public nonisolated struct Zapfleet_V1_ShardAbandoned: Sendable {
 
   public var reason: String = String()
 
+  /// Set when the worker refused the shard only because it is still running this one: the
+  /// coordinator then counts it busy, and the refused shard loses no attempt.
+  public var busyWithShardID: UInt64 {
+    get {_busyWithShardID ?? 0}
+    set {_busyWithShardID = newValue}
+  }
+  /// Returns true if `busyWithShardID` has been explicitly set.
+  public var hasBusyWithShardID: Bool {self._busyWithShardID != nil}
+  /// Clears the value of `busyWithShardID`. Subsequent reads from it will return its default value.
+  public mutating func clearBusyWithShardID() {self._busyWithShardID = nil}
+
+  /// The attempt of the shard it is busy with.
+  public var busyWithAttempt: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _busyWithShardID: UInt64? = nil
 }
 
 /// Coordinator -> worker: the run is over (or stopping); the worker leaves.
@@ -1664,7 +1680,7 @@ nonisolated extension Zapfleet_V1_ResultAck: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShardAbandoned"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{1}reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{1}reason\0\u{3}busy_with_shard_id\0\u{3}busy_with_attempt\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1675,12 +1691,18 @@ nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftPr
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.shardID) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self._busyWithShardID) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.busyWithAttempt) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.shardID != 0 {
       try visitor.visitSingularUInt64Field(value: self.shardID, fieldNumber: 1)
     }
@@ -1690,6 +1712,12 @@ nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftPr
     if !self.reason.isEmpty {
       try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
     }
+    try { if let v = self._busyWithShardID {
+      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 4)
+    } }()
+    if self.busyWithAttempt != 0 {
+      try visitor.visitSingularUInt32Field(value: self.busyWithAttempt, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1697,6 +1725,8 @@ nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftPr
     if lhs.shardID != rhs.shardID {return false}
     if lhs.attempt != rhs.attempt {return false}
     if lhs.reason != rhs.reason {return false}
+    if lhs._busyWithShardID != rhs._busyWithShardID {return false}
+    if lhs.busyWithAttempt != rhs.busyWithAttempt {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
