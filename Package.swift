@@ -103,6 +103,8 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // End-to-end tests of the built executable, run as a subprocess.
-        .testTarget(name: "ZapfleetCLITests", dependencies: ["ZapRun", "ZapCluster", "ZapEngine"]),
+        .testTarget(name: "ZapfleetCLITests", dependencies: [
+            "ZapRun", "ZapCluster", "ZapEngine", .product(name: "Histogram", package: "hdrhistogram-swift"),
+        ]),
     ]
 )

@@ -12,6 +12,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var bind: String
     /// Workers to wait for before planning; planning starts early with fewer only when `wait` ends.
     public var expectWorkers: Int
+    /// External agents (real kernels' measurements) whose results the run waits for; the run
+    /// fails if fewer report by the end.
+    public var expectAgents: Int = 0
     /// How long to wait for the expected workers, in seconds.
     public var waitSeconds: Double
     /// Heartbeat interval, in milliseconds.
@@ -70,6 +73,8 @@ public struct FleetRunOutcome: Sendable {
     public var failure: String?
     /// False if the run was stopped before every shard had a result.
     public var complete: Bool
+    /// External agents' measurements, one per agent that reported.
+    public var external: [ExternalMeasurement] = []
 }
 
 /// The coordinator: binds a ROUTER socket, welcomes workers, plans shards, hands them out as
@@ -96,6 +101,12 @@ public final class Coordinator: @unchecked Sendable {
         var completed = 0
         /// Cannot take one memslot: kept connected, given no shard.
         var unfit = false
+        /// An external agent: takes no shards, runs one ``Zapfleet_V1_ExternalJob``.
+        var isAgent = false
+        /// The job handed to this agent, once sent.
+        var agentJob: UInt32?
+        /// Has this agent's result been accepted?
+        var agentDelivered = false
         let joinOrder: Int
 
         init(identity: [UInt8], now: UInt64, joinOrder: Int) {
@@ -151,6 +162,8 @@ public final class Coordinator: @unchecked Sendable {
     /// Acknowledgements held back until the journal is synced: a worker drops a result only once it is durable here.
     private var pendingAcks: [(Peer, Zapfleet_V1_ResultAck)] = []
     private var resumedShards = 0
+    private var externalResults: [(agent: String, host: String, result: ExternalMeasurement)] = []
+    private var nextAgentJob: UInt32 = 1
     private var socket: ZeroMQSocket?
     private var completedShards = 0
     private var totals: [ZapPolicy: FleetAggregation.Accumulator] = [:]
@@ -224,7 +237,7 @@ public final class Coordinator: @unchecked Sendable {
             if stopping && (now > stopDeadline || !peers.values.contains { $0.state == .busy }) { break }
 
             if !planned && !stopping {
-                let ready = peers.values.filter { $0.state == .ready && $0.hello != nil }
+                let ready = peers.values.filter { $0.state == .ready && $0.hello != nil && !$0.isAgent }
                 if ready.count >= configuration.expectWorkers || (now > waitDeadline && !ready.isEmpty) {
                     do {
                         try plan(for: ready)
@@ -239,7 +252,7 @@ public final class Coordinator: @unchecked Sendable {
                 }
             }
             if planned && !stopping {
-                if completedShards == shards.count {
+                if completedShards == shards.count && agentsSettled(now: now, waitDeadline: waitDeadline) {
                     finishedAt = monotonicNanoseconds()
                     broadcastStop(reason: "run complete")
                     break
@@ -288,6 +301,77 @@ public final class Coordinator: @unchecked Sendable {
         return "public key not on the coordinator's allow-list"
     }
 
+    // MARK: - External agents
+
+    /// Have the agents said what they will? Every agent that joined and is still heard from has
+    /// reported, and as many as expected have (or the wait for them is over, which fails the run).
+    private func agentsSettled(now: UInt64, waitDeadline: UInt64) -> Bool {
+        let waiting = peers.values.contains { $0.isAgent && !$0.agentDelivered && ($0.state == .ready || $0.state == .busy) }
+        if waiting { return false }
+        if externalResults.count >= configuration.expectAgents { return true }
+        guard now > waitDeadline else { return false }
+        failure = "\(configuration.expectAgents) external agent(s) expected, \(externalResults.count) reported; check the agents' --connect and their command"
+        logger.error("\(failure!)")
+        return true
+    }
+
+    /// Hands an agent its job: the scenario, to measure a real kernel against.
+    private func sendJob(to peer: Peer) {
+        guard !peer.agentDelivered else { return }
+        let id = peer.agentJob ?? nextAgentJob
+        if peer.agentJob == nil { nextAgentJob += 1 }
+        var job = Zapfleet_V1_ExternalJob()
+        job.jobID = id
+        job.scenarioYaml = scenarioYAML
+        job.scenarioName = scenario.name
+        job.guestMemoryBytes = scenario.vm.memoryBytes
+        job.vcpus = UInt32(scenario.workload.vcpus)
+        if send(.externalJob(job), to: peer) {
+            peer.agentJob = id
+            peer.state = .busy
+            logger.info("external job \(id) -> agent \(peer.name)")
+        }
+    }
+
+    /// Takes an agent's samples, after checking every one, into histograms of its own.
+    private func acceptExternal(_ result: Zapfleet_V1_ExternalResult, from peer: Peer) {
+        guard peer.isAgent, let job = peer.agentJob, result.jobID == job else {
+            rejectFrame(from: peer.identity, "external result for job \(result.jobID), which it was not given")
+            return
+        }
+        var ack = Zapfleet_V1_ResultAck()
+        ack.shardID = UInt64(job)
+        if peer.agentDelivered {
+            ack.duplicate = true
+            duplicates += 1
+            peer.duplicates += 1
+            pendingAcks.append((peer, ack))
+            return
+        }
+        var histograms: [MeasuredOperation: LatencyHistogram] = [:]
+        for samples in result.operations {
+            guard let operation = ExternalMeasurement.operation(named: samples.operation), histograms[operation] == nil else {
+                rejectFrame(from: peer.identity, "external result with operation '\(samples.operation.prefix(40))' unknown or repeated")
+                return
+            }
+            guard samples.nanoseconds.allSatisfy({ $0 <= LatencyHistogram.highestTrackableNanoseconds }) else {
+                rejectFrame(from: peer.identity, "external result with a \(samples.operation) sample above one hour")
+                return
+            }
+            var histogram = LatencyHistogram.makeLatency()
+            for value in samples.nanoseconds { _ = histogram.record(value) }
+            histograms[operation] = histogram
+        }
+        peer.agentDelivered = true
+        peer.completed += 1
+        peer.state = .ready
+        externalResults.append((peer.name, peer.hello?.hostName ?? "?", ExternalMeasurement(
+            name: "external", source: "", histograms: histograms, wallNanoseconds: result.wallNs, exitStatus: result.exitStatus)))
+        let count = result.operations.reduce(0) { $0 + $1.nanoseconds.count }
+        logger.info("external result from \(peer.name): \(count) sample(s) of \(result.operations.map(\.operation).joined(separator: ", ")), command exit \(result.exitStatus), \(result.linesRejected) line(s) rejected")
+        pendingAcks.append((peer, ack))
+    }
+
     // MARK: - Planning and dispatch
 
     private func plan(for candidates: [Peer]) throws {
@@ -326,7 +410,7 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     private func dispatch() {
-        let free = peers.values.filter { $0.state == .ready && $0.hello != nil && !$0.unfit }.sorted { $0.joinOrder < $1.joinOrder }
+        let free = peers.values.filter { $0.state == .ready && $0.hello != nil && !$0.unfit && !$0.isAgent }.sorted { $0.joinOrder < $1.joinOrder }
         var idle: [Peer] = []
         defer { forgiveExclusions(idle: idle) }
         for peer in free {
@@ -478,6 +562,13 @@ public final class Coordinator: @unchecked Sendable {
         switch envelope.body {
         case .heartbeat:
             break
+        case .progress(let report) where peer.isAgent:
+            guard report.shardID == UInt64(peer.agentJob ?? 0) else {
+                rejectFrame(from: identity, "progress for a job it was not given")
+                return
+            }
+        case .externalResult(let result):
+            acceptExternal(result, from: peer)
         case .progress(let report):
             guard let assignment = peer.assignment, assignment.shard == report.shardID,
                   let policy = ZapPolicy(rawValue: report.policy), report.steps < 1_000_000 else {
@@ -497,7 +588,7 @@ public final class Coordinator: @unchecked Sendable {
                 return
             }
             let id = abandoned.shardID
-            if abandoned.hasBusyWithShardID {
+            if abandoned.busyWithAttempt > 0 {
                 // Refused only because it still runs another shard (one handed out before a
                 // reconnect or a restart): it is busy with that one, and this shard lost no attempt.
                 logger.info("worker \(peer.name) is still running shard \(abandoned.busyWithShardID); shard \(id) goes back to the queue")
@@ -546,9 +637,10 @@ public final class Coordinator: @unchecked Sendable {
         peer.name = hello.workerName.isEmpty ? peer.name : String(hello.workerName.prefix(64))
         peer.lastHeard = now
         if peer.state == .missing || peer.state == .dead || !reconnect { peer.state = peer.assignment == nil ? .ready : .busy }
+        if hello.role == .externalAgent { peer.isAgent = true }
         // A worker still running a shard (handed out before it reconnected, or by this run's
         // coordinator before a --resume) is busy with it: offering it another would only be refused.
-        if hello.hasRunningShardID {
+        if hello.runningAttempt > 0 {
             peer.state = .busy
             if hello.runningShardID < UInt64(shards.count) { peer.assignment = (hello.runningShardID, hello.runningAttempt) }
         }
@@ -558,6 +650,7 @@ public final class Coordinator: @unchecked Sendable {
         welcome.heartbeatIntervalMs = UInt32(configuration.heartbeatIntervalMilliseconds)
         welcome.heartbeatLiveness = UInt32(configuration.heartbeatLiveness)
         _ = send(.welcome(welcome), to: peer)
+        if peer.isAgent { sendJob(to: peer) }
         logger.info("worker \(peer.name) \(reconnect ? "reconnected" : "joined") from \(hello.hostName.prefix(64)): \(hello.cores) cores, budget \(Quantities.describeSize(Double(hello.memoryBudgetBytes))), build \(hello.buildVersion.prefix(32))")
     }
 
@@ -732,7 +825,14 @@ public final class Coordinator: @unchecked Sendable {
         let log = (FleetAggregation.intervalLogHeader(started: startedAt) + done.flatMap { $0.result!.intervalLog })
             .joined(separator: "\n") + "\n"
         let complete = !shards.isEmpty && completedShards == shards.count && merged.allSatisfy(\.complete)
-        return FleetRunOutcome(runs: merged, fleet: fleet, intervalLog: log, failure: failure, complete: complete)
+        // One agent is the "external" column; several are told apart by name.
+        let external = externalResults.map { entry in
+            var measurement = entry.result
+            measurement.name = externalResults.count == 1 ? "external" : "external:\(entry.agent)"
+            measurement.source = "real kernel, measured by agent \(entry.agent) on \(entry.host)"
+            return measurement
+        }
+        return FleetRunOutcome(runs: merged, fleet: fleet, intervalLog: log, failure: failure, complete: complete, external: external)
     }
 }
 

@@ -35,6 +35,8 @@ enum Messages {
         case .resultAck: "result-ack"
         case .stop: "stop"
         case .abandoned: "abandoned"
+        case .externalJob: "external-job"
+        case .externalResult: "external-result"
         case nil: "empty"
         }
     }

@@ -150,10 +150,10 @@ public struct RunReport: Sendable, Codable, Equatable {
     /// The schema version this build writes.
     public static let currentSchemaVersion = 1
 
-    /// Builds the report of `runs`, evaluating `scenario`'s objectives.
+    /// Builds the report of `runs` (and of external agents' measurements), evaluating `scenario`'s objectives.
     public init(scenario: Scenario, runs: [PolicyRun], slice: MemorySlice, kernelNanosecondsPerSPTE: Double,
                 startedAt: Date, wallNanoseconds: UInt64, version: String, fleet: FleetSection? = nil,
-                failure: String? = nil) {
+                failure: String? = nil, external: [ExternalMeasurement] = []) {
         self.fleet = fleet
         zapfleetVersion = version
         self.scenario = scenario.name
@@ -163,7 +163,8 @@ public struct RunReport: Sendable, Codable, Equatable {
         self.startedAt = ISO8601DateFormatter().string(from: startedAt)
         wallSeconds = Double(wallNanoseconds) / 1e9
         complete = runs.allSatisfy(\.complete) && runs.count == scenario.policies.count
-        policies = runs.map(PolicyReport.init(run:))
+        // Real kernels' measurements, if any, stand beside the simulated policies and face the same objectives.
+        policies = runs.map(PolicyReport.init(run:)) + external.map(PolicyReport.init(external:))
         objectives = Self.evaluate(scenario.objectives, on: policies)
         let violations = policies.reduce(0) { $0 + $1.violations }
         let missed = objectives.filter { !$0.met }.count

@@ -51,6 +51,9 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Workers to wait for before planning.")
     var expectWorkers: Int = 1
 
+    @Option(help: "External agents (`zapfleet-agent-c`, real kernels' measurements) to wait for; their samples become the report's \"external\" column, and the run fails if fewer report.")
+    var expectAgents: Int = 0
+
     @Option(help: "How long to wait for the expected workers, e.g. 60s; planning then starts with those present.")
     var wait: String = "60s"
 
@@ -90,6 +93,7 @@ struct CoordinatorCommand: ParsableCommand {
             throw ValidationError("--heartbeat-interval '\(heartbeatInterval)' is not a duration of at least 10ms")
         }
         guard expectWorkers >= 1 else { throw ValidationError("--expect-workers must be at least 1") }
+        guard expectAgents >= 0 else { throw ValidationError("--expect-agents cannot be negative") }
         guard liveness >= 2 else { throw ValidationError("--liveness must be at least 2") }
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
         if let shardSize, Quantities.parseSize(shardSize) == nil { throw ValidationError("--shard-size '\(shardSize)' is not a size, e.g. 2TiB") }
@@ -150,11 +154,12 @@ struct CoordinatorCommand: ParsableCommand {
         let cancellation = CancellationFlag()
         let interrupt = InterruptHandler { cancellation.cancel() }
         defer { interrupt.cancel() }
-        let configuration = CoordinatorConfiguration(
+        var configuration = CoordinatorConfiguration(
             bind: bind, expectWorkers: expectWorkers, waitSeconds: Quantities.parseDuration(wait)! / 1e9,
             heartbeatIntervalMilliseconds: Int(Quantities.parseDuration(heartbeatInterval)! / 1e6), heartbeatLiveness: liveness,
             maxAttempts: maxAttempts, kernelNanosecondsPerSPTE: kernelCost, shardBytes: shardSize.flatMap(Quantities.parseSize),
             security: security, journalPath: out.map(Self.journalPath), resume: resumed)
+        configuration.expectAgents = expectAgents
         let started = Date()
         let start = monotonicNanoseconds()
         let outcome: FleetRunOutcome

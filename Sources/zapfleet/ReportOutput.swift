@@ -12,7 +12,7 @@ enum ReportOutput {
         var report = RunReport(scenario: scenario, runs: outcome.runs, slice: .whole(scenario),
                                kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, startedAt: started,
                                wallNanoseconds: wallNanoseconds, version: ZapfleetVersion.current,
-                               fleet: outcome.fleet, failure: outcome.failure)
+                               fleet: outcome.fleet, failure: outcome.failure, external: outcome.external)
         if !outcome.complete && report.complete {
             report.complete = false
             if report.verdict.exitCode == 0 || report.verdict.exitCode == 1 {

@@ -255,4 +255,52 @@ struct FleetProtocolTests {
         #expect(outcome.fleet.badFrames == 3)
         #expect(outcome.fleet.duplicatesDropped == 0)
     }
+
+    @Test("an external agent gets a job, not a shard; results for another job, with unknown operations or impossible samples are dropped and counted; a valid one is its column")
+    func externalAgentValidation() throws {
+        let context = try ZeroMQContext()
+        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
+        var configuration = CoordinatorConfiguration(bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20,
+                                                     heartbeatIntervalMilliseconds: 500)
+        configuration.expectAgents = 1
+        let running = RunningCoordinator(scenario: scenario, configuration: configuration, context: context)
+        let agent = try RawPeer(context: context, endpoint: running.endpoint, name: "agent")
+        var hello = Zapfleet_V1_Hello()
+        hello.workerName = "agent"
+        hello.cores = 1
+        hello.memoryBudgetBytes = 1
+        hello.role = .externalAgent
+        try agent.send(.hello(hello))
+        guard case .welcome? = try agent.next() else { Issue.record("no welcome"); return }
+        guard case .externalJob(let job)? = try agent.next() else { Issue.record("no job"); return }
+        #expect(job.scenarioName == "small")
+        #expect(job.guestMemoryBytes == 8 << 30)
+        let worker = Self.workerThread(WorkerConfiguration(connect: running.endpoint, name: "w", memoryBudgetBytes: 1 << 30), context: context)
+
+        func result(job id: UInt32, operation: String, samples: [UInt64]) -> Zapfleet_V1_Envelope.OneOf_Body {
+            var result = Zapfleet_V1_ExternalResult()
+            result.jobID = id
+            var operationSamples = Zapfleet_V1_OperationSamples()
+            operationSamples.operation = operation
+            operationSamples.nanoseconds = samples
+            result.operations = [operationSamples]
+            return .externalResult(result)
+        }
+        try agent.send(result(job: job.jobID + 1, operation: "reset", samples: [1]))
+        try agent.send(result(job: job.jobID, operation: "teleport", samples: [1]))
+        try agent.send(result(job: job.jobID, operation: "reset", samples: [5, .max]))
+        try agent.send(result(job: job.jobID, operation: "reset", samples: [1000, 2000, 3000]))
+        let outcome = try running.finish()
+        worker.0.join()
+        #expect(outcome.complete)
+        #expect(outcome.fleet.badFrames == 3)
+        #expect(outcome.fleet.shards.allSatisfy { $0.worker == "w" }, "the agent took no shard")
+        let external = try #require(outcome.external.first)
+        #expect(outcome.external.count == 1)
+        #expect(external.name == "external")
+        var expected = LatencyHistogram.makeLatency()
+        for value: UInt64 in [1000, 2000, 3000] { _ = expected.record(value) }
+        let reset = try #require(external.histograms[.reset])
+        #expect(LatencySummary(reset) == LatencySummary(expected), "exactly the valid result's samples")
+    }
 }

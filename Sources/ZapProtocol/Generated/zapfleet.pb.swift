@@ -172,6 +172,22 @@ public nonisolated struct Zapfleet_V1_Envelope: Sendable {
     set {body = .abandoned(newValue)}
   }
 
+  public var externalJob: Zapfleet_V1_ExternalJob {
+    get {
+      if case .externalJob(let v)? = body {return v}
+      return Zapfleet_V1_ExternalJob()
+    }
+    set {body = .externalJob(newValue)}
+  }
+
+  public var externalResult: Zapfleet_V1_ExternalResult {
+    get {
+      if case .externalResult(let v)? = body {return v}
+      return Zapfleet_V1_ExternalResult()
+    }
+    set {body = .externalResult(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -185,6 +201,8 @@ public nonisolated struct Zapfleet_V1_Envelope: Sendable {
     case resultAck(Zapfleet_V1_ResultAck)
     case stop(Zapfleet_V1_Stop)
     case abandoned(Zapfleet_V1_ShardAbandoned)
+    case externalJob(Zapfleet_V1_ExternalJob)
+    case externalResult(Zapfleet_V1_ExternalResult)
 
   }
 
@@ -222,25 +240,16 @@ public nonisolated struct Zapfleet_V1_Hello: Sendable {
   public var largestShardSlots: UInt32 = 0
 
   /// The shard the worker is still running from before this hello (after a reconnect, or after
-  /// the coordinator restarted with --resume), if any: the coordinator counts the worker busy
-  /// with it instead of offering it another.
-  public var runningShardID: UInt64 {
-    get {_runningShardID ?? 0}
-    set {_runningShardID = newValue}
-  }
-  /// Returns true if `runningShardID` has been explicitly set.
-  public var hasRunningShardID: Bool {self._runningShardID != nil}
-  /// Clears the value of `runningShardID`. Subsequent reads from it will return its default value.
-  public mutating func clearRunningShardID() {self._runningShardID = nil}
+  /// the coordinator restarted with --resume): the coordinator counts the worker busy with it
+  /// instead of offering it another. Meaningful only when running_attempt is set.
+  public var runningShardID: UInt64 = 0
 
-  /// That shard's attempt number.
+  /// That shard's attempt number; 0 (attempts start at 1) when the worker runs nothing.
   public var runningAttempt: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
-
-  fileprivate var _runningShardID: UInt64? = nil
 }
 
 /// Coordinator -> worker: accepted.
@@ -633,25 +642,17 @@ public nonisolated struct Zapfleet_V1_ShardAbandoned: Sendable {
 
   public var reason: String = String()
 
-  /// Set when the worker refused the shard only because it is still running this one: the
-  /// coordinator then counts it busy, and the refused shard loses no attempt.
-  public var busyWithShardID: UInt64 {
-    get {_busyWithShardID ?? 0}
-    set {_busyWithShardID = newValue}
-  }
-  /// Returns true if `busyWithShardID` has been explicitly set.
-  public var hasBusyWithShardID: Bool {self._busyWithShardID != nil}
-  /// Clears the value of `busyWithShardID`. Subsequent reads from it will return its default value.
-  public mutating func clearBusyWithShardID() {self._busyWithShardID = nil}
+  /// When the worker refused the shard only because it is still running this one: the
+  /// coordinator then counts it busy, and the refused shard loses no attempt. Meaningful only
+  /// when busy_with_attempt is set.
+  public var busyWithShardID: UInt64 = 0
 
-  /// The attempt of the shard it is busy with.
+  /// The attempt of the shard it is busy with; 0 when the refusal has another reason.
   public var busyWithAttempt: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
-
-  fileprivate var _busyWithShardID: UInt64? = nil
 }
 
 /// Coordinator -> worker: the run is over (or stopping); the worker leaves.
@@ -661,6 +662,78 @@ public nonisolated struct Zapfleet_V1_Stop: Sendable {
   // methods supported on all messages.
 
   public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Coordinator -> external agent: measure once for this run. An external agent (role
+/// WORKER_ROLE_EXTERNAL_AGENT) takes no simulation shards; it runs its own command against a
+/// real kernel and reports the block times it measured, which the report shows as the
+/// "external" column beside the simulated policies.
+public nonisolated struct Zapfleet_V1_ExternalJob: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Identifies this job in the agent's result.
+  public var jobID: UInt32 = 0
+
+  /// The run's scenario, as YAML, for commands that want more than the fields below.
+  public var scenarioYaml: String = String()
+
+  /// The scenario's name.
+  public var scenarioName: String = String()
+
+  /// Guest memory of the scenario, in bytes.
+  public var guestMemoryBytes: UInt64 = 0
+
+  /// vCPUs of the scenario.
+  public var vcpus: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Block times of one operation, as measured.
+public nonisolated struct Zapfleet_V1_OperationSamples: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The operation's name, as in the report (reset, fault, fast_zap, ...).
+  public var operation: String = String()
+
+  /// One block time per sample, in nanoseconds.
+  public var nanoseconds: [UInt64] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// External agent -> coordinator: what its command measured.
+public nonisolated struct Zapfleet_V1_ExternalResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The job this answers.
+  public var jobID: UInt32 = 0
+
+  /// The samples, by operation.
+  public var operations: [Zapfleet_V1_OperationSamples] = []
+
+  /// How long the command ran, in nanoseconds.
+  public var wallNs: UInt64 = 0
+
+  /// The command's exit status (negative: killed by that signal).
+  public var exitStatus: Int32 = 0
+
+  /// Output lines that were not a sample, and samples beyond the agent's limit, dropped.
+  public var linesRejected: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -677,7 +750,7 @@ nonisolated extension Zapfleet_V1_WorkerRole: SwiftProtobuf._ProtoNameProviding 
 
 nonisolated extension Zapfleet_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{2}\u{9}hello\0\u{1}welcome\0\u{1}refusal\0\u{1}heartbeat\0\u{1}assignment\0\u{1}progress\0\u{1}result\0\u{3}result_ack\0\u{1}stop\0\u{1}abandoned\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{2}\u{9}hello\0\u{1}welcome\0\u{1}refusal\0\u{1}heartbeat\0\u{1}assignment\0\u{1}progress\0\u{1}result\0\u{3}result_ack\0\u{1}stop\0\u{1}abandoned\0\u{3}external_job\0\u{3}external_result\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -816,6 +889,32 @@ nonisolated extension Zapfleet_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
           self.body = .abandoned(v)
         }
       }()
+      case 20: try {
+        var v: Zapfleet_V1_ExternalJob?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .externalJob(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .externalJob(v)
+        }
+      }()
+      case 21: try {
+        var v: Zapfleet_V1_ExternalResult?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .externalResult(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .externalResult(v)
+        }
+      }()
       default: break
       }
     }
@@ -870,6 +969,14 @@ nonisolated extension Zapfleet_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
       guard case .abandoned(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
     }()
+    case .externalJob?: try {
+      guard case .externalJob(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+    }()
+    case .externalResult?: try {
+      guard case .externalResult(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -901,7 +1008,7 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
       case 6: try { try decoder.decodeSingularStringField(value: &self.workerName) }()
       case 7: try { try decoder.decodeSingularEnumField(value: &self.role) }()
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.largestShardSlots) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self._runningShardID) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.runningShardID) }()
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.runningAttempt) }()
       default: break
       }
@@ -909,10 +1016,6 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.buildVersion.isEmpty {
       try visitor.visitSingularStringField(value: self.buildVersion, fieldNumber: 1)
     }
@@ -937,9 +1040,9 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.largestShardSlots != 0 {
       try visitor.visitSingularUInt32Field(value: self.largestShardSlots, fieldNumber: 8)
     }
-    try { if let v = self._runningShardID {
-      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 9)
-    } }()
+    if self.runningShardID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.runningShardID, fieldNumber: 9)
+    }
     if self.runningAttempt != 0 {
       try visitor.visitSingularUInt32Field(value: self.runningAttempt, fieldNumber: 10)
     }
@@ -955,7 +1058,7 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.workerName != rhs.workerName {return false}
     if lhs.role != rhs.role {return false}
     if lhs.largestShardSlots != rhs.largestShardSlots {return false}
-    if lhs._runningShardID != rhs._runningShardID {return false}
+    if lhs.runningShardID != rhs.runningShardID {return false}
     if lhs.runningAttempt != rhs.runningAttempt {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
@@ -1691,7 +1794,7 @@ nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftPr
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.shardID) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
-      case 4: try { try decoder.decodeSingularUInt64Field(value: &self._busyWithShardID) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.busyWithShardID) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.busyWithAttempt) }()
       default: break
       }
@@ -1699,10 +1802,6 @@ nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftPr
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
     if self.shardID != 0 {
       try visitor.visitSingularUInt64Field(value: self.shardID, fieldNumber: 1)
     }
@@ -1712,9 +1811,9 @@ nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftPr
     if !self.reason.isEmpty {
       try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
     }
-    try { if let v = self._busyWithShardID {
-      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 4)
-    } }()
+    if self.busyWithShardID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.busyWithShardID, fieldNumber: 4)
+    }
     if self.busyWithAttempt != 0 {
       try visitor.visitSingularUInt32Field(value: self.busyWithAttempt, fieldNumber: 5)
     }
@@ -1725,7 +1824,7 @@ nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftPr
     if lhs.shardID != rhs.shardID {return false}
     if lhs.attempt != rhs.attempt {return false}
     if lhs.reason != rhs.reason {return false}
-    if lhs._busyWithShardID != rhs._busyWithShardID {return false}
+    if lhs.busyWithShardID != rhs.busyWithShardID {return false}
     if lhs.busyWithAttempt != rhs.busyWithAttempt {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
@@ -1757,6 +1856,141 @@ nonisolated extension Zapfleet_V1_Stop: SwiftProtobuf.Message, SwiftProtobuf._Me
 
   public static func ==(lhs: Zapfleet_V1_Stop, rhs: Zapfleet_V1_Stop) -> Bool {
     if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Zapfleet_V1_ExternalJob: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ExternalJob"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}scenario_yaml\0\u{3}scenario_name\0\u{3}guest_memory_bytes\0\u{1}vcpus\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.scenarioYaml) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.scenarioName) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.guestMemoryBytes) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.vcpus) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.jobID != 0 {
+      try visitor.visitSingularUInt32Field(value: self.jobID, fieldNumber: 1)
+    }
+    if !self.scenarioYaml.isEmpty {
+      try visitor.visitSingularStringField(value: self.scenarioYaml, fieldNumber: 2)
+    }
+    if !self.scenarioName.isEmpty {
+      try visitor.visitSingularStringField(value: self.scenarioName, fieldNumber: 3)
+    }
+    if self.guestMemoryBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.guestMemoryBytes, fieldNumber: 4)
+    }
+    if self.vcpus != 0 {
+      try visitor.visitSingularUInt32Field(value: self.vcpus, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Zapfleet_V1_ExternalJob, rhs: Zapfleet_V1_ExternalJob) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.scenarioYaml != rhs.scenarioYaml {return false}
+    if lhs.scenarioName != rhs.scenarioName {return false}
+    if lhs.guestMemoryBytes != rhs.guestMemoryBytes {return false}
+    if lhs.vcpus != rhs.vcpus {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Zapfleet_V1_OperationSamples: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".OperationSamples"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}operation\0\u{1}nanoseconds\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.operation) }()
+      case 2: try { try decoder.decodeRepeatedUInt64Field(value: &self.nanoseconds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.operation.isEmpty {
+      try visitor.visitSingularStringField(value: self.operation, fieldNumber: 1)
+    }
+    if !self.nanoseconds.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.nanoseconds, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Zapfleet_V1_OperationSamples, rhs: Zapfleet_V1_OperationSamples) -> Bool {
+    if lhs.operation != rhs.operation {return false}
+    if lhs.nanoseconds != rhs.nanoseconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Zapfleet_V1_ExternalResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ExternalResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}operations\0\u{3}wall_ns\0\u{3}exit_status\0\u{3}lines_rejected\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.jobID) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.operations) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.wallNs) }()
+      case 4: try { try decoder.decodeSingularInt32Field(value: &self.exitStatus) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.linesRejected) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.jobID != 0 {
+      try visitor.visitSingularUInt32Field(value: self.jobID, fieldNumber: 1)
+    }
+    if !self.operations.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.operations, fieldNumber: 2)
+    }
+    if self.wallNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.wallNs, fieldNumber: 3)
+    }
+    if self.exitStatus != 0 {
+      try visitor.visitSingularInt32Field(value: self.exitStatus, fieldNumber: 4)
+    }
+    if self.linesRejected != 0 {
+      try visitor.visitSingularUInt64Field(value: self.linesRejected, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Zapfleet_V1_ExternalResult, rhs: Zapfleet_V1_ExternalResult) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.operations != rhs.operations {return false}
+    if lhs.wallNs != rhs.wallNs {return false}
+    if lhs.exitStatus != rhs.exitStatus {return false}
+    if lhs.linesRejected != rhs.linesRejected {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

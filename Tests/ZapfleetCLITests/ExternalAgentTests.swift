@@ -1,0 +1,125 @@
+import Foundation
+import Histogram
+import Testing
+import ZapRun
+
+/// The C agent (`clients/c`, libzmq + protobuf-c) beside simulated workers, over CURVE, under valgrind.
+@Suite("External C agent", .serialized, .timeLimit(.minutes(5)))
+struct ExternalAgentTests {
+    static let agent = RunCommandTests.packageRoot.appendingPathComponent("clients/c/build/zapfleet-agent-c").path
+
+    /// The known samples the agent's command prints: 1,000 reset values, 10 tagged fast zaps, and 3 lines that are no sample.
+    static let resetSamples = (1...1000).map { UInt64($0) * 1_013 }
+    static let fastZapSamples = (1...10).map { UInt64($0) * 2_000_000 }
+
+    static func writeCommand(to path: String) throws {
+        let lines = resetSamples.map(String.init) + fastZapSamples.map { "fast_zap \($0)" } + ["not a sample", "reset -5", "teleport 100"]
+        let script = "#!/bin/sh\n[ -n \"$ZAPFLEET_SCENARIO_FILE\" ] && [ -s \"$ZAPFLEET_SCENARIO_FILE\" ] || exit 9\ncat <<'SAMPLES'\n"
+            + lines.joined(separator: "\n") + "\nSAMPLES\n"
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o755)
+    }
+
+    static func keygen(_ name: String, in directory: String) throws {
+        let result = try RunCommandTests.zapfleet(["keygen", name, "--dir", directory])
+        try #require(result.status == 0, "\(result.err)")
+    }
+
+    @Test("two simulated workers and one C agent under valgrind, all over CURVE: the report's external column has exactly the agent's samples, and valgrind finds no error or leak")
+    func agentBesideWorkers() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.agent), "build it with `make -C clients/c` (./test does)")
+        let directory = RunCommandTests.temporaryDirectory()
+        let keys = directory + "/keys", allowed = directory + "/allowed"
+        try FileManager.default.createDirectory(atPath: allowed, withIntermediateDirectories: true)
+        for name in ["coordinator", "w1", "w2", "agent"] {
+            try Self.keygen(name, in: keys)
+            if name != "coordinator" { try FileManager.default.copyItem(atPath: "\(keys)/\(name).pub", toPath: "\(allowed)/\(name).pub") }
+        }
+        let command = directory + "/samples.sh"
+        try Self.writeCommand(to: command)
+        let scenario = directory + "/small.yaml"
+        try ClusterTests.scenario.write(toFile: scenario, atomically: true, encoding: .utf8)
+        let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
+        let coordinator = try ResumeTests.start(
+            ["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2", "--expect-agents", "1",
+             "--key", keys + "/coordinator.key", "--allow-keys", allowed, "--heartbeat-interval", "300ms", "--out", directory + "/run"],
+            log: directory + "/coordinator.log")
+        let workers = try ["w1", "w2"].map { name in
+            try ResumeTests.start(["worker", "--connect", endpoint, "--name", name, "--key", "\(keys)/\(name).key",
+                                   "--coordinator-key", keys + "/coordinator.pub"], log: "\(directory)/\(name).log")
+        }
+        let valgrind = Process()
+        valgrind.executableURL = URL(fileURLWithPath: "/usr/bin/valgrind")
+        valgrind.arguments = ["--leak-check=full", "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
+                              Self.agent, "--connect", endpoint, "--name", "agent", "--key", keys + "/agent.key",
+                              "--coordinator-key", keys + "/coordinator.pub", "--", command]
+        let errors = Pipe()
+        valgrind.standardError = errors
+        valgrind.standardOutput = FileHandle.nullDevice
+        try valgrind.run()
+        defer { for process in workers + [coordinator, valgrind] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        let agentOutput = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        valgrind.waitUntilExit()
+        coordinator.waitUntilExit()
+        for worker in workers { worker.waitUntilExit() }
+
+        #expect(valgrind.terminationStatus == 0, "agent or valgrind: \(agentOutput)")
+        #expect(agentOutput.contains("ERROR SUMMARY: 0 errors"), "\(agentOutput)")
+        #expect(agentOutput.contains("1010 sample(s) sent, 3 line(s) rejected"))
+        let coordinatorLog = (try? String(contentsOfFile: directory + "/coordinator.log", encoding: .utf8)) ?? ""
+        #expect(coordinator.terminationStatus == 0, "\(coordinatorLog)")
+
+        let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/run/report.json")))
+        #expect(report.policies.map(\.policy) == ["sync", "async", "external"])
+        let external = try #require(report.policies.first { $0.policy == "external" })
+        #expect(external.kernels.contains("agent agent"))
+        #expect(external.complete)
+        for (operation, samples) in [("reset", Self.resetSamples), ("fast_zap", Self.fastZapSamples)] {
+            var histogram = LatencyHistogram.makeLatency()
+            for value in samples { _ = histogram.record(value) }
+            #expect(external.operations[operation]?.measured == LatencySummary(histogram), "\(operation): exactly the agent's samples")
+        }
+        #expect(external.operations["fault"]?.measured.count == 0)
+        // The simulated policies are untouched by the agent.
+        #expect(report.policies.filter { $0.policy != "external" }.allSatisfy { $0.counters.sptesZapped == 8 << 20 })
+        #expect(report.fleet?.keysRefused == 0)
+    }
+
+    @Test("an agent with another protocol version is refused and says why, exit 3")
+    func versionMismatch() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.agent))
+        let directory = RunCommandTests.temporaryDirectory()
+        let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
+        let coordinator = try ResumeTests.start(["coordinator", "--bind", endpoint, "--wait", "5s", "--expect-agents", "1"],
+                                                log: directory + "/coordinator.log")
+        defer { if coordinator.isRunning { kill(coordinator.processIdentifier, SIGKILL) } }
+        let agent = Process()
+        agent.executableURL = URL(fileURLWithPath: Self.agent)
+        agent.arguments = ["--connect", endpoint, "--name", "old", "--protocol-version", "2", "--", "/bin/true"]
+        let errors = Pipe()
+        agent.standardError = errors
+        try agent.run()
+        let output = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        agent.waitUntilExit()
+        #expect(agent.terminationStatus == 3)
+        #expect(output.contains("protocol version 2 is not this coordinator's 1"), "\(output)")
+        coordinator.waitUntilExit()
+        #expect(coordinator.terminationStatus == 70, "no worker joined")
+    }
+
+    @Test("bad usage exits 64 and says how to call it")
+    func usage() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.agent))
+        let agent = Process()
+        agent.executableURL = URL(fileURLWithPath: Self.agent)
+        agent.arguments = ["--connect", "tcp://127.0.0.1:1", "--operation", "nonsense", "--", "/bin/true"]
+        let errors = Pipe()
+        agent.standardError = errors
+        try agent.run()
+        let output = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        agent.waitUntilExit()
+        #expect(agent.terminationStatus == 64)
+        #expect(output.contains("--operation nonsense is not a report operation"))
+        #expect(output.contains("usage: zapfleet-agent-c"))
+    }
+}
