@@ -78,8 +78,9 @@ public enum KeyFiles {
 
     /// Reads a secret key file and derives its pair. Refuses a file that group or others may read.
     public static func readKeyPair(_ path: String) throws -> CurveKeyPair {
-        let attributes = try? FileManager.default.attributesOfItem(atPath: path)
-        if let mode = (attributes?[.posixPermissions] as? NSNumber)?.intValue, mode & 0o077 != 0 {
+        // stat, not lstat: a Kubernetes secret volume reaches its files through symlinks, which are 0777 themselves.
+        var status = stat()
+        if stat(path, &status) == 0, case let mode = Int(status.st_mode), mode & 0o077 != 0 {
             throw FleetSecurityError(code: .exposedSecretKey, message: "\(path): a secret key that others may read (mode \(String(mode & 0o777, radix: 8))); run chmod 600 \(path)")
         }
         let key = try readKey(path, what: "secret key")

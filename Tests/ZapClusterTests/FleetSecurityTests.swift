@@ -94,7 +94,13 @@ struct FleetSecurityTests {
         #expect(throws: FleetSecurityError.self) { try KeyFiles.generate(name: "w1", directory: directory) }
         #expect(try KeyFiles.readAllowList(directory) == [pair.publicKey: "w1"])
 
+        // Through a symlink, as a Kubernetes secret volume presents it: the target's mode counts.
+        chmod(paths.secret, 0o400)
+        let link = directory + "/linked.key"
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: paths.secret)
+        #expect(try KeyFiles.readKeyPair(link).publicKey == pair.publicKey)
         chmod(paths.secret, 0o644)
+        #expect(throws: FleetSecurityError.self) { try KeyFiles.readKeyPair(link) }
         let exposed = #expect(throws: FleetSecurityError.self) { try KeyFiles.readKeyPair(paths.secret) }
         #expect(exposed?.code == .exposedSecretKey)
         #expect(exposed?.description.contains("chmod 600") == true)
