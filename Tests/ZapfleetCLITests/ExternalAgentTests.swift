@@ -20,6 +20,19 @@ struct ExternalAgentTests {
         chmod(path, 0o755)
     }
 
+    /// Runs the agent to its end; returns its exit status and what it wrote to standard error.
+    static func runAgent(_ arguments: [String]) throws -> (status: Int32, errors: String) {
+        let agent = Process()
+        agent.executableURL = URL(fileURLWithPath: Self.agent)
+        agent.arguments = arguments
+        let errors = Pipe()
+        agent.standardError = errors
+        try agent.run()
+        let output = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        agent.waitUntilExit()
+        return (agent.terminationStatus, output)
+    }
+
     static func keygen(_ name: String, in directory: String) throws {
         let result = try RunCommandTests.zapfleet(["keygen", name, "--dir", directory])
         try #require(result.status == 0, "\(result.err)")
@@ -93,15 +106,8 @@ struct ExternalAgentTests {
         let coordinator = try ResumeTests.start(["coordinator", "--bind", endpoint, "--wait", "5s", "--expect-agents", "1"],
                                                 log: directory + "/coordinator.log")
         defer { if coordinator.isRunning { kill(coordinator.processIdentifier, SIGKILL) } }
-        let agent = Process()
-        agent.executableURL = URL(fileURLWithPath: Self.agent)
-        agent.arguments = ["--connect", endpoint, "--name", "old", "--protocol-version", "2", "--", "/bin/true"]
-        let errors = Pipe()
-        agent.standardError = errors
-        try agent.run()
-        let output = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        agent.waitUntilExit()
-        #expect(agent.terminationStatus == 3)
+        let (status, output) = try Self.runAgent(["--connect", endpoint, "--name", "old", "--protocol-version", "2", "--", "/bin/true"])
+        #expect(status == 3)
         #expect(output.contains("protocol version 2 is not this coordinator's 1"), "\(output)")
         coordinator.waitUntilExit()
         #expect(coordinator.terminationStatus == 70, "no worker joined")
@@ -110,15 +116,8 @@ struct ExternalAgentTests {
     @Test("bad usage exits 64 and says how to call it")
     func usage() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.agent))
-        let agent = Process()
-        agent.executableURL = URL(fileURLWithPath: Self.agent)
-        agent.arguments = ["--connect", "tcp://127.0.0.1:1", "--operation", "nonsense", "--", "/bin/true"]
-        let errors = Pipe()
-        agent.standardError = errors
-        try agent.run()
-        let output = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        agent.waitUntilExit()
-        #expect(agent.terminationStatus == 64)
+        let (status, output) = try Self.runAgent(["--connect", "tcp://127.0.0.1:1", "--operation", "nonsense", "--", "/bin/true"])
+        #expect(status == 64)
         #expect(output.contains("--operation nonsense is not a report operation"))
         #expect(output.contains("usage: zapfleet-agent-c"))
     }
