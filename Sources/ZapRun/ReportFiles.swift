@@ -2,7 +2,7 @@ import Foundation
 import Histogram
 import ZapScenario
 
-/// Writes a run's files: `report.json`, one `.hgrm` per histogram, and `scenario.yaml`.
+/// Writes a run's files: `report.json`, `report.html`, one `.hgrm` per histogram, and `scenario.yaml`.
 public enum ReportFiles {
     /// `.hgrm` values are in microseconds, as HdrHistogram's plotter expects by default.
     public static let hgrmUnitScalingRatio = 1000.0
@@ -31,7 +31,8 @@ public enum ReportFiles {
 
     /// Writes every file of `report` and `runs` into `directory`, creating it. Returns the paths.
     @discardableResult
-    public static func write(_ report: RunReport, runs: [PolicyRun], to directory: String, intervalLog: String? = nil) throws -> [String] {
+    public static func write(_ report: RunReport, runs: [PolicyRun], to directory: String, intervalLog: String? = nil,
+                             external: [ExternalMeasurement] = []) throws -> [String] {
         let manager = FileManager.default
         try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var written: [String] = []
@@ -42,6 +43,7 @@ public enum ReportFiles {
         }
         try put("report.json", json(report))
         try put("scenario.yaml", Data(report.scenarioYaml.utf8))
+        try put("report.html", Data(HTMLReport.render(report, curves: HTMLReport.curves(runs: runs, external: external)).utf8))
         if let intervalLog { try put("shards.hlog", Data(intervalLog.utf8)) }
         for run in runs {
             for operation in MeasuredOperation.allCases where run.recorder.histogram(operation).totalCount > 0 {

@@ -26,7 +26,7 @@ enum ReportOutput {
         if let out {
             do {
                 let files = try ReportFiles.write(report, runs: outcome.runs, to: out,
-                                                  intervalLog: fleetDetail ? outcome.intervalLog : nil)
+                                                  intervalLog: fleetDetail ? outcome.intervalLog : nil, external: outcome.external)
                 print("wrote \(files.count) files to \(out)")
             } catch {
                 printError("cannot write the report to \(out): \(error.localizedDescription)")
