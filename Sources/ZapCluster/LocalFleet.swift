@@ -9,18 +9,19 @@ import ZeroMQ
 /// one context, so that a local run takes exactly the path of a fleet run.
 public enum LocalFleet {
     /// Runs `scenario` on `workers` in-process workers, each allowed `memoryBudgetBytes` of
-    /// page tables, and returns the coordinator's outcome.
+    /// page tables, in shards of at most `shardBytes` (nil: as large as the budget allows), and
+    /// returns the coordinator's outcome.
     public static func run(scenario: Scenario, workers: Int, memoryBudgetBytes: UInt64, kernelNanosecondsPerSPTE: Double,
                            logger: Logger, cancellation: CancellationFlag,
                            progress: (@Sendable (String, RunProgress) -> Void)? = nil,
-                           heartbeatIntervalMilliseconds: Int = 1000) throws -> FleetRunOutcome {
+                           heartbeatIntervalMilliseconds: Int = 1000, shardBytes: UInt64? = nil) throws -> FleetRunOutcome {
         let context = try ZeroMQContext()
         let endpoint = "inproc://zapfleet-local-\(UUID().uuidString)"
         let coordinator = Coordinator(
             scenario: scenario,
             configuration: CoordinatorConfiguration(bind: endpoint, expectWorkers: workers, waitSeconds: 30,
                                                     heartbeatIntervalMilliseconds: heartbeatIntervalMilliseconds,
-                                                    kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE),
+                                                    kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, shardBytes: shardBytes),
             context: context, logger: logger, cancellation: cancellation, progress: progress)
         let workerCancellation = CancellationFlag()
         var threads: [OSThread] = []

@@ -9,17 +9,8 @@ enum ReportOutput {
     /// exit code its verdict calls for.
     static func emit(scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
                      kernelNanosecondsPerSPTE: Double, out: String?, fleetDetail: Bool, junit: String? = nil) throws -> Int32 {
-        var report = RunReport(scenario: scenario, runs: outcome.runs, slice: .whole(scenario),
-                               kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, startedAt: started,
-                               wallNanoseconds: wallNanoseconds, version: ZapfleetVersion.current,
-                               fleet: outcome.fleet, failure: outcome.failure, external: outcome.external)
-        if !outcome.complete && report.complete {
-            report.complete = false
-            if report.verdict.exitCode == 0 || report.verdict.exitCode == 1 {
-                report.verdict.exitCode = 130
-                report.verdict.summary = "interrupted: the report holds what was measured before the stop"
-            }
-        }
+        let report = self.report(scenario: scenario, outcome: outcome, started: started, wallNanoseconds: wallNanoseconds,
+                                 kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
         print("zapfleet \(scenario.name): \(Quantities.formatSize(scenario.vm.memoryBytes)), \(scenario.workload.vcpus) vCPUs, seed \(scenario.seed)")
         print(ReportTable.render(report, fleetDetail: fleetDetail), terminator: "")
         if let failure = outcome.failure { printError(failure) }
@@ -42,5 +33,23 @@ enum ReportOutput {
             }
         }
         return report.verdict.exitCode
+    }
+
+    /// The report of a fleet outcome; an outcome stopped before every shard had its result is
+    /// marked incomplete, exit 130.
+    static func report(scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
+                       kernelNanosecondsPerSPTE: Double) -> RunReport {
+        var report = RunReport(scenario: scenario, runs: outcome.runs, slice: .whole(scenario),
+                               kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, startedAt: started,
+                               wallNanoseconds: wallNanoseconds, version: ZapfleetVersion.current,
+                               fleet: outcome.fleet, failure: outcome.failure, external: outcome.external)
+        if !outcome.complete && report.complete {
+            report.complete = false
+            if report.verdict.exitCode == 0 || report.verdict.exitCode == 1 {
+                report.verdict.exitCode = 130
+                report.verdict.summary = "interrupted: the report holds what was measured before the stop"
+            }
+        }
+        return report
     }
 }

@@ -1,0 +1,150 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ZapCluster
+import ZapEngine
+import ZapRun
+import ZapScenario
+
+/// `zapfleet sweep`: a scaling experiment, one local run per cell of a matrix.
+struct SweepCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sweep",
+        abstract: "Run a matrix of sizes × vCPUs × workers (each cell with the chosen policies) and plot how block time scales.",
+        discussion: """
+            Each cell is one local run (coordinator and in-process workers, as `zapfleet run`) of the base \
+            scenario with that cell's guest memory, vCPU count and worker count, every policy of --policy \
+            in it. OUT gets a directory per cell (report.json, report.html, .hgrm files), sweep.csv (one row \
+            per cell, policy and operation: counts, p50/p99/max, projection, throughput, exit code) and \
+            sweep.html (reset block time against size per policy, zap throughput against workers).
+
+            The matrix comes from the flags or from a YAML file (--matrix) with the keys scenario, sizes, \
+            policies, vcpus and workers.
+
+            Exit code: the worst of the cells' (70, then 2, then 1, then 0); 64 bad input; 130 interrupted.
+
+            Examples:
+              zapfleet sweep --sizes 16GiB,64GiB,256GiB --policy sync --policy async --out runs/sweep
+              zapfleet sweep --matrix sweep.yaml --out runs/nightly-sweep
+            """
+    )
+
+    @Option(help: "The base scenario: its timeline, memslot size and objectives (default: quick).")
+    var scenario: String?
+
+    @Option(help: "Guest memory sizes, comma-separated, e.g. 16GiB,64GiB,256GiB.")
+    var sizes: String?
+
+    @Option(help: "A policy of every cell; repeat for several (default: sync and async).")
+    var policy: [ZapPolicy] = []
+
+    @Option(help: "vCPU counts, comma-separated (default: the scenario's).")
+    var vcpus: String?
+
+    @Option(help: "In-process worker counts, comma-separated (default: 1).")
+    var workers: String?
+
+    @Option(help: "A YAML file with the matrix instead of the flags above.")
+    var matrix: String?
+
+    @Option(help: "Directory for sweep.csv, sweep.html and a directory per cell.")
+    var out: String
+
+    @Option(help: "Refuse cells whose page tables would need more than this (default: 80% of available memory).")
+    var maxMemory: String?
+
+    @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection.")
+    var kernelSpteNs: Double = 52
+
+    func validate() throws {
+        if matrix != nil && (sizes != nil || scenario != nil || vcpus != nil || workers != nil || !policy.isEmpty) {
+            throw ValidationError("--matrix holds the whole matrix; drop --scenario, --sizes, --policy, --vcpus and --workers")
+        }
+        if matrix == nil && sizes == nil { throw ValidationError("give --sizes (e.g. 16GiB,64GiB) or a --matrix file") }
+        if let maxMemory, Quantities.parseSize(maxMemory) == nil { throw ValidationError("--max-memory '\(maxMemory)' is not a size, e.g. 16GiB") }
+    }
+
+    /// The matrix from --matrix or the flags, with errors that say where.
+    private func resolveMatrix() throws(ScenarioError) -> SweepMatrix {
+        if let matrix {
+            guard let text = try? String(contentsOfFile: matrix, encoding: .utf8) else {
+                throw ScenarioError(.unreadable, file: matrix, "cannot read the sweep file")
+            }
+            return try SweepMatrix.parse(text, file: matrix)
+        }
+        func list(_ text: String?, _ option: String) throws(ScenarioError) -> [Int] {
+            try (text ?? "").split(separator: ",").map { item throws(ScenarioError) in
+                guard let count = Int(item.trimmingCharacters(in: .whitespaces)), count >= 1, count <= 4096 else {
+                    throw ScenarioError(.badValue, file: "command line", key: option, "'\(item)' is not a count from 1 to 4096")
+                }
+                return count
+            }
+        }
+        let sizes = try (self.sizes ?? "").split(separator: ",").map { item throws(ScenarioError) in
+            guard let bytes = Quantities.parseSize(item.trimmingCharacters(in: .whitespaces)) else {
+                throw ScenarioError(.badValue, file: "command line", key: "--sizes", "'\(item)' is not a size, e.g. 64GiB")
+            }
+            return bytes
+        }
+        let workerCounts = try list(workers, "--workers")
+        return SweepMatrix(scenario: scenario ?? "quick", sizes: sizes, policies: policy.isEmpty ? [.sync, .async] : policy,
+                           vcpus: try list(vcpus, "--vcpus"), workers: workerCounts.isEmpty ? [1] : workerCounts)
+    }
+
+    func run() throws {
+        let logger = Logger(label: "zapfleet.sweep")
+        let limit = maxMemory.flatMap(Quantities.parseSize) ?? SystemMemory.defaultLimit
+        let cells: [SweepMatrix.Cell]
+        let matrix: SweepMatrix
+        do {
+            matrix = try resolveMatrix()
+            cells = try matrix.cells(base: try ScenarioCatalog.load(matrix.scenario))
+            for cell in cells where MemoryEstimate.estimate(cell.scenario).peakBytes > limit {
+                throw ScenarioError(.tooLarge, file: "sweep cell \(cell.name)",
+                                    "needs about \(Quantities.describeSize(Double(MemoryEstimate.estimate(cell.scenario).peakBytes))) of page tables, more than the limit of \(Quantities.describeSize(Double(limit))); drop that size or raise --max-memory")
+            }
+        } catch {
+            printError("\(error)")
+            throw ZapfleetExitCode.badInput
+        }
+        let cancellation = CancellationFlag()
+        let interrupt = InterruptHandler { cancellation.cancel() }
+        defer { interrupt.cancel() }
+        var quiet = Logger(label: "zapfleet.sweep.fleet")
+        quiet.logLevel = .warning
+        var results: [SweepReport.CellResult] = []
+        var worst: Int32 = 0
+        for (index, cell) in cells.enumerated() {
+            guard !cancellation.isCancelled else { break }
+            logger.info("cell \(index + 1)/\(cells.count) \(cell.name): running")
+            let started = Date()
+            let start = monotonicNanoseconds()
+            // Every worker gets a share: the memory is cut into one shard per worker (whole memslots).
+            let slot = cell.scenario.vm.memslotBytes
+            let slotsPerWorker = (UInt64(cell.scenario.memslotCount) + UInt64(cell.workers) - 1) / UInt64(cell.workers)
+            let outcome = try LocalFleet.run(scenario: cell.scenario, workers: cell.workers, memoryBudgetBytes: limit / UInt64(cell.workers),
+                                             kernelNanosecondsPerSPTE: kernelSpteNs, logger: quiet, cancellation: cancellation,
+                                             shardBytes: max(1, slotsPerWorker) * slot)
+            let report = ReportOutput.report(scenario: cell.scenario, outcome: outcome, started: started,
+                                             wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs)
+            try ReportFiles.write(report, runs: outcome.runs, to: (out as NSString).appendingPathComponent(cell.name), external: outcome.external)
+            results.append(SweepReport.CellResult(name: cell.name, sizeBytes: cell.scenario.vm.memoryBytes, vcpus: cell.scenario.workload.vcpus,
+                                                  workers: cell.workers, report: report))
+            let resets = report.policies.map { "\($0.policy) reset max \(Quantities.formatDuration(Double($0.operations["reset"]?.measured.maxNs ?? 0)))" }
+            logger.info("cell \(cell.name): \(report.verdict.summary); \(resets.joined(separator: ", "))")
+            worst = Self.worse(worst, report.verdict.exitCode)
+        }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        try Data(SweepReport.csv(results).utf8).write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("sweep.csv")))
+        try Data(SweepReport.html(results, title: matrix.scenario).utf8).write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("sweep.html")))
+        print("sweep of \(matrix.scenario): \(results.count) of \(cells.count) cell(s) run; wrote \(out)/sweep.csv and sweep.html")
+        if cancellation.isCancelled { worst = 130 }
+        if worst != 0 { throw ExitCode(worst) }
+    }
+
+    /// The exit code that says more: a failure over a violation over a missed objective.
+    static func worse(_ a: Int32, _ b: Int32) -> Int32 {
+        let rank: [Int32: Int] = [0: 0, 1: 1, 2: 2, 130: 3, 70: 4]
+        return (rank[a] ?? 5) >= (rank[b] ?? 5) ? a : b
+    }
+}
