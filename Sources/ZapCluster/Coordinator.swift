@@ -15,6 +15,8 @@ public struct CoordinatorConfiguration: Sendable {
     /// External agents (real kernels' measurements) whose results the run waits for; the run
     /// fails if fewer report by the end.
     public var expectAgents: Int = 0
+    /// The most workers the run uses (the first to join); others stay connected and idle. Nil: all.
+    public var useWorkers: Int?
     /// How long to wait for the expected workers, in seconds.
     public var waitSeconds: Double
     /// Heartbeat interval, in milliseconds.
@@ -99,7 +101,7 @@ public final class Coordinator: @unchecked Sendable {
         var badFrames = 0
         var duplicates = 0
         var completed = 0
-        /// Cannot take one memslot: kept connected, given no shard.
+        /// Cannot take one memslot, or is beyond the workers the run uses: kept connected, given no shard.
         var unfit = false
         /// An external agent: takes no shards, runs one ``Zapfleet_V1_ExternalJob``.
         var isAgent = false
@@ -379,7 +381,7 @@ public final class Coordinator: @unchecked Sendable {
         // (or sink the run): it is left out of the plan, and of dispatch.
         let slotBytes = scenario.vm.memslotBytes
         let oneSlot = MemoryEstimate.estimate(scenario, bytes: slotBytes).peakBytes
-        let workers = candidates.filter { peer in
+        var workers = candidates.sorted { $0.joinOrder < $1.joinOrder }.filter { peer in
             guard let hello = peer.hello else { return false }
             let fits = hello.memoryBudgetBytes >= oneSlot && (hello.largestShardBytes == 0 || hello.largestShardBytes >= slotBytes)
             if !fits {
@@ -387,6 +389,11 @@ public final class Coordinator: @unchecked Sendable {
                 peer.unfit = true
             }
             return fits
+        }
+        // Beyond the number the run may use, workers stay connected but get no shard.
+        if let limit = configuration.useWorkers, workers.count > limit {
+            for peer in workers[limit...] { peer.unfit = true }
+            workers = Array(workers.prefix(limit))
         }
         guard !workers.isEmpty else {
             throw PlanError(message: "no worker can take one \(Quantities.formatSize(slotBytes)) memslot, which needs \(Quantities.describeSize(Double(oneSlot))) of page tables; give workers more --memory")

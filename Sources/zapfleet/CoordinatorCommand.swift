@@ -78,14 +78,8 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection.")
     var kernelSpteNs: Double = 52
 
-    @Option(help: ArgumentHelp("The coordinator's CURVE secret key file (from `zapfleet keygen`); turns on encryption and authentication.", valueName: "file"))
-    var key: String?
-
-    @Option(help: ArgumentHelp("Workers allowed to join: a directory of their .pub files, or a file of public keys (one per line, optionally followed by a name).", valueName: "path"))
-    var allowKeys: String?
-
-    @Flag(help: "Bind a network address without keys: anyone who reaches the port can join. Only on a network you trust.")
-    var insecure = false
+    @OptionGroup(title: "Security")
+    var security: CoordinatorSecurityOptions
 
     func validate() throws {
         guard Quantities.parseDuration(wait) != nil else { throw ValidationError("--wait '\(wait)' is not a duration, e.g. 60s") }
@@ -97,22 +91,9 @@ struct CoordinatorCommand: ParsableCommand {
         guard liveness >= 2 else { throw ValidationError("--liveness must be at least 2") }
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
         if let shardSize, Quantities.parseSize(shardSize) == nil { throw ValidationError("--shard-size '\(shardSize)' is not a size, e.g. 2TiB") }
-        guard (key == nil) == (allowKeys == nil) else {
-            throw ValidationError("--key and --allow-keys go together: the coordinator's secret key, and the workers' public keys it lets in")
-        }
-        if key != nil && insecure { throw ValidationError("--insecure and --key contradict each other; drop one") }
         if resume != nil && scenario != nil {
             throw ValidationError("--resume takes the scenario from the run's journal; drop --scenario")
         }
-    }
-
-    /// The CURVE setup from --key and --allow-keys, after checking that the bind is allowed.
-    private func security() throws -> CoordinatorSecurity? {
-        guard let key, let allowKeys else {
-            try BindPolicy.check(bind, secured: false, insecure: insecure)
-            return nil
-        }
-        return CoordinatorSecurity(keys: try KeyFiles.readKeyPair(key), allowedWorkers: try KeyFiles.readAllowList(allowKeys))
     }
 
     func run() throws {
@@ -139,16 +120,7 @@ struct CoordinatorCommand: ParsableCommand {
             printError("cannot use --out \(out ?? ""): \(error)")
             throw ZapfleetExitCode.badInput
         }
-        let security: CoordinatorSecurity?
-        do {
-            security = try self.security()
-        } catch let error as FleetSecurityError {
-            printError(error.description)
-            throw ZapfleetExitCode.badInput
-        }
-        if security == nil && insecure && !BindPolicy.isLocal(bind) {
-            logger.warning("--insecure: \(bind) takes workers without keys and in plain text; anyone who reaches it can join or send results")
-        }
+        let security = try self.security.resolve(bind: bind, logger: logger)
         // A resumed run keeps the projection it started with.
         let kernelCost = resumed?.plan.kernelNanosecondsPerSPTE ?? kernelSpteNs
         let cancellation = CancellationFlag()

@@ -5,6 +5,7 @@ import ZapCluster
 import ZapEngine
 import ZapRun
 import ZapScenario
+import ZeroMQ
 
 /// `zapfleet sweep`: a scaling experiment, one local run per cell of a matrix.
 struct SweepCommand: ParsableCommand {
@@ -21,11 +22,17 @@ struct SweepCommand: ParsableCommand {
             The matrix comes from the flags or from a YAML file (--matrix) with the keys scenario, sizes, \
             policies, vcpus and workers.
 
+            On a fleet: with --bind, each cell is a coordinator run on that endpoint instead, using the \
+            first N workers to join for a cell of N workers (start them with `zapfleet worker --keep-running` \
+            so that they stay for every cell; --key and --allow-keys as for `zapfleet coordinator`).
+
             Exit code: the worst of the cells' (70, then 2, then 1, then 0); 64 bad input; 130 interrupted.
 
             Examples:
               zapfleet sweep --sizes 16GiB,64GiB,256GiB --policy sync --policy async --out runs/sweep
               zapfleet sweep --matrix sweep.yaml --out runs/nightly-sweep
+              zapfleet sweep --sizes 1TiB,4TiB --workers 2,4,8 --bind tcp://0.0.0.0:5555 --key keys/coordinator.key \\
+                --allow-keys keys/workers --out runs/fleet-sweep
             """
     )
 
@@ -56,12 +63,22 @@ struct SweepCommand: ParsableCommand {
     @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection.")
     var kernelSpteNs: Double = 52
 
+    @Option(help: "Run each cell on a fleet: the endpoint to bind a coordinator on (workers connect with --keep-running).")
+    var bind: String?
+
+    @Option(help: "With --bind: how long each cell waits for its workers, e.g. 60s.")
+    var wait: String = "60s"
+
+    @OptionGroup(title: "Security (with --bind)")
+    var security: CoordinatorSecurityOptions
+
     func validate() throws {
         if matrix != nil && (sizes != nil || scenario != nil || vcpus != nil || workers != nil || !policy.isEmpty) {
             throw ValidationError("--matrix holds the whole matrix; drop --scenario, --sizes, --policy, --vcpus and --workers")
         }
         if matrix == nil && sizes == nil { throw ValidationError("give --sizes (e.g. 16GiB,64GiB) or a --matrix file") }
         if let maxMemory, Quantities.parseSize(maxMemory) == nil { throw ValidationError("--max-memory '\(maxMemory)' is not a size, e.g. 16GiB") }
+        guard Quantities.parseDuration(wait) != nil else { throw ValidationError("--wait '\(wait)' is not a duration, e.g. 60s") }
     }
 
     /// The matrix from --matrix or the flags, with errors that say where.
@@ -107,6 +124,7 @@ struct SweepCommand: ParsableCommand {
             printError("\(error)")
             throw ZapfleetExitCode.badInput
         }
+        let fleetSecurity = try bind.map { try security.resolve(bind: $0, logger: logger) } ?? nil
         let cancellation = CancellationFlag()
         let interrupt = InterruptHandler { cancellation.cancel() }
         defer { interrupt.cancel() }
@@ -122,9 +140,25 @@ struct SweepCommand: ParsableCommand {
             // Every worker gets a share: the memory is cut into one shard per worker (whole memslots).
             let slot = cell.scenario.vm.memslotBytes
             let slotsPerWorker = (UInt64(cell.scenario.memslotCount) + UInt64(cell.workers) - 1) / UInt64(cell.workers)
-            let outcome = try LocalFleet.run(scenario: cell.scenario, workers: cell.workers, memoryBudgetBytes: limit / UInt64(cell.workers),
+            let shardBytes = max(1, slotsPerWorker) * slot
+            let outcome: FleetRunOutcome
+            if let bind {
+                var configuration = CoordinatorConfiguration(
+                    bind: bind, expectWorkers: cell.workers, waitSeconds: Quantities.parseDuration(wait)! / 1e9,
+                    kernelNanosecondsPerSPTE: kernelSpteNs, shardBytes: shardBytes, security: fleetSecurity)
+                configuration.useWorkers = cell.workers
+                do {
+                    outcome = try Coordinator(scenario: cell.scenario, configuration: configuration, context: try ZeroMQContext(),
+                                              logger: quiet, cancellation: cancellation).run()
+                } catch let error as ZeroMQError {
+                    printError("cannot run the coordinator of cell \(cell.name): \(error); check --bind")
+                    throw ZapfleetExitCode.badInput
+                }
+            } else {
+                outcome = try LocalFleet.run(scenario: cell.scenario, workers: cell.workers, memoryBudgetBytes: limit / UInt64(cell.workers),
                                              kernelNanosecondsPerSPTE: kernelSpteNs, logger: quiet, cancellation: cancellation,
-                                             shardBytes: max(1, slotsPerWorker) * slot)
+                                             shardBytes: shardBytes)
+            }
             let report = ReportOutput.report(scenario: cell.scenario, outcome: outcome, started: started,
                                              wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs)
             try ReportFiles.write(report, runs: outcome.runs, to: (out as NSString).appendingPathComponent(cell.name), external: outcome.external)

@@ -47,4 +47,29 @@ struct SweepCommandTests {
         #expect(result.status == 64)
         #expect(result.err.contains(file) && result.err.contains("workrs"), "\(result.err)")
     }
+
+    @Test("a sweep on a fleet: each cell is a coordinator run that uses as many of the connected workers as the cell asks for")
+    func sweepOnFleet() throws {
+        let directory = RunCommandTests.temporaryDirectory()
+        let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
+        let workers = try ["a", "b"].map { name in
+            try ResumeTests.start(["worker", "--connect", endpoint, "--name", name, "--keep-running", "--memory", "2GiB"],
+                                  log: "\(directory)/\(name).log")
+        }
+        defer { for worker in workers where worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
+        let result = try RunCommandTests.zapfleet(["sweep", "--sizes", "4GiB,8GiB", "--vcpus", "1", "--workers", "1,2",
+                                                   "--bind", endpoint, "--wait", "30s", "--out", directory + "/out"])
+        #expect(result.status == 0, "\(result.err)")
+        for cell in ["4GiB-1vcpu-1w", "4GiB-1vcpu-2w", "8GiB-1vcpu-1w", "8GiB-1vcpu-2w"] {
+            let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: "\(directory)/out/\(cell)/report.json")))
+            let fleet = try #require(report.fleet)
+            let used = Set(fleet.shards.map(\.worker))
+            #expect(used.count == (cell.hasSuffix("-2w") ? 2 : 1), "\(cell): \(used)")
+            #expect(used.isSubset(of: ["a", "b"]))
+            #expect(report.policies.allSatisfy { $0.counters.sptesZapped > 0 })
+        }
+        // The workers stayed for every cell.
+        let running = workers.map { $0.isRunning }
+        #expect(running == [true, true])
+    }
 }
