@@ -35,13 +35,14 @@ public enum SweepReport {
         var lines = [csvHeader]
         for cell in cells {
             for policy in cell.report.policies {
-                let throughput = cell.report.wallSeconds > 0 ? Double(policy.counters.sptesZapped) / cell.report.wallSeconds : 0
+                // Per policy: its own run's wall time (a cell runs its policies one after another).
+                let throughput = policy.wallSeconds > 0 ? Double(policy.counters.sptesZapped) / policy.wallSeconds : 0
                 for operation in MeasuredOperation.allCases.map(\.name) + ["vcpu_block"] {
                     guard let summary = policy.operations[operation], summary.measured.count > 0 else { continue }
                     let m = summary.measured
                     lines.append([cell.name, "\(cell.sizeBytes)", "\(cell.vcpus)", "\(cell.workers)", policy.policy, operation,
                                   "\(m.count)", "\(m.p50Ns)", "\(m.p99Ns)", "\(m.maxNs)", "\(summary.projected.maxNs)",
-                                  "\(policy.counters.sptesZapped)", String(format: "%.6f", cell.report.wallSeconds),
+                                  "\(policy.counters.sptesZapped)", String(format: "%.6f", policy.wallSeconds),
                                   String(format: "%.0f", throughput), "\(cell.report.verdict.exitCode)"].joined(separator: ","))
                 }
             }
@@ -80,8 +81,8 @@ public enum SweepReport {
         let largest = cells.map(\.sizeBytes).max() ?? 0
         let series = policies.map { policy in
             (policy, cells.filter { $0.sizeBytes == largest && $0.vcpus == baseVcpus }.compactMap { cell -> (Double, Double)? in
-                guard let report = cell.report.policies.first(where: { $0.policy == policy }), cell.report.wallSeconds > 0 else { return nil }
-                return (Double(cell.workers), max(1, Double(report.counters.sptesZapped) / cell.report.wallSeconds))
+                guard let report = cell.report.policies.first(where: { $0.policy == policy }), report.wallSeconds > 0 else { return nil }
+                return (Double(cell.workers), max(1, Double(report.counters.sptesZapped) / report.wallSeconds))
             })
         }
         page += "<figure><figcaption>SPTEs zapped per second of run, \(Quantities.formatSize(largest))</figcaption>"
