@@ -53,3 +53,8 @@ enum ReportOutput {
         return report
     }
 }
+
+/// Writes `message` to standard error.
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data(("zapfleet: " + message + "\n").utf8))
+}
