@@ -157,6 +157,7 @@ public final class Coordinator: @unchecked Sendable {
     private var duplicates = 0
     private var badFramesTotal = 0
     private var keysRefused = 0
+    private lazy var lastLiveWorker = start
     private var failure: String?
     private let start = monotonicNanoseconds()
     private let runID: String
@@ -175,6 +176,7 @@ public final class Coordinator: @unchecked Sendable {
     private let boundEndpoint = BoundEndpoint()
 
     /// A coordinator for `scenario`. `progress` receives workers' progress reports (worker name first).
+    /// The coordinator binds its context's ZAP handler, so a context holds one coordinator at a time.
     public init(scenario: Scenario, configuration: CoordinatorConfiguration, context: ZeroMQContext, logger: Logger,
                 cancellation: CancellationFlag = CancellationFlag(),
                 progress: (@Sendable (String, RunProgress) -> Void)? = nil) {
@@ -196,14 +198,19 @@ public final class Coordinator: @unchecked Sendable {
 
     /// Runs the whole fleet run and returns its merged results.
     public func run() throws -> FleetRunOutcome {
-        // The ZAP handler is bound before the router, so that no peer is ever let in unasked.
-        let zap = try configuration.security.map { _ throws(ZeroMQError) in try ZAPHandler(context) }
+        // The ZAP handler is bound before the router, so that no peer is ever let in unasked. It
+        // runs without keys too: with ZAP on, libzmq refuses ZMTP 1.0/2.0 peers at the handshake,
+        // and with them a path on which libzmq 4.3.4 can abort the process (an errno_assert in
+        // zmtp_engine.cpp, seen when raw TCP garbage arrived as a ROUTER closed).
+        let zap = try ZAPHandler(context)
         let router = try ZeroMQSocket(context, type: .router)
         try router.setOption(SocketOption.routerMandatory, Int32(1))
         try router.setOption(SocketOption.maximumMessageSize, configuration.maximumMessageBytes)
         try router.setOption(ZMQ_ROUTER_HANDOVER_OPTION, Int32(1))
         if let security = configuration.security {
             try router.makeCurveServer(security.keys, zapDomain: "zapfleet")
+        } else {
+            try router.setOption(SocketOption.zapDomain, Array("zapfleet".utf8))
         }
         try router.bind(configuration.bind)
         socket = router
@@ -213,7 +220,7 @@ public final class Coordinator: @unchecked Sendable {
         logger.info("coordinator \(runID) listening on \(endpoint) [\(security)]; waiting up to \(configuration.waitSeconds) s for \(configuration.expectWorkers) worker(s)")
         defer {
             router.close()
-            zap?.socket.close()
+            zap.socket.close()
             socket = nil
         }
 
@@ -227,7 +234,7 @@ public final class Coordinator: @unchecked Sendable {
         var stopDeadline: UInt64 = 0
         var poller = ZeroMQPoller()
         poller.add(router)
-        if let zap { poller.add(zap.socket) }
+        poller.add(zap.socket)
 
         while true {
             let now = monotonicNanoseconds()
@@ -269,10 +276,18 @@ public final class Coordinator: @unchecked Sendable {
                 lastHousekeeping = now
                 checkLiveness(now: now)
                 sendHeartbeats(now: now)
+                // A run whose workers are all gone (dead, refused, banned) would wait forever: after
+                // as long as it waited for them to join, it fails instead.
+                if peers.values.contains(where: { !$0.isAgent && !$0.unfit && [.ready, .busy, .missing].contains($0.state) && $0.hello != nil }) {
+                    lastLiveWorker = now
+                } else if planned && !stopping && failure == nil && now &- lastLiveWorker > UInt64(configuration.waitSeconds * 1e9) {
+                    failure = "no worker has been alive for \(Int(configuration.waitSeconds)) s with \(shards.count - completedShards) shard(s) left; start workers (zapfleet worker --connect …) or check the network"
+                    logger.error("\(failure!)")
+                }
             }
 
             let ready = try poller.poll(timeoutMilliseconds: max(10, configuration.heartbeatIntervalMilliseconds / 4))
-            if ready.count > 1 && ready[1], let zap {
+            if ready[1] {
                 try zap.answer(authenticate)
             }
             if ready[0] {
@@ -290,6 +305,8 @@ public final class Coordinator: @unchecked Sendable {
     /// The ZAP decision: a CURVE peer whose long-term key is on the allow-list is let in;
     /// anything else is refused, and never reaches ``handle(_:)``.
     private func authenticate(_ request: ZAPRequest) -> String? {
+        // Without keys, every ZMTP 3 peer is let in: the bind policy keeps such a coordinator on loopback.
+        if configuration.security == nil && request.mechanism == "NULL" { return nil }
         if let key = request.clientKey, let name = configuration.security?.allowedWorkers[key] {
             logger.debug("authenticated \(name) from \(request.address)")
             return nil

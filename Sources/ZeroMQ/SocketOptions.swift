@@ -24,4 +24,7 @@ public enum SocketOption {
     public static let heartbeatTimeout = ZMQ_HEARTBEAT_TIMEOUT
     /// Connect timeout for TCP, in milliseconds.
     public static let connectTimeout = ZMQ_CONNECT_TIMEOUT
+    /// The ZAP domain: set, the context's ZAP handler is asked about every peer, NULL ones
+    /// included, and ZMTP 1.0/2.0 peers are refused.
+    public static let zapDomain = ZMQ_ZAP_DOMAIN
 }

@@ -303,4 +303,22 @@ struct FleetProtocolTests {
         let reset = try #require(external.histograms[.reset])
         #expect(LatencySummary(reset) == LatencySummary(expected), "exactly the valid result's samples")
     }
+
+    @Test("when every worker is gone for as long as the run waited for them, the run fails with what to do instead of waiting forever")
+    func everyWorkerGone() throws {
+        let context = try ZeroMQContext()
+        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
+        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
+            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 1, heartbeatIntervalMilliseconds: 100, heartbeatLiveness: 2),
+            context: context)
+        let peer = try RawPeer(context: context, endpoint: running.endpoint, name: "vanishing")
+        try peer.sayHello(as: "vanishing")
+        guard case .welcome? = try peer.next() else { Issue.record("no welcome"); return }
+        guard case .assignment? = try peer.next() else { Issue.record("no assignment"); return }
+        // Silent from here on: missing, then dead, then no worker is left.
+        let outcome = try running.finish()
+        #expect(outcome.failure?.contains("no worker has been alive for 1 s") == true, "\(outcome.failure ?? "no failure")")
+        #expect(!outcome.complete)
+        #expect(outcome.fleet.workers.first?.state == "dead")
+    }
 }

@@ -3,6 +3,7 @@ import Testing
 import ZapCluster
 import ZapEngine
 import ZapRun
+import ZapProtocol
 import ZapScenario
 import ZeroMQ
 
@@ -129,5 +130,43 @@ struct FleetSecurityTests {
             #expect(throws: Never.self) { try BindPolicy.check(open, secured: true, insecure: false) }
             #expect(throws: Never.self) { try BindPolicy.check(open, secured: false, insecure: true) }
         }
+    }
+}
+
+extension FleetSecurityTests {
+    @Test("a peer speaking the pre-ZMTP 3 framing is refused at the handshake, keys or not (libzmq 4.3.4 can abort on that path)")
+    func legacyPeerRefused() throws {
+        let context = try ZeroMQContext()
+        let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
+        let running = FleetProtocolTests.RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
+            // One attempt: were the legacy peer let in, its shard would fail at once instead of waiting forever.
+            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 2, heartbeatIntervalMilliseconds: 200, maxAttempts: 1), context: context)
+        let endpoint = running.endpoint
+        let port = UInt16(endpoint.split(separator: ":").last!)!
+        // ZMTP 1.0: frames of a one-byte length (flags included), a flags byte, the body; first the identity, then a hello.
+        var hello = Zapfleet_V1_Hello()
+        hello.workerName = "legacy"
+        hello.cores = 1
+        hello.memoryBudgetBytes = 1 << 30
+        var envelope = Zapfleet_V1_Envelope()
+        envelope.protocolVersion = zapfleetProtocolVersion
+        envelope.body = .hello(hello)
+        let body: [UInt8] = try envelope.serializedBytes()
+        let identity = Array("legacy".utf8)
+        let bytes = [UInt8(identity.count + 1), 0] + identity + [UInt8(body.count + 1), 0] + body
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        try #require(connected == 0)
+        _ = bytes.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let outcome = try running.finish()
+        #expect(outcome.fleet.workers.isEmpty, "the legacy peer never reached the coordinator: \(outcome.fleet.workers.map(\.name))")
+        #expect(outcome.failure?.contains("no worker joined") == true)
     }
 }
