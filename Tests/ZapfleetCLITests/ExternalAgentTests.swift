@@ -22,15 +22,8 @@ struct ExternalAgentTests {
 
     /// Runs the agent to its end; returns its exit status and what it wrote to standard error.
     static func runAgent(_ arguments: [String]) throws -> (status: Int32, errors: String) {
-        let agent = Process()
-        agent.executableURL = URL(fileURLWithPath: Self.agent)
-        agent.arguments = arguments
-        let errors = Pipe()
-        agent.standardError = errors
-        try agent.run()
-        let output = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        agent.waitUntilExit()
-        return (agent.terminationStatus, output)
+        let result = try Subprocess.run(Self.agent, arguments)
+        return (result.status, result.err)
     }
 
     static func keygen(_ name: String, in directory: String) throws {

@@ -9,17 +9,10 @@ struct HTMLReportTests {
 
     /// Runs chromium headless on `page`; returns its status and what it logged.
     static func browse(_ arguments: [String]) throws -> (status: Int32, log: String) {
-        let browser = Process()
-        browser.executableURL = URL(fileURLWithPath: try #require(chromium, "chromium is missing; ./test installs it"))
-        browser.arguments = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0",
-                             "--user-data-dir=\(RunCommandTests.temporaryDirectory())"] + arguments
-        let log = Pipe()
-        browser.standardError = log
-        browser.standardOutput = log
-        try browser.run()
-        let text = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        browser.waitUntilExit()
-        return (browser.terminationStatus, text)
+        let result = try Subprocess.run(try #require(chromium, "chromium is missing; ./test installs it"),
+                                        ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0",
+                                         "--user-data-dir=\(RunCommandTests.temporaryDirectory())"] + arguments)
+        return (result.status, result.out + result.err)
     }
 
     /// Distinct byte values in a PNG's decompressed image data: a blank page has a handful.
@@ -35,15 +28,8 @@ struct HTMLReportTests {
                 pos += 12 + length
             print(len(set(zlib.decompress(idat))))
             """
-        let python = Process()
-        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        python.arguments = ["python3", "-c", script, png]
-        let out = Pipe()
-        python.standardOutput = out
-        try python.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        python.waitUntilExit()
-        return Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        let result = try Subprocess.run("/usr/bin/env", ["python3", "-c", script, png])
+        return Int(result.out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
     }
 
     @Test("`zapfleet run` writes a self-contained report.html that a headless chromium loads without console errors and renders (the screenshot is kept beside it)")

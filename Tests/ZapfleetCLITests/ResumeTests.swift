@@ -9,16 +9,9 @@ import ZapRun
 struct ResumeTests {
     static let binary = RunCommandTests.packageRoot.appendingPathComponent(".build/debug/zapfleet").path
 
+    /// Starts the built `zapfleet` in the background, logging to `log`.
     static func start(_ arguments: [String], log: String) throws -> Process {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
-        FileManager.default.createFile(atPath: log, contents: nil)
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        return process
+        try Subprocess.start(binary, arguments, log: log)
     }
 
     static func waitFor(_ text: String, in path: String, seconds: Double = 120) -> Bool {

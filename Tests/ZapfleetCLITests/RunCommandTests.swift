@@ -13,17 +13,7 @@ struct RunCommandTests {
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
             throw CLIError("\(binary.path) is missing: build with `swift build --build-tests` (./test does)")
         }
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+        return try Subprocess.run(binary.path, arguments)
     }
 
     static func temporaryDirectory() -> String {
