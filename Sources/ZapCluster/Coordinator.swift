@@ -280,7 +280,8 @@ public final class Coordinator: @unchecked Sendable {
                 // as long as it waited for them to join, it fails instead.
                 if peers.values.contains(where: { !$0.isAgent && !$0.unfit && [.ready, .busy, .missing].contains($0.state) && $0.hello != nil }) {
                     lastLiveWorker = now
-                } else if planned && !stopping && failure == nil && now &- lastLiveWorker > UInt64(configuration.waitSeconds * 1e9) {
+                } else if planned && !stopping && failure == nil && completedShards < shards.count
+                            && now &- lastLiveWorker > UInt64(configuration.waitSeconds * 1e9) {
                     failure = "no worker has been alive for \(Int(configuration.waitSeconds)) s with \(shards.count - completedShards) shard(s) left; start workers (zapfleet worker --connect …) or check the network"
                     logger.error("\(failure!)")
                 }
@@ -615,12 +616,17 @@ public final class Coordinator: @unchecked Sendable {
             if abandoned.busyWithAttempt > 0 {
                 // Refused only because it still runs another shard (one handed out before a
                 // reconnect or a restart): it is busy with that one, and this shard lost no attempt.
+                // Only for the attempt it was just given: a replayed refusal must not give attempts back.
+                guard peer.assignment?.attempt == abandoned.attempt, shards[Int(id)].attempts == abandoned.attempt else {
+                    rejectFrame(from: identity, "a busy refusal of an attempt it was not given")
+                    return
+                }
                 logger.info("worker \(peer.name) is still running shard \(abandoned.busyWithShardID); shard \(id) goes back to the queue")
                 shards[Int(id)].attempts -= 1
                 shards[Int(id)].assignedTo.remove(peer.identity)
                 peer.assignment = abandoned.busyWithShardID < UInt64(shards.count) ? (abandoned.busyWithShardID, abandoned.busyWithAttempt) : nil
                 peer.state = .busy
-                pending.pushFront(id)
+                if shards[Int(id)].result == nil { pending.pushFront(id) }
                 dispatchNeeded = true
                 return
             }
@@ -657,6 +663,7 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         let reconnect = peer.hello != nil
+        let wasLost = peer.state == .missing || peer.state == .dead
         peer.hello = hello
         peer.name = hello.workerName.isEmpty ? peer.name : String(hello.workerName.prefix(64))
         peer.lastHeard = now
@@ -667,6 +674,15 @@ public final class Coordinator: @unchecked Sendable {
         if hello.runningAttempt > 0 {
             peer.state = .busy
             if hello.runningShardID < UInt64(shards.count) { peer.assignment = (hello.runningShardID, hello.runningAttempt) }
+        } else if !peer.isAgent, let assignment = peer.assignment,
+                  wasLost || now &- shards[Int(assignment.shard)].startedAt > interval {
+            // It runs nothing (restarted under the same name, say): its shard goes back to the
+            // queue; a result it still holds arrives after the welcome and still wins. A hello
+            // sent just before the assignment reached the worker says nothing of it: only a peer
+            // that was lost, or whose assignment is older than a heartbeat, counts.
+            peer.assignment = nil
+            peer.state = .ready
+            requeue(assignment.shard, from: peer, why: "is not running it any more")
         }
         dispatchNeeded = true
         var welcome = Zapfleet_V1_Welcome()

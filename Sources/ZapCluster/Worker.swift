@@ -207,8 +207,9 @@ public final class Worker: @unchecked Sendable {
                 case .welcome(let welcome):
                     welcomed = true
                     backoff = configuration.reconnectInitialMilliseconds
-                    interval = UInt64(max(10, welcome.heartbeatIntervalMs)) * 1_000_000
-                    liveness = UInt64(max(2, welcome.heartbeatLiveness))
+                    // Clamped, so that a coordinator's extreme values cannot overflow interval × liveness.
+                    interval = UInt64(min(max(10, welcome.heartbeatIntervalMs), 3_600_000)) * 1_000_000
+                    liveness = UInt64(min(max(2, welcome.heartbeatLiveness), 1000))
                     logger.info("joined run \(welcome.runID) at \(configuration.connect)")
                     for bytes in unacknowledged.values { transmit(bytes) }
                 case .refusal(let refusal):
@@ -227,7 +228,18 @@ public final class Worker: @unchecked Sendable {
                         if let thread = shardThread {
                             thread.join()
                             shardThread = nil
-                            for case .result(_, let bytes) in outbox.drain() { transmit(bytes) }
+                            // As the main loop handles them: the result is kept until acknowledged,
+                            // and the shard is over (a worker that stays must not look busy).
+                            for item in outbox.drain() {
+                                switch item {
+                                case .progress(let bytes): transmit(bytes)
+                                case .result(let id, let bytes):
+                                    unacknowledged[id] = bytes
+                                    transmit(bytes)
+                                case .finished: currentShard = nil
+                                }
+                            }
+                            currentShard = nil
                         }
                         if configuration.exitOnStop { return .stopped(reason: stop.reason) }
                     }

@@ -132,7 +132,10 @@ static pid_t start_command(char *const command[], const zf_job *job, const char 
     return pid;
 }
 
-/* Runs one job: the command, its samples, the result. Returns 0, or the exit status to leave with. */
+/* run_job's answer when the coordinator ended the run during the job: leave, with exit 0. */
+#define JOB_RUN_ENDED (-1)
+
+/* Runs one job: the command, its samples, the result. Returns 0 to go on, JOB_RUN_ENDED, or the exit status to leave with. */
 static int run_job(zf_agent *agent, const zf_job *job, char *const command[], int default_operation, size_t limit) {
     char scenario_file[] = "/tmp/zapfleet-agent-XXXXXX";
     int file = mkstemp(scenario_file);
@@ -164,7 +167,8 @@ static int run_job(zf_agent *agent, const zf_job *job, char *const command[], in
         if (event == ZF_EVENT_STOP || event == ZF_EVENT_REFUSED || event == ZF_EVENT_ERROR) {
             fprintf(stderr, "zapfleet-agent-c: the coordinator ended the run during the job: %s\n", reason);
             kill(pid, SIGTERM);
-            status = event == ZF_EVENT_STOP ? 0 : event == ZF_EVENT_REFUSED ? 3 : 70;
+            /* Nothing is sent after a stop: the run is over, and the samples are partial. */
+            status = event == ZF_EVENT_STOP ? JOB_RUN_ENDED : event == ZF_EVENT_REFUSED ? 3 : 70;
             break;
         }
         if (now_ns() - last_progress >= 1000000000u) {
@@ -284,6 +288,10 @@ int main(int argc, char **argv) {
         if (event == ZF_EVENT_JOB) {
             status = run_job(agent, &job, command, default_operation, limit);
             zf_job_free(&job);
+            if (status == JOB_RUN_ENDED) {
+                status = 0;
+                break;
+            }
             if (status != 0) break;
         } else if (event == ZF_EVENT_ACK) {
             fprintf(stderr, "zapfleet-agent-c: the coordinator has the result\n");
