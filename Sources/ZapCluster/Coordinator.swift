@@ -165,6 +165,7 @@ public final class Coordinator: @unchecked Sendable {
     /// Acknowledgements held back until the journal is synced: a worker drops a result only once it is durable here.
     private var pendingAcks: [(Peer, Zapfleet_V1_ResultAck)] = []
     private var resumedShards = 0
+    private var journalFailed = false
     private var externalResults: [(agent: String, host: String, result: ExternalMeasurement)] = []
     private var nextAgentJob: UInt32 = 1
     private var socket: ZeroMQSocket?
@@ -440,11 +441,7 @@ public final class Coordinator: @unchecked Sendable {
         defer { forgiveExclusions(idle: idle) }
         for peer in free {
             guard let id = pending.takeFirst(where: { id in
-                let state = shards[Int(id)]
-                let slotLimit = Int(peer.hello?.largestShardSlots ?? 0)
-                let largestBytes = peer.hello.map { $0.largestShardBytes == 0 ? .max : $0.largestShardBytes } ?? .max
-                return !state.excluded.contains(peer.identity) && state.shard.bytes <= largestBytes
-                    && (slotLimit == 0 || state.shard.slice.slotCount <= slotLimit)
+                !shards[Int(id)].excluded.contains(peer.identity) && canTake(peer, shards[Int(id)].shard)
             }) else {
                 idle.append(peer)
                 continue
@@ -481,11 +478,20 @@ public final class Coordinator: @unchecked Sendable {
     /// how often.
     private func forgiveExclusions(idle: [Peer]) {
         guard !idle.isEmpty, failure == nil else { return }
-        for id in pending.ids where !shards[Int(id)].excluded.isEmpty
-            && idle.allSatisfy({ shards[Int(id)].excluded.contains($0.identity) }) {
+        // Only workers that could take the shard count: one too small for it never would.
+        for id in pending.ids where !shards[Int(id)].excluded.isEmpty {
+            let able = idle.filter { canTake($0, shards[Int(id)].shard) }
+            guard !able.isEmpty, able.allSatisfy({ shards[Int(id)].excluded.contains($0.identity) }) else { continue }
             shards[Int(id)].excluded.removeAll()
             dispatchNeeded = true
         }
+    }
+
+    /// Does `shard` fit what `peer` said it takes (bytes and memslots)?
+    private func canTake(_ peer: Peer, _ shard: Shard) -> Bool {
+        let slotLimit = Int(peer.hello?.largestShardSlots ?? 0)
+        let largestBytes = peer.hello.map { $0.largestShardBytes == 0 ? .max : $0.largestShardBytes } ?? .max
+        return shard.bytes <= largestBytes && (slotLimit == 0 || shard.slice.slotCount <= slotLimit)
     }
 
     private func requeue(_ id: UInt64, from peer: Peer, why: String) {
@@ -737,10 +743,15 @@ public final class Coordinator: @unchecked Sendable {
             logger.info("dropped a duplicate result for shard \(id) (attempt \(result.attempt) from \(peer.name)); attempt \(first.attempt) from \(first.worker) was first")
         } else {
             if let journal {
+                // After the first journal error nothing more is accepted: nothing could be made durable.
+                guard !journalFailed else { return }
                 do {
                     try journal.append(result, worker: peer.name)
                 } catch {
-                    // Not durable, so not accepted: the worker keeps it and the run stops.
+                    // Not durable, so not accepted, and neither is anything of this batch: the
+                    // workers keep their results and the run stops.
+                    journalFailed = true
+                    pendingAcks.removeAll()
                     failure = "\(error)"
                     logger.error("\(error)")
                     return
@@ -780,9 +791,14 @@ public final class Coordinator: @unchecked Sendable {
     /// result that arrived together.
     private func acknowledgeDurably() {
         guard !pendingAcks.isEmpty else { return }
+        guard !journalFailed else {
+            pendingAcks.removeAll()
+            return
+        }
         do {
             try journal?.sync()
         } catch {
+            journalFailed = true
             failure = "\(error)"
             logger.error("\(error)")
             pendingAcks.removeAll()

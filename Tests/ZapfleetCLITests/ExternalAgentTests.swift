@@ -8,12 +8,14 @@ import ZapRun
 struct ExternalAgentTests {
     static let agent = RunCommandTests.packageRoot.appendingPathComponent("clients/c/build/zapfleet-agent-c").path
 
-    /// The known samples the agent's command prints: 1,000 reset values, 10 tagged fast zaps, and 3 lines that are no sample.
+    /// The known samples the agent's command prints: 1,000 reset values, 10 tagged fast zaps, and 4 lines that are no sample.
     static let resetSamples = (1...1000).map { UInt64($0) * 1_013 }
     static let fastZapSamples = (1...10).map { UInt64($0) * 2_000_000 }
 
     static func writeCommand(to path: String) throws {
-        let lines = resetSamples.map(String.init) + fastZapSamples.map { "fast_zap \($0)" } + ["not a sample", "reset -5", "teleport 100"]
+        // The last line is longer than the agent's line buffer: it is rejected whole, its tail included.
+        let noSamples = ["not a sample", "reset -5", "teleport 100", String(repeating: " ", count: 70_000) + "7"]
+        let lines = resetSamples.map(String.init) + fastZapSamples.map { "fast_zap \($0)" } + noSamples
         let script = "#!/bin/sh\n[ -n \"$ZAPFLEET_SCENARIO_FILE\" ] && [ -s \"$ZAPFLEET_SCENARIO_FILE\" ] || exit 9\ncat <<'SAMPLES'\n"
             + lines.joined(separator: "\n") + "\nSAMPLES\n"
         try script.write(toFile: path, atomically: true, encoding: .utf8)
@@ -71,7 +73,7 @@ struct ExternalAgentTests {
 
         #expect(valgrind.terminationStatus == 0, "agent or valgrind: \(agentOutput)")
         #expect(agentOutput.contains("ERROR SUMMARY: 0 errors"), "\(agentOutput)")
-        #expect(agentOutput.contains("1010 sample(s) sent, 3 line(s) rejected"))
+        #expect(agentOutput.contains("1010 sample(s) sent, 4 line(s) rejected"), "\(agentOutput.suffix(600))")
         let coordinatorLog = (try? String(contentsOfFile: directory + "/coordinator.log", encoding: .utf8)) ?? ""
         #expect(coordinator.terminationStatus == 0, "\(coordinatorLog)")
 

@@ -159,7 +159,7 @@ static int run_job(zf_agent *agent, const zf_job *job, char *const command[], in
     fprintf(stderr, "zapfleet-agent-c: job %" PRIu32 " (%s): running %s\n", job->job_id, job->scenario_name, command[0]);
     char buffer[65536];
     size_t used = 0;
-    int open_output = 1, status = 0;
+    int open_output = 1, status = 0, discarding = 0;
     while (open_output && !interrupted) {
         int readable = 0;
         char reason[512];
@@ -184,16 +184,18 @@ static int run_job(zf_agent *agent, const zf_job *job, char *const command[], in
         for (size_t index = 0; index < used; index++) {
             if (buffer[index] != '\n') continue;
             buffer[index] = '\0';
-            take_line(&m, buffer + start, default_operation);
+            /* The end of an over-long line is no sample of its own. */
+            if (discarding) discarding = 0; else take_line(&m, buffer + start, default_operation);
             start = index + 1;
         }
         memmove(buffer, buffer + start, used - start);
         used -= start;
         if (used == sizeof buffer - 1) {
-            m.rejected++;
+            if (!discarding) m.rejected++;
             used = 0;
+            discarding = 1;
         }
-        if (!open_output && used > 0) {
+        if (!open_output && used > 0 && !discarding) {
             buffer[used] = '\0';
             take_line(&m, buffer, default_operation);
         }
