@@ -402,7 +402,7 @@ public final class Coordinator: @unchecked Sendable {
         let oneSlot = MemoryEstimate.estimate(scenario, bytes: slotBytes).peakBytes
         var workers = candidates.sorted { $0.joinOrder < $1.joinOrder }.filter { peer in
             guard let hello = peer.hello else { return false }
-            let fits = hello.memoryBudgetBytes >= oneSlot && (hello.largestShardBytes == 0 || hello.largestShardBytes >= slotBytes)
+            let fits = hello.memoryBudgetBytes >= oneSlot && hello.shardByteLimit >= slotBytes
             if !fits {
                 logger.warning("worker \(peer.name) cannot take one \(Quantities.formatSize(slotBytes)) memslot (budget \(Quantities.describeSize(Double(hello.memoryBudgetBytes))), largest shard \(hello.largestShardBytes) bytes); it gets no shard")
                 peer.unfit = true
@@ -418,9 +418,7 @@ public final class Coordinator: @unchecked Sendable {
             throw PlanError(message: "no worker can take one \(Quantities.formatSize(slotBytes)) memslot, which needs \(Quantities.describeSize(Double(oneSlot))) of page tables; give workers more --memory")
         }
         let budget = workers.compactMap { $0.hello?.memoryBudgetBytes }.min() ?? 0
-        // 0 is proto3's unset: no limit.
-        let largest = min(workers.compactMap { $0.hello.map { $0.largestShardBytes == 0 ? .max : $0.largestShardBytes } }.min() ?? .max,
-                          configuration.shardBytes ?? .max)
+        let largest = min(workers.compactMap { $0.hello?.shardByteLimit }.min() ?? .max, configuration.shardBytes ?? .max)
         let slots = workers.compactMap { $0.hello.map { Int($0.largestShardSlots) } }.filter { $0 > 0 }.min() ?? .max
         let planned = try ShardPlanner.plan(scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots)
         if let path = configuration.journalPath {
@@ -490,8 +488,7 @@ public final class Coordinator: @unchecked Sendable {
     /// Does `shard` fit what `peer` said it takes (bytes and memslots)?
     private func canTake(_ peer: Peer, _ shard: Shard) -> Bool {
         let slotLimit = Int(peer.hello?.largestShardSlots ?? 0)
-        let largestBytes = peer.hello.map { $0.largestShardBytes == 0 ? .max : $0.largestShardBytes } ?? .max
-        return shard.bytes <= largestBytes && (slotLimit == 0 || shard.slice.slotCount <= slotLimit)
+        return shard.bytes <= (peer.hello?.shardByteLimit ?? .max) && (slotLimit == 0 || shard.slice.slotCount <= slotLimit)
     }
 
     private func requeue(_ id: UInt64, from peer: Peer, why: String) {
@@ -810,11 +807,8 @@ public final class Coordinator: @unchecked Sendable {
 
     /// Takes up an interrupted run: its plan, and every result its journal holds, as if just accepted.
     private func restore(_ contents: JournalContents) throws {
-        let slotBytes = scenario.vm.memslotBytes
         shards = contents.plan.shards.enumerated().map { index, planned in
-            let bytes = UInt64(planned.slotCount) * slotBytes
-            return ShardState(shard: Shard(id: UInt64(index), slice: MemorySlice(firstSlot: planned.firstSlot, slotCount: planned.slotCount),
-                                           bytes: bytes, estimatedTableBytes: MemoryEstimate.estimate(scenario, bytes: bytes).peakBytes))
+            ShardState(shard: Shard(id: UInt64(index), slice: MemorySlice(firstSlot: planned.firstSlot, slotCount: planned.slotCount), of: scenario))
         }
         guard shards.map(\.shard.id) == contents.plan.shards.map(\.id),
               shards.allSatisfy({ $0.shard.slice.slotCount > 0 && $0.shard.slice.firstSlot + $0.shard.slice.slotCount <= scenario.memslotCount }) else {
@@ -960,4 +954,9 @@ final class BoundEndpoint: @unchecked Sendable {
         mutex.unlock()
         return endpoint
     }
+}
+
+extension Zapfleet_V1_Hello {
+    /// The largest shard the worker takes, in bytes; proto3's unset 0 means no limit.
+    var shardByteLimit: UInt64 { largestShardBytes == 0 ? .max : largestShardBytes }
 }

@@ -96,6 +96,11 @@ public final class ResultJournal {
 
     /// The journal's path.
     public let path: String
+
+    /// Where the journal of the run whose `--out` directory is `directory` lives.
+    public static func path(inRunDirectory directory: String) -> String {
+        (directory as NSString).appendingPathComponent("journal.zfj")
+    }
     private let descriptor: Int32
     private var unsynced = false
 

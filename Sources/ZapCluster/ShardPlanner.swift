@@ -13,6 +13,14 @@ public struct Shard: Sendable, Equatable {
     public var estimatedTableBytes: UInt64
 }
 
+extension Shard {
+    /// The shard `id` of `scenario` that covers `slice`, with its size and page-table estimate.
+    init(id: UInt64, slice: MemorySlice, of scenario: Scenario) {
+        let bytes = UInt64(slice.slotCount) * scenario.vm.memslotBytes
+        self.init(id: id, slice: slice, bytes: bytes, estimatedTableBytes: MemoryEstimate.estimate(scenario, bytes: bytes).peakBytes)
+    }
+}
+
 /// Cuts a scenario's memory into shards.
 public enum ShardPlanner {
     /// Cuts `scenario`'s memslots, in order, into equal shards (the last may be smaller) as
@@ -42,9 +50,7 @@ public enum ShardPlanner {
         var first = 0
         while first < slots {
             let count = min(low, slots - first)
-            let bytes = UInt64(count) * slotBytes
-            shards.append(Shard(id: UInt64(shards.count), slice: MemorySlice(firstSlot: first, slotCount: count), bytes: bytes,
-                                estimatedTableBytes: MemoryEstimate.estimate(scenario, bytes: bytes).peakBytes))
+            shards.append(Shard(id: UInt64(shards.count), slice: MemorySlice(firstSlot: first, slotCount: count), of: scenario))
             first += count
         }
         return shards

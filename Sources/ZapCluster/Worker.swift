@@ -123,6 +123,24 @@ public final class Worker: @unchecked Sendable {
             }
         }
 
+        /// Sends what the shard thread left: progress at once, results kept until acknowledged
+        /// (and sent again after a reconnect); a finished shard frees the worker.
+        func drainOutbox() {
+            for item in outbox.drain() {
+                switch item {
+                case .progress(let bytes):
+                    transmit(bytes)
+                case .result(let id, let bytes):
+                    unacknowledged[id] = bytes
+                    if welcomed { transmit(bytes) }
+                case .finished:
+                    shardThread?.join()
+                    shardThread = nil
+                    currentShard = nil
+                }
+            }
+        }
+
         while true {
             if cancellation.isCancelled {
                 if let shard = currentShard {
@@ -150,20 +168,7 @@ public final class Worker: @unchecked Sendable {
                 lastHeard = monotonicNanoseconds()
                 continue
             }
-            for item in outbox.drain() {
-                switch item {
-                case .progress(let bytes):
-                    transmit(bytes)
-                case .result(let id, let bytes):
-                    // Kept until acknowledged; sent again after a reconnect.
-                    unacknowledged[id] = bytes
-                    if welcomed { transmit(bytes) }
-                case .finished:
-                    shardThread?.join()
-                    shardThread = nil
-                    currentShard = nil
-                }
-            }
+            drainOutbox()
             // Until welcomed, hello is the only message a coordinator takes: repeat it instead of a heartbeat.
             if now &- lastSent >= interval { transmit(welcomed ? frame(.heartbeat(Zapfleet_V1_Heartbeat())) : helloFrame()) }
 
@@ -228,18 +233,9 @@ public final class Worker: @unchecked Sendable {
                         if let thread = shardThread {
                             thread.join()
                             shardThread = nil
-                            // As the main loop handles them: the result is kept until acknowledged,
-                            // and the shard is over (a worker that stays must not look busy).
-                            for item in outbox.drain() {
-                                switch item {
-                                case .progress(let bytes): transmit(bytes)
-                                case .result(let id, let bytes):
-                                    unacknowledged[id] = bytes
-                                    transmit(bytes)
-                                case .finished: currentShard = nil
-                                }
-                            }
-                            currentShard = nil
+                            // The result is kept until acknowledged, and the shard is over (a
+                            // worker that stays must not look busy).
+                            drainOutbox()
                         }
                         if configuration.exitOnStop { return .stopped(reason: stop.reason) }
                     }
@@ -321,10 +317,9 @@ public final class Worker: @unchecked Sendable {
         guard configuration.largestShardSlots == 0 || slice.slotCount <= configuration.largestShardSlots else {
             return abandon("\(slice.slotCount) memslots exceed this worker's --slots \(configuration.largestShardSlots)")
         }
-        let bytes = UInt64(slice.slotCount) * scenario.vm.memslotBytes
-        let need = MemoryEstimate.estimate(scenario, bytes: bytes).peakBytes
-        guard bytes <= configuration.largestShardBytes, need <= configuration.memoryBudgetBytes else {
-            return abandon("the shard (\(Quantities.formatSize(bytes))) needs \(Quantities.describeSize(Double(need))) of page tables; this worker's budget is \(Quantities.describeSize(Double(configuration.memoryBudgetBytes)))")
+        let shard = Shard(id: assignment.shardID, slice: slice, of: scenario)
+        guard shard.bytes <= configuration.largestShardBytes, shard.estimatedTableBytes <= configuration.memoryBudgetBytes else {
+            return abandon("the shard (\(Quantities.formatSize(shard.bytes))) needs \(Quantities.describeSize(Double(shard.estimatedTableBytes))) of page tables; this worker's budget is \(Quantities.describeSize(Double(configuration.memoryBudgetBytes)))")
         }
         guard assignment.kernelNsPerSpte > 0, assignment.kernelNsPerSpte.isFinite else { return abandon("invalid kernel cost per SPTE") }
 

@@ -83,10 +83,7 @@ public struct SweepMatrix: Sendable, Equatable {
             return items.map { "\($0)" }
         }
         var matrix = SweepMatrix(scenario: map["scenario"].map { "\($0)" } ?? "quick", sizes: [], policies: [.sync, .async], vcpus: [], workers: [1])
-        matrix.sizes = try list("sizes").map { text throws(ScenarioError) in
-            guard let bytes = Quantities.parseSize(text) else { throw ScenarioError(.badValue, file: file, key: "sizes", "'\(text)' is not a size, e.g. 64GiB") }
-            return bytes
-        }
+        matrix.sizes = try sizes(list("sizes"), file: file, key: "sizes")
         let policies = try list("policies")
         if !policies.isEmpty {
             matrix.policies = try policies.map { text throws(ScenarioError) in
@@ -94,16 +91,30 @@ public struct SweepMatrix: Sendable, Equatable {
                 return policy
             }
         }
-        func counts(_ key: String) throws(ScenarioError) -> [Int] {
-            try list(key).map { text throws(ScenarioError) in
-                guard let count = Int(text), count >= 1, count <= 4096 else { throw ScenarioError(.badValue, file: file, key: key, "'\(text)' is not a count from 1 to 4096") }
-                return count
-            }
-        }
-        matrix.vcpus = try counts("vcpus")
-        let workers = try counts("workers")
+        matrix.vcpus = try counts(list("vcpus"), file: file, key: "vcpus")
+        let workers = try counts(list("workers"), file: file, key: "workers")
         if !workers.isEmpty { matrix.workers = workers }
         guard !matrix.sizes.isEmpty else { throw ScenarioError(.missingKey, file: file, key: "sizes", "a sweep needs sizes, e.g. sizes: [16GiB, 64GiB]") }
         return matrix
+    }
+
+    /// Sizes such as `64GiB`, each checked; an error names `file` and `key`.
+    public static func sizes(_ items: [String], file: String, key: String) throws(ScenarioError) -> [UInt64] {
+        try items.map { text throws(ScenarioError) in
+            guard let bytes = Quantities.parseSize(text) else {
+                throw ScenarioError(.badValue, file: file, key: key, "'\(text)' is not a size, e.g. 64GiB")
+            }
+            return bytes
+        }
+    }
+
+    /// vCPU or worker counts, each from 1 to 4096; an error names `file` and `key`.
+    public static func counts(_ items: [String], file: String, key: String) throws(ScenarioError) -> [Int] {
+        try items.map { text throws(ScenarioError) in
+            guard let count = Int(text), count >= 1, count <= 4096 else {
+                throw ScenarioError(.badValue, file: file, key: key, "'\(text)' is not a count from 1 to 4096")
+            }
+            return count
+        }
     }
 }

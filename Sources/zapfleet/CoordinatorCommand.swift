@@ -103,8 +103,8 @@ struct CoordinatorCommand: ParsableCommand {
         let out = self.out ?? resume
         do {
             if let resume {
-                let contents = try ResultJournal.load(Self.journalPath(resume))
-                resolved = try ScenarioParser.parse(contents.plan.scenarioYAML, file: Self.journalPath(resume))
+                let contents = try ResultJournal.load(ResultJournal.path(inRunDirectory: resume))
+                resolved = try ScenarioParser.parse(contents.plan.scenarioYAML, file: ResultJournal.path(inRunDirectory: resume))
                 resumed = contents
             } else {
                 resolved = try ScenarioCatalog.load(scenario ?? "quick")
@@ -130,7 +130,7 @@ struct CoordinatorCommand: ParsableCommand {
             bind: bind, expectWorkers: expectWorkers, waitSeconds: Quantities.parseDuration(wait)! / 1e9,
             heartbeatIntervalMilliseconds: Int(Quantities.parseDuration(heartbeatInterval)! / 1e6), heartbeatLiveness: liveness,
             maxAttempts: maxAttempts, kernelNanosecondsPerSPTE: kernelCost, shardBytes: shardSize.flatMap(Quantities.parseSize),
-            security: security, journalPath: out.map(Self.journalPath), resume: resumed)
+            security: security, journalPath: out.map(ResultJournal.path(inRunDirectory:)), resume: resumed)
         configuration.expectAgents = expectAgents
         let started = Date()
         let start = monotonicNanoseconds()
@@ -148,7 +148,4 @@ struct CoordinatorCommand: ParsableCommand {
                                          out: out, fleetDetail: true, junit: junit)
         if code != 0 { throw ExitCode(code) }
     }
-
-    /// The journal of the run whose --out directory is `directory`.
-    static func journalPath(_ directory: String) -> String { (directory as NSString).appendingPathComponent("journal.zfj") }
 }

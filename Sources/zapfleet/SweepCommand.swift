@@ -89,23 +89,12 @@ struct SweepCommand: ParsableCommand {
             }
             return try SweepMatrix.parse(text, file: matrix)
         }
-        func list(_ text: String?, _ option: String) throws(ScenarioError) -> [Int] {
-            try (text ?? "").split(separator: ",").map { item throws(ScenarioError) in
-                guard let count = Int(item.trimmingCharacters(in: .whitespaces)), count >= 1, count <= 4096 else {
-                    throw ScenarioError(.badValue, file: "command line", key: option, "'\(item)' is not a count from 1 to 4096")
-                }
-                return count
-            }
-        }
-        let sizes = try (self.sizes ?? "").split(separator: ",").map { item throws(ScenarioError) in
-            guard let bytes = Quantities.parseSize(item.trimmingCharacters(in: .whitespaces)) else {
-                throw ScenarioError(.badValue, file: "command line", key: "--sizes", "'\(item)' is not a size, e.g. 64GiB")
-            }
-            return bytes
-        }
-        let workerCounts = try list(workers, "--workers")
-        return SweepMatrix(scenario: scenario ?? "quick", sizes: sizes, policies: policy.isEmpty ? [.sync, .async] : policy,
-                           vcpus: try list(vcpus, "--vcpus"), workers: workerCounts.isEmpty ? [1] : workerCounts)
+        func items(_ text: String?) -> [String] { (text ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        let workerCounts = try SweepMatrix.counts(items(workers), file: "command line", key: "--workers")
+        return SweepMatrix(scenario: scenario ?? "quick", sizes: try SweepMatrix.sizes(items(sizes), file: "command line", key: "--sizes"),
+                           policies: policy.isEmpty ? [.sync, .async] : policy,
+                           vcpus: try SweepMatrix.counts(items(vcpus), file: "command line", key: "--vcpus"),
+                           workers: workerCounts.isEmpty ? [1] : workerCounts)
     }
 
     func run() throws {

@@ -44,7 +44,7 @@ struct ResumeTests {
         #expect(first.terminationReason == .uncaughtSignal)
 
         // A crash in the middle of an append: half a record at the end.
-        let journalPath = run + "/journal.zfj"
+        let journalPath = ResultJournal.path(inRunDirectory: run)
         let before = try ResultJournal.load(journalPath)
         #expect(before.results.count >= 8)
         #expect(before.results.count < 64)
