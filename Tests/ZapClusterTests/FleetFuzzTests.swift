@@ -133,22 +133,11 @@ struct FleetFuzzTests {
         OSThread(name: "fuzz-tcp") {
             var random = SplitMix64(seed: seed)
             while !stop.isCancelled {
-                let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                guard descriptor >= 0 else { return }
-                defer { close(descriptor) }
-                var timeout = timeval(tv_sec: 1, tv_usec: 0)
-                setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-                var address = sockaddr_in()
-                address.sin_family = sa_family_t(AF_INET)
-                address.sin_port = port.bigEndian
-                address.sin_addr.s_addr = inet_addr("127.0.0.1")
-                let connected = withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-                }
-                guard connected == 0 else {
+                guard let descriptor = RawTCP.connect(port: port) else {
                     usleep(20_000)  // between runs nobody listens
                     continue
                 }
+                defer { close(descriptor) }
                 let kind: String
                 var payload: [UInt8]
                 switch random.next() % 4 {
@@ -166,7 +155,7 @@ struct FleetFuzzTests {
                     kind = "tcp: connect and close"
                     payload = []
                 }
-                _ = payload.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                RawTCP.send(descriptor, payload)
                 tally.add(kind)
                 usleep(UInt32(2000 + random.next() % 8000))
             }

@@ -154,17 +154,9 @@ extension FleetSecurityTests {
         let body: [UInt8] = try envelope.serializedBytes()
         let identity = Array("legacy".utf8)
         let bytes = [UInt8(identity.count + 1), 0] + identity + [UInt8(body.count + 1), 0] + body
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let descriptor = try #require(RawTCP.connect(port: port))
         defer { close(descriptor) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        try #require(connected == 0)
-        _ = bytes.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        RawTCP.send(descriptor, bytes)
         let outcome = try running.finish()
         #expect(outcome.fleet.workers.isEmpty, "the legacy peer never reached the coordinator: \(outcome.fleet.workers.map(\.name))")
         #expect(outcome.failure?.contains("no worker joined") == true)
