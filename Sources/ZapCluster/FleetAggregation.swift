@@ -70,9 +70,12 @@ public enum FleetAggregation {
         guard let first = shards.first else { return [] }
         return first.indices.map { index in
             let slices = shards.compactMap { $0.indices.contains(index) ? $0[index] : nil }
-            let inline = slices.reduce(0) { $0 + $1.sptesZappedInline }
-            let longest = inline > 0 ? slices.reduce(UInt64(0)) { $0 + $1.longestBlockNanoseconds }
-                                     : slices.map(\.longestBlockNanoseconds).max() ?? 0
+            // Saturating: the values come from peers (bounded by ResultPlausibility, but a sum over many shards must not trap).
+            let inline = slices.reduce(0) { $0.addingReportingOverflow($1.sptesZappedInline).overflow ? .max : $0 + $1.sptesZappedInline }
+            let longest = inline > 0 ? slices.reduce(UInt64(0)) { sum, slice in
+                let (value, overflow) = sum.addingReportingOverflow(slice.longestBlockNanoseconds)
+                return overflow ? .max : value
+            } : slices.map(\.longestBlockNanoseconds).max() ?? 0
             return StepTiming(name: first[index].name, nanoseconds: slices.map(\.nanoseconds).max() ?? 0,
                               longestBlockNanoseconds: longest, sptesZappedInline: inline)
         }

@@ -72,6 +72,8 @@ public struct JournalContents: Sendable {
     public var plan: JournalPlan
     /// Accepted results, in the order they were accepted.
     public var results: [JournalResult]
+    /// Attempts handed out, and to which peer: after a resume only these peers' results count.
+    public var handouts: [JournaledHandout] = []
     /// Bytes at the end that did not form a whole, intact record (a write torn by a crash), ignored.
     public var tornBytes: Int
     /// Where the intact records end: appending resumes here.
@@ -85,12 +87,14 @@ public struct JournalContents: Sendable {
 /// Layout: the 8-byte magic `ZFJOURN1`, then records of `length: UInt32 LE`, `crc32: UInt32 LE`
 /// (zlib's, over kind and payload), `kind: UInt8`, `payload[length - 1]`. Kind 1 is the plan
 /// (JSON), kind 2 a result (`UInt16 LE` worker-name length, the name, the `ShardResult`
-/// Protobuf). A record whose length runs past the end or whose checksum fails ends the
+/// Protobuf), kind 3 a handout (`UInt64 LE` shard, `UInt32 LE` attempt, the peer's routing id),
+/// appended before the assignment is sent and synced with the next result. A record whose length runs past the end or whose checksum fails ends the
 /// journal: it is a torn last write, and is ignored.
 public final class ResultJournal {
     static let magic = Array("ZFJOURN1".utf8)
     private static let planKind: UInt8 = 1
     private static let resultKind: UInt8 = 2
+    private static let handoutKind: UInt8 = 3
     /// The largest record accepted on load (a result is far smaller; a plan of a million shards fits).
     static let maximumRecordBytes = 256 << 20
 
@@ -148,6 +152,15 @@ public final class ResultJournal {
         try append(kind: Self.resultKind, payload: payload)
     }
 
+    /// Appends a handout: `attempt` of `shard` went to `peer`. Not durable until ``sync()``; one
+    /// lost in a crash only costs a re-run (the result of that attempt is refused after a resume).
+    public func appendHandout(_ handout: JournaledHandout) throws {
+        var payload = withUnsafeBytes(of: handout.shard.littleEndian) { Array($0) }
+        payload += withUnsafeBytes(of: handout.attempt.littleEndian) { Array($0) }
+        payload += handout.peer.prefix(255)
+        try append(kind: Self.handoutKind, payload: payload)
+    }
+
     /// Makes everything appended so far durable (`fsync`). Cheap when nothing was appended.
     public func sync() throws {
         guard unsynced else { return }
@@ -169,6 +182,7 @@ public final class ResultJournal {
         var offset = magic.count
         var plan: JournalPlan?
         var results: [JournalResult] = []
+        var handouts: [JournaledHandout] = []
         while offset + 9 <= bytes.count {
             let length = Int(readUInt32(bytes, offset))
             let checksum = readUInt32(bytes, offset + 4)
@@ -185,6 +199,9 @@ public final class ResultJournal {
                 guard payload.count >= 2 + nameLength,
                       let result = try? Zapfleet_V1_ShardResult(serializedBytes: Array(payload[(2 + nameLength)...])) else { break }
                 results.append(JournalResult(worker: String(decoding: payload[2..<(2 + nameLength)], as: UTF8.self), result: result))
+            } else if kind == handoutKind, plan != nil, payload.count >= 12 {
+                let shard = UInt64(readUInt32(payload, 0)) | UInt64(readUInt32(payload, 4)) << 32
+                handouts.append(JournaledHandout(shard: shard, attempt: readUInt32(payload, 8), peer: Array(payload[12...])))
             } else {
                 break
             }
@@ -193,7 +210,7 @@ public final class ResultJournal {
         guard let plan else {
             throw JournalError(code: .unreadable, message: "\(path): the journal holds no intact plan; the run cannot be resumed, start it again")
         }
-        return JournalContents(plan: plan, results: results, tornBytes: bytes.count - offset, validLength: offset)
+        return JournalContents(plan: plan, results: results, handouts: handouts, tornBytes: bytes.count - offset, validLength: offset)
     }
 
     // MARK: - Records

@@ -79,10 +79,17 @@ public final class Worker: @unchecked Sendable {
     private let logger: Logger
     private let cancellation: CancellationFlag
     private let outbox = Outbox()
-    private var unacknowledged: [UInt64: [UInt8]] = [:]
+    /// Results sent but not yet acknowledged, by run and shard: sent again after a reconnect to
+    /// the same run, dropped when the worker is welcomed into another.
+    private var unacknowledged: [ResultKey: [UInt8]] = [:]
     private var shardThread: OSThread?
     private var shardCancellation: CancellationFlag?
-    private var currentShard: (id: UInt64, attempt: UInt32)?
+    private var currentShard: AttemptClaim?
+    /// The run this worker was last welcomed into.
+    private var runID: String?
+    /// The socket's routing id: the name and a random part, new for every process, so that no
+    /// other peer can take this worker's connection over by guessing it.
+    private let routingID: [UInt8]
     private var interval: UInt64 = 1_000_000_000
     private var liveness: UInt64 = 3
 
@@ -93,6 +100,14 @@ public final class Worker: @unchecked Sendable {
         self.context = context
         self.logger = logger
         self.cancellation = cancellation
+        var generator = SystemRandomNumberGenerator()
+        let nonce = (0..<2).map { _ in String(generator.next(), radix: 16).leftPadded(to: 16) }.joined()
+        routingID = Array("\(configuration.name.prefix(200))#\(nonce)".utf8)
+    }
+
+    struct ResultKey: Hashable {
+        var runID: String
+        var shard: UInt64
     }
 
     /// Runs until the coordinator stops or refuses the worker, or the worker is cancelled.
@@ -103,7 +118,8 @@ public final class Worker: @unchecked Sendable {
         var handshakeHint = false
         var connectionLost = false
         var lastHeard = monotonicNanoseconds()
-        var lastSent: UInt64 = 0
+        // connect() said hello: the next is due after an interval, not at once.
+        var lastSent = monotonicNanoseconds()
         var poller = ZeroMQPoller()
         poller.add(socket)
         poller.add(monitor.socket)
@@ -128,10 +144,15 @@ public final class Worker: @unchecked Sendable {
         func drainOutbox() {
             for item in outbox.drain() {
                 switch item {
-                case .progress(let bytes):
-                    transmit(bytes)
-                case .result(let id, let bytes):
-                    unacknowledged[id] = bytes
+                case .frame(let run, let bytes):
+                    if run == runID { transmit(bytes) }
+                case .result(let key, let bytes):
+                    // A result of another run than the one this worker is in now is of no use to anyone.
+                    guard key.runID == runID else {
+                        logger.info("dropped the result of shard \(key.shard) of run \(key.runID): this worker is now in run \(runID ?? "none")")
+                        continue
+                    }
+                    unacknowledged[key] = bytes
                     if welcomed { transmit(bytes) }
                 case .finished:
                     shardThread?.join()
@@ -144,11 +165,7 @@ public final class Worker: @unchecked Sendable {
         while true {
             if cancellation.isCancelled {
                 if let shard = currentShard {
-                    var abandoned = Zapfleet_V1_ShardAbandoned()
-                    abandoned.shardID = shard.id
-                    abandoned.attempt = shard.attempt
-                    abandoned.reason = "worker \(configuration.name) is stopping"
-                    transmit(frame(.abandoned(abandoned)))
+                    transmit(abandonedFrame(shard, reason: "worker \(configuration.name) is stopping"))
                 }
                 return .cancelled
             }
@@ -166,6 +183,7 @@ public final class Worker: @unchecked Sendable {
                 poller.add(monitor.socket)
                 welcomed = false
                 lastHeard = monotonicNanoseconds()
+                lastSent = lastHeard
                 continue
             }
             drainOutbox()
@@ -208,6 +226,16 @@ public final class Worker: @unchecked Sendable {
                     continue
                 }
                 lastHeard = monotonicNanoseconds()
+                if case .refusal(let refusal) = envelope.body {
+                    logger.error("refused by the coordinator: \(refusal.reason)")
+                    return .refused(reason: refusal.reason)
+                }
+                // Another protocol version would be misread: say both and leave (exit 3).
+                guard envelope.protocolVersion == configuration.protocolVersion else {
+                    let reason = "the coordinator at \(configuration.connect) speaks protocol version \(envelope.protocolVersion), this worker \(configuration.protocolVersion); run the same zapfleet version on coordinator and workers"
+                    logger.error("\(reason)")
+                    return .refused(reason: reason)
+                }
                 switch envelope.body {
                 case .welcome(let welcome):
                     welcomed = true
@@ -215,26 +243,28 @@ public final class Worker: @unchecked Sendable {
                     // Clamped, so that a coordinator's extreme values cannot overflow interval × liveness.
                     interval = UInt64(min(max(10, welcome.heartbeatIntervalMs), 3_600_000)) * 1_000_000
                     liveness = UInt64(min(max(2, welcome.heartbeatLiveness), 1000))
-                    logger.info("joined run \(welcome.runID) at \(configuration.connect)")
+                    // Hellos are repeated until one is answered: several welcomes can come back.
+                    if welcome.runID != runID { logger.info("joined run \(welcome.runID) at \(configuration.connect)") }
+                    join(run: welcome.runID)
                     for bytes in unacknowledged.values { transmit(bytes) }
-                case .refusal(let refusal):
-                    logger.error("refused by the coordinator: \(refusal.reason)")
-                    return .refused(reason: refusal.reason)
                 case .assignment(let assignment):
                     start(assignment, transmit: transmit)
                 case .resultAck(let ack):
-                    unacknowledged[ack.shardID] = nil
+                    unacknowledged[ResultKey(runID: ack.runID, shard: ack.shardID)] = nil
                     if ack.duplicate { logger.info("shard \(ack.shardID): the coordinator already had a result; ours was dropped") }
+                    if ack.rejected { logger.warning("shard \(ack.shardID) attempt \(ack.attempt): the coordinator refused our result: \(ack.reason.prefix(300))") }
                 case .stop(let stop):
                     logger.info("coordinator says stop: \(stop.reason)")
                     if configuration.exitOnStop || stop.reason != "run complete" {
-                        // A stopped run still sends what it measured, marked incomplete.
+                        // A shard cut short is given back, never reported: its part-measurement
+                        // would make the totals differ from an uninterrupted run's.
                         shardCancellation?.cancel()
                         if let thread = shardThread {
                             thread.join()
                             shardThread = nil
-                            // The result is kept until acknowledged, and the shard is over (a
-                            // worker that stays must not look busy).
+                            // What the shard thread left goes out (a give-back, or a result that
+                            // finished just in time), and the shard is over (a worker that stays
+                            // must not look busy).
                             drainOutbox()
                         }
                         if configuration.exitOnStop { return .stopped(reason: stop.reason) }
@@ -260,7 +290,7 @@ public final class Worker: @unchecked Sendable {
             try socket.makeCurveClient(security.keys, server: security.coordinatorKey)
         }
         let monitor = try SocketMonitor(socket)
-        try socket.setOption(SocketOption.identity, Array(configuration.name.utf8))
+        try socket.setOption(SocketOption.identity, routingID)
         try socket.setOption(SocketOption.reconnectInterval, Int32(configuration.reconnectInitialMilliseconds))
         try socket.setOption(SocketOption.reconnectIntervalMaximum, Int32(configuration.reconnectMaximumMilliseconds))
         try socket.setOption(SocketOption.maximumMessageSize, Int64(64 << 20))
@@ -283,10 +313,40 @@ public final class Worker: @unchecked Sendable {
         hello.largestShardSlots = UInt32(configuration.largestShardSlots)
         hello.role = .simulator
         if let running = currentShard {
-            hello.runningShardID = running.id
+            hello.runningShardID = running.shard
             hello.runningAttempt = running.attempt
+            hello.runningRunID = running.runID
         }
         return frame(.hello(hello))
+    }
+
+    /// Welcomed into `run`: results and a running shard of any other run are dropped.
+    private func join(run: String) {
+        runID = run
+        let stale = unacknowledged.keys.filter { $0.runID != run }
+        for key in stale {
+            unacknowledged[key] = nil
+            logger.info("dropped the unacknowledged result of shard \(key.shard) of run \(key.runID): this worker is now in run \(run)")
+        }
+        if let running = currentShard, running.runID != run {
+            // Stopped before anything of the new run is taken on, so that the worker never
+            // counts as busy with another run's shard.
+            logger.info("stopping shard \(running.shard) of run \(running.runID): this worker is now in run \(run)")
+            shardCancellation?.cancel()
+            shardThread?.join()
+            shardThread = nil
+            currentShard = nil
+            _ = outbox.drain()
+        }
+    }
+
+    private func abandonedFrame(_ claim: AttemptClaim, reason: String) -> [UInt8] {
+        var abandoned = Zapfleet_V1_ShardAbandoned()
+        abandoned.runID = claim.runID
+        abandoned.shardID = claim.shard
+        abandoned.attempt = claim.attempt
+        abandoned.reason = reason
+        return frame(.abandoned(abandoned))
     }
 
     /// Validates an assignment and runs it on a thread, or says why not.
@@ -294,16 +354,18 @@ public final class Worker: @unchecked Sendable {
         func abandon(_ reason: String) {
             logger.warning("refusing shard \(assignment.shardID): \(reason)")
             var abandoned = Zapfleet_V1_ShardAbandoned()
+            abandoned.runID = assignment.runID
             abandoned.shardID = assignment.shardID
             abandoned.attempt = assignment.attempt
             abandoned.reason = reason
             if let running = currentShard {
-                abandoned.busyWithShardID = running.id
+                abandoned.busyWithShardID = running.shard
                 abandoned.busyWithAttempt = running.attempt
             }
             transmit(frame(.abandoned(abandoned)))
         }
-        guard currentShard == nil else { return abandon("busy with shard \(currentShard!.id)") }
+        guard currentShard == nil else { return abandon("busy with shard \(currentShard!.shard)") }
+        guard assignment.runID == runID else { return abandon("the assignment is for run \(assignment.runID.prefix(40)), this worker is in run \(runID ?? "none")") }
         let scenario: Scenario
         do {
             scenario = try ScenarioParser.parse(assignment.scenarioYaml, file: "assignment \(assignment.shardID)")
@@ -323,7 +385,8 @@ public final class Worker: @unchecked Sendable {
         }
         guard assignment.kernelNsPerSpte > 0, assignment.kernelNsPerSpte.isFinite else { return abandon("invalid kernel cost per SPTE") }
 
-        currentShard = (assignment.shardID, assignment.attempt)
+        let claim = AttemptClaim(runID: assignment.runID, shard: assignment.shardID, attempt: assignment.attempt)
+        currentShard = claim
         let flag = CancellationFlag()
         shardCancellation = flag
         let outbox = self.outbox
@@ -340,6 +403,7 @@ public final class Worker: @unchecked Sendable {
             report.sptesInstalled = UInt64(update.sptesInstalled)
             report.sptesZapped = UInt64(update.sptesZapped)
             report.elapsedNs = update.elapsedNanoseconds
+            report.runID = assignment.runID
             var envelope = Messages.envelope(.progress(report))
             envelope.protocolVersion = configuration.protocolVersion
             return (try? envelope.serializedBytes()) ?? []
@@ -350,30 +414,40 @@ public final class Worker: @unchecked Sendable {
             let start = monotonicNanoseconds()
             let runner = ScenarioRunner(scenario: scenario, options: RunOptions(
                 kernelNanosecondsPerSPTE: assignment.kernelNsPerSpte, slice: slice, cancellation: flag,
-                progress: { outbox.push(.progress(progressFrame($0))) }, progressInterval: interval))
+                progress: { outbox.push(.frame(assignment.runID, progressFrame($0))) }, progressInterval: interval))
             var result = Zapfleet_V1_ShardResult()
+            result.runID = assignment.runID
             result.shardID = assignment.shardID
             result.attempt = assignment.attempt
+            func giveBack(_ reason: String) {
+                var abandoned = Zapfleet_V1_ShardAbandoned()
+                abandoned.runID = assignment.runID
+                abandoned.shardID = assignment.shardID
+                abandoned.attempt = assignment.attempt
+                abandoned.reason = reason
+                var envelope = Messages.envelope(.abandoned(abandoned))
+                envelope.protocolVersion = resultVersion
+                outbox.push(.frame(assignment.runID, (try? envelope.serializedBytes()) ?? []))
+                outbox.push(.finished)
+            }
             do {
                 for policy in scenario.policies {
-                    result.policies.append(ResultCoding.encode(try runner.run(policy: policy)))
+                    let run = try runner.run(policy: policy)
+                    // Cut short (the run or the worker stopping): given back, so that it runs again in full.
+                    guard run.complete, !flag.isCancelled else {
+                        shardLogger.info("shard \(assignment.shardID) stopped before its end; giving it back")
+                        return giveBack("stopped before the shard's end")
+                    }
+                    result.policies.append(ResultCoding.encode(run))
                 }
             } catch {
                 shardLogger.error("shard \(assignment.shardID) failed: \(error)")
-                var abandoned = Zapfleet_V1_ShardAbandoned()
-                abandoned.shardID = assignment.shardID
-                abandoned.attempt = assignment.attempt
-                abandoned.reason = "the engine failed: \(error)"
-                var envelope = Messages.envelope(.abandoned(abandoned))
-                envelope.protocolVersion = resultVersion
-                outbox.push(.progress((try? envelope.serializedBytes()) ?? []))
-                outbox.push(.finished)
-                return
+                return giveBack("the engine failed: \(error)")
             }
             result.wallNs = monotonicNanoseconds() - start
             var envelope = Messages.envelope(.result(result))
             envelope.protocolVersion = resultVersion
-            outbox.push(.result(assignment.shardID, (try? envelope.serializedBytes()) ?? []))
+            outbox.push(.result(ResultKey(runID: assignment.runID, shard: assignment.shardID), (try? envelope.serializedBytes()) ?? []))
             outbox.push(.finished)
             shardLogger.info("shard \(assignment.shardID) finished in \(Quantities.formatDuration(Double(result.wallNs)))")
         }
@@ -391,8 +465,9 @@ public final class Worker: @unchecked Sendable {
 /// Messages from the shard thread to the socket's thread.
 final class Outbox: @unchecked Sendable {
     enum Item {
-        case progress([UInt8])
-        case result(UInt64, [UInt8])
+        /// A frame of run `runID` (progress, a give-back): sent only while the worker is in that run.
+        case frame(String, [UInt8])
+        case result(Worker.ResultKey, [UInt8])
         case finished
 
     }

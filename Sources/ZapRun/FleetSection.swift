@@ -16,12 +16,18 @@ public struct FleetSection: Sendable, Codable, Equatable {
         public var duplicatesDropped: Int
         /// Frames from it that failed validation (dropped).
         public var badFrames: Int
-        /// Its last state: ready, busy, missing, dead, refused.
+        /// Its last state: ready, busy, missing, dead, refused, banned.
         public var state: String
+        /// Why it was refused, or got no shards although live (too many give-backs, spare); nil otherwise.
+        public var note: String?
+        /// Results from it that were refused (implausible, revoked, not its attempt).
+        public var resultsRefused: Int?
 
         /// A worker's summary.
         public init(name: String, host: String, cores: Int, memoryBudgetBytes: UInt64, shardsCompleted: Int,
-                    duplicatesDropped: Int, badFrames: Int, state: String) {
+                    duplicatesDropped: Int, badFrames: Int, state: String, note: String? = nil, resultsRefused: Int? = nil) {
+            self.note = note
+            self.resultsRefused = resultsRefused
             self.name = name
             self.host = host
             self.cores = cores
@@ -112,11 +118,17 @@ public struct FleetSection: Sendable, Codable, Equatable {
     public var keysRefused: Int
     /// Shards whose results came from the journal of an interrupted run (`--resume`).
     public var resumedShards: Int
+    /// Results refused (implausible, revoked, another run's, not the sender's attempt).
+    public var resultsRefused: Int
+    /// Attempts revoked (given back, past the progress deadline, their worker refused or banned).
+    public var attemptsRevoked: Int
 
     /// A fleet section.
     public init(workers: [WorkerSummary], shards: [ShardSummary], requeues: Int, duplicatesDropped: Int, badFrames: Int,
                 wholeVm: [WholeVMEvent], dispatchSeconds: Double = 0, coordinatorCpuSeconds: Double = 0,
-                keysRefused: Int = 0, resumedShards: Int = 0) {
+                keysRefused: Int = 0, resumedShards: Int = 0, resultsRefused: Int = 0, attemptsRevoked: Int = 0) {
+        self.resultsRefused = resultsRefused
+        self.attemptsRevoked = attemptsRevoked
         self.keysRefused = keysRefused
         self.resumedShards = resumedShards
         self.dispatchSeconds = dispatchSeconds
@@ -131,7 +143,7 @@ public struct FleetSection: Sendable, Codable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case workers, shards, requeues, duplicatesDropped, badFrames, wholeVm, dispatchSeconds, coordinatorCpuSeconds
-        case keysRefused, resumedShards
+        case keysRefused, resumedShards, resultsRefused, attemptsRevoked
     }
 
     /// Decodes a fleet section; fields added after schema version 1 was first written default to 0.
@@ -147,5 +159,7 @@ public struct FleetSection: Sendable, Codable, Equatable {
         coordinatorCpuSeconds = try container.decode(Double.self, forKey: .coordinatorCpuSeconds)
         keysRefused = try container.decodeIfPresent(Int.self, forKey: .keysRefused) ?? 0
         resumedShards = try container.decodeIfPresent(Int.self, forKey: .resumedShards) ?? 0
+        resultsRefused = try container.decodeIfPresent(Int.self, forKey: .resultsRefused) ?? 0
+        attemptsRevoked = try container.decodeIfPresent(Int.self, forKey: .attemptsRevoked) ?? 0
     }
 }

@@ -72,7 +72,7 @@ public enum ReportTable {
         }
         lines.append("workers")
         for worker in fleet.workers {
-            lines.append("  \(worker.name.padding(to: 16)) \(worker.host.padding(to: 16)) \(worker.cores) cores, budget \(Quantities.describeSize(Double(worker.memoryBudgetBytes))), shards \(worker.shardsCompleted), duplicates \(worker.duplicatesDropped), bad frames \(worker.badFrames), \(worker.state)")
+            lines.append("  \(worker.name.padding(to: 16)) \(worker.host.padding(to: 16)) \(worker.cores) cores, budget \(Quantities.describeSize(Double(worker.memoryBudgetBytes))), shards \(worker.shardsCompleted), duplicates \(worker.duplicatesDropped), bad frames \(worker.badFrames), \(worker.state)" + (worker.note.map { " (\($0))" } ?? ""))
         }
         let slowest = fleet.shards.map(\.wallSeconds).max() ?? 0
         if fleet.dispatchSeconds > 0 && slowest > 0 {

@@ -63,8 +63,14 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Silent heartbeat intervals after which a worker is missing and its shard is requeued.")
     var liveness: Int = 3
 
-    @Option(help: "Attempts a shard may take before the run fails.")
+    @Option(help: "Attempts of a shard that may come to nothing (worker lost, result refused, progress deadline missed) before the run fails. Give-backs do not count.")
     var maxAttempts: Int = 3
+
+    @Option(help: "Heartbeat intervals a running shard may go without a progress report before its attempt is revoked and the shard requeued (a late result of it is dropped).")
+    var progressDeadline: Int = 600
+
+    @Option(help: "Assignments a worker may give back, let lapse or answer with a refused result in a row before it gets no more shards (the report says which and why).")
+    var giveBackLimit: Int = 3
 
     @Option(help: "Largest shard, e.g. 2TiB (default: as large as the smallest worker budget allows).")
     var shardSize: String?
@@ -88,8 +94,10 @@ struct CoordinatorCommand: ParsableCommand {
         }
         guard expectWorkers >= 1 else { throw ValidationError("--expect-workers must be at least 1") }
         guard expectAgents >= 0 else { throw ValidationError("--expect-agents cannot be negative") }
-        guard liveness >= 2 else { throw ValidationError("--liveness must be at least 2") }
-        guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
+        guard (1...1_000_000).contains(maxAttempts) else { throw ValidationError("--max-attempts must be between 1 and 1000000") }
+        guard (2...1_000_000).contains(liveness) else { throw ValidationError("--liveness must be between 2 and 1000000") }
+        guard (2...100_000_000).contains(progressDeadline) else { throw ValidationError("--progress-deadline must be between 2 and 100000000 heartbeat intervals") }
+        guard (1...1_000_000).contains(giveBackLimit) else { throw ValidationError("--give-back-limit must be between 1 and 1000000") }
         if let shardSize, Quantities.parseSize(shardSize) == nil { throw ValidationError("--shard-size '\(shardSize)' is not a size, e.g. 2TiB") }
         if resume != nil && scenario != nil {
             throw ValidationError("--resume takes the scenario from the run's journal; drop --scenario")
@@ -110,6 +118,12 @@ struct CoordinatorCommand: ParsableCommand {
                 resolved = try ScenarioCatalog.load(scenario ?? "quick")
             }
             if let out { try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true) }
+            // Resumed into another directory: the journal goes on there, from a copy of the old one.
+            if let resume, let out, URL(fileURLWithPath: resume).standardizedFileURL != URL(fileURLWithPath: out).standardizedFileURL {
+                let target = ResultJournal.path(inRunDirectory: out)
+                try? FileManager.default.removeItem(atPath: target)
+                try FileManager.default.copyItem(atPath: ResultJournal.path(inRunDirectory: resume), toPath: target)
+            }
         } catch let error as JournalError {
             printError(error.description)
             throw ZapfleetExitCode.badInput
@@ -132,6 +146,8 @@ struct CoordinatorCommand: ParsableCommand {
             maxAttempts: maxAttempts, kernelNanosecondsPerSPTE: kernelCost, shardBytes: shardSize.flatMap(Quantities.parseSize),
             security: security, journalPath: out.map(ResultJournal.path(inRunDirectory:)), resume: resumed)
         configuration.expectAgents = expectAgents
+        configuration.progressDeadlineIntervals = progressDeadline
+        configuration.giveBackLimit = giveBackLimit
         let started = Date()
         let start = monotonicNanoseconds()
         let outcome: FleetRunOutcome

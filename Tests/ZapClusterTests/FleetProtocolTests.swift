@@ -195,6 +195,7 @@ struct FleetProtocolTests {
             let runner = ScenarioRunner(scenario: shardScenario, options: RunOptions(
                 slice: MemorySlice(firstSlot: Int(assignment.firstSlot), slotCount: Int(assignment.slotCount))))
             var result = Zapfleet_V1_ShardResult()
+            result.runID = assignment.runID
             result.shardID = assignment.shardID
             result.attempt = assignment.attempt
             result.policies = try shardScenario.policies.map { ResultCoding.encode(try runner.run(policy: $0)) }
@@ -223,7 +224,7 @@ struct FleetProtocolTests {
         #expect(outcome.runs.allSatisfy { $0.statistics.sptesZapped == 2 << 20 }, "counted once, not twice")
     }
 
-    @Test("a result with a corrupt histogram is dropped and the shard still completes")
+    @Test("a result with a corrupt histogram is refused, its attempt revoked and the shard run again; stray ids are counted and dropped")
     func corruptHistogram() throws {
         let context = try ZeroMQContext()
         let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
@@ -236,24 +237,41 @@ struct FleetProtocolTests {
         let shardScenario = try ScenarioParser.parse(assignment.scenarioYaml, file: "assignment")
         let runner = ScenarioRunner(scenario: shardScenario, options: RunOptions(slice: MemorySlice(firstSlot: 0, slotCount: 8)))
         var result = Zapfleet_V1_ShardResult()
+        result.runID = assignment.runID
         result.shardID = assignment.shardID
         result.attempt = 1
         result.policies = try shardScenario.policies.map { ResultCoding.encode(try runner.run(policy: $0)) }
         var corrupt = result
         corrupt.policies[0].histograms[0].hdrV2 = Data([0x1c, 0x84, 0x93, 0x14, 0, 0, 0, 9, 1, 2, 3])
         try peer.send(.result(corrupt))
+        // The refusal names the field, and the shard comes back as a new attempt.
+        var ack: Zapfleet_V1_ResultAck?
+        var retry: Zapfleet_V1_Assignment?
+        while ack == nil || retry == nil, let body = try peer.next() {
+            if case .resultAck(let value) = body { ack = value }
+            if case .assignment(let value) = body { retry = value }
+        }
+        #expect(ack?.rejected == true)
+        #expect(ack?.reason.contains("histogram") == true, "\(ack?.reason ?? "")")
+        #expect(retry?.attempt == 2)
         // Ids no shard has, up to the largest a field can carry.
         var stray = result
         stray.shardID = .max
         try peer.send(.result(stray))
         var abandoned = Zapfleet_V1_ShardAbandoned()
+        abandoned.runID = assignment.runID
         abandoned.shardID = .max
         try peer.send(.abandoned(abandoned))
+        // The revoked first attempt no longer counts; the second does.
+        try peer.send(.result(result))
+        result.attempt = 2
         try peer.send(.result(result))
         let outcome = try running.finish()
         #expect(outcome.complete)
-        #expect(outcome.fleet.badFrames == 3)
+        #expect(outcome.fleet.badFrames == 2, "the stray result and give-back")
+        #expect(outcome.fleet.resultsRefused == 3, "the corrupt, the stray and the revoked attempt's")
         #expect(outcome.fleet.duplicatesDropped == 0)
+        #expect(outcome.fleet.shards.first?.attempts == 2)
     }
 
     @Test("an external agent gets a job, not a shard; results for another job, with unknown operations or impossible samples are dropped and counted; a valid one is its column")
@@ -317,7 +335,7 @@ struct FleetProtocolTests {
         guard case .assignment? = try peer.next() else { Issue.record("no assignment"); return }
         // Silent from here on: missing, then dead, then no worker is left.
         let outcome = try running.finish()
-        #expect(outcome.failure?.contains("no worker has been alive for 1 s") == true, "\(outcome.failure ?? "no failure")")
+        #expect(outcome.failure?.contains("no live worker can make progress") == true, "\(outcome.failure ?? "no failure")")
         #expect(!outcome.complete)
         #expect(outcome.fleet.workers.first?.state == "dead")
     }

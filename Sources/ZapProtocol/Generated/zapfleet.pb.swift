@@ -247,6 +247,10 @@ public nonisolated struct Zapfleet_V1_Hello: Sendable {
   /// That shard's attempt number; 0 (attempts start at 1) when the worker runs nothing.
   public var runningAttempt: UInt32 = 0
 
+  /// The run that shard belongs to (Assignment.run_id). A coordinator counts the worker busy only
+  /// with a shard of its own run; a worker welcomed into another run drops that shard.
+  public var runningRunID: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -258,7 +262,8 @@ public nonisolated struct Zapfleet_V1_Welcome: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// The coordinator's run identifier, for logs.
+  /// The run's identifier: new for a fresh run, the journal's for a resumed one. A worker drops
+  /// results and shards of any other run instead of sending them here.
   public var runID: String = String()
 
   /// How often each side sends a heartbeat when otherwise silent, in milliseconds.
@@ -324,6 +329,11 @@ public nonisolated struct Zapfleet_V1_Assignment: Sendable {
   /// Kernel cost per SPTE for the projection, in nanoseconds.
   public var kernelNsPerSpte: Double = 0
 
+  /// The run this assignment belongs to (Welcome.run_id); echoed in Progress, ShardResult and
+  /// ShardAbandoned. The coordinator takes a result only for an attempt of its own run that it
+  /// handed to the sending peer.
+  public var runID: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -356,6 +366,9 @@ public nonisolated struct Zapfleet_V1_Progress: Sendable {
 
   /// Time since the policy started, in nanoseconds.
   public var elapsedNs: UInt64 = 0
+
+  /// Assignment.run_id.
+  public var runID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -592,6 +605,8 @@ public nonisolated struct Zapfleet_V1_PolicyResult: Sendable {
 }
 
 /// Worker -> coordinator: a finished shard.
+/// Only a shard that ran to its end is sent: a shard cut short (the run stopping, the worker
+/// stopping) is given back with ShardAbandoned instead, so that it is run again.
 public nonisolated struct Zapfleet_V1_ShardResult: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -601,18 +616,22 @@ public nonisolated struct Zapfleet_V1_ShardResult: Sendable {
 
   public var attempt: UInt32 = 0
 
-  /// One entry per policy of the scenario, in scenario order.
+  /// One entry per policy of the scenario, in scenario order; each must be complete.
   public var policies: [Zapfleet_V1_PolicyResult] = []
 
   /// Wall time of the shard.
   public var wallNs: UInt64 = 0
+
+  /// Assignment.run_id.
+  public var runID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-/// Coordinator -> worker: the result arrived (or was a duplicate, and was dropped).
+/// Coordinator -> worker: the result is durable here, or was dropped; either way the worker
+/// forgets it. Sent for a result of this run only.
 public nonisolated struct Zapfleet_V1_ResultAck: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -624,6 +643,15 @@ public nonisolated struct Zapfleet_V1_ResultAck: Sendable {
 
   /// True if another attempt's result had already been accepted.
   public var duplicate: Bool = false
+
+  /// True if the result was refused (implausible, or for an attempt this peer was not handed);
+  /// the shard, if still pending, goes to another attempt. `reason` says why.
+  public var rejected: Bool = false
+
+  public var reason: String = String()
+
+  /// The run (Welcome.run_id).
+  public var runID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -649,6 +677,9 @@ public nonisolated struct Zapfleet_V1_ShardAbandoned: Sendable {
 
   /// The attempt of the shard it is busy with; 0 when the refusal has another reason.
   public var busyWithAttempt: UInt32 = 0
+
+  /// Assignment.run_id of the shard given up.
+  public var runID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -992,7 +1023,7 @@ nonisolated extension Zapfleet_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}build_version\0\u{3}host_name\0\u{1}cores\0\u{3}memory_budget_bytes\0\u{3}largest_shard_bytes\0\u{3}worker_name\0\u{1}role\0\u{3}largest_shard_slots\0\u{3}running_shard_id\0\u{3}running_attempt\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}build_version\0\u{3}host_name\0\u{1}cores\0\u{3}memory_budget_bytes\0\u{3}largest_shard_bytes\0\u{3}worker_name\0\u{1}role\0\u{3}largest_shard_slots\0\u{3}running_shard_id\0\u{3}running_attempt\0\u{3}running_run_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1010,6 +1041,7 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.largestShardSlots) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.runningShardID) }()
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.runningAttempt) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.runningRunID) }()
       default: break
       }
     }
@@ -1046,6 +1078,9 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.runningAttempt != 0 {
       try visitor.visitSingularUInt32Field(value: self.runningAttempt, fieldNumber: 10)
     }
+    if !self.runningRunID.isEmpty {
+      try visitor.visitSingularStringField(value: self.runningRunID, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1060,6 +1095,7 @@ nonisolated extension Zapfleet_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.largestShardSlots != rhs.largestShardSlots {return false}
     if lhs.runningShardID != rhs.runningShardID {return false}
     if lhs.runningAttempt != rhs.runningAttempt {return false}
+    if lhs.runningRunID != rhs.runningRunID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1161,7 +1197,7 @@ nonisolated extension Zapfleet_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Zapfleet_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assignment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{3}scenario_yaml\0\u{3}first_slot\0\u{3}slot_count\0\u{3}kernel_ns_per_spte\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{3}scenario_yaml\0\u{3}first_slot\0\u{3}slot_count\0\u{3}kernel_ns_per_spte\0\u{3}run_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1175,6 +1211,7 @@ nonisolated extension Zapfleet_V1_Assignment: SwiftProtobuf.Message, SwiftProtob
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.firstSlot) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.slotCount) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.kernelNsPerSpte) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.runID) }()
       default: break
       }
     }
@@ -1199,6 +1236,9 @@ nonisolated extension Zapfleet_V1_Assignment: SwiftProtobuf.Message, SwiftProtob
     if self.kernelNsPerSpte.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.kernelNsPerSpte, fieldNumber: 6)
     }
+    if !self.runID.isEmpty {
+      try visitor.visitSingularStringField(value: self.runID, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1209,6 +1249,7 @@ nonisolated extension Zapfleet_V1_Assignment: SwiftProtobuf.Message, SwiftProtob
     if lhs.firstSlot != rhs.firstSlot {return false}
     if lhs.slotCount != rhs.slotCount {return false}
     if lhs.kernelNsPerSpte != rhs.kernelNsPerSpte {return false}
+    if lhs.runID != rhs.runID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1216,7 +1257,7 @@ nonisolated extension Zapfleet_V1_Assignment: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Zapfleet_V1_Progress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Progress"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{1}policy\0\u{1}step\0\u{1}steps\0\u{3}step_name\0\u{3}sptes_installed\0\u{3}sptes_zapped\0\u{3}elapsed_ns\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{1}policy\0\u{1}step\0\u{1}steps\0\u{3}step_name\0\u{3}sptes_installed\0\u{3}sptes_zapped\0\u{3}elapsed_ns\0\u{3}run_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1233,6 +1274,7 @@ nonisolated extension Zapfleet_V1_Progress: SwiftProtobuf.Message, SwiftProtobuf
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.sptesInstalled) }()
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.sptesZapped) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.elapsedNs) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.runID) }()
       default: break
       }
     }
@@ -1266,6 +1308,9 @@ nonisolated extension Zapfleet_V1_Progress: SwiftProtobuf.Message, SwiftProtobuf
     if self.elapsedNs != 0 {
       try visitor.visitSingularUInt64Field(value: self.elapsedNs, fieldNumber: 9)
     }
+    if !self.runID.isEmpty {
+      try visitor.visitSingularStringField(value: self.runID, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1279,6 +1324,7 @@ nonisolated extension Zapfleet_V1_Progress: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.sptesInstalled != rhs.sptesInstalled {return false}
     if lhs.sptesZapped != rhs.sptesZapped {return false}
     if lhs.elapsedNs != rhs.elapsedNs {return false}
+    if lhs.runID != rhs.runID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1698,7 +1744,7 @@ nonisolated extension Zapfleet_V1_PolicyResult: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Zapfleet_V1_ShardResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShardResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{1}policies\0\u{3}wall_ns\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{1}policies\0\u{3}wall_ns\0\u{3}run_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1710,6 +1756,7 @@ nonisolated extension Zapfleet_V1_ShardResult: SwiftProtobuf.Message, SwiftProto
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.policies) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.wallNs) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.runID) }()
       default: break
       }
     }
@@ -1728,6 +1775,9 @@ nonisolated extension Zapfleet_V1_ShardResult: SwiftProtobuf.Message, SwiftProto
     if self.wallNs != 0 {
       try visitor.visitSingularUInt64Field(value: self.wallNs, fieldNumber: 4)
     }
+    if !self.runID.isEmpty {
+      try visitor.visitSingularStringField(value: self.runID, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1736,6 +1786,7 @@ nonisolated extension Zapfleet_V1_ShardResult: SwiftProtobuf.Message, SwiftProto
     if lhs.attempt != rhs.attempt {return false}
     if lhs.policies != rhs.policies {return false}
     if lhs.wallNs != rhs.wallNs {return false}
+    if lhs.runID != rhs.runID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1743,7 +1794,7 @@ nonisolated extension Zapfleet_V1_ShardResult: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Zapfleet_V1_ResultAck: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ResultAck"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{1}duplicate\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{1}duplicate\0\u{1}rejected\0\u{1}reason\0\u{3}run_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1754,6 +1805,9 @@ nonisolated extension Zapfleet_V1_ResultAck: SwiftProtobuf.Message, SwiftProtobu
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.shardID) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.duplicate) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.rejected) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.runID) }()
       default: break
       }
     }
@@ -1769,6 +1823,15 @@ nonisolated extension Zapfleet_V1_ResultAck: SwiftProtobuf.Message, SwiftProtobu
     if self.duplicate != false {
       try visitor.visitSingularBoolField(value: self.duplicate, fieldNumber: 3)
     }
+    if self.rejected != false {
+      try visitor.visitSingularBoolField(value: self.rejected, fieldNumber: 4)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 5)
+    }
+    if !self.runID.isEmpty {
+      try visitor.visitSingularStringField(value: self.runID, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1776,6 +1839,9 @@ nonisolated extension Zapfleet_V1_ResultAck: SwiftProtobuf.Message, SwiftProtobu
     if lhs.shardID != rhs.shardID {return false}
     if lhs.attempt != rhs.attempt {return false}
     if lhs.duplicate != rhs.duplicate {return false}
+    if lhs.rejected != rhs.rejected {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.runID != rhs.runID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1783,7 +1849,7 @@ nonisolated extension Zapfleet_V1_ResultAck: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShardAbandoned"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{1}reason\0\u{3}busy_with_shard_id\0\u{3}busy_with_attempt\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}shard_id\0\u{1}attempt\0\u{1}reason\0\u{3}busy_with_shard_id\0\u{3}busy_with_attempt\0\u{3}run_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1796,6 +1862,7 @@ nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftPr
       case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.busyWithShardID) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.busyWithAttempt) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.runID) }()
       default: break
       }
     }
@@ -1817,6 +1884,9 @@ nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftPr
     if self.busyWithAttempt != 0 {
       try visitor.visitSingularUInt32Field(value: self.busyWithAttempt, fieldNumber: 5)
     }
+    if !self.runID.isEmpty {
+      try visitor.visitSingularStringField(value: self.runID, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1826,6 +1896,7 @@ nonisolated extension Zapfleet_V1_ShardAbandoned: SwiftProtobuf.Message, SwiftPr
     if lhs.reason != rhs.reason {return false}
     if lhs.busyWithShardID != rhs.busyWithShardID {return false}
     if lhs.busyWithAttempt != rhs.busyWithAttempt {return false}
+    if lhs.runID != rhs.runID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1063,7 +1063,7 @@ const ProtobufCMessageDescriptor zapfleet__v1__envelope__descriptor =
   (ProtobufCMessageInit) zapfleet__v1__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor zapfleet__v1__hello__field_descriptors[10] =
+static const ProtobufCFieldDescriptor zapfleet__v1__hello__field_descriptors[11] =
 {
   {
     "build_version",
@@ -1185,6 +1185,18 @@ static const ProtobufCFieldDescriptor zapfleet__v1__hello__field_descriptors[10]
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "running_run_id",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__Hello, running_run_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned zapfleet__v1__hello__field_indices_by_name[] = {
   0,   /* field[0] = build_version */
@@ -1195,13 +1207,14 @@ static const unsigned zapfleet__v1__hello__field_indices_by_name[] = {
   3,   /* field[3] = memory_budget_bytes */
   6,   /* field[6] = role */
   9,   /* field[9] = running_attempt */
+  10,   /* field[10] = running_run_id */
   8,   /* field[8] = running_shard_id */
   5,   /* field[5] = worker_name */
 };
 static const ProtobufCIntRange zapfleet__v1__hello__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor zapfleet__v1__hello__descriptor =
 {
@@ -1211,7 +1224,7 @@ const ProtobufCMessageDescriptor zapfleet__v1__hello__descriptor =
   "Zapfleet__V1__Hello",
   "zapfleet.v1",
   sizeof(Zapfleet__V1__Hello),
-  10,
+  11,
   zapfleet__v1__hello__field_descriptors,
   zapfleet__v1__hello__field_indices_by_name,
   1,  zapfleet__v1__hello__number_ranges,
@@ -1351,7 +1364,7 @@ const ProtobufCMessageDescriptor zapfleet__v1__heartbeat__descriptor =
   (ProtobufCMessageInit) zapfleet__v1__heartbeat__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor zapfleet__v1__assignment__field_descriptors[6] =
+static const ProtobufCFieldDescriptor zapfleet__v1__assignment__field_descriptors[7] =
 {
   {
     "shard_id",
@@ -1425,11 +1438,24 @@ static const ProtobufCFieldDescriptor zapfleet__v1__assignment__field_descriptor
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "run_id",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__Assignment, run_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned zapfleet__v1__assignment__field_indices_by_name[] = {
   1,   /* field[1] = attempt */
   3,   /* field[3] = first_slot */
   5,   /* field[5] = kernel_ns_per_spte */
+  6,   /* field[6] = run_id */
   2,   /* field[2] = scenario_yaml */
   0,   /* field[0] = shard_id */
   4,   /* field[4] = slot_count */
@@ -1437,7 +1463,7 @@ static const unsigned zapfleet__v1__assignment__field_indices_by_name[] = {
 static const ProtobufCIntRange zapfleet__v1__assignment__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor zapfleet__v1__assignment__descriptor =
 {
@@ -1447,14 +1473,14 @@ const ProtobufCMessageDescriptor zapfleet__v1__assignment__descriptor =
   "Zapfleet__V1__Assignment",
   "zapfleet.v1",
   sizeof(Zapfleet__V1__Assignment),
-  6,
+  7,
   zapfleet__v1__assignment__field_descriptors,
   zapfleet__v1__assignment__field_indices_by_name,
   1,  zapfleet__v1__assignment__number_ranges,
   (ProtobufCMessageInit) zapfleet__v1__assignment__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor zapfleet__v1__progress__field_descriptors[9] =
+static const ProtobufCFieldDescriptor zapfleet__v1__progress__field_descriptors[10] =
 {
   {
     "shard_id",
@@ -1564,11 +1590,24 @@ static const ProtobufCFieldDescriptor zapfleet__v1__progress__field_descriptors[
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "run_id",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__Progress, run_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned zapfleet__v1__progress__field_indices_by_name[] = {
   1,   /* field[1] = attempt */
   8,   /* field[8] = elapsed_ns */
   2,   /* field[2] = policy */
+  9,   /* field[9] = run_id */
   0,   /* field[0] = shard_id */
   6,   /* field[6] = sptes_installed */
   7,   /* field[7] = sptes_zapped */
@@ -1579,7 +1618,7 @@ static const unsigned zapfleet__v1__progress__field_indices_by_name[] = {
 static const ProtobufCIntRange zapfleet__v1__progress__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor zapfleet__v1__progress__descriptor =
 {
@@ -1589,7 +1628,7 @@ const ProtobufCMessageDescriptor zapfleet__v1__progress__descriptor =
   "Zapfleet__V1__Progress",
   "zapfleet.v1",
   sizeof(Zapfleet__V1__Progress),
-  9,
+  10,
   zapfleet__v1__progress__field_descriptors,
   zapfleet__v1__progress__field_indices_by_name,
   1,  zapfleet__v1__progress__number_ranges,
@@ -2305,7 +2344,7 @@ const ProtobufCMessageDescriptor zapfleet__v1__policy_result__descriptor =
   (ProtobufCMessageInit) zapfleet__v1__policy_result__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor zapfleet__v1__shard_result__field_descriptors[4] =
+static const ProtobufCFieldDescriptor zapfleet__v1__shard_result__field_descriptors[5] =
 {
   {
     "shard_id",
@@ -2355,17 +2394,30 @@ static const ProtobufCFieldDescriptor zapfleet__v1__shard_result__field_descript
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "run_id",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__ShardResult, run_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned zapfleet__v1__shard_result__field_indices_by_name[] = {
   1,   /* field[1] = attempt */
   2,   /* field[2] = policies */
+  4,   /* field[4] = run_id */
   0,   /* field[0] = shard_id */
   3,   /* field[3] = wall_ns */
 };
 static const ProtobufCIntRange zapfleet__v1__shard_result__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor zapfleet__v1__shard_result__descriptor =
 {
@@ -2375,14 +2427,14 @@ const ProtobufCMessageDescriptor zapfleet__v1__shard_result__descriptor =
   "Zapfleet__V1__ShardResult",
   "zapfleet.v1",
   sizeof(Zapfleet__V1__ShardResult),
-  4,
+  5,
   zapfleet__v1__shard_result__field_descriptors,
   zapfleet__v1__shard_result__field_indices_by_name,
   1,  zapfleet__v1__shard_result__number_ranges,
   (ProtobufCMessageInit) zapfleet__v1__shard_result__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor zapfleet__v1__result_ack__field_descriptors[3] =
+static const ProtobufCFieldDescriptor zapfleet__v1__result_ack__field_descriptors[6] =
 {
   {
     "shard_id",
@@ -2420,16 +2472,55 @@ static const ProtobufCFieldDescriptor zapfleet__v1__result_ack__field_descriptor
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "rejected",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__ResultAck, rejected),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__ResultAck, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "run_id",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__ResultAck, run_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned zapfleet__v1__result_ack__field_indices_by_name[] = {
   1,   /* field[1] = attempt */
   2,   /* field[2] = duplicate */
+  4,   /* field[4] = reason */
+  3,   /* field[3] = rejected */
+  5,   /* field[5] = run_id */
   0,   /* field[0] = shard_id */
 };
 static const ProtobufCIntRange zapfleet__v1__result_ack__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor zapfleet__v1__result_ack__descriptor =
 {
@@ -2439,14 +2530,14 @@ const ProtobufCMessageDescriptor zapfleet__v1__result_ack__descriptor =
   "Zapfleet__V1__ResultAck",
   "zapfleet.v1",
   sizeof(Zapfleet__V1__ResultAck),
-  3,
+  6,
   zapfleet__v1__result_ack__field_descriptors,
   zapfleet__v1__result_ack__field_indices_by_name,
   1,  zapfleet__v1__result_ack__number_ranges,
   (ProtobufCMessageInit) zapfleet__v1__result_ack__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor zapfleet__v1__shard_abandoned__field_descriptors[5] =
+static const ProtobufCFieldDescriptor zapfleet__v1__shard_abandoned__field_descriptors[6] =
 {
   {
     "shard_id",
@@ -2508,18 +2599,31 @@ static const ProtobufCFieldDescriptor zapfleet__v1__shard_abandoned__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "run_id",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__ShardAbandoned, run_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned zapfleet__v1__shard_abandoned__field_indices_by_name[] = {
   1,   /* field[1] = attempt */
   4,   /* field[4] = busy_with_attempt */
   3,   /* field[3] = busy_with_shard_id */
   2,   /* field[2] = reason */
+  5,   /* field[5] = run_id */
   0,   /* field[0] = shard_id */
 };
 static const ProtobufCIntRange zapfleet__v1__shard_abandoned__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor zapfleet__v1__shard_abandoned__descriptor =
 {
@@ -2529,7 +2633,7 @@ const ProtobufCMessageDescriptor zapfleet__v1__shard_abandoned__descriptor =
   "Zapfleet__V1__ShardAbandoned",
   "zapfleet.v1",
   sizeof(Zapfleet__V1__ShardAbandoned),
-  5,
+  6,
   zapfleet__v1__shard_abandoned__field_descriptors,
   zapfleet__v1__shard_abandoned__field_indices_by_name,
   1,  zapfleet__v1__shard_abandoned__number_ranges,

@@ -153,10 +153,15 @@ struct  Zapfleet__V1__Hello
    * That shard's attempt number; 0 (attempts start at 1) when the worker runs nothing.
    */
   uint32_t running_attempt;
+  /*
+   * The run that shard belongs to (Assignment.run_id). A coordinator counts the worker busy only
+   * with a shard of its own run; a worker welcomed into another run drops that shard.
+   */
+  char *running_run_id;
 };
 #define ZAPFLEET__V1__HELLO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__hello__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string, ZAPFLEET__V1__WORKER_ROLE__WORKER_ROLE_UNSPECIFIED, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string, ZAPFLEET__V1__WORKER_ROLE__WORKER_ROLE_UNSPECIFIED, 0, 0, 0, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -166,7 +171,8 @@ struct  Zapfleet__V1__Welcome
 {
   ProtobufCMessage base;
   /*
-   * The coordinator's run identifier, for logs.
+   * The run's identifier: new for a fresh run, the journal's for a resumed one. A worker drops
+   * results and shards of any other run instead of sending them here.
    */
   char *run_id;
   /*
@@ -245,10 +251,16 @@ struct  Zapfleet__V1__Assignment
    * Kernel cost per SPTE for the projection, in nanoseconds.
    */
   double kernel_ns_per_spte;
+  /*
+   * The run this assignment belongs to (Welcome.run_id); echoed in Progress, ShardResult and
+   * ShardAbandoned. The coordinator takes a result only for an attempt of its own run that it
+   * handed to the sending peer.
+   */
+  char *run_id;
 };
 #define ZAPFLEET__V1__ASSIGNMENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__assignment__descriptor) \
-    , 0, 0, (char *)protobuf_c_empty_string, 0, 0, 0 }
+    , 0, 0, (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -278,10 +290,14 @@ struct  Zapfleet__V1__Progress
    * Time since the policy started, in nanoseconds.
    */
   uint64_t elapsed_ns;
+  /*
+   * Assignment.run_id.
+   */
+  char *run_id;
 };
 #define ZAPFLEET__V1__PROGRESS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__progress__descriptor) \
-    , 0, 0, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, 0, 0, 0 }
+    , 0, 0, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -447,6 +463,8 @@ struct  Zapfleet__V1__PolicyResult
 
 /*
  * Worker -> coordinator: a finished shard.
+ * Only a shard that ran to its end is sent: a shard cut short (the run stopping, the worker
+ * stopping) is given back with ShardAbandoned instead, so that it is run again.
  */
 struct  Zapfleet__V1__ShardResult
 {
@@ -454,7 +472,7 @@ struct  Zapfleet__V1__ShardResult
   uint64_t shard_id;
   uint32_t attempt;
   /*
-   * One entry per policy of the scenario, in scenario order.
+   * One entry per policy of the scenario, in scenario order; each must be complete.
    */
   size_t n_policies;
   Zapfleet__V1__PolicyResult **policies;
@@ -462,14 +480,19 @@ struct  Zapfleet__V1__ShardResult
    * Wall time of the shard.
    */
   uint64_t wall_ns;
+  /*
+   * Assignment.run_id.
+   */
+  char *run_id;
 };
 #define ZAPFLEET__V1__SHARD_RESULT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__shard_result__descriptor) \
-    , 0, 0, 0,NULL, 0 }
+    , 0, 0, 0,NULL, 0, (char *)protobuf_c_empty_string }
 
 
 /*
- * Coordinator -> worker: the result arrived (or was a duplicate, and was dropped).
+ * Coordinator -> worker: the result is durable here, or was dropped; either way the worker
+ * forgets it. Sent for a result of this run only.
  */
 struct  Zapfleet__V1__ResultAck
 {
@@ -480,10 +503,20 @@ struct  Zapfleet__V1__ResultAck
    * True if another attempt's result had already been accepted.
    */
   protobuf_c_boolean duplicate;
+  /*
+   * True if the result was refused (implausible, or for an attempt this peer was not handed);
+   * the shard, if still pending, goes to another attempt. `reason` says why.
+   */
+  protobuf_c_boolean rejected;
+  char *reason;
+  /*
+   * The run (Welcome.run_id).
+   */
+  char *run_id;
 };
 #define ZAPFLEET__V1__RESULT_ACK__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__result_ack__descriptor) \
-    , 0, 0, 0 }
+    , 0, 0, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -505,10 +538,14 @@ struct  Zapfleet__V1__ShardAbandoned
    * The attempt of the shard it is busy with; 0 when the refusal has another reason.
    */
   uint32_t busy_with_attempt;
+  /*
+   * Assignment.run_id of the shard given up.
+   */
+  char *run_id;
 };
 #define ZAPFLEET__V1__SHARD_ABANDONED__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__shard_abandoned__descriptor) \
-    , 0, 0, (char *)protobuf_c_empty_string, 0, 0 }
+    , 0, 0, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string }
 
 
 /*

@@ -22,7 +22,7 @@ extern "C" {
 #endif
 
 /* The protocol version this library speaks (zapfleetProtocolVersion in the Swift code). */
-#define ZF_PROTOCOL_VERSION 1u
+#define ZF_PROTOCOL_VERSION 2u
 
 /* A connection to a coordinator. */
 typedef struct zf_agent zf_agent;

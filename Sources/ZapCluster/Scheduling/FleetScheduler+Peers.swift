@@ -1,0 +1,225 @@
+import ZapProtocol
+import ZapRun
+import ZapScenario
+
+/// Peers: hellos, names, liveness, refusals and bans.
+extension FleetScheduler {
+    /// Starts tracking a new peer, unless as many are tracked as the configuration allows.
+    mutating func register(_ id: PeerID, now: UInt64) -> Bool {
+        if peers[id] != nil { return true }
+        guard peers.count < configuration.maximumPeers else { return false }
+        peers[id] = PeerRecord(id: id, joinOrder: peers.count, lastHeard: now)
+        return true
+    }
+
+    /// Notes that a welcomed peer was heard from; false (and a bad frame) for anyone else.
+    mutating func hear(_ id: PeerID, now: UInt64, into actions: inout [Action], what: String = "a frame") -> Bool {
+        guard let peer = peers[id], peer.introduction != nil else {
+            rejectFrame(id, "\(what) before hello", now: now, into: &actions)
+            return false
+        }
+        switch peer.state {
+        case .refused, .banned, .stranger:
+            return false
+        case .dead:
+            // A dead peer must say hello again (it may have been replaced under its name).
+            return false
+        case .missing(let holding):
+            peers[id]!.state = holding.map { .busy($0) } ?? .ready
+            dispatchNeeded = true
+            actions.append(.log(.info, "worker \(peer.name) is back"))
+        case .ready, .busy:
+            break
+        }
+        peers[id]!.lastHeard = now
+        peers[id]!.unreachable = false
+        return true
+    }
+
+    mutating func receiveHello(_ id: PeerID, _ introduction: PeerIntroduction, now: UInt64, into actions: inout [Action]) {
+        guard register(id, now: now) else {
+            badFrames += 1
+            return
+        }
+        let peer = peers[id]!
+        switch peer.state {
+        case .refused, .banned: return
+        default: break
+        }
+        guard introduction.memoryBudgetBytes > 0, introduction.cores > 0, introduction.cores < 1 << 16, !introduction.name.isEmpty else {
+            refuse(id, "its hello has a zero memory budget, no name or an impossible core count (memory \(introduction.memoryBudgetBytes) bytes, \(introduction.cores) cores); give the worker --memory and --name", now: now, into: &actions)
+            return
+        }
+        // A name is one worker's: a second live worker under it is refused, naming it. A holder
+        // that went missing, or whose connection is gone, was replaced (a restart).
+        if let holder = peers.values.first(where: { $0.id != id && $0.introduction?.name == introduction.name && $0.introduction!.isAgent == introduction.isAgent }) {
+            if holder.state.isLive && !holder.unreachable {
+                refuse(id, "the name '\(introduction.name)' is in use by a live worker from \(holder.introduction?.host ?? "?"); give every worker its own --name", now: now, into: &actions)
+                return
+            }
+            if holder.state.isLive || holder.state.name == "missing" { replace(holder.id, now: now, into: &actions) }
+        }
+        let reconnect = peer.introduction != nil
+        let wasLost: Bool = switch peer.state {
+        case .missing, .dead: true
+        default: false
+        }
+        let previous = peer.state
+        peers[id]!.introduction = introduction
+        peers[id]!.lastHeard = now
+        peers[id]!.unreachable = false
+        peers[id]!.state = .ready
+        if case .missing(let holding?) = previous { peers[id]!.state = .busy(holding) }
+        if case .busy(let holding) = previous { peers[id]!.state = .busy(holding) }
+
+        // What it says it still runs decides whether it is busy: a claim of this run is kept
+        // (its result is judged when it comes); anything else the worker drops on our welcome.
+        if let running = introduction.running, running.runID == configuration.runID, !introduction.isAgent {
+            peers[id]!.state = .busy(running)
+            peers[id]!.lastProgress = now
+        } else if case .busy(let holding) = peers[id]!.state {
+            // It runs nothing (restarted, say): its attempt came to nothing unless a result it
+            // still holds arrives after the welcome. A hello sent just before the assignment
+            // reached it says nothing of it: only a peer that was lost, or whose assignment is
+            // older than a heartbeat, counts.
+            if wasLost || now &- peers[id]!.lastProgress > configuration.intervalNanoseconds {
+                peers[id]!.state = .ready
+                requeue(holding.shard, why: "\(introduction.name) is not running it any more", failed: true, now: now, into: &actions)
+            }
+        }
+        send(.welcome(id), to: id, now: now, into: &actions)
+        let capacity = "\(introduction.cores) cores, budget \(Quantities.describeSize(Double(introduction.memoryBudgetBytes))), build \(introduction.build.prefix(32))"
+        if !reconnect {
+            actions.append(.log(.info, "worker \(introduction.name) joined from \(introduction.host.prefix(64)): \(capacity)"))
+        } else if wasLost {
+            actions.append(.log(.info, "worker \(introduction.name) reconnected from \(introduction.host.prefix(64))"))
+        } else {
+            actions.append(.log(.debug, "worker \(introduction.name) said hello again"))
+        }
+        if introduction.isAgent { sendJob(to: id, now: now, into: &actions) }
+        dispatchNeeded = true
+    }
+
+    /// A holder of a name that a new worker took over: it is dead, and its attempt requeued.
+    private mutating func replace(_ id: PeerID, now: UInt64, into actions: inout [Action]) {
+        let peer = peers[id]!
+        actions.append(.log(.warning, "worker \(peer.name) was replaced by a new worker of the same name"))
+        peers[id]!.state = .dead
+        switch peer.state {
+        case .busy(let claim), .missing(holding: .some(let claim)):
+            requeue(claim.shard, why: "its worker \(peer.name) was replaced", failed: true, now: now, into: &actions)
+        default:
+            break
+        }
+    }
+
+    mutating func refuse(_ id: PeerID, _ reason: String, now: UInt64, into actions: inout [Action]) {
+        guard let peer = peers[id] else { return }
+        actions.append(.refuse(id, reason))
+        actions.append(.log(.error, "refused \(peer.introduction?.name ?? PeerRecord.printableName(id)): \(reason)"))
+        peers[id]!.state = .refused(reason)
+        releaseAttempt(of: peer, why: "its worker was refused", now: now, into: &actions)
+    }
+
+    /// A peer that leaves the run with an attempt: the attempt no longer counts, and its shard goes back.
+    mutating func releaseAttempt(of peer: PeerRecord, why: String, now: UInt64, into actions: inout [Action]) {
+        switch peer.state {
+        case .busy(let claim), .missing(holding: .some(let claim)):
+            revoke(claim)
+            requeue(claim.shard, why: why, failed: true, now: now, into: &actions)
+        default:
+            break
+        }
+    }
+
+    mutating func refuseVersion(_ id: PeerID, _ version: UInt32, now: UInt64, into actions: inout [Action]) {
+        guard register(id, now: now) else { return }
+        refuse(id, "protocol version \(version) is not this coordinator's \(zapfleetProtocolVersion); run the same zapfleet version on coordinator and workers", now: now, into: &actions)
+    }
+
+    mutating func rejectFrame(_ id: PeerID?, _ reason: String, now: UInt64, into actions: inout [Action]) {
+        badFrames += 1
+        // Strangers are tracked only up to a bound: a flood of new identities must not grow memory without end.
+        guard let id, register(id, now: now), let peer = peers[id] else { return }
+        guard peer.state != .banned else { return }
+        peers[id]!.badFrames += 1
+        let count = peers[id]!.badFrames
+        if count <= 3 { actions.append(.log(.warning, "dropped a frame from \(peer.name): \(reason)")) }
+        if count >= configuration.badFrameLimit {
+            actions.append(.log(.error, "ignoring \(peer.name) from now on: \(count) bad frames"))
+            releaseAttempt(of: peer, why: "its worker was ignored for bad frames", now: now, into: &actions)
+            peers[id]!.state = .banned
+        }
+    }
+
+    /// A send to the peer failed. An assignment it never received is taken back at once; otherwise
+    /// only its name is freed for a restarted worker (liveness decides the rest).
+    mutating func markUnreachable(_ id: PeerID, now: UInt64, into actions: inout [Action]) {
+        guard let peer = peers[id] else { return }
+        peers[id]!.unreachable = true
+        if case .busy(let claim) = peer.state, peer.lastHeard <= peer.lastProgress, peer.lastProgress == shards[safe: claim.shard]?.startedAt {
+            revoke(claim)
+            peers[id]!.state = .ready
+            requeue(claim.shard, why: "its assignment could not be sent to \(peer.name)", failed: false, now: now, into: &actions)
+        }
+    }
+
+    mutating func checkLiveness(now: UInt64, into actions: inout [Action]) {
+        let missingAfter = configuration.missingAfter
+        for peer in peers.values where peer.introduction != nil {
+            let silence = now &- peer.lastHeard
+            switch peer.state {
+            case .ready where silence > missingAfter:
+                peers[peer.id]!.state = .missing(holding: nil)
+                actions.append(.log(.warning, "worker \(peer.name) missing: silent for \(silence / 1_000_000) ms"))
+            case .busy(let claim) where silence > missingAfter:
+                peers[peer.id]!.state = .missing(holding: claim)
+                actions.append(.log(.warning, "worker \(peer.name) missing: silent for \(silence / 1_000_000) ms"))
+                if !peer.introduction!.isAgent {
+                    requeue(claim.shard, why: "\(peer.name) went missing", failed: true, now: now, into: &actions)
+                }
+            case .busy(let claim) where now &- peer.lastProgress > configuration.progressDeadline:
+                // Heartbeats say it lives, but its attempt stopped moving: the attempt no longer
+                // counts (a late result of it is dropped), and the shard goes to another.
+                actions.append(.log(.warning, "worker \(peer.name) made no progress on shard \(claim.shard) for \((now &- peer.lastProgress) / 1_000_000_000) s (the deadline is \(configuration.progressDeadlineIntervals) heartbeat intervals); the attempt is revoked"))
+                revoke(claim)
+                peers[peer.id]!.state = .ready
+                dispatchNeeded = true
+                noteGiveBack(peer.id, reason: "missed the progress deadline on shard \(claim.shard)", into: &actions)
+                requeue(claim.shard, why: "\(peer.name) missed the progress deadline", failed: true, now: now, into: &actions)
+            case .missing where silence > configuration.deadAfter:
+                peers[peer.id]!.state = .dead
+                actions.append(.log(.warning, "worker \(peer.name) dead: silent for \(silence / 1_000_000_000) s"))
+            default:
+                break
+            }
+        }
+    }
+
+    mutating func sendHeartbeats(now: UInt64, into actions: inout [Action]) {
+        for peer in peers.values where peer.introduction != nil && peer.state.isLive && now &- peer.lastSent >= configuration.intervalNanoseconds {
+            send(.heartbeat(peer.id), to: peer.id, now: now, into: &actions)
+        }
+    }
+
+    /// Appends a send, and notes the time (a heartbeat is due only after an interval of silence).
+    mutating func send(_ action: Action, to id: PeerID, now: UInt64, into actions: inout [Action]) {
+        actions.append(action)
+        peers[id]?.lastSent = now
+    }
+
+    /// A peer that gave an assignment back (or let it lapse): after several in a row it gets no more.
+    mutating func noteGiveBack(_ id: PeerID, reason: String, into actions: inout [Action]) {
+        guard peers[id] != nil else { return }
+        peers[id]!.givenBackInARow += 1
+        let count = peers[id]!.givenBackInARow
+        if count >= configuration.giveBackLimit && peers[id]!.benched == nil {
+            peers[id]!.benched = "gave back \(count) assignments in a row (last: \(reason.prefix(160)))"
+            actions.append(.log(.warning, "worker \(peers[id]!.name) gets no more shards: \(peers[id]!.benched!)"))
+        }
+    }
+}
+
+extension Array {
+    subscript(safe index: UInt64) -> Element? { index < UInt64(count) ? self[Int(index)] : nil }
+}
