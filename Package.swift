@@ -87,6 +87,13 @@ let package = Package(
             ],
             path: "Benchmarks/zapfleet-bench"
         ),
+        // What the tests share: a peer that speaks the protocol by hand, honest shard results to bend.
+        .target(
+            name: "ZapfleetTestSupport",
+            dependencies: ["ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "HistogramCodec", "CZlib",
+                           .product(name: "Histogram", package: "hdrhistogram-swift")],
+            path: "Tests/ZapfleetTestSupport"
+        ),
         .testTarget(name: "ZapEngineTests", dependencies: ["ZapEngine"]),
         .testTarget(name: "ZapScenarioTests", dependencies: ["ZapScenario"]),
         .testTarget(name: "ZapRunTests", dependencies: [
@@ -99,12 +106,13 @@ let package = Package(
         ),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "ZapClusterTests", dependencies: [
-            "ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ",
+            "ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "ZapfleetTestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // End-to-end tests of the built executable, run as a subprocess.
         .testTarget(name: "ZapfleetCLITests", dependencies: [
-            "ZapRun", "ZapCluster", "ZapEngine", .product(name: "Histogram", package: "hdrhistogram-swift"),
+            "ZapRun", "ZapCluster", "ZapEngine", "ZapProtocol", "ZeroMQ", "ZapfleetTestSupport",
+            .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
     ]
 )

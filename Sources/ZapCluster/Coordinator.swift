@@ -12,30 +12,30 @@ import ZeroMQ
 /// is the scheduler's; this file only translates. Everything happens on the thread that calls
 /// ``run()``, which owns the socket.
 public final class Coordinator: @unchecked Sendable {
-    private let scenario: Scenario
-    private let scenarioYAML: String
-    private let configuration: CoordinatorConfiguration
-    private let context: ZeroMQContext
-    private let logger: Logger
-    private let cancellation: CancellationFlag
-    private let progress: (@Sendable (String, RunProgress) -> Void)?
-    private let runID: String
-    private let start = monotonicNanoseconds()
-    private let startedAt = Date()
-    private let boundEndpoint = BoundEndpoint()
-    private var scheduler: FleetScheduler
-    private var totals: FleetTotals
-    private var journal: ResultJournal?
-    private var socket: ZeroMQSocket?
-    private var keysRefused = 0
-    private var finishedAt: UInt64 = 0
+    let scenario: Scenario
+    let scenarioYAML: String
+    let configuration: CoordinatorConfiguration
+    let context: ZeroMQContext
+    let logger: Logger
+    let cancellation: CancellationFlag
+    let progress: (@Sendable (String, RunProgress) -> Void)?
+    let runID: String
+    let start = monotonicNanoseconds()
+    let startedAt = Date()
+    let boundEndpoint = BoundEndpoint()
+    var scheduler: FleetScheduler
+    var totals: FleetTotals
+    var journal: ResultJournal?
+    var socket: ZeroMQSocket?
+    var keysRefused = 0
+    var finishedAt: UInt64 = 0
     /// Acknowledgements held back until the journal is synced: a worker drops a result only once it is durable here.
-    private var pendingAcks: [(PeerID, FleetScheduler.Acknowledgement)] = []
+    var pendingAcks: [(PeerID, FleetScheduler.Acknowledgement)] = []
     /// The result whose input is being processed: what `.journal` and `.merge` act on.
-    private var resultAtHand: (claim: AttemptClaim, result: Zapfleet_V1_ShardResult, runs: [DecodedPolicyResult])?
-    private var externalAtHand: ExternalMeasurement?
+    var resultAtHand: (claim: AttemptClaim, result: Zapfleet_V1_ShardResult, runs: [DecodedPolicyResult])?
+    var externalAtHand: ExternalMeasurement?
     /// Assignments journaled but not yet sent.
-    private var assignmentsToSend: [(PeerID, Zapfleet_V1_Assignment)] = []
+    var assignmentsToSend: [(PeerID, Zapfleet_V1_Assignment)] = []
 
     /// A coordinator for `scenario`. `progress` receives workers' progress reports (worker name first).
     /// The coordinator binds its context's ZAP handler, so a context holds one coordinator at a time.
@@ -116,7 +116,7 @@ public final class Coordinator: @unchecked Sendable {
             perform(scheduler.process(.tick, now: now))
             if scheduler.phase == .finished { break }
             let ready = try poller.poll(timeoutMilliseconds: max(10, min(configuration.heartbeatIntervalMilliseconds / 4, 1000)))
-            if ready[1] { try zap.answer(authenticate) }
+            if ready[1] { try zap.answer { self.authenticate($0) } }
             if ready[0] {
                 while let message = try router.receive(dontWait: true, maximumFrames: 3) {
                     handle(message)
@@ -127,70 +127,6 @@ public final class Coordinator: @unchecked Sendable {
         acknowledgeDurably()
         finishedAt = monotonicNanoseconds()
         return outcome()
-    }
-
-    /// A fresh run plans when its workers are there; a resumed one starts from its journal.
-    private func prepareScheduler() throws {
-        let configuration = self.configuration
-        let scenario = self.scenario
-        let planner: FleetScheduler.Planner = { capacities in
-            let budget = capacities.map(\.memoryBudgetBytes).min() ?? 0
-            let largest = min(capacities.map(\.shardByteLimit).min() ?? .max, configuration.shardBytes ?? .max)
-            let slots = capacities.map(\.shardSlotLimit).filter { $0 > 0 }.min() ?? .max
-            return Result { () throws(PlanError) in
-                try ShardPlanner.plan(scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots)
-            }
-        }
-        let schedulerConfiguration = Self.schedulerConfiguration(configuration, runID: runID, scenario: scenario)
-        guard let contents = configuration.resume else {
-            scheduler = FleetScheduler(configuration: schedulerConfiguration, now: monotonicNanoseconds(), planner: planner)
-            return
-        }
-        let plan = contents.plan.shards.enumerated().map { index, planned in
-            Shard(id: UInt64(index), slice: MemorySlice(firstSlot: planned.firstSlot, slotCount: planned.slotCount), of: scenario)
-        }
-        guard plan.map(\.id) == contents.plan.shards.map(\.id),
-              plan.allSatisfy({ $0.slice.slotCount > 0 && $0.slice.firstSlot + $0.slice.slotCount <= scenario.memslotCount }) else {
-            throw PlanError(message: "the journal's plan does not fit its scenario; it cannot be resumed")
-        }
-        var done: [(shard: UInt64, attempt: UInt32, worker: String)] = []
-        for entry in contents.results {
-            let id = entry.result.shardID
-            // The same checks as a live result: a journal is peer data written down.
-            guard id < UInt64(plan.count), !done.contains(where: { $0.shard == id }), entry.result.runID == runID || entry.result.runID.isEmpty,
-                  case .success(let runs) = Self.decode(entry.result), ResultPlausibility.check(
-                      runs, wallNanoseconds: entry.result.wallNs, shard: plan[Int(id)], scenario: scenario) == .plausible else {
-                logger.warning("journal: skipped a record for shard \(id) (a duplicate, implausible, or not this plan's)")
-                continue
-            }
-            totals.add(runs, of: entry.result, worker: entry.worker, startSeconds: 0)
-            done.append((id, entry.result.attempt, entry.worker))
-        }
-        scheduler = FleetScheduler(configuration: schedulerConfiguration, now: monotonicNanoseconds(), resuming: plan, done: done,
-                                   handouts: contents.handouts, planner: planner)
-        if let path = configuration.journalPath { journal = try ResultJournal.reopen(at: path, contents: contents) }
-        let torn = contents.tornBytes > 0 ? "; ignored a torn last record of \(contents.tornBytes) bytes" : ""
-        logger.info("resumed run \(runID): \(done.count) of \(plan.count) shard results from the journal\(torn); \(plan.count - done.count) shard(s) to run")
-    }
-
-    // MARK: - Authentication
-
-    /// The ZAP decision: a CURVE peer whose long-term key is on the allow-list is let in;
-    /// anything else is refused, and never reaches ``handle(_:)``.
-    private func authenticate(_ request: ZAPRequest) -> String? {
-        // Without keys, every ZMTP 3 peer is let in: the bind policy keeps such a coordinator on loopback.
-        if configuration.security == nil && request.mechanism == "NULL" { return nil }
-        if let key = request.clientKey, let name = configuration.security?.allowedWorkers[key] {
-            logger.debug("authenticated \(name) from \(request.address)")
-            return nil
-        }
-        keysRefused += 1
-        // Logged in full at first, then sparsely: a flood of strangers must not flood the log.
-        if keysRefused <= 10 || keysRefused % 100 == 0 {
-            let key = request.clientKey.map { "public key \($0)" } ?? "no CURVE key (\(request.mechanism))"
-            logger.warning("refused a worker from \(request.address): \(key) is not on the allow-list (--allow-keys); refusals so far: \(keysRefused)")
-        }
-        return "public key not on the coordinator's allow-list"
     }
 
     // MARK: - Frames in
@@ -274,7 +210,7 @@ public final class Coordinator: @unchecked Sendable {
         resultAtHand = nil
     }
 
-    private static func decode(_ result: Zapfleet_V1_ShardResult) -> Result<[DecodedPolicyResult], ProtocolViolation> {
+    static func decode(_ result: Zapfleet_V1_ShardResult) -> Result<[DecodedPolicyResult], ProtocolViolation> {
         Result { () throws(ProtocolViolation) in try result.policies.map { policy throws(ProtocolViolation) in try ResultCoding.decodeValidated(policy) } }
     }
 
@@ -457,93 +393,4 @@ public final class Coordinator: @unchecked Sendable {
             return false
         }
     }
-
-    // MARK: - Outcome
-
-    private func outcome() -> FleetRunOutcome {
-        let merged = totals.merged(scenario.policies)
-        // Strangers that never said hello show only in the bad-frame total: a port scan must not fill the report.
-        let workers = scheduler.peers.values.filter { $0.introduction != nil || $0.state.name == "refused" }
-            .sorted { $0.joinOrder < $1.joinOrder }.map { peer in
-                var note = peer.benched
-                if case .refused(let reason) = peer.state { note = reason }
-                return FleetSection.WorkerSummary(
-                    name: peer.name, host: peer.introduction?.host ?? "?", cores: peer.introduction?.cores ?? 0,
-                    memoryBudgetBytes: peer.introduction?.memoryBudgetBytes ?? 0, shardsCompleted: peer.completed,
-                    duplicatesDropped: peer.duplicates, badFrames: peer.badFrames, state: peer.state.name, note: note,
-                    resultsRefused: peer.rejectedResults)
-            }
-        let shardSummaries = scheduler.shards.compactMap { record -> FleetSection.ShardSummary? in
-            guard let result = totals.shards[record.shard.id] else { return nil }
-            return FleetSection.ShardSummary(id: record.shard.id, slice: record.shard.slice, worker: result.worker,
-                                             attempts: Int(record.lastAttempt), wallSeconds: Double(result.wall) / 1e9,
-                                             sptesZapped: result.sptesZapped, violations: result.violations)
-        }
-        let plannedAt = scheduler.plannedAt
-        let fleet = FleetSection(
-            workers: workers, shards: shardSummaries, requeues: scheduler.requeues, duplicatesDropped: scheduler.duplicates,
-            badFrames: scheduler.badFrames, wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: configuration.kernelNanosecondsPerSPTE),
-            dispatchSeconds: finishedAt > plannedAt && plannedAt > 0 ? Double(finishedAt - plannedAt) / 1e9 : 0,
-            coordinatorCpuSeconds: threadCPUSeconds(), keysRefused: keysRefused, resumedShards: scheduler.resumedShards,
-            resultsRefused: scheduler.rejectedResults, attemptsRevoked: scheduler.revokedAttempts)
-        let log = (FleetAggregation.intervalLogHeader(started: startedAt)
-            + scheduler.shards.compactMap { totals.shards[$0.shard.id] }.flatMap(\.intervalLog)).joined(separator: "\n") + "\n"
-        var failure = scheduler.failure
-        if failure == nil && !scheduler.interrupted && !scheduler.complete {
-            failure = "the run ended with \(scheduler.shards.count - scheduler.completedShards) of \(scheduler.shards.count) shard(s) without a result"
-        }
-        let complete = scheduler.complete && merged.allSatisfy(\.complete)
-        var outcome = FleetRunOutcome(runs: merged, fleet: fleet, intervalLog: log, failure: failure, complete: complete,
-                                      external: totals.externalMeasurements)
-        outcome.runID = runID
-        return outcome
-    }
-}
-
-extension PeerIntroduction {
-    /// What a hello says, with proto3's unset values read as the protocol defines them.
-    init(_ hello: Zapfleet_V1_Hello) {
-        self.init(name: String(hello.workerName.prefix(255)), host: String(hello.hostName.prefix(255)), build: String(hello.buildVersion.prefix(64)),
-                  cores: Int(hello.cores), memoryBudgetBytes: hello.memoryBudgetBytes, shardByteLimit: hello.shardByteLimit,
-                  shardSlotLimit: Int(hello.largestShardSlots), isAgent: hello.role == .externalAgent,
-                  running: hello.runningAttempt > 0
-                      ? AttemptClaim(runID: hello.runningRunID, shard: hello.runningShardID, attempt: hello.runningAttempt) : nil)
-    }
-}
-
-/// CPU time of the calling thread, in seconds.
-func threadCPUSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
-}
-
-/// `ZMQ_ROUTER_HANDOVER`: a reconnecting worker with the same identity takes over its old
-/// connection instead of being refused. Workers pick an unguessable routing id per process, so
-/// only the same process can take a connection over.
-let ZMQ_ROUTER_HANDOVER_OPTION: Int32 = 56
-
-/// The bound endpoint, published from the coordinator's thread to whoever waits for it.
-final class BoundEndpoint: @unchecked Sendable {
-    private let mutex = PThreadMutex()
-    private let condition = PThreadCondition()
-    private var value: String?
-
-    func set(_ endpoint: String) {
-        mutex.withLock { value = endpoint }
-        condition.broadcast()
-    }
-
-    func wait() -> String {
-        mutex.lock()
-        while value == nil { condition.wait(mutex) }
-        let endpoint = value!
-        mutex.unlock()
-        return endpoint
-    }
-}
-
-extension Zapfleet_V1_Hello {
-    /// The largest shard the worker takes, in bytes; proto3's unset 0 means no limit.
-    var shardByteLimit: UInt64 { largestShardBytes == 0 ? .max : largestShardBytes }
 }

@@ -20,6 +20,7 @@ public enum FleetAggregation {
         var wall: UInt64 = 0
         var complete = true
         var shardSteps: [[StepTiming]] = []
+        var injectedPathRuns: [InjectedBug: Int] = [:]
 
         /// An empty accumulator for `policy`.
         public init(policy: ZapPolicy, kernelNanosecondsPerSPTE: Double) {
@@ -42,13 +43,14 @@ public enum FleetAggregation {
             addCounters(PolicyRun(policy: decoded.policy, recorder: BlockTimeRecorder.empty, statistics: decoded.statistics,
                                   violations: decoded.violations, violationCounts: decoded.violationCounts, steps: decoded.steps,
                                   wallNanoseconds: decoded.wallNanoseconds, complete: decoded.complete,
-                                  zapThroughput: decoded.zapThroughput))
+                                  zapThroughput: decoded.zapThroughput, injectedPathRuns: decoded.injectedPathRuns))
         }
 
         private mutating func addCounters(_ run: PolicyRun) {
             statistics = statistics.adding(run.statistics)
             violations.append(contentsOf: run.violations.prefix(max(0, 10 - violations.count)))
             counts.merge(run.violationCounts, uniquingKeysWith: +)
+            injectedPathRuns.merge(run.injectedPathRuns, uniquingKeysWith: &+)
             if run.zapThroughput > 0 { zapSeconds += Double(run.statistics.sptesZapped) / run.zapThroughput }
             wall = max(wall, run.wallNanoseconds)
             complete = complete && run.complete
@@ -60,7 +62,8 @@ public enum FleetAggregation {
             PolicyRun(policy: policy, recorder: recorder, statistics: statistics, violations: violations,
                       violationCounts: counts, steps: composeSteps(shardSteps), wallNanoseconds: wall,
                       complete: complete && !shardSteps.isEmpty,
-                      zapThroughput: zapSeconds > 0 ? Double(statistics.sptesZapped) / zapSeconds : 0)
+                      zapThroughput: zapSeconds > 0 ? Double(statistics.sptesZapped) / zapSeconds : 0,
+                      injectedPathRuns: injectedPathRuns)
         }
     }
 

@@ -47,6 +47,7 @@ public enum ResultCoding {
             record.sptesZappedInline = UInt64(step.sptesZappedInline)
             return record
         }
+        result.injectedPathRuns = Dictionary(uniqueKeysWithValues: run.injectedPathRuns.map { ($0.key.rawValue, UInt64($0.value)) })
         result.complete = run.complete
         result.zapThroughput = run.zapThroughput
         result.wallNs = run.wallNanoseconds
@@ -94,6 +95,12 @@ public enum ResultCoding {
             guard let kind = Violation.Kind(rawValue: record.kind) else { throw ProtocolViolation("unknown violation kind '\(record.kind.prefix(40))'") }
             return Violation(kind: kind, rootID: record.rootID < 0 ? nil : Int(record.rootID), detail: String(record.detail.prefix(500)))
         }
+        var injected: [InjectedBug: Int] = [:]
+        for (name, count) in result.injectedPathRuns {
+            guard let bug = InjectedBug(rawValue: name) else { throw ProtocolViolation("unknown injected bug '\(name.prefix(40))'") }
+            guard count <= UInt64(Int32.max) else { throw ProtocolViolation("injected_path_runs[\(name)] \(count) out of range") }
+            injected[bug] = Int(count)
+        }
         guard result.steps.count <= 100_000 else { throw ProtocolViolation("\(result.steps.count) steps") }
         let steps = result.steps.map {
             StepTiming(name: String($0.name.prefix(40)), nanoseconds: $0.wallNs, longestBlockNanoseconds: $0.longestBlockNs,
@@ -102,7 +109,8 @@ public enum ResultCoding {
         return DecodedPolicyResult(
             policy: policy, histograms: histograms, statistics: try decode(result.counters), violations: violations,
             violationCounts: counts, steps: steps, wallNanoseconds: result.wallNs, complete: result.complete,
-            zapThroughput: result.zapThroughput.isFinite && result.zapThroughput >= 0 ? result.zapThroughput : 0)
+            zapThroughput: result.zapThroughput.isFinite && result.zapThroughput >= 0 ? result.zapThroughput : 0,
+            injectedPathRuns: injected)
     }
 
     static func encode(_ statistics: EngineStatistics) -> Zapfleet_V1_Counters {
@@ -181,6 +189,8 @@ public struct DecodedPolicyResult: Sendable {
     public var complete: Bool
     /// SPTEs zapped per second of zap wall time.
     public var zapThroughput: Double
+    /// How often each injected bug's broken path ran.
+    public var injectedPathRuns: [InjectedBug: Int] = [:]
 
     /// The run with full histograms.
     public func run(kernelNanosecondsPerSPTE: Double) -> PolicyRun {
@@ -190,6 +200,6 @@ public struct DecodedPolicyResult: Sendable {
         }
         return PolicyRun(policy: policy, recorder: recorder, statistics: statistics, violations: violations,
                          violationCounts: violationCounts, steps: steps, wallNanoseconds: wallNanoseconds,
-                         complete: complete, zapThroughput: zapThroughput)
+                         complete: complete, zapThroughput: zapThroughput, injectedPathRuns: injectedPathRuns)
     }
 }

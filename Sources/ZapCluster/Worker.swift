@@ -157,7 +157,10 @@ public final class Worker: @unchecked Sendable {
                 case .finished:
                     shardThread?.join()
                     shardThread = nil
+                    let finished = currentShard
                     currentShard = nil
+                    // A shard of another run has stopped: the coordinator hears this worker is free.
+                    if welcomed, let finished, finished.runID != runID { transmit(helloFrame()) }
                 }
             }
         }
@@ -329,14 +332,10 @@ public final class Worker: @unchecked Sendable {
             logger.info("dropped the unacknowledged result of shard \(key.shard) of run \(key.runID): this worker is now in run \(run)")
         }
         if let running = currentShard, running.runID != run {
-            // Stopped before anything of the new run is taken on, so that the worker never
-            // counts as busy with another run's shard.
+            // Its result would be dropped: stop it. The coordinator counts this worker busy with
+            // it until the hello that follows its end (``drainOutbox``).
             logger.info("stopping shard \(running.shard) of run \(running.runID): this worker is now in run \(run)")
             shardCancellation?.cancel()
-            shardThread?.join()
-            shardThread = nil
-            currentShard = nil
-            _ = outbox.drain()
         }
     }
 
@@ -391,7 +390,9 @@ public final class Worker: @unchecked Sendable {
         shardCancellation = flag
         let outbox = self.outbox
         let shardLogger = self.logger
-        let interval = configuration.progressInterval
+        // At least once a heartbeat interval, so that the coordinator's progress deadline (in heartbeat
+        // intervals) always sees a live shard move.
+        let interval = min(configuration.progressInterval, self.interval)
         let progressFrame: @Sendable (RunProgress) -> [UInt8] = { [configuration] update in
             var report = Zapfleet_V1_Progress()
             report.shardID = assignment.shardID

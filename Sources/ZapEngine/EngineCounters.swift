@@ -20,6 +20,9 @@ final class EngineCounters: @unchecked Sendable {
     let workItemsRejected = ManagedAtomic<Int>(0)
     let fastZaps = ManagedAtomic<Int>(0)
     let fullZaps = ManagedAtomic<Int>(0)
+    /// How often each injected bug's broken path ran (``InjectedBug/allCases`` order): an
+    /// injection whose path never ran proves nothing about the checker.
+    let injectedPathRuns = InjectedBug.allCases.map { _ in ManagedAtomic<Int>(0) }
 
     func raiseLargestStep(_ tables: Int) {
         var seen = largestStepTables.load(ordering: .relaxed)

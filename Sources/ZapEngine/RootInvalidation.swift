@@ -27,7 +27,10 @@ extension VirtualMachine {
         // Put through the ordinary path: a vCPU may still hold the root, and whoever puts the
         // last reference frees it, knowing that an invalid root never needs another zap.
         putRoot(root, mode: .shared)
-        if injectsDoublePut { putRoot(root, mode: .shared) }
+        if injectsDoublePut {
+            noteInjectedPath(.doublePut)
+            putRoot(root, mode: .shared)
+        }
         mmuLock.unlockShared()
     }
 
@@ -45,7 +48,11 @@ extension VirtualMachine {
         for root in rootsToVisit() {
             switch policy {
             case .async:
-                if root.isInvalid && !injectsDoubleQueue { continue }
+                if root.isInvalid {
+                    guard injectsDoubleQueue else { continue }
+                    // The race the bug is about: its work item has not started, so queueing it again is a no-op.
+                    if root.lifecycle == .invalidQueued { noteInjectedPath(.doubleQueue) }
+                }
                 guard root.tryGetReference() else {
                     // `WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root))`: under the write lock a valid
                     // root always has a reference.
@@ -83,7 +90,10 @@ extension VirtualMachine {
             zapped += zapRoot(root, mode: .shared, yieldable: true)
             root.advance(to: .zapped)
             zapped += putRoot(root, mode: .shared)
-            if injectsDoublePut { zapped += putRoot(root, mode: .shared) }
+            if injectsDoublePut {
+                noteInjectedPath(.doublePut)
+                zapped += putRoot(root, mode: .shared)
+            }
         }
         mmuLock.unlockShared()
         return zapped
@@ -101,7 +111,10 @@ extension VirtualMachine {
             zapped += zapRoot(root, mode: .shared, yieldable: true)
             root.advance(to: .zapped)
             putRoot(root, mode: .shared)
-            if injectsDoublePut { putRoot(root, mode: .shared) }
+            if injectsDoublePut {
+                noteInjectedPath(.doublePut)
+                putRoot(root, mode: .shared)
+            }
         }
         mmuLock.unlockShared()
         return zapped

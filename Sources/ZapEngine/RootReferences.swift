@@ -76,11 +76,15 @@ extension VirtualMachine {
                 // Defunct: the root was valid, so nobody has queued it. Give the worker the
                 // reference it will put, and queue it before `mmu_lock` is released, because
                 // a concurrent fast zap skips roots that are already invalid.
-                if !injectsZapUnreferenced {
+                if injectsZapUnreferenced {
+                    noteInjectedPath(.zapUnreferenced)
+                } else {
                     root.referenceCount.store(1, ordering: .releasing)
                 }
                 root.advance(to: .invalidQueued)
-                if !injectsDefunctNotQueued {
+                if injectsDefunctNotQueued {
+                    noteInjectedPath(.defunctNotQueued)
+                } else {
                     scheduleZap(root)
                 }
                 return 0

@@ -248,6 +248,7 @@ struct ZapWalk {
         // Invariant 7 is judged on what the lock did, not on what this walk meant to do: someone
         // waited at a boundary after progress, and must have had the lock before the walk goes on.
         var handedOver = false
+        if yieldable && vm.injectsNoYield { vm.noteInjectedPath(.noYield) }
         if yields {
             handedOver = yieldLock()
             progressSinceYield = false

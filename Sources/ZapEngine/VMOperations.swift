@@ -22,6 +22,7 @@ extension VirtualMachine {
         mmuLock.unlockExclusive()
 
         var zapped = 0
+        if injectsNoFlush && !mustBeZapped.isEmpty { noteInjectedPath(.noFlush) }
         if !injectsNoFlush {
             switch policy {
             case .async:

@@ -133,6 +133,17 @@ public final class VirtualMachine: @unchecked Sendable {
     /// The roots on the list now.
     public var roots: [Root] { rootsListLock.withLock { rootsList } }
 
+    /// Notes that `bug`'s broken path just ran (the point where the injected code parts from the kernel's).
+    @inline(__always)
+    func noteInjectedPath(_ bug: InjectedBug) {
+        counters.injectedPathRuns[bug.index].wrappingIncrement(ordering: .relaxed)
+    }
+
+    /// How often each injected bug's broken path ran so far; only bugs this VM injects appear.
+    public var injectedPathRuns: [InjectedBug: Int] {
+        Dictionary(uniqueKeysWithValues: configuration.injectedBugs.map { ($0, counters.injectedPathRuns[$0.index].load(ordering: .relaxed)) })
+    }
+
     /// The counters now.
     public var statistics: EngineStatistics {
         EngineStatistics(
@@ -175,7 +186,10 @@ public final class VirtualMachine: @unchecked Sendable {
     /// `for_each_tdp_mmu_root` over every address space).
     func rootsToVisit() -> [Root] {
         let all = roots
-        return injectsSkipSMM ? all.filter { $0.role.addressSpace == .normal } : all
+        guard injectsSkipSMM else { return all }
+        let visited = all.filter { $0.role.addressSpace == .normal }
+        if visited.count < all.count { noteInjectedPath(.skipSMM) }
+        return visited
     }
 
     func makeRootID() -> Int { nextRootID.loadThenWrappingIncrement(ordering: .relaxed) }

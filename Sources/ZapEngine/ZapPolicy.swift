@@ -51,6 +51,9 @@ public enum InjectedBug: String, CaseIterable, Sendable, Codable, CustomStringCo
         }
     }
 
+    /// Its position in ``allCases``.
+    var index: Int { Self.allCases.firstIndex(of: self)! }
+
     /// The raw name, as `--inject` takes it.
     public var description: String { rawValue }
 }

@@ -87,6 +87,8 @@ public struct PolicyReport: Sendable, Codable, Equatable {
     public var violationExamples: [String]
     /// Wall time of each step.
     public var steps: [StepTiming]
+    /// For each bug injected with `--inject`: how often its broken path ran under this policy.
+    public var injectedPathRuns: [String: Int]?
 }
 
 /// One objective's verdict.
@@ -142,6 +144,8 @@ public struct RunReport: Sendable, Codable, Equatable {
     public var policies: [PolicyReport]
     /// Every objective on every policy it applies to.
     public var objectives: [ObjectiveVerdict]
+    /// Bugs injected with `--inject` whose broken path never ran (exit 4 when nothing worse happened); nil when none.
+    public var injectionsNotReached: [String]?
     /// The outcome.
     public var verdict: Verdict
     /// Workers, shards and the whole-VM view, for a fleet run; absent for a local run.
@@ -168,12 +172,21 @@ public struct RunReport: Sendable, Codable, Equatable {
         objectives = Self.evaluate(scenario.objectives, on: policies)
         let violations = policies.reduce(0) { $0 + $1.violations }
         let missed = objectives.filter { !$0.met }.count
-        let code: Int32 = failure != nil ? 70 : !complete ? 130 : violations > 0 ? 2 : missed > 0 ? 1 : 0
+        // An injected bug whose broken path never ran under any policy it applies to: the run
+        // cannot say whether the checker would have caught it, so it must not pass as a success.
+        let unreached = scenario.injectedBugs.filter { bug in
+            runs.filter { bug.applicablePolicies.contains($0.policy) }.allSatisfy { ($0.injectedPathRuns[bug] ?? 0) == 0 }
+        }
+        injectionsNotReached = unreached.isEmpty ? nil : unreached.map(\.rawValue)
+        let notReached = unreached.isEmpty ? "" : "injected \(unreached.map(\.rawValue).joined(separator: ", ")): the broken path never ran in this scenario under \(unreached.flatMap(\.applicablePolicies).map(\.rawValue).uniqued().joined(separator: ", ")), so the run says nothing of whether the checker catches it (engine-check reaches every path)"
+        let code: Int32 = failure != nil ? 70 : !complete ? 130 : violations > 0 ? 2 : !unreached.isEmpty ? 4 : missed > 0 ? 1 : 0
         let summary: String
         switch code {
         case 70: summary = "the run failed: \(failure ?? "")"
         case 130: summary = "interrupted: the report holds what was measured before the stop"
+        case 4: summary = notReached + (missed > 0 ? "; \(missed) objective(s) missed" : "")
         case 2: summary = "\(violations) invariant violation(s)" + (missed > 0 ? " and \(missed) objective(s) missed" : "")
+            + (unreached.isEmpty ? "" : "; " + notReached)
         case 1: summary = "\(missed) objective(s) missed"
         default: summary = "every objective met, no invariant violated"
         }
@@ -217,6 +230,7 @@ extension PolicyReport {
         violations = run.violationCounts.values.reduce(0, +)
         violationExamples = run.violations.prefix(10).map(\.description)
         steps = run.steps
+        injectedPathRuns = run.injectedPathRuns.isEmpty ? nil : Dictionary(uniqueKeysWithValues: run.injectedPathRuns.map { ($0.key.rawValue, $0.value) })
     }
 
     /// The value an objective's metric names, if this report has it.
@@ -236,5 +250,13 @@ extension PolicyReport {
             default: return nil
             }
         }
+    }
+}
+
+extension Array where Element: Hashable {
+    /// The elements in order, each once.
+    func uniqued() -> [Element] {
+        var seen = Set<Element>()
+        return filter { seen.insert($0).inserted }
     }
 }

@@ -106,11 +106,14 @@ public struct PolicyRun: Sendable {
     public var complete: Bool
     /// SPTEs zapped per second of zap wall time.
     public var zapThroughput: Double
+    /// How often each injected bug's broken path ran (only injected bugs appear).
+    public var injectedPathRuns: [InjectedBug: Int]
 
     /// A policy's run, as measured here or decoded from a worker's result.
     public init(policy: ZapPolicy, recorder: BlockTimeRecorder, statistics: EngineStatistics, violations: [Violation],
                 violationCounts: [Violation.Kind: Int], steps: [StepTiming], wallNanoseconds: UInt64, complete: Bool,
-                zapThroughput: Double) {
+                zapThroughput: Double, injectedPathRuns: [InjectedBug: Int] = [:]) {
+        self.injectedPathRuns = injectedPathRuns
         self.policy = policy
         self.recorder = recorder
         self.statistics = statistics
@@ -217,7 +220,8 @@ public final class ScenarioRunner: Sendable {
             policy: policy, recorder: recorder, statistics: vm.statistics,
             violations: vm.checker.violations, violationCounts: vm.checker.countsByKind,
             steps: timings, wallNanoseconds: monotonicNanoseconds() &- start, complete: complete,
-            zapThroughput: throughput.nanoseconds == 0 ? 0 : Double(throughput.sptes) * 1e9 / Double(throughput.nanoseconds))
+            zapThroughput: throughput.nanoseconds == 0 ? 0 : Double(throughput.sptes) * 1e9 / Double(throughput.nanoseconds),
+            injectedPathRuns: vm.injectedPathRuns)
     }
 
     // MARK: - Steps

@@ -30,7 +30,8 @@ struct CoordinatorCommand: ParsableCommand {
             record is detected and ignored), runs only the shards without a result, and takes the \
             workers back as they reconnect; the totals are those of an uninterrupted run.
 
-            Exit codes as `zapfleet run`: 0, 1 objective missed, 2 invariant violated, 64 bad input, \
+            Exit codes as `zapfleet run`: 0, 1 objective missed, 2 invariant violated, 4 an injected bug never \
+            reached, 64 bad input, \
             70 failure (a shard out of attempts, no workers), 130 interrupted.
 
             Example:

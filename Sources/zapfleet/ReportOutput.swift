@@ -45,7 +45,7 @@ enum ReportOutput {
                                fleet: outcome.fleet, failure: outcome.failure, external: outcome.external)
         if !outcome.complete && report.complete {
             report.complete = false
-            if report.verdict.exitCode == 0 || report.verdict.exitCode == 1 {
+            if [0, 1, 4].contains(report.verdict.exitCode) {
                 report.verdict.exitCode = 130
                 report.verdict.summary = "interrupted: the report holds what was measured before the stop"
             }

@@ -21,7 +21,8 @@ struct RunCommand: ParsableCommand {
             histogram (values in microseconds) and scenario.yaml, the exact scenario run.
 
             Exit codes: 0 every objective met and no invariant violated; 1 an objective missed; \
-            2 an invariant violated; 64 bad input (nothing was run); 70 internal error; \
+            2 an invariant violated; 4 inconclusive (an --inject bug whose broken path never ran); \
+            64 bad input (nothing was run); 70 internal error; \
             130 interrupted by Ctrl-C (what was measured is still reported, marked incomplete).
 
             Examples:

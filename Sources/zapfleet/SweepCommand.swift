@@ -167,7 +167,7 @@ struct SweepCommand: ParsableCommand {
 
     /// The exit code that says more: a failure over a violation over a missed objective.
     static func worse(_ a: Int32, _ b: Int32) -> Int32 {
-        let rank: [Int32: Int] = [0: 0, 1: 1, 2: 2, 130: 3, 70: 4]
-        return (rank[a] ?? 5) >= (rank[b] ?? 5) ? a : b
+        let rank: [Int32: Int] = [0: 0, 1: 1, 4: 2, 2: 3, 130: 4, 70: 5]
+        return (rank[a] ?? 6) >= (rank[b] ?? 6) ? a : b
     }
 }

@@ -14,6 +14,7 @@ struct Zapfleet: ParsableCommand {
               0   every objective met and no invariant violated
               1   an objective (SLO) was missed
               2   an invariant was violated
+              4   inconclusive: a bug injected with --inject never reached its broken path
               64  bad input (command line or scenario); nothing was run
               70  internal error
               130 interrupted (Ctrl-C); what was measured is still reported

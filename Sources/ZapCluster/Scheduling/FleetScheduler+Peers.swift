@@ -74,9 +74,13 @@ extension FleetScheduler {
 
         // What it says it still runs decides whether it is busy: a claim of this run is kept
         // (its result is judged when it comes); anything else the worker drops on our welcome.
-        if let running = introduction.running, running.runID == configuration.runID, !introduction.isAgent {
+        // A claim of another run keeps it busy too (it drops that shard and says hello again when
+        // the shard has stopped): offering it work meanwhile would only be refused.
+        if let running = introduction.running, !introduction.isAgent {
             peers[id]!.state = .busy(running)
             peers[id]!.lastProgress = now
+        } else if case .busy(let holding) = peers[id]!.state, holding.runID != configuration.runID {
+            peers[id]!.state = .ready
         } else if case .busy(let holding) = peers[id]!.state {
             // It runs nothing (restarted, say): its attempt came to nothing unless a result it
             // still holds arrives after the welcome. A hello sent just before the assignment
@@ -84,7 +88,7 @@ extension FleetScheduler {
             // older than a heartbeat, counts.
             if wasLost || now &- peers[id]!.lastProgress > configuration.intervalNanoseconds {
                 peers[id]!.state = .ready
-                requeue(holding.shard, why: "\(introduction.name) is not running it any more", failed: true, now: now, into: &actions)
+                requeue(attempt: holding, why: "\(introduction.name) is not running it any more", failed: true, now: now, into: &actions)
             }
         }
         send(.welcome(id), to: id, now: now, into: &actions)
@@ -107,7 +111,7 @@ extension FleetScheduler {
         peers[id]!.state = .dead
         switch peer.state {
         case .busy(let claim), .missing(holding: .some(let claim)):
-            requeue(claim.shard, why: "its worker \(peer.name) was replaced", failed: true, now: now, into: &actions)
+            requeue(attempt: claim, why: "its worker \(peer.name) was replaced", failed: true, now: now, into: &actions)
         default:
             break
         }
@@ -126,7 +130,7 @@ extension FleetScheduler {
         switch peer.state {
         case .busy(let claim), .missing(holding: .some(let claim)):
             revoke(claim)
-            requeue(claim.shard, why: why, failed: true, now: now, into: &actions)
+            requeue(attempt: claim, why: why, failed: true, now: now, into: &actions)
         default:
             break
         }
@@ -160,7 +164,7 @@ extension FleetScheduler {
         if case .busy(let claim) = peer.state, peer.lastHeard <= peer.lastProgress, peer.lastProgress == shards[safe: claim.shard]?.startedAt {
             revoke(claim)
             peers[id]!.state = .ready
-            requeue(claim.shard, why: "its assignment could not be sent to \(peer.name)", failed: false, now: now, into: &actions)
+            requeue(attempt: claim, why: "its assignment could not be sent to \(peer.name)", failed: false, now: now, into: &actions)
         }
     }
 
@@ -176,8 +180,12 @@ extension FleetScheduler {
                 peers[peer.id]!.state = .missing(holding: claim)
                 actions.append(.log(.warning, "worker \(peer.name) missing: silent for \(silence / 1_000_000) ms"))
                 if !peer.introduction!.isAgent {
-                    requeue(claim.shard, why: "\(peer.name) went missing", failed: true, now: now, into: &actions)
+                    requeue(attempt: claim, why: "\(peer.name) went missing", failed: true, now: now, into: &actions)
                 }
+            case .busy(let claim) where now &- peer.lastProgress > configuration.progressDeadline && claim.runID != configuration.runID:
+                // Still winding down another run's shard after all this time: it is free as far as this run goes.
+                peers[peer.id]!.state = .ready
+                dispatchNeeded = true
             case .busy(let claim) where now &- peer.lastProgress > configuration.progressDeadline:
                 // Heartbeats say it lives, but its attempt stopped moving: the attempt no longer
                 // counts (a late result of it is dropped), and the shard goes to another.
@@ -185,8 +193,9 @@ extension FleetScheduler {
                 revoke(claim)
                 peers[peer.id]!.state = .ready
                 dispatchNeeded = true
+                shards[Int(claim.shard)].excluded.insert(peer.id)  // another worker first
                 noteGiveBack(peer.id, reason: "missed the progress deadline on shard \(claim.shard)", into: &actions)
-                requeue(claim.shard, why: "\(peer.name) missed the progress deadline", failed: true, now: now, into: &actions)
+                requeue(attempt: claim, why: "\(peer.name) missed the progress deadline", failed: true, now: now, into: &actions)
             case .missing where silence > configuration.deadAfter:
                 peers[peer.id]!.state = .dead
                 actions.append(.log(.warning, "worker \(peer.name) dead: silent for \(silence / 1_000_000_000) s"))

@@ -102,6 +102,12 @@ extension FleetScheduler {
         actions.append(.log(.warning, "shard \(id) requeued (\(why))"))
     }
 
+    /// Requeues the shard of `claim`, if the claim is of this run (a peer may still be busy with another run's).
+    mutating func requeue(attempt claim: AttemptClaim, why: String, failed: Bool, now: UInt64, into actions: inout [Action]) {
+        guard claim.runID == configuration.runID else { return }
+        requeue(claim.shard, why: why, failed: failed, now: now, into: &actions)
+    }
+
     /// The attempt no longer counts: a result for it is refused.
     mutating func revoke(_ claim: AttemptClaim) {
         guard claim.runID == configuration.runID, claim.shard < UInt64(shards.count) else { return }
@@ -171,6 +177,7 @@ extension FleetScheduler {
             reject(reason, hostile: false)
             revoke(claim)
             noteGiveBack(id, reason: "sent a result that was refused: \(reason)", into: &actions)
+            shards[Int(claim.shard)].excluded.insert(id)  // another worker first
             requeue(claim.shard, why: "\(name) sent a result that was refused: \(reason.prefix(120))", failed: true, now: now, into: &actions)
             return
         }
@@ -206,7 +213,7 @@ extension FleetScheduler {
             // a restart): it is busy with that one, and this shard lost nothing.
             actions.append(.log(.info, "worker \(name) is still running shard \(busyWith.shard); shard \(claim.shard) goes back to the queue"))
             // Busy only with an attempt of this run: another run's shard is the worker's to drop.
-            peers[id]!.state = busyWith.runID == configuration.runID ? .busy(busyWith) : .ready
+            peers[id]!.state = .busy(busyWith)
             peers[id]!.lastProgress = now
             requeue(claim.shard, why: "\(name) is busy", failed: false, now: now, into: &actions)
             return

@@ -17,9 +17,22 @@
 /// Conversation:
 ///   worker -> Hello; coordinator -> Welcome (or Refusal, then nothing more)
 ///   coordinator -> Assignment; worker -> Progress*, then ShardResult (or ShardAbandoned)
-///   coordinator -> ResultAck for each ShardResult
+///   coordinator -> ResultAck for each ShardResult of its run (accepted, duplicate or rejected)
 ///   either side -> Heartbeat when it has sent nothing for one heartbeat interval
 ///   coordinator -> Stop when the run ends
+///
+/// Identity and provenance:
+///   - A worker's routing id (ZMQ_IDENTITY) is its own and unguessable (zapfleet uses
+///     "NAME#" and 32 random hex digits, new for every process); worker_name is what the
+///     report shows, and one live worker holds a name at a time: a second is refused.
+///   - Every run has an id (Welcome.run_id; a run resumed from its journal keeps it). An
+///     Assignment carries it, and Progress, ShardResult and ShardAbandoned echo it with the
+///     shard and attempt. The coordinator takes a result only for an attempt of its run that it
+///     handed to that routing id; a worker drops results of other runs instead of sending them.
+///   - A result is plausible for its shard or it is refused (ResultAck.rejected, with the
+///     field named); the shard then runs again. Only shards that ran to their end are reported.
+///   - A peer whose frames claim another protocol_version is refused; a worker leaves (exit 3)
+///     when the coordinator's frames claim another version than its own.
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -596,6 +609,10 @@ public nonisolated struct Zapfleet_V1_PolicyResult: Sendable {
 
   /// Wall time of the policy's run.
   public var wallNs: UInt64 = 0
+
+  /// For each bug injected with --inject (zapfleet's names, e.g. "double-queue"): how often its
+  /// broken path ran. An injection whose path never ran proves nothing about the checker.
+  public var injectedPathRuns: Dictionary<String,UInt64> = [:]
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1670,7 +1687,7 @@ nonisolated extension Zapfleet_V1_StepRecord: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Zapfleet_V1_PolicyResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PolicyResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}histograms\0\u{1}counters\0\u{1}violations\0\u{3}violation_counts\0\u{1}steps\0\u{1}complete\0\u{3}zap_throughput\0\u{3}wall_ns\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}histograms\0\u{1}counters\0\u{1}violations\0\u{3}violation_counts\0\u{1}steps\0\u{1}complete\0\u{3}zap_throughput\0\u{3}wall_ns\0\u{3}injected_path_runs\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1687,6 +1704,7 @@ nonisolated extension Zapfleet_V1_PolicyResult: SwiftProtobuf.Message, SwiftProt
       case 7: try { try decoder.decodeSingularBoolField(value: &self.complete) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.zapThroughput) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.wallNs) }()
+      case 10: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.injectedPathRuns) }()
       default: break
       }
     }
@@ -1724,6 +1742,9 @@ nonisolated extension Zapfleet_V1_PolicyResult: SwiftProtobuf.Message, SwiftProt
     if self.wallNs != 0 {
       try visitor.visitSingularUInt64Field(value: self.wallNs, fieldNumber: 9)
     }
+    if !self.injectedPathRuns.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.injectedPathRuns, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1737,6 +1758,7 @@ nonisolated extension Zapfleet_V1_PolicyResult: SwiftProtobuf.Message, SwiftProt
     if lhs.complete != rhs.complete {return false}
     if lhs.zapThroughput != rhs.zapThroughput {return false}
     if lhs.wallNs != rhs.wallNs {return false}
+    if lhs.injectedPathRuns != rhs.injectedPathRuns {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

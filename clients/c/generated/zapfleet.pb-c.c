@@ -508,6 +508,12 @@ void   zapfleet__v1__policy_result__violation_counts_entry__init
   static const Zapfleet__V1__PolicyResult__ViolationCountsEntry init_value = ZAPFLEET__V1__POLICY_RESULT__VIOLATION_COUNTS_ENTRY__INIT;
   *message = init_value;
 }
+void   zapfleet__v1__policy_result__injected_path_runs_entry__init
+                     (Zapfleet__V1__PolicyResult__InjectedPathRunsEntry         *message)
+{
+  static const Zapfleet__V1__PolicyResult__InjectedPathRunsEntry init_value = ZAPFLEET__V1__POLICY_RESULT__INJECTED_PATH_RUNS_ENTRY__INIT;
+  *message = init_value;
+}
 void   zapfleet__v1__policy_result__init
                      (Zapfleet__V1__PolicyResult         *message)
 {
@@ -2202,7 +2208,58 @@ const ProtobufCMessageDescriptor zapfleet__v1__policy_result__violation_counts_e
   (ProtobufCMessageInit) zapfleet__v1__policy_result__violation_counts_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor zapfleet__v1__policy_result__field_descriptors[9] =
+static const ProtobufCFieldDescriptor zapfleet__v1__policy_result__injected_path_runs_entry__field_descriptors[2] =
+{
+  {
+    "key",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__PolicyResult__InjectedPathRunsEntry, key),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "value",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__PolicyResult__InjectedPathRunsEntry, value),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned zapfleet__v1__policy_result__injected_path_runs_entry__field_indices_by_name[] = {
+  0,   /* field[0] = key */
+  1,   /* field[1] = value */
+};
+static const ProtobufCIntRange zapfleet__v1__policy_result__injected_path_runs_entry__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor zapfleet__v1__policy_result__injected_path_runs_entry__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "zapfleet.v1.PolicyResult.InjectedPathRunsEntry",
+  "InjectedPathRunsEntry",
+  "Zapfleet__V1__PolicyResult__InjectedPathRunsEntry",
+  "zapfleet.v1",
+  sizeof(Zapfleet__V1__PolicyResult__InjectedPathRunsEntry),
+  2,
+  zapfleet__v1__policy_result__injected_path_runs_entry__field_descriptors,
+  zapfleet__v1__policy_result__injected_path_runs_entry__field_indices_by_name,
+  1,  zapfleet__v1__policy_result__injected_path_runs_entry__number_ranges,
+  (ProtobufCMessageInit) zapfleet__v1__policy_result__injected_path_runs_entry__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor zapfleet__v1__policy_result__field_descriptors[10] =
 {
   {
     "policy",
@@ -2312,11 +2369,24 @@ static const ProtobufCFieldDescriptor zapfleet__v1__policy_result__field_descrip
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "injected_path_runs",
+    10,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Zapfleet__V1__PolicyResult, n_injected_path_runs),
+    offsetof(Zapfleet__V1__PolicyResult, injected_path_runs),
+    &zapfleet__v1__policy_result__injected_path_runs_entry__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned zapfleet__v1__policy_result__field_indices_by_name[] = {
   6,   /* field[6] = complete */
   2,   /* field[2] = counters */
   1,   /* field[1] = histograms */
+  9,   /* field[9] = injected_path_runs */
   0,   /* field[0] = policy */
   5,   /* field[5] = steps */
   4,   /* field[4] = violation_counts */
@@ -2327,7 +2397,7 @@ static const unsigned zapfleet__v1__policy_result__field_indices_by_name[] = {
 static const ProtobufCIntRange zapfleet__v1__policy_result__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor zapfleet__v1__policy_result__descriptor =
 {
@@ -2337,7 +2407,7 @@ const ProtobufCMessageDescriptor zapfleet__v1__policy_result__descriptor =
   "Zapfleet__V1__PolicyResult",
   "zapfleet.v1",
   sizeof(Zapfleet__V1__PolicyResult),
-  9,
+  10,
   zapfleet__v1__policy_result__field_descriptors,
   zapfleet__v1__policy_result__field_indices_by_name,
   1,  zapfleet__v1__policy_result__number_ranges,

@@ -28,6 +28,7 @@ typedef struct Zapfleet__V1__ViolationRecord Zapfleet__V1__ViolationRecord;
 typedef struct Zapfleet__V1__StepRecord Zapfleet__V1__StepRecord;
 typedef struct Zapfleet__V1__PolicyResult Zapfleet__V1__PolicyResult;
 typedef struct Zapfleet__V1__PolicyResult__ViolationCountsEntry Zapfleet__V1__PolicyResult__ViolationCountsEntry;
+typedef struct Zapfleet__V1__PolicyResult__InjectedPathRunsEntry Zapfleet__V1__PolicyResult__InjectedPathRunsEntry;
 typedef struct Zapfleet__V1__ShardResult Zapfleet__V1__ShardResult;
 typedef struct Zapfleet__V1__ResultAck Zapfleet__V1__ResultAck;
 typedef struct Zapfleet__V1__ShardAbandoned Zapfleet__V1__ShardAbandoned;
@@ -421,6 +422,17 @@ struct  Zapfleet__V1__PolicyResult__ViolationCountsEntry
     , (char *)protobuf_c_empty_string, 0 }
 
 
+struct  Zapfleet__V1__PolicyResult__InjectedPathRunsEntry
+{
+  ProtobufCMessage base;
+  char *key;
+  uint64_t value;
+};
+#define ZAPFLEET__V1__POLICY_RESULT__INJECTED_PATH_RUNS_ENTRY__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__policy_result__injected_path_runs_entry__descriptor) \
+    , (char *)protobuf_c_empty_string, 0 }
+
+
 /*
  * What one policy's run of a shard measured.
  */
@@ -455,10 +467,16 @@ struct  Zapfleet__V1__PolicyResult
    * Wall time of the policy's run.
    */
   uint64_t wall_ns;
+  /*
+   * For each bug injected with --inject (zapfleet's names, e.g. "double-queue"): how often its
+   * broken path ran. An injection whose path never ran proves nothing about the checker.
+   */
+  size_t n_injected_path_runs;
+  Zapfleet__V1__PolicyResult__InjectedPathRunsEntry **injected_path_runs;
 };
 #define ZAPFLEET__V1__POLICY_RESULT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__policy_result__descriptor) \
-    , (char *)protobuf_c_empty_string, 0,NULL, NULL, 0,NULL, 0,NULL, 0,NULL, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, 0,NULL, NULL, 0,NULL, 0,NULL, 0,NULL, 0, 0, 0, 0,NULL }
 
 
 /*
@@ -862,6 +880,9 @@ void   zapfleet__v1__step_record__free_unpacked
 /* Zapfleet__V1__PolicyResult__ViolationCountsEntry methods */
 void   zapfleet__v1__policy_result__violation_counts_entry__init
                      (Zapfleet__V1__PolicyResult__ViolationCountsEntry         *message);
+/* Zapfleet__V1__PolicyResult__InjectedPathRunsEntry methods */
+void   zapfleet__v1__policy_result__injected_path_runs_entry__init
+                     (Zapfleet__V1__PolicyResult__InjectedPathRunsEntry         *message);
 /* Zapfleet__V1__PolicyResult methods */
 void   zapfleet__v1__policy_result__init
                      (Zapfleet__V1__PolicyResult         *message);
@@ -1052,6 +1073,9 @@ typedef void (*Zapfleet__V1__StepRecord_Closure)
 typedef void (*Zapfleet__V1__PolicyResult__ViolationCountsEntry_Closure)
                  (const Zapfleet__V1__PolicyResult__ViolationCountsEntry *message,
                   void *closure_data);
+typedef void (*Zapfleet__V1__PolicyResult__InjectedPathRunsEntry_Closure)
+                 (const Zapfleet__V1__PolicyResult__InjectedPathRunsEntry *message,
+                  void *closure_data);
 typedef void (*Zapfleet__V1__PolicyResult_Closure)
                  (const Zapfleet__V1__PolicyResult *message,
                   void *closure_data);
@@ -1096,6 +1120,7 @@ extern const ProtobufCMessageDescriptor zapfleet__v1__violation_record__descript
 extern const ProtobufCMessageDescriptor zapfleet__v1__step_record__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__policy_result__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__policy_result__violation_counts_entry__descriptor;
+extern const ProtobufCMessageDescriptor zapfleet__v1__policy_result__injected_path_runs_entry__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__shard_result__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__result_ack__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__shard_abandoned__descriptor;

@@ -1,0 +1,51 @@
+import Foundation
+import ZapEngine
+import ZapProtocol
+import ZapRun
+import ZapScenario
+
+extension Coordinator {
+    /// A fresh run plans when its workers are there; a resumed one starts from its journal.
+    func prepareScheduler() throws {
+        let configuration = self.configuration
+        let scenario = self.scenario
+        let planner: FleetScheduler.Planner = { capacities in
+            let budget = capacities.map(\.memoryBudgetBytes).min() ?? 0
+            let largest = min(capacities.map(\.shardByteLimit).min() ?? .max, configuration.shardBytes ?? .max)
+            let slots = capacities.map(\.shardSlotLimit).filter { $0 > 0 }.min() ?? .max
+            return Result { () throws(PlanError) in
+                try ShardPlanner.plan(scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots)
+            }
+        }
+        let schedulerConfiguration = Self.schedulerConfiguration(configuration, runID: runID, scenario: scenario)
+        guard let contents = configuration.resume else {
+            scheduler = FleetScheduler(configuration: schedulerConfiguration, now: monotonicNanoseconds(), planner: planner)
+            return
+        }
+        let plan = contents.plan.shards.enumerated().map { index, planned in
+            Shard(id: UInt64(index), slice: MemorySlice(firstSlot: planned.firstSlot, slotCount: planned.slotCount), of: scenario)
+        }
+        guard plan.map(\.id) == contents.plan.shards.map(\.id),
+              plan.allSatisfy({ $0.slice.slotCount > 0 && $0.slice.firstSlot + $0.slice.slotCount <= scenario.memslotCount }) else {
+            throw PlanError(message: "the journal's plan does not fit its scenario; it cannot be resumed")
+        }
+        var done: [(shard: UInt64, attempt: UInt32, worker: String)] = []
+        for entry in contents.results {
+            let id = entry.result.shardID
+            // The same checks as a live result: a journal is peer data written down.
+            guard id < UInt64(plan.count), !done.contains(where: { $0.shard == id }), entry.result.runID == runID || entry.result.runID.isEmpty,
+                  case .success(let runs) = Self.decode(entry.result), ResultPlausibility.check(
+                      runs, wallNanoseconds: entry.result.wallNs, shard: plan[Int(id)], scenario: scenario) == .plausible else {
+                logger.warning("journal: skipped a record for shard \(id) (a duplicate, implausible, or not this plan's)")
+                continue
+            }
+            totals.add(runs, of: entry.result, worker: entry.worker, startSeconds: 0)
+            done.append((id, entry.result.attempt, entry.worker))
+        }
+        scheduler = FleetScheduler(configuration: schedulerConfiguration, now: monotonicNanoseconds(), resuming: plan, done: done,
+                                   handouts: contents.handouts, planner: planner)
+        if let path = configuration.journalPath { journal = try ResultJournal.reopen(at: path, contents: contents) }
+        let torn = contents.tornBytes > 0 ? "; ignored a torn last record of \(contents.tornBytes) bytes" : ""
+        logger.info("resumed run \(runID): \(done.count) of \(plan.count) shard results from the journal\(torn); \(plan.count - done.count) shard(s) to run")
+    }
+}

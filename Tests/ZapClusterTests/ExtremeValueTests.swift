@@ -1,0 +1,124 @@
+import Foundation
+import Testing
+@testable import ZapCluster
+import ZapEngine
+import ZapProtocol
+import ZapRun
+import ZapScenario
+import ZapfleetTestSupport
+
+/// Extreme values in every numeric field of a shard result, through the coordinator's whole path:
+/// decode, the plausibility check, merge, the report, the journal and its reload for `--resume`.
+/// Each value is either refused with a reason or goes all the way through; none may trap (a trap
+/// ends the test process, which fails the run).
+@Suite("Extreme values")
+struct ExtremeValueTests {
+    static let scenario = """
+        name: extreme
+        vm: {memory: 2GiB, memslot: 1GiB}
+        workload: {vcpus: 2}
+        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
+        policies: [sync, async]
+
+        """
+
+    static let extremes: [UInt64] = [0, 1, UInt64(UInt32.max), 1 << 40, (1 << 50) - 1, UInt64(Int64.max), .max]
+
+    /// Every numeric field of a result, as a way to set it.
+    static func mutations() -> [(String, (inout Zapfleet_V1_ShardResult, UInt64) -> Void)] {
+        var list: [(String, (inout Zapfleet_V1_ShardResult, UInt64) -> Void)] = [
+            ("wall_ns", { $0.wallNs = $1 }),
+            ("attempt", { $0.attempt = UInt32(truncatingIfNeeded: $1) }),
+            ("policies[0].wall_ns", { $0.policies[0].wallNs = $1 }),
+            ("policies[0].zap_throughput", { $0.policies[0].zapThroughput = Double(bitPattern: $1) }),
+            ("policies[0].steps[0].wall_ns", { $0.policies[0].steps[0].wallNs = $1 }),
+            ("policies[0].steps[0].longest_block_ns", { $0.policies[0].steps[0].longestBlockNs = $1 }),
+            ("policies[0].steps[0].sptes_zapped_inline", { $0.policies[0].steps[0].sptesZappedInline = $1 }),
+            ("policies[1].steps[1].longest_block_ns (every step)", { result, value in
+                for index in result.policies[1].steps.indices { result.policies[1].steps[index].longestBlockNs = value }
+            }),
+            ("policies[0].violation_counts", { $0.policies[0].violationCounts = ["double-queue": $1] }),
+            ("policies[0].violations[0].root_id", { result, value in
+                var record = Zapfleet_V1_ViolationRecord()
+                record.kind = "double-queue"
+                record.rootID = Int64(bitPattern: value)
+                result.policies[0].violations = [record]
+            }),
+            ("policies[0].histograms[0] bucket count", { $0.policies[0].histograms[0].hdrV2 = Data(HistogramFixture.encoded(value: 1000, count: $1)) }),
+        ]
+        let counters: [(String, WritableKeyPath<Zapfleet_V1_Counters, UInt64>)] = [
+            ("sptes_installed", \.sptesInstalled), ("sptes_zapped", \.sptesZapped), ("accessed_zapped", \.accessedZapped),
+            ("dirty_zapped", \.dirtyZapped), ("tables_allocated", \.tablesAllocated), ("tables_freed", \.tablesFreed),
+            ("tables_live", \.tablesLive), ("tables_peak", \.tablesPeak), ("faults", \.faults), ("fault_retries", \.faultRetries),
+            ("spurious_faults", \.spuriousFaults), ("yields", \.yields), ("zap_steps", \.zapSteps),
+            ("largest_step_tables", \.largestStepTables), ("roots_created", \.rootsCreated), ("roots_reused", \.rootsReused),
+            ("roots_freed", \.rootsFreed), ("root_zaps", \.rootZaps), ("work_items_queued", \.workItemsQueued),
+            ("work_items_rejected", \.workItemsRejected), ("fast_zaps", \.fastZaps), ("full_zaps", \.fullZaps),
+        ]
+        for (name, path) in counters {
+            list.append(("policies[1].counters.\(name)", { $0.policies[1].counters[keyPath: path] = $1 }))
+        }
+        return list
+    }
+
+    @Test("every numeric field at its extremes: refused with a reason, or merged, reported, journaled and resumed; never a trap")
+    func extremes() throws {
+        let scenario = try ScenarioParser.parse(Self.scenario, file: "extreme")
+        let shard = Shard(id: 0, slice: MemorySlice(firstSlot: 0, slotCount: 1), of: scenario)
+        var assignment = Zapfleet_V1_Assignment()
+        assignment.runID = "run"
+        assignment.scenarioYaml = Self.scenario
+        assignment.firstSlot = 0
+        assignment.slotCount = 1
+        assignment.attempt = 1
+        assignment.kernelNsPerSpte = 52
+        let honest = try ShardComputation.result(of: assignment)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("zapfleet-extremes-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let journalPath = directory + "/journal.zfj"
+        let journal = try ResultJournal.create(at: journalPath, plan: JournalPlan(
+            runID: "run", scenarioYAML: Self.scenario, kernelNanosecondsPerSPTE: 52, shards: [JournalShard(id: 0, firstSlot: 0, slotCount: 1)]))
+        var refused = 0, accepted = 0
+        for (field, set) in Self.mutations() {
+            for value in Self.extremes {
+                var result = honest
+                set(&result, value)
+                let verdict: ResultVerdict
+                switch Coordinator.decode(result) {
+                case .failure(let violation): verdict = .implausible(violation.reason)
+                case .success(let runs): verdict = ResultPlausibility.check(runs, wallNanoseconds: result.wallNs, shard: shard, scenario: scenario)
+                }
+                if case .implausible(let reason) = verdict {
+                    #expect(!reason.isEmpty, "\(field) = \(value)")
+                    refused += 1
+                    continue
+                }
+                accepted += 1
+                // Through the rest of the path: merge (twice, as two shards of a fleet would), report, journal.
+                let runs = try result.policies.map { try ResultCoding.decodeValidated($0) }
+                var totals = FleetTotals(kernelNanosecondsPerSPTE: 52)
+                totals.add(runs, of: result, worker: "w", startSeconds: 0)
+                var second = result
+                second.shardID = 1
+                totals.add(runs, of: second, worker: "w", startSeconds: 0)
+                let merged = totals.merged(scenario.policies)
+                let report = RunReport(scenario: scenario, runs: merged, slice: .whole(scenario), kernelNanosecondsPerSPTE: 52,
+                                       startedAt: Date(), wallNanoseconds: result.wallNs, version: "test",
+                                       fleet: FleetSection(workers: [], shards: [], requeues: 0, duplicatesDropped: 0, badFrames: 0,
+                                                           wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: 52)))
+                _ = try ReportFiles.json(report)
+                try journal.append(result, worker: "w")
+            }
+        }
+        try journal.sync()
+        let reloaded = try ResultJournal.load(journalPath)
+        #expect(reloaded.results.count == accepted)
+        for entry in reloaded.results {
+            guard case .success(let runs) = Coordinator.decode(entry.result) else { Issue.record("a journaled result no longer decodes"); continue }
+            #expect(ResultPlausibility.check(runs, wallNanoseconds: entry.result.wallNs, shard: shard, scenario: scenario) == .plausible)
+        }
+        #expect(refused > 0 && accepted > 0, "both sides are exercised: \(refused) refused, \(accepted) accepted")
+        print("extreme values: \(Self.mutations().count) fields × \(Self.extremes.count) values: \(refused) refused with a reason, \(accepted) merged, reported, journaled and reloaded")
+    }
+}

@@ -1,0 +1,127 @@
+import Testing
+@testable import ZapCluster
+import ZapRun
+
+/// The scheduler's rules, one at a time, without a socket: inputs in, actions out, time an input.
+@Suite("Fleet scheduler")
+struct FleetSchedulerTests {
+    static let interval: UInt64 = 1_000_000
+
+    static func plan(_ count: Int, tableBytes: UInt64 = 1 << 22) -> [Shard] {
+        (0..<count).map { Shard(id: UInt64($0), slice: MemorySlice(firstSlot: $0, slotCount: 1), bytes: 1 << 30, estimatedTableBytes: tableBytes) }
+    }
+
+    /// A scheduler that plans `shards` one-slot shards as soon as one worker is there.
+    static func scheduler(shards: Int = 2, _ adjust: (inout FleetScheduler.Configuration) -> Void = { _ in }) -> FleetScheduler {
+        var configuration = FleetScheduler.Configuration(runID: "run1")
+        configuration.intervalNanoseconds = interval
+        configuration.waitNanoseconds = 50 * interval
+        configuration.progressDeadlineIntervals = 10
+        configuration.smallestShard = plan(1)[0]
+        adjust(&configuration)
+        let planned = plan(shards)
+        return FleetScheduler(configuration: configuration, now: 0, planner: { _ in .success(planned) })
+    }
+
+    static func peer(_ name: String) -> PeerID { Array("\(name)#1".utf8) }
+
+    static func assignments(_ actions: [FleetScheduler.Action]) -> [(PeerID, AttemptClaim)] {
+        actions.compactMap { if case .assign(let id, _, let claim) = $0 { (id, claim) } else { nil } }
+    }
+
+    /// Joins `name` and returns the claim it was handed.
+    static func join(_ scheduler: inout FleetScheduler, _ name: String, memory: UInt64 = 1 << 40, now: UInt64 = 1) -> AttemptClaim? {
+        var actions = scheduler.process(.hello(peer(name), PeerIntroduction(name: name, memoryBudgetBytes: memory)), now: now)
+        actions += scheduler.process(.tick, now: now + 1)
+        return assignments(actions).first { $0.0 == peer(name) }?.1
+    }
+
+    @Test("a result counts only from the peer the attempt was handed to, of this run; it is acknowledged only once journaled")
+    func provenance() throws {
+        var scheduler = Self.scheduler(shards: 1)
+        let claim = try #require(Self.join(&scheduler, "a"))
+        _ = scheduler.process(.hello(Self.peer("b"), PeerIntroduction(name: "b", memoryBudgetBytes: 1 << 40)), now: 3)
+        let forged = scheduler.process(.result(Self.peer("b"), claim, .plausible), now: 4)
+        #expect(forged.contains { if case .acknowledge(_, let ack) = $0 { ack.outcome != .accepted } else { false } })
+        #expect(!forged.contains { if case .journal = $0 { true } else { false } })
+        var otherRun = claim
+        otherRun.runID = "run0"
+        let stale = scheduler.process(.result(Self.peer("a"), otherRun, .plausible), now: 5)
+        #expect(!stale.contains { if case .journal = $0 { true } else { false } })
+        let honest = scheduler.process(.result(Self.peer("a"), claim, .plausible), now: 6)
+        #expect(honest.contains(.journal(Self.peer("a"), claim)))
+        #expect(!honest.contains { if case .acknowledge(_, let ack) = $0 { ack.outcome == .accepted } else { false } }, "not before it is durable")
+        let durable = scheduler.process(.journaled(claim), now: 7)
+        #expect(durable.contains(.merge(Self.peer("a"), claim)))
+        #expect(durable.contains(.acknowledge(Self.peer("a"), .init(claim: claim, outcome: .accepted))))
+        #expect(scheduler.phase == .finished && scheduler.complete)
+    }
+
+    @Test("an implausible result revokes its attempt and requeues the shard; a late copy of the revoked attempt is refused")
+    func implausibleResult() throws {
+        var scheduler = Self.scheduler(shards: 1)
+        let claim = try #require(Self.join(&scheduler, "a"))
+        var actions = scheduler.process(.result(Self.peer("a"), claim, .implausible("counters.sptes_zapped")), now: 3)
+        #expect(actions.contains { if case .acknowledge(_, let ack) = $0 { ack.outcome == .rejected("counters.sptes_zapped") } else { false } })
+        // Excluded from the shard it failed, until no other peer can take it: then offered it again.
+        actions += scheduler.process(.tick, now: 3 + Self.interval)
+        let retry = try #require(Self.assignments(actions).first)
+        #expect(retry.1.attempt == claim.attempt + 1)
+        let late = scheduler.process(.result(Self.peer("a"), claim, .plausible), now: 4 + Self.interval)
+        #expect(!late.contains { if case .journal = $0 { true } else { false } })
+    }
+
+    @Test("a shard without progress past the deadline is revoked and requeued; a peer that lets three lapse in a row gets no more")
+    func progressDeadline() throws {
+        var scheduler = Self.scheduler(shards: 3)
+        var claim = try #require(Self.join(&scheduler, "stuck"))
+        var now: UInt64 = 2
+        var handed = [claim]
+        for _ in 0..<40 {
+            now += Self.interval
+            let actions = scheduler.process(.heartbeat(Self.peer("stuck")), now: now)
+            if let next = Self.assignments(actions).first { handed.append(next.1); claim = next.1 }
+        }
+        #expect(handed.count == 3, "\(handed)")
+        #expect(scheduler.peers[Self.peer("stuck")]?.benched?.contains("in a row") == true)
+        #expect(scheduler.revokedAttempts == 3)
+    }
+
+    @Test("fitness is judged at dispatch for every peer, whenever it joined")
+    func fitnessAtDispatch() throws {
+        var scheduler = Self.scheduler(shards: 2)
+        let first = try #require(Self.join(&scheduler, "able"))
+        #expect(Self.join(&scheduler, "tiny", memory: 4096, now: 10) == nil, "too small: nothing handed")
+        _ = scheduler.process(.result(Self.peer("able"), first, .plausible), now: 20)
+        _ = scheduler.process(.journaled(first), now: 21)
+        let actions = scheduler.process(.tick, now: 22)
+        #expect(Self.assignments(actions).allSatisfy { $0.0 == Self.peer("able") })
+    }
+
+    @Test("a second live worker under a name in use is refused, naming it; a holder whose connection is gone is replaced")
+    func names() throws {
+        var scheduler = Self.scheduler(shards: 1)
+        _ = Self.join(&scheduler, "w")
+        let clash = scheduler.process(.hello(Array("w#2".utf8), PeerIntroduction(name: "w", memoryBudgetBytes: 1 << 40)), now: 5)
+        #expect(clash.contains { if case .refuse(_, let reason) = $0 { reason.contains("'w' is in use") } else { false } })
+        _ = scheduler.process(.unreachable(Self.peer("w")), now: 6)
+        let restart = scheduler.process(.hello(Array("w#3".utf8), PeerIntroduction(name: "w", memoryBudgetBytes: 1 << 40)), now: 7)
+        #expect(restart.contains(.welcome(Array("w#3".utf8))))
+        #expect(scheduler.peers[Self.peer("w")]?.state == .dead)
+    }
+
+    @Test("after --resume, results for journaled handouts still count, and done shards are never handed out again")
+    func resume() throws {
+        var configuration = FleetScheduler.Configuration(runID: "run1")
+        configuration.intervalNanoseconds = Self.interval
+        let plan = Self.plan(2)
+        let handout = JournaledHandout(shard: 1, attempt: 1, peer: Self.peer("a"))
+        var scheduler = FleetScheduler(configuration: configuration, now: 0, resuming: plan, done: [(0, 1, "a")], handouts: [handout],
+                                       planner: { _ in .success(plan) })
+        let claim = AttemptClaim(runID: "run1", shard: 1, attempt: 1)
+        var actions = scheduler.process(.hello(Self.peer("a"), PeerIntroduction(name: "a", memoryBudgetBytes: 1 << 40, running: claim)), now: 1)
+        actions += scheduler.process(.tick, now: 2)
+        #expect(Self.assignments(actions).isEmpty, "busy with its journaled attempt; shard 0 is done")
+        #expect(scheduler.process(.result(Self.peer("a"), claim, .plausible), now: 3).contains(.journal(Self.peer("a"), claim)))
+    }
+}
