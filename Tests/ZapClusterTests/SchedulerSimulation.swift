@@ -60,6 +60,8 @@ final class SchedulerSimulation {
         var pausedUntil: UInt64 = 0
         /// Never killed, paused or restarted: the worker the liveness promise is about.
         var steady = true
+        /// Left because the coordinator said stop (the run ended), not because it was killed or refused.
+        var leftOnStop = false
         var run: String?
         var running: (claim: AttemptClaim, finishAt: UInt64)?
         var unacknowledged: [AttemptClaim] = []
@@ -354,6 +356,7 @@ final class SchedulerSimulation {
             peer.alive = false
         case .stop:
             peer.alive = false
+            peer.leftOnStop = true
             if let running = peer.running { pendingGiveBacks.append((peer.index, running.claim)) }
             peer.running = nil
         case .acknowledge(_, let ack):
@@ -456,7 +459,7 @@ final class SchedulerSimulation {
         // A worker that stayed healthy throughout must have carried the run home, unless the
         // run was ended on purpose or a shard ran out of its attempts.
         let steady = peers.contains { peer in
-            peer.kind == .honest && peer.steady && peer.alive
+            peer.kind == .honest && peer.steady && (peer.alive || peer.leftOnStop)
                 && scheduler.peers[peer.id].map { $0.benched == nil && $0.introduction != nil } == true
         }
         let outOfAttempts = scheduler.failure?.contains("came to nothing") == true
