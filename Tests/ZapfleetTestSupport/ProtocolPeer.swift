@@ -67,6 +67,11 @@ public final class ProtocolPeer {
     /// The next message that is not a heartbeat, or nil after `timeoutSeconds`.
     public func next(timeoutSeconds: Double = 20) throws -> Zapfleet_V1_Envelope.OneOf_Body? {
         if !stashed.isEmpty { return stashed.removeFirst() }
+        return try receive(timeoutSeconds: timeoutSeconds)
+    }
+
+    /// The next message from the socket itself (not the stash) that is not a heartbeat.
+    private func receive(timeoutSeconds: Double) throws -> Zapfleet_V1_Envelope.OneOf_Body? {
         var poller = ZeroMQPoller()
         poller.add(socket)
         let deadline = Date().addingTimeInterval(timeoutSeconds)
@@ -108,7 +113,10 @@ public final class ProtocolPeer {
         let end = Date().addingTimeInterval(seconds)
         while Date() < end {
             try send(.heartbeat(Zapfleet_V1_Heartbeat()))
-            if let body = try next(timeoutSeconds: interval) { stash(body) }
+            // From the socket: a stashed message must not turn this into a loop that floods the coordinator.
+            if let body = try receive(timeoutSeconds: interval) { stash(body) }
+            else { continue }
+            usleep(useconds_t(interval * 1e6))
         }
     }
 }
