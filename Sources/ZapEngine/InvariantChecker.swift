@@ -1,6 +1,6 @@
 /// One broken invariant, recorded instead of crashing.
 public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
-    /// Which invariant broke. Each kind names the MODEL.md bug class it reveals.
+    /// Which invariant broke. Each kind names the docs/model.md bug class it reveals.
     public enum Kind: String, Sendable, Codable, CaseIterable, CustomStringConvertible {
         /// Teardown found a root still on the list (a leaked reference: bug class 1).
         case rootLeaked = "root-leaked"

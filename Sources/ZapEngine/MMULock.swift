@@ -6,7 +6,7 @@ import Atomics
 /// zap hold it for write. A reader that arrives while a writer waits queues behind the writer
 /// (as the kernel's queued rwlock does), which is why a zap holding the read lock must yield
 /// when a writer waits: otherwise every faulting vCPU stalls behind that writer for the whole
-/// zap (bug class 5 in MODEL.md).
+/// zap (bug class 5 in docs/model.md).
 public final class MMULock: @unchecked Sendable {
     private let mutex = PThreadMutex()
     private let readersMayEnter = PThreadCondition()

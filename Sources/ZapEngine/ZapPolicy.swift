@@ -1,4 +1,4 @@
-/// Which kernel design decides who zaps a root (MODEL.md, "The other designs").
+/// Which kernel design decides who zaps a root (docs/model.md, "The three policies").
 public enum ZapPolicy: String, CaseIterable, Sendable, Codable, CustomStringConvertible {
     /// Up to v5.17: the vCPU that drops a root's last reference zaps it in its own context;
     /// the fast-zap caller zaps the roots it invalidated.
@@ -24,7 +24,7 @@ public enum ZapPolicy: String, CaseIterable, Sendable, Codable, CustomStringConv
 }
 
 /// A known bug re-created on purpose, so that a test can prove the checker catches it
-/// (MODEL.md, "Known bug classes").
+/// (docs/model.md, "Bug classes the checker must catch").
 public enum InjectedBug: String, CaseIterable, Sendable, Codable, CustomStringConvertible {
     /// Invalidation does not skip roots that are already invalid and queues them again.
     case doubleQueue = "double-queue"

@@ -1,7 +1,7 @@
 import Testing
 @testable import ZapEngine
 
-/// Each bug class of MODEL.md, re-created on purpose, is caught by the checker. The same
+/// Each bug class of docs/model.md, re-created on purpose, is caught by the checker. The same
 /// scenario without the injection is clean, so each test shows the checker can tell them apart.
 @Suite("Injected bugs are caught", .timeLimit(.minutes(2)))
 struct InjectedBugTests {

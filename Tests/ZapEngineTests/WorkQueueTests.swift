@@ -4,7 +4,7 @@ import ZapEngine
 import Glibc
 #endif
 
-/// The workqueue rules of MODEL.md, one test each.
+/// The workqueue rules of docs/model.md, one test each.
 @Suite("Workqueue semantics")
 struct WorkQueueTests {
     @Test("queueing an item that is already pending returns false and runs it once")

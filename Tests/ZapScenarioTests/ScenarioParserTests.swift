@@ -21,7 +21,7 @@ struct ScenarioParserTests {
         #expect(scenario.memslotCount == 32768)
         #expect(scenario.vm.pageMix.fraction4K == 1)
         #expect(scenario.timeline.contains(.resetVCPUs))
-        // 64 TiB / 512 = 128 GiB of leaf tables, as MODEL.md says.
+        // 64 TiB / 512 = 128 GiB of leaf tables, as docs/model.md says.
         let estimate = MemoryEstimate.estimate(scenario)
         #expect(estimate.pageTableBytes >= 128 << 30 && estimate.pageTableBytes < 129 << 30)
     }
