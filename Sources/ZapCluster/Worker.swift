@@ -168,7 +168,7 @@ public final class Worker: @unchecked Sendable {
         while true {
             if cancellation.isCancelled {
                 if let shard = currentShard {
-                    transmit(abandonedFrame(shard, reason: "worker \(configuration.name) is stopping"))
+                    transmit(frame(Self.abandoned(shard, reason: "worker \(configuration.name) is stopping")))
                 }
                 return .cancelled
             }
@@ -281,10 +281,27 @@ public final class Worker: @unchecked Sendable {
         }
     }
 
-    private func frame(_ body: Zapfleet_V1_Envelope.OneOf_Body) -> [UInt8] {
+    private func frame(_ body: Zapfleet_V1_Envelope.OneOf_Body) -> [UInt8] { Self.frame(body, version: configuration.protocolVersion) }
+
+    /// One envelope holding `body`, claiming protocol `version` (the shard thread builds its own frames too).
+    static func frame(_ body: Zapfleet_V1_Envelope.OneOf_Body, version: UInt32) -> [UInt8] {
         var envelope = Messages.envelope(body)
-        envelope.protocolVersion = configuration.protocolVersion
+        envelope.protocolVersion = version
         return (try? envelope.serializedBytes()) ?? []
+    }
+
+    /// Giving back `claim`; `busyWith` when only because the worker still runs that attempt.
+    static func abandoned(_ claim: AttemptClaim, reason: String, busyWith: AttemptClaim? = nil) -> Zapfleet_V1_Envelope.OneOf_Body {
+        var abandoned = Zapfleet_V1_ShardAbandoned()
+        abandoned.runID = claim.runID
+        abandoned.shardID = claim.shard
+        abandoned.attempt = claim.attempt
+        abandoned.reason = reason
+        if let busyWith {
+            abandoned.busyWithShardID = busyWith.shard
+            abandoned.busyWithAttempt = busyWith.attempt
+        }
+        return .abandoned(abandoned)
     }
 
     private func connect() throws -> (ZeroMQSocket, SocketMonitor) {
@@ -339,29 +356,12 @@ public final class Worker: @unchecked Sendable {
         }
     }
 
-    private func abandonedFrame(_ claim: AttemptClaim, reason: String) -> [UInt8] {
-        var abandoned = Zapfleet_V1_ShardAbandoned()
-        abandoned.runID = claim.runID
-        abandoned.shardID = claim.shard
-        abandoned.attempt = claim.attempt
-        abandoned.reason = reason
-        return frame(.abandoned(abandoned))
-    }
-
     /// Validates an assignment and runs it on a thread, or says why not.
     private func start(_ assignment: Zapfleet_V1_Assignment, transmit: ([UInt8]) -> Void) {
+        let claim = AttemptClaim(runID: assignment.runID, shard: assignment.shardID, attempt: assignment.attempt)
         func abandon(_ reason: String) {
             logger.warning("refusing shard \(assignment.shardID): \(reason)")
-            var abandoned = Zapfleet_V1_ShardAbandoned()
-            abandoned.runID = assignment.runID
-            abandoned.shardID = assignment.shardID
-            abandoned.attempt = assignment.attempt
-            abandoned.reason = reason
-            if let running = currentShard {
-                abandoned.busyWithShardID = running.shard
-                abandoned.busyWithAttempt = running.attempt
-            }
-            transmit(frame(.abandoned(abandoned)))
+            transmit(frame(Self.abandoned(claim, reason: reason, busyWith: currentShard)))
         }
         guard currentShard == nil else { return abandon("busy with shard \(currentShard!.shard)") }
         guard assignment.runID == runID else { return abandon("the assignment is for run \(assignment.runID.prefix(40)), this worker is in run \(runID ?? "none")") }
@@ -384,7 +384,6 @@ public final class Worker: @unchecked Sendable {
         }
         guard assignment.kernelNsPerSpte > 0, assignment.kernelNsPerSpte.isFinite else { return abandon("invalid kernel cost per SPTE") }
 
-        let claim = AttemptClaim(runID: assignment.runID, shard: assignment.shardID, attempt: assignment.attempt)
         currentShard = claim
         let flag = CancellationFlag()
         shardCancellation = flag
@@ -405,9 +404,7 @@ public final class Worker: @unchecked Sendable {
             report.sptesZapped = UInt64(update.sptesZapped)
             report.elapsedNs = update.elapsedNanoseconds
             report.runID = assignment.runID
-            var envelope = Messages.envelope(.progress(report))
-            envelope.protocolVersion = configuration.protocolVersion
-            return (try? envelope.serializedBytes()) ?? []
+            return Worker.frame(.progress(report), version: configuration.protocolVersion)
         }
         let resultVersion = configuration.protocolVersion
         logger.info("running shard \(assignment.shardID) attempt \(assignment.attempt): \(slice) of \(scenario.name)")
@@ -421,14 +418,7 @@ public final class Worker: @unchecked Sendable {
             result.shardID = assignment.shardID
             result.attempt = assignment.attempt
             func giveBack(_ reason: String) {
-                var abandoned = Zapfleet_V1_ShardAbandoned()
-                abandoned.runID = assignment.runID
-                abandoned.shardID = assignment.shardID
-                abandoned.attempt = assignment.attempt
-                abandoned.reason = reason
-                var envelope = Messages.envelope(.abandoned(abandoned))
-                envelope.protocolVersion = resultVersion
-                outbox.push(.frame(assignment.runID, (try? envelope.serializedBytes()) ?? []))
+                outbox.push(.frame(assignment.runID, Worker.frame(Worker.abandoned(claim, reason: reason), version: resultVersion)))
                 outbox.push(.finished)
             }
             do {
@@ -446,9 +436,7 @@ public final class Worker: @unchecked Sendable {
                 return giveBack("the engine failed: \(error)")
             }
             result.wallNs = monotonicNanoseconds() - start
-            var envelope = Messages.envelope(.result(result))
-            envelope.protocolVersion = resultVersion
-            outbox.push(.result(ResultKey(runID: assignment.runID, shard: assignment.shardID), (try? envelope.serializedBytes()) ?? []))
+            outbox.push(.result(ResultKey(runID: assignment.runID, shard: assignment.shardID), Worker.frame(.result(result), version: resultVersion)))
             outbox.push(.finished)
             shardLogger.info("shard \(assignment.shardID) finished in \(Quantities.formatDuration(Double(result.wallNs)))")
         }
