@@ -10,7 +10,10 @@ extension Coordinator {
     func outcome() -> FleetRunOutcome {
         let merged = totals.merged(scenario.policies)
         // Strangers that never said hello show only in the bad-frame total: a port scan must not fill the report.
-        let workers = scheduler.peers.values.filter { $0.introduction != nil || $0.state.name == "refused" }
+        let workers = scheduler.peers.values.filter { peer in
+            if case .refused = peer.state { return true }
+            return peer.introduction != nil
+        }
             .sorted { $0.joinOrder < $1.joinOrder }.map { peer in
                 var note = peer.benched
                 if case .refused(let reason) = peer.state { note = reason }

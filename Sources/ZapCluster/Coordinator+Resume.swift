@@ -5,23 +5,9 @@ import ZapRun
 import ZapScenario
 
 extension Coordinator {
-    /// A fresh run plans when its workers are there; a resumed one starts from its journal.
-    func prepareScheduler() throws {
-        let configuration = self.configuration
-        let scenario = self.scenario
-        let planner: FleetScheduler.Planner = { capacities in
-            let budget = capacities.map(\.memoryBudgetBytes).min() ?? 0
-            let largest = min(capacities.map(\.shardByteLimit).min() ?? .max, configuration.shardBytes ?? .max)
-            let slots = capacities.map(\.shardSlotLimit).filter { $0 > 0 }.min() ?? .max
-            return Result { () throws(PlanError) in
-                try ShardPlanner.plan(scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots)
-            }
-        }
-        let schedulerConfiguration = Self.schedulerConfiguration(configuration, runID: runID, scenario: scenario)
-        guard let contents = configuration.resume else {
-            scheduler = FleetScheduler(configuration: schedulerConfiguration, now: monotonicNanoseconds(), planner: planner)
-            return
-        }
+    /// Takes up a journaled run: its plan, every result it holds that passes the live checks, and
+    /// its handouts; the journal is reopened for appending.
+    func resume(from contents: JournalContents) throws {
         let plan = contents.plan.shards.enumerated().map { index, planned in
             Shard(id: UInt64(index), slice: MemorySlice(firstSlot: planned.firstSlot, slotCount: planned.slotCount), of: scenario)
         }
@@ -34,16 +20,15 @@ extension Coordinator {
             let id = entry.result.shardID
             // The same checks as a live result: a journal is peer data written down.
             guard id < UInt64(plan.count), !done.contains(where: { $0.shard == id }), entry.result.runID == runID || entry.result.runID.isEmpty,
-                  case .success(let runs) = Self.decode(entry.result), ResultPlausibility.check(
-                      runs, wallNanoseconds: entry.result.wallNs, shard: plan[Int(id)], scenario: scenario) == .plausible else {
+                  case let (runs, .plausible) = Self.check(entry.result, shard: plan[Int(id)], scenario: scenario) else {
                 logger.warning("journal: skipped a record for shard \(id) (a duplicate, implausible, or not this plan's)")
                 continue
             }
             totals.add(runs, of: entry.result, worker: entry.worker, startSeconds: 0)
             done.append((id, entry.result.attempt, entry.worker))
         }
-        scheduler = FleetScheduler(configuration: schedulerConfiguration, now: monotonicNanoseconds(), resuming: plan, done: done,
-                                   handouts: contents.handouts, planner: planner)
+        scheduler = FleetScheduler(configuration: scheduler.configuration, now: monotonicNanoseconds(), resuming: plan, done: done,
+                                   handouts: contents.handouts, planner: scheduler.planner)
         if let path = configuration.journalPath { journal = try ResultJournal.reopen(at: path, contents: contents) }
         let torn = contents.tornBytes > 0 ? "; ignored a torn last record of \(contents.tornBytes) bytes" : ""
         logger.info("resumed run \(runID): \(done.count) of \(plan.count) shard results from the journal\(torn); \(plan.count - done.count) shard(s) to run")

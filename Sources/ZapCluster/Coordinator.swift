@@ -51,8 +51,21 @@ public final class Coordinator: @unchecked Sendable {
         self.progress = progress
         runID = configuration.resume?.plan.runID ?? String(UUID().uuidString.prefix(8).lowercased())
         totals = FleetTotals(kernelNanosecondsPerSPTE: configuration.kernelNanosecondsPerSPTE)
+        // A fresh run waits for its workers from now; a resumed one is replaced by its journal's in ``run()``.
         scheduler = FleetScheduler(configuration: Self.schedulerConfiguration(configuration, runID: runID, scenario: scenario),
-                                   now: start, planner: { _ in .failure(PlanError(message: "not planned yet")) })
+                                   now: start, planner: Self.planner(configuration, scenario))
+    }
+
+    /// Cuts `scenario` into shards that the smallest of the workers at hand can take, within `--shard-size`.
+    static func planner(_ configuration: CoordinatorConfiguration, _ scenario: Scenario) -> FleetScheduler.Planner {
+        { capacities in
+            let budget = capacities.map(\.memoryBudgetBytes).min() ?? 0
+            let largest = min(capacities.map(\.shardByteLimit).min() ?? .max, configuration.shardBytes ?? .max)
+            let slots = capacities.map(\.shardSlotLimit).filter { $0 > 0 }.min() ?? .max
+            return Result { () throws(PlanError) in
+                try ShardPlanner.plan(scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots)
+            }
+        }
     }
 
     /// The endpoint actually bound (with the real port for `tcp://…:*`), once ``run()`` has bound it.
@@ -101,7 +114,7 @@ public final class Coordinator: @unchecked Sendable {
             zap.socket.close()
             socket = nil
         }
-        try prepareScheduler()
+        if let contents = configuration.resume { try resume(from: contents) }
 
         var poller = ZeroMQPoller()
         poller.add(router)
@@ -196,22 +209,21 @@ public final class Coordinator: @unchecked Sendable {
         let claim = AttemptClaim(runID: result.runID, shard: result.shardID, attempt: result.attempt)
         var verdict = ResultVerdict.implausible("shard \(result.shardID) is not in the plan")
         var runs: [DecodedPolicyResult] = []
-        if let shard = scheduler.shard(result.shardID) {
-            switch Self.decode(result) {
-            case .success(let decoded):
-                runs = decoded
-                verdict = ResultPlausibility.check(decoded, wallNanoseconds: result.wallNs, shard: shard, scenario: scenario)
-            case .failure(let violation):
-                verdict = .implausible(violation.reason)
-            }
-        }
+        if let shard = scheduler.shard(result.shardID) { (runs, verdict) = Self.check(result, shard: shard, scenario: scenario) }
         resultAtHand = (claim, result, runs)
         perform(scheduler.process(.result(id, claim, verdict), now: now))
         resultAtHand = nil
     }
 
-    static func decode(_ result: Zapfleet_V1_ShardResult) -> Result<[DecodedPolicyResult], ProtocolViolation> {
-        Result { () throws(ProtocolViolation) in try result.policies.map { policy throws(ProtocolViolation) in try ResultCoding.decodeValidated(policy) } }
+    /// Decodes `result` and checks it against `shard`: the checks that need no scheduling state,
+    /// for a live result and a journaled one alike. The runs are empty unless it decoded.
+    static func check(_ result: Zapfleet_V1_ShardResult, shard: Shard, scenario: Scenario) -> (runs: [DecodedPolicyResult], verdict: ResultVerdict) {
+        do {
+            let runs = try result.policies.map { policy throws(ProtocolViolation) in try ResultCoding.decodeValidated(policy) }
+            return (runs, ResultPlausibility.check(runs, wallNanoseconds: result.wallNs, shard: shard, scenario: scenario))
+        } catch {
+            return ([], .implausible(error.reason))
+        }
     }
 
     /// A hello under a name a live peer holds: if a send to that peer fails, its connection is

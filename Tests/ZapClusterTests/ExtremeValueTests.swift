@@ -84,11 +84,7 @@ struct ExtremeValueTests {
             for value in Self.extremes {
                 var result = honest
                 set(&result, value)
-                let verdict: ResultVerdict
-                switch Coordinator.decode(result) {
-                case .failure(let violation): verdict = .implausible(violation.reason)
-                case .success(let runs): verdict = ResultPlausibility.check(runs, wallNanoseconds: result.wallNs, shard: shard, scenario: scenario)
-                }
+                let verdict = Coordinator.check(result, shard: shard, scenario: scenario).verdict
                 if case .implausible(let reason) = verdict {
                     #expect(!reason.isEmpty, "\(field) = \(value)")
                     refused += 1
@@ -115,8 +111,7 @@ struct ExtremeValueTests {
         let reloaded = try ResultJournal.load(journalPath)
         #expect(reloaded.results.count == accepted)
         for entry in reloaded.results {
-            guard case .success(let runs) = Coordinator.decode(entry.result) else { Issue.record("a journaled result no longer decodes"); continue }
-            #expect(ResultPlausibility.check(runs, wallNanoseconds: entry.result.wallNs, shard: shard, scenario: scenario) == .plausible)
+            #expect(Coordinator.check(entry.result, shard: shard, scenario: scenario).verdict == .plausible)
         }
         #expect(refused > 0 && accepted > 0, "both sides are exercised: \(refused) refused, \(accepted) accepted")
         print("extreme values: \(Self.mutations().count) fields × \(Self.extremes.count) values: \(refused) refused with a reason, \(accepted) merged, reported, journaled and reloaded")

@@ -9,6 +9,7 @@ extension FleetScheduler {
         if peers[id] != nil { return true }
         guard peers.count < configuration.maximumPeers else { return false }
         peers[id] = PeerRecord(id: id, joinOrder: peers.count, lastHeard: now)
+        joinOrder.append(id)
         return true
     }
 
@@ -19,9 +20,7 @@ extension FleetScheduler {
             return false
         }
         switch peer.state {
-        case .refused, .banned, .stranger:
-            return false
-        case .dead:
+        case .refused, .banned, .stranger, .dead:
             // A dead peer must say hello again (it may have been replaced under its name).
             return false
         case .missing(let holding):
@@ -52,12 +51,15 @@ extension FleetScheduler {
         }
         // A name is one worker's: a second live worker under it is refused, naming it. A holder
         // that went missing, or whose connection is gone, was replaced (a restart).
-        if let holder = peers.values.first(where: { $0.id != id && $0.introduction?.name == introduction.name && $0.introduction!.isAgent == introduction.isAgent }) {
+        if let holder = peersInJoinOrder.first(where: { $0.id != id && $0.introduction?.name == introduction.name && $0.introduction!.isAgent == introduction.isAgent }) {
             if holder.state.isLive && !holder.unreachable {
                 refuse(id, "the name '\(introduction.name)' is in use by a live worker from \(holder.introduction?.host ?? "?"); give every worker its own --name", now: now, into: &actions)
                 return
             }
-            if holder.state.isLive || holder.state.name == "missing" { replace(holder.id, now: now, into: &actions) }
+            switch holder.state {
+            case .ready, .busy, .missing: replace(holder.id, now: now, into: &actions)
+            default: break
+            }
         }
         let reconnect = peer.introduction != nil
         let wasLost: Bool = switch peer.state {
@@ -170,7 +172,7 @@ extension FleetScheduler {
 
     mutating func checkLiveness(now: UInt64, into actions: inout [Action]) {
         let missingAfter = configuration.missingAfter
-        for peer in peers.values where peer.introduction != nil {
+        for peer in peersInJoinOrder where peer.introduction != nil {
             let silence = now &- peer.lastHeard
             switch peer.state {
             case .ready where silence > missingAfter:
@@ -206,7 +208,7 @@ extension FleetScheduler {
     }
 
     mutating func sendHeartbeats(now: UInt64, into actions: inout [Action]) {
-        for peer in peers.values where peer.introduction != nil && peer.state.isLive && now &- peer.lastSent >= configuration.intervalNanoseconds {
+        for peer in peersInJoinOrder where peer.introduction != nil && peer.state.isLive && now &- peer.lastSent >= configuration.intervalNanoseconds {
             send(.heartbeat(peer.id), to: peer.id, now: now, into: &actions)
         }
     }

@@ -45,9 +45,9 @@ extension FleetScheduler {
     }
 
     mutating func dispatch(now: UInt64, into actions: inout [Action]) {
-        let free = peers.values.filter { peer in
+        let free = peersInJoinOrder.filter { peer in
             peer.state == .ready && peer.benched == nil && !peer.unreachable && peer.introduction.map { !$0.isAgent } == true
-        }.sorted { $0.joinOrder < $1.joinOrder }
+        }
         var idle: [PeerRecord] = []
         for peer in free {
             // Fitness is judged here, for every peer whenever it joined.

@@ -173,6 +173,10 @@ public struct FleetScheduler: Sendable {
     public internal(set) var externalDelivered = 0
     /// When the plan was made.
     public internal(set) var plannedAt: UInt64 = 0
+    /// Routing ids in the order their peers were first seen: every walk over peers that emits
+    /// actions goes in this order, so that a schedule's seed fixes its outcome (a dictionary's
+    /// order changes from process to process).
+    var joinOrder: [PeerID] = []
     var pending = ShardQueue()
     var dispatchNeeded = false
     var lastLiveWorker: UInt64
@@ -189,8 +193,7 @@ public struct FleetScheduler: Sendable {
         self.planner = planner
         self.start = now
         self.lastLiveWorker = now
-        let (deadline, overflow) = now.addingReportingOverflow(configuration.waitNanoseconds)
-        phase = .gathering(deadline: overflow ? .max : deadline)
+        phase = .gathering(deadline: now.saturatingAdd(configuration.waitNanoseconds))
     }
 
     /// A scheduler that takes up a journaled run: its plan, the shards already done (with the
@@ -216,6 +219,9 @@ public struct FleetScheduler: Sendable {
         phase = .running
         dispatchNeeded = true
     }
+
+    /// Every peer, in the order it was first seen.
+    var peersInJoinOrder: [PeerRecord] { joinOrder.map { peers[$0]! } }
 
     /// The outcome's completeness: every shard merged, nobody stopped the run.
     public var complete: Bool { !shards.isEmpty && completedShards == shards.count && failure == nil && !interrupted }
@@ -269,7 +275,7 @@ public struct FleetScheduler: Sendable {
     mutating func advance(now: UInt64, into actions: inout [Action]) {
         switch phase {
         case .gathering(let deadline):
-            let ready = peers.values.filter { $0.state == .ready && $0.introduction.map { !$0.isAgent } == true }
+            let ready = peersInJoinOrder.filter { $0.state == .ready && $0.introduction.map { !$0.isAgent } == true }
             if ready.count >= configuration.expectWorkers || (now > deadline && !ready.isEmpty) {
                 makePlan(for: ready, now: now, into: &actions)
             } else if now > deadline {
@@ -277,9 +283,7 @@ public struct FleetScheduler: Sendable {
             }
         case .running:
             if completedShards == shards.count && agentsSettled(now: now, into: &actions) {
-                for peer in peers.values where peer.introduction != nil && canHear(peer) {
-                    actions.append(.stop(peer.id, "run complete"))
-                }
+                tellEveryone("run complete", into: &actions)
                 phase = .finished
                 return
             }
@@ -311,18 +315,18 @@ public struct FleetScheduler: Sendable {
     }
 
     private mutating func beginStopping(_ reason: String, now: UInt64, into actions: inout [Action]) {
-        for peer in peers.values where peer.introduction != nil && canHear(peer) {
-            actions.append(.stop(peer.id, reason))
-        }
+        tellEveryone(reason, into: &actions)
         let grace = max(5_000_000_000, configuration.missingAfter.multipliedReportingOverflow(by: 2).partialValue)
-        let (deadline, overflow) = now.addingReportingOverflow(grace)
-        phase = .stopping(deadline: overflow ? .max : deadline)
+        phase = .stopping(deadline: now.saturatingAdd(grace))
     }
 
-    private func canHear(_ peer: PeerRecord) -> Bool {
-        switch peer.state {
-        case .dead, .banned, .refused, .stranger: false
-        default: true
+    /// `Stop` to every worker that said hello and may still hear it, those left out of the plan included.
+    private func tellEveryone(_ reason: String, into actions: inout [Action]) {
+        for peer in peersInJoinOrder where peer.introduction != nil {
+            switch peer.state {
+            case .dead, .banned, .refused, .stranger: continue
+            default: actions.append(.stop(peer.id, reason))
+            }
         }
     }
 
@@ -346,7 +350,7 @@ public struct FleetScheduler: Sendable {
         }
         guard now &- lastLiveWorker > configuration.waitNanoseconds else { return }
         let left = shards.count - completedShards
-        let benched = peers.values.filter { $0.benched != nil && $0.state.isLive }
+        let benched = peersInJoinOrder.filter { $0.benched != nil && $0.state.isLive }
         var reason = "no live worker can make progress with \(left) shard(s) left"
         if let first = openShards.first {
             reason += " (shard \(first.id) needs \(Quantities.describeSize(Double(first.estimatedTableBytes))) of page tables for \(Quantities.formatSize(first.bytes)))"
@@ -354,5 +358,13 @@ public struct FleetScheduler: Sendable {
         if !benched.isEmpty { reason += "; \(benched.count) worker(s) get no shards: " + benched.prefix(3).map { "\($0.name) (\($0.benched!))" }.joined(separator: ", ") }
         reason += "; start workers that can take them (zapfleet worker --connect … --memory …) or check the network"
         fail(reason, now: now, into: &actions)
+    }
+}
+
+extension UInt64 {
+    /// `self + other`, or `.max` where that overflows: deadlines built from configured durations.
+    func saturatingAdd(_ other: UInt64) -> UInt64 {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? .max : sum
     }
 }
