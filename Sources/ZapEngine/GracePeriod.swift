@@ -27,8 +27,14 @@ public final class GracePeriod: @unchecked Sendable {
     private var retired: [Retired] = []
     private let pendingPages = ManagedAtomic<Int>(0)
 
-    /// Creates the scheme for tables of `pool`.
-    public init(pool: PageTablePool) { self.pool = pool }
+    private let onRetire: (@Sendable (Int) -> Void)?
+
+    /// Creates the scheme for tables of `pool`; `onRetire` hears of every batch of tables retired,
+    /// on the retiring thread (the lock's step bounds are judged there).
+    public init(pool: PageTablePool, onRetire: (@Sendable (Int) -> Void)? = nil) {
+        self.pool = pool
+        self.onRetire = onRetire
+    }
 
     /// `rcu_read_lock()`: from here until ``exitReadSide(_:)`` nothing retired can be freed.
     @inline(__always)
@@ -54,6 +60,7 @@ public final class GracePeriod: @unchecked Sendable {
 
     /// Defers returning `page` to the pool (`call_rcu(..., tdp_mmu_free_sp_rcu_callback)`).
     public func retire(_ page: PageIndex) {
+        onRetire?(1)
         mutex.withLock { currentBatch { $0.pages.append(page) } }
         pendingPages.wrappingIncrement(ordering: .relaxed)
     }
@@ -61,6 +68,7 @@ public final class GracePeriod: @unchecked Sendable {
     /// Defers returning `pages` to the pool.
     public func retire(_ pages: [PageIndex]) {
         guard !pages.isEmpty else { return }
+        onRetire?(pages.count)
         mutex.withLock { currentBatch { $0.pages.append(contentsOf: pages) } }
         pendingPages.wrappingIncrement(by: pages.count, ordering: .relaxed)
     }

@@ -30,18 +30,34 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
         case addressSpaceSkipped = "address-space-skipped"
         /// A fault could not get a page table: the page-table budget is too small.
         case tableMemoryExhausted = "table-memory-exhausted"
+        /// A present SPTE outlived the zap that had to remove it, as the page tables themselves
+        /// show: after a fast zap, in a root it invalidated; after a full zap, anywhere (bug
+        /// classes 2 and 6).
+        case staleSPTE = "stale-spte"
+        /// One zap step freed more page tables under `mmu_lock` than the two-pass bound (bug class 5).
+        case oversizedStep = "oversized-step"
+        /// A zap yielded `mmu_lock` without removing anything since it last took it (bug class 5).
+        case noForwardProgress = "no-forward-progress"
+        /// The checker's own count of gets and puts disagrees with the root's count (bug class 3).
+        case refcountMismatch = "refcount-mismatch"
+        /// A get succeeded on a root whose last reference was already put (bug class 3).
+        case getAfterZero = "get-after-zero"
+        /// No thread made progress for the watchdog's bound: the run is stuck.
+        case livelock = "livelock"
 
         /// The number of the invariant in the engine's checker list (README, "Invariants").
         public var invariant: Int {
             switch self {
             case .rootLeaked, .pagesLeaked, .sptesLeaked: 1
-            case .earlyReturn: 2
-            case .refcountUnderflow, .useAfterFree, .validRootFreed, .validRootUnreferenced: 3
+            case .earlyReturn, .staleSPTE: 2
+            case .refcountUnderflow, .useAfterFree, .validRootFreed, .validRootUnreferenced,
+                 .refcountMismatch, .getAfterZero: 3
             case .zapUnreferenced: 4
             case .doubleQueue, .queueRefused: 5
             case .addressSpaceSkipped: 6
-            case .writerStarved: 7
+            case .writerStarved, .oversizedStep, .noForwardProgress: 7
             case .tableMemoryExhausted: 8
+            case .livelock: 9
             }
         }
 
@@ -87,6 +103,19 @@ public final class InvariantChecker: @unchecked Sendable {
         mutex.withLock {
             counts[kind, default: 0] += 1
             if recorded.count < retainedLimit { recorded.append(violation) }
+        }
+    }
+
+    /// Records what `mmu_lock` saw a holder do wrong.
+    public func record(_ hold: HoldViolation) {
+        switch hold {
+        case .yieldWithoutProgress:
+            record(.noForwardProgress, "a zap yielded mmu_lock without removing anything since it took the lock")
+        case .oversizedStep(let tables, let bound):
+            record(.oversizedStep, "one zap step freed \(tables) page tables under mmu_lock; the bound is \(bound)")
+        case .heldPastStepWhileContended(let mode):
+            record(.writerStarved, "a zap holding mmu_lock for \(mode == .shared ? "read" : "write") freed tables in a second step while "
+                   + (mode == .shared ? "a writer" : "another thread") + " waited, without yielding (seen by the lock)")
         }
     }
 

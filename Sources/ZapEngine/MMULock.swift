@@ -22,9 +22,15 @@ public final class MMULock: @unchecked Sendable {
     private let waitingWriters = ManagedAtomic<Int>(0)
     /// Waiting readers, so that a write-locked zap can see it starves someone.
     private let waitingReaders = ManagedAtomic<Int>(0)
+    /// The longest a writer waited for the lock, in nanoseconds.
+    private let longestWriterWait = ManagedAtomic<UInt64>(0)
+    /// Told when a holder breaks a rule of holding (see ``HoldViolation``).
+    private let onViolation: (@Sendable (HoldViolation) -> Void)?
 
-    /// Creates an unlocked lock.
-    public init() {}
+    /// Creates an unlocked lock; `onViolation` hears of holders that break the rules of holding.
+    public init(onViolation: (@Sendable (HoldViolation) -> Void)? = nil) {
+        self.onViolation = onViolation
+    }
 
     /// `read_lock(&kvm->mmu_lock)`.
     public func lockShared() {
@@ -39,6 +45,7 @@ public final class MMULock: @unchecked Sendable {
         activeReaders += 1
         noteAcquisition()
         mutex.unlock()
+        HoldRecord.current.acquired(ObjectIdentifier(self), mode: .shared)
     }
 
     /// Counts an acquisition; with the mutex held.
@@ -63,13 +70,18 @@ public final class MMULock: @unchecked Sendable {
         mutex.lock()
         acquireExclusiveLocked()
         mutex.unlock()
+        HoldRecord.current.acquired(ObjectIdentifier(self), mode: .exclusive)
     }
 
     /// Waits, as a waiting writer, until the lock is free, and takes it; with the mutex held.
     private func acquireExclusiveLocked() {
         waitingWriters.wrappingIncrement(ordering: .relaxed)
-        while writerActive || activeReaders > 0 {
-            writerMayEnter.wait(mutex)
+        if writerActive || activeReaders > 0 {
+            let start = monotonicNanoseconds()
+            while writerActive || activeReaders > 0 {
+                writerMayEnter.wait(mutex)
+            }
+            raiseLongestWriterWait(monotonicNanoseconds() &- start)
         }
         waitingWriters.wrappingDecrement(ordering: .relaxed)
         writerActive = true
@@ -84,6 +96,7 @@ public final class MMULock: @unchecked Sendable {
     /// - Returns: whether someone else held the lock in between.
     @discardableResult
     public func yieldExclusive() -> Bool {
+        checkProgressBeforeYield()
         mutex.lock()
         let before = acquisitions
         writerActive = false
@@ -101,6 +114,7 @@ public final class MMULock: @unchecked Sendable {
         let handed = acquisitions != before
         acquireExclusiveLocked()
         mutex.unlock()
+        HoldRecord.current.acquired(ObjectIdentifier(self), mode: .exclusive)
         return handed
     }
 
@@ -109,12 +123,71 @@ public final class MMULock: @unchecked Sendable {
     /// - Returns: whether someone else held the lock in between.
     @discardableResult
     public func yieldShared() -> Bool {
+        checkProgressBeforeYield()
         let before = acquisitionCount
         unlockShared()
         lockShared()
         // Our own re-acquisition is one; any more were someone else's.
         return acquisitionCount &- before > 1
     }
+
+    // MARK: - The rules of holding, judged from the lock's side
+
+    /// `tdp_mmu_iter_cond_resched`'s forward-progress rule: a holder yields only after it
+    /// removed something since it last acquired the lock, or a yield storm can livelock a zap.
+    private func checkProgressBeforeYield() {
+        let record = HoldRecord.current
+        if record.lock == ObjectIdentifier(self) && !record.progressSinceAcquisition {
+            onViolation?(.yieldWithoutProgress)
+        }
+    }
+
+    /// The calling holder removed leaf SPTEs (a zap step that freed no table still counts).
+    public func noteProgress() {
+        HoldRecord.current.progressSinceAcquisition = true
+    }
+
+    /// The calling holder handed `tables` page tables to the grace period in one step.
+    ///
+    /// Judges two bounds from what the lock saw: no step frees more than `stepBound` tables
+    /// (the two-pass zap's 1 GiB subtree), and a holder that someone waits for frees tables in
+    /// at most one step (the one in progress when the waiter came) before it yields.
+    public func noteTablesRetired(_ tables: Int, stepBound: Int) {
+        let record = HoldRecord.current
+        guard record.lock == ObjectIdentifier(self), tables > 0 else { return }
+        record.progressSinceAcquisition = true
+        if tables > stepBound { onViolation?(.oversizedStep(tables: tables, bound: stepBound)) }
+        guard record.unyieldingDepth == 0 else { return }
+        let contended = record.mode == .shared ? writerIsWaiting : anyoneIsWaiting
+        guard contended else { return }
+        record.batchesWhileContended += 1
+        if record.batchesWhileContended >= 2 && !record.reportedStarvation {
+            record.reportedStarvation = true
+            onViolation?(.heldPastStepWhileContended(mode: record.mode))
+        }
+    }
+
+    /// Runs `body` as a zap that by design never yields (the `sync` put path, which zaps an
+    /// unreachable root in full while the caller waits): it is exempt from the waiter rule.
+    public func withoutYieldRule<T>(_ body: () throws -> T) rethrows -> T {
+        let record = HoldRecord.current
+        record.unyieldingDepth += 1
+        defer { record.unyieldingDepth -= 1 }
+        return try body()
+    }
+
+    private func raiseLongestWriterWait(_ nanoseconds: UInt64) {
+        var seen = longestWriterWait.load(ordering: .relaxed)
+        while nanoseconds > seen {
+            let (exchanged, original) = longestWriterWait.weakCompareExchange(
+                expected: seen, desired: nanoseconds, ordering: .relaxed)
+            if exchanged { return }
+            seen = original
+        }
+    }
+
+    /// The longest any writer waited for the lock so far, in nanoseconds.
+    public var longestWriterWaitNanoseconds: UInt64 { longestWriterWait.load(ordering: .relaxed) }
 
     /// Acquisitions of the lock so far, shared or exclusive, by anyone.
     public var acquisitionCount: UInt64 { acquisitionMirror.load(ordering: .relaxed) }
@@ -154,6 +227,16 @@ public final class MMULock: @unchecked Sendable {
         defer { unlockExclusive() }
         return try body()
     }
+}
+
+/// A rule of holding `mmu_lock` that a holder broke, as the lock saw it.
+public enum HoldViolation: Sendable, Equatable {
+    /// A holder yielded without having removed anything since it acquired the lock.
+    case yieldWithoutProgress
+    /// One step freed more page tables than the bound.
+    case oversizedStep(tables: Int, bound: Int)
+    /// A holder freed tables in a second step while someone waited, without yielding between.
+    case heldPastStepWhileContended(mode: MMULockMode)
 }
 
 /// How the caller holds `mmu_lock`; the kernel's `shared` argument.

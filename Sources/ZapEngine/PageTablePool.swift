@@ -173,6 +173,12 @@ public final class PageTablePool: @unchecked Sendable {
             && generation(page.rawValue).load(ordering: .acquiring) & 1 == 1
     }
 
+    /// The page's generation: odd while allocated, one more at every allocation and free.
+    public func generation(of page: PageIndex) -> UInt32 {
+        guard page.rawValue != 0 && Int(page.rawValue) <= capacity else { return 0 }
+        return generation(page.rawValue).load(ordering: .acquiring)
+    }
+
     /// Pages allocated and not yet freed.
     public var livePages: Int { live.load(ordering: .relaxed) }
     /// The most pages ever live at once.

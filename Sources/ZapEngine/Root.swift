@@ -80,12 +80,20 @@ public final class Root: @unchecked Sendable, CustomStringConvertible {
     let invalidatedAt = ManagedAtomic<UInt64>(0)
     /// `tdp_mmu_async_work`: the root's one work item (`async`).
     var zapWork: WorkItem!
+    /// The pool generation of ``table`` when the root was made: a different one now means the
+    /// table was freed (and perhaps reused), so nothing may walk it.
+    let tableGeneration: UInt32
+    /// The checker's own tally of references (gets less puts), kept beside the root's count
+    /// and never read by the code under test.
+    let tallyLive: ManagedAtomic<Int>
 
-    init(id: Int, role: RootRole, table: PageIndex, initialReferences: Int) {
+    init(id: Int, role: RootRole, table: PageIndex, tableGeneration: UInt32, initialReferences: Int) {
         self.id = id
         self.role = role
         self.table = table
+        self.tableGeneration = tableGeneration
         self.referenceCount = ManagedAtomic(initialReferences)
+        self.tallyLive = ManagedAtomic(initialReferences)
     }
 
     /// Current reference count.

@@ -53,7 +53,7 @@ extension VirtualMachine {
                     // The race the bug is about: its work item has not started, so queueing it again is a no-op.
                     if root.lifecycle == .invalidQueued { noteInjectedPath(.doubleQueue) }
                 }
-                guard root.tryGetReference() else {
+                guard getRoot(root) else {
                     // `WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root))`: under the write lock a valid
                     // root always has a reference.
                     if !root.isInvalid {
@@ -66,7 +66,7 @@ extension VirtualMachine {
                 scheduleZap(root)
             case .sync:
                 if root.isInvalid { continue }
-                guard root.tryGetReference() else { continue }
+                guard getRoot(root) else { continue }
                 _ = root.markInvalid()
                 root.advance(to: .invalidQueued)
             case .preserve:

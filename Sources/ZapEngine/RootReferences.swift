@@ -6,11 +6,8 @@ extension VirtualMachine {
     /// An invalid root is never reused: its tables are on their way out.
     func getOrCreateRoot(role: RootRole) -> Root? {
         for root in roots where root.role == role && !root.isInvalid {
-            if root.lifecycle == .freed {
-                checker.record(.useAfterFree, root: root, "a freed root is still on the roots list")
-                continue
-            }
-            if root.tryGetReference() {
+            guard rootTableIsIntact(root, "a root whose table was freed is still on the roots list") else { continue }
+            if getRoot(root) {
                 counters.rootsReused.wrappingIncrement(ordering: .relaxed)
                 return root
             }
@@ -21,7 +18,7 @@ extension VirtualMachine {
         }
         // Under `preserve` the MMU holds a reference of its own, dropped only when the root is
         // invalidated and zapped: so a vCPU's put never tears a root down.
-        let root = Root(id: makeRootID(), role: role, table: table,
+        let root = Root(id: makeRootID(), role: role, table: table, tableGeneration: pool.generation(of: table),
                         initialReferences: policy == .preserve ? 2 : 1)
         if policy == .async {
             // Weak both ways: the work item must neither keep its root alive (root -> item ->
@@ -45,13 +42,18 @@ extension VirtualMachine {
     /// - Returns: leaf SPTEs zapped in the caller's context.
     @discardableResult
     func putRoot(_ root: Root, mode: MMULockMode) -> Int {
-        if root.lifecycle == .freed {
-            checker.record(.useAfterFree, root: root, "put on a root whose table was already freed")
-        }
+        guard rootTableIsIntact(root, "put on a root whose table was already freed") else { return 0 }
         let remaining = root.referenceCount.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing)
-        if remaining < 0 {
-            checker.record(.refcountUnderflow, root: root, "reference count went to \(remaining)")
+        let tallied = root.tallyLive.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing)
+        if remaining < 0 || tallied < 0 {
+            checker.record(.refcountUnderflow, root: root,
+                           "reference count went to \(remaining) (the checker's own tally: \(tallied))")
             return 0
+        }
+        // Every get whose reference this put ends was tallied before it, so at the root's zero
+        // the tally must be at zero too.
+        if remaining == 0 && tallied != 0 {
+            checker.record(.refcountMismatch, root: root, "the count reached 0 but the checker tallied \(tallied) live references")
         }
         guard remaining == 0 else { return 0 }
 
@@ -66,7 +68,7 @@ extension VirtualMachine {
             var zapped = 0
             if root.lifecycle < .zapped {
                 root.advance(to: .zapping)
-                zapped = zapRoot(root, mode: mode, yieldable: false)
+                zapped = mmuLock.withoutYieldRule { zapRoot(root, mode: mode, yieldable: false) }
                 root.advance(to: .zapped)
             }
             freeRootAfterGracePeriod(root)
@@ -81,6 +83,7 @@ extension VirtualMachine {
                 } else {
                     root.referenceCount.store(1, ordering: .releasing)
                 }
+                root.tallyLive.store(1, ordering: .releasing)
                 root.advance(to: .invalidQueued)
                 if injectsDefunctNotQueued {
                     noteInjectedPath(.defunctNotQueued)
@@ -104,12 +107,36 @@ extension VirtualMachine {
         }
     }
 
+    /// `kvm_tdp_mmu_get_root`: takes a reference unless the count is zero, and tallies it in
+    /// the checker's own count, which must not be at zero: a root whose last reference went is
+    /// being freed, and a get that revives it hands out a table about to go back to the pool.
+    func getRoot(_ root: Root) -> Bool {
+        guard root.tryGetReference() else { return false }
+        let before = root.tallyLive.loadThenWrappingIncrement(ordering: .acquiringAndReleasing)
+        if before <= 0 {
+            checker.record(.getAfterZero, root: root, "a get succeeded after the last reference was put (tally \(before))")
+        }
+        return true
+    }
+
+    /// Is `root`'s table still the one it was made with? The pool's generation says so without
+    /// touching the table; a root that fails this must not be walked.
+    func rootTableIsIntact(_ root: Root, _ what: @autoclosure () -> String) -> Bool {
+        if pool.generation(of: root.table) == root.tableGeneration { return true }
+        checker.record(.useAfterFree, root: root, what())
+        return false
+    }
+
     /// `call_rcu(&root->rcu_head, tdp_mmu_free_sp_rcu_callback)`: the root is off the list;
     /// its table goes back to the pool once no walker can still be inside it.
     func freeRootAfterGracePeriod(_ root: Root) {
         root.advance(to: .unlinked)
         let observer = configuration.observer
-        gracePeriod.afterGracePeriod { [pool, counters] in
+        gracePeriod.afterGracePeriod { [pool, counters, checker] in
+            let tallied = root.tallyLive.load(ordering: .acquiring)
+            if tallied != 0 {
+                checker.record(.refcountMismatch, root: root, "freed while the checker tallied \(tallied) live references")
+            }
             pool.free(root.table)
             root.advance(to: .freed)
             counters.rootsFreed.wrappingIncrement(ordering: .relaxed)

@@ -21,6 +21,9 @@ extension VirtualMachine {
     @discardableResult
     func zapRoot(_ root: Root, mode: MMULockMode, yieldable: Bool) -> Int {
         counters.rootZaps.wrappingIncrement(ordering: .relaxed)
+        // Judged on the pool's generation before the first entry is read: a freed table may
+        // already hold another table's entries, whose frames lead anywhere.
+        guard rootTableIsIntact(root, "zap of a root whose table was already freed") else { return 0 }
         let start = monotonicNanoseconds()
         var walk = ZapWalk(vm: self, root: root, mode: mode, yieldable: yieldable)
         walk.checkReferenced()
@@ -32,7 +35,12 @@ extension VirtualMachine {
                 // (Re)read the path from the root: after a yield the level-3 table may be gone.
                 let top = rootTable.load(rootIndex)
                 guard top.isPresent, !top.isLeaf(atLevel: 4) else { break }
-                let levelThree = pool.table(PageIndex(rawValue: UInt32(truncatingIfNeeded: top.frame)))
+                let levelThreePage = PageIndex(rawValue: UInt32(truncatingIfNeeded: top.frame))
+                guard pool.isLive(levelThreePage) else {
+                    checker.record(.useAfterFree, root: root, "root entry \(rootIndex) points to page \(levelThreePage.rawValue), which is not allocated")
+                    break
+                }
+                let levelThree = pool.table(levelThreePage)
                 while index < PagingGeometry.entriesPerTable {
                     walk.zapEntry(levelThree, index, level: 3)
                     index += 1
@@ -227,6 +235,7 @@ struct ZapWalk {
             vm.counters.dirtyZapped.wrappingIncrement(by: step.dirty, ordering: .relaxed)
             step = ZapTally()
             progressSinceYield = true
+            vm.mmuLock.noteProgress()
             if !retired.isEmpty {
                 vm.gracePeriod.retire(retired)
                 retired.removeAll(keepingCapacity: true)

@@ -113,10 +113,16 @@ public final class VCPU: @unchecked Sendable {
                 vm.mmuLock.unlockShared()
                 continue attempts
             }
-            if root.lifecycle == .freed {
-                vm.checker.record(.useAfterFree, root: root, "vCPU \(id) faulted through a root that was already freed")
+            if !vm.rootTableIsIntact(root, "vCPU \(id) faulted through a root whose table was already freed") {
                 vm.mmuLock.unlockShared()
                 loaded = nil
+                break attempts
+            }
+            // `is_page_fault_stale`: an invalidation is running (it yielded the lock to us), so
+            // whatever this fault maps could be behind it. Return to the guest, which faults again.
+            if vm.invalidationsInProgress.load(ordering: .acquiring) > 0 {
+                vm.mmuLock.unlockShared()
+                vm.counters.faultRetries.wrappingIncrement(ordering: .relaxed)
                 break attempts
             }
             let token = vm.gracePeriod.enterReadSide()

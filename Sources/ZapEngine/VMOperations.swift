@@ -14,7 +14,10 @@ extension VirtualMachine {
         slotsLock.lock()
         mmuLock.lockExclusive()
         let invalidated = invalidateAllRoots()
-        let mustBeZapped = roots.filter { $0.isInvalid && $0.lifecycle < .zapped }
+        // Every root listed now was there before this invalidation: none may map anything when
+        // the call returns, whatever the zap code believes it did.
+        let listedAtInvalidation = roots
+        let mustBeZapped = listedAtInvalidation.filter { $0.isInvalid && $0.lifecycle < .zapped }
         for root in roots where !root.isInvalid {
             checker.record(.addressSpaceSkipped, root: root,
                            "still valid after invalidating all roots (address space \(root.role.addressSpace))")
@@ -39,6 +42,7 @@ extension VirtualMachine {
             checker.record(.earlyReturn, root: root,
                            "fast zap returned while the root was \(root.lifecycle): its SPTEs outlive the memslot")
         }
+        mmuLock.withShared { auditEmpty(listedAtInvalidation, after: "a fast zap") }
         slotsLock.unlock()
         return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
     }
@@ -52,10 +56,15 @@ extension VirtualMachine {
         counters.fullZaps.wrappingIncrement(ordering: .relaxed)
         var zapped = 0
         mmuLock.lockExclusive()
-        for root in rootsToVisit() where root.tryGetReference() {
+        // `mmu_invalidate_in_progress`: faults that get the lock while this zap yields must not
+        // map anything behind it.
+        invalidationsInProgress.wrappingIncrement(ordering: .releasing)
+        for root in rootsToVisit() where getRoot(root) {
             zapped += zapRoot(root, mode: .exclusive, yieldable: true)
             zapped += putRoot(root, mode: .exclusive)
         }
+        auditEmpty(roots, after: "a full zap")
+        invalidationsInProgress.wrappingDecrement(ordering: .releasing)
         mmuLock.unlockExclusive()
         return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
     }

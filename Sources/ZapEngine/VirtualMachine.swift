@@ -61,12 +61,12 @@ public final class VirtualMachine: @unchecked Sendable {
     /// The configuration the VM was built with.
     public let configuration: VMConfiguration
     /// Where broken invariants are recorded.
-    public let checker = InvariantChecker()
+    public let checker: InvariantChecker
 
     let pool: PageTablePool
     let gracePeriod: GracePeriod
-    /// `kvm->mmu_lock`.
-    let mmuLock = MMULock()
+    /// `kvm->mmu_lock`. It judges how its holders treat waiters itself (``HoldViolation``).
+    let mmuLock: MMULock
     /// `kvm->slots_lock`: serialises fast zaps.
     let slotsLock = PThreadMutex()
     /// `kvm->arch.tdp_mmu_pages_lock`, guarding the roots list.
@@ -79,6 +79,8 @@ public final class VirtualMachine: @unchecked Sendable {
     private let vcpuListLock = PThreadMutex()
     private var vcpus: [VCPU] = []
     private let tornDown = ManagedAtomic<Bool>(false)
+    /// `kvm->mmu_invalidate_in_progress`: while non-zero, faults install nothing.
+    let invalidationsInProgress = ManagedAtomic<Int>(0)
 
     // Injected bugs, read on hot paths.
     let injectsDoubleQueue: Bool
@@ -99,8 +101,13 @@ public final class VirtualMachine: @unchecked Sendable {
             throw EngineError(.invalidConfiguration, "page-table budget must be at least 256 KiB, got \(configuration.pageTableBudgetBytes) bytes")
         }
         self.configuration = configuration
+        let checker = InvariantChecker()
+        self.checker = checker
+        let lock = MMULock(onViolation: { checker.record($0) })
+        mmuLock = lock
         pool = try PageTablePool(budgetBytes: configuration.pageTableBudgetBytes)
-        gracePeriod = GracePeriod(pool: pool)
+        let stepBound = Self.stepBound(configuration.policy)
+        gracePeriod = GracePeriod(pool: pool, onRetire: { lock.noteTablesRetired($0, stepBound: stepBound) })
         zapQueue = configuration.policy == .async
             ? WorkQueue(name: "kvm-\(configuration.name)", maxActive: configuration.workqueueWidth) : nil
         let bugs = configuration.injectedBugs
@@ -120,6 +127,14 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// The VM's policy.
     public var policy: ZapPolicy { configuration.policy }
+
+    /// The most page tables one zap step may free under `mmu_lock`: one 1 GiB subtree of 4 KiB
+    /// mappings (a level-2 table and its 512 leaf tables) since v5.18's two-pass zap; under
+    /// `sync` (v5.17, one pass over root entries) a whole 512 GiB subtree.
+    static func stepBound(_ policy: ZapPolicy) -> Int {
+        let perGiB = 1 + PagingGeometry.entriesPerTable
+        return policy == .sync ? 1 + PagingGeometry.entriesPerTable * perGiB : perGiB
+    }
 
     /// Creates a vCPU. vCPUs are unloaded by ``teardown()``.
     public func makeVCPU() -> VCPU {

@@ -147,10 +147,10 @@ struct RootLifecycleTests {
     @Test("a reference cannot be taken on a root whose count is zero")
     func getFailsAtZero() throws {
         let vm = try makeVM(.sync)
-        let root = Root(id: 99, role: RootRole(addressSpace: .normal), table: .none, initialReferences: 0)
+        let root = Root(id: 99, role: RootRole(addressSpace: .normal), table: .none, tableGeneration: 0, initialReferences: 0)
         #expect(!root.tryGetReference())
         #expect(root.references == 0)
-        let live = Root(id: 100, role: RootRole(addressSpace: .normal), table: .none, initialReferences: 1)
+        let live = Root(id: 100, role: RootRole(addressSpace: .normal), table: .none, tableGeneration: 0, initialReferences: 1)
         #expect(live.tryGetReference())
         #expect(live.references == 2)
         _ = vm
