@@ -24,11 +24,14 @@ final class EngineCounters: @unchecked Sendable {
     /// injection whose path never ran proves nothing about the checker.
     let injectedPathRuns = InjectedBug.allCases.map { _ in ManagedAtomic<Int>(0) }
 
-    func raiseLargestStep(_ tables: Int) {
-        var seen = largestStepTables.load(ordering: .relaxed)
-        while tables > seen {
-            let (exchanged, original) = largestStepTables.weakCompareExchange(
-                expected: seen, desired: tables, ordering: .relaxed)
+}
+
+extension ManagedAtomic where Value: Comparable {
+    /// Raises the value to `candidate` if it is larger (a lock-free running maximum).
+    func raise(to candidate: Value) {
+        var seen = load(ordering: .relaxed)
+        while candidate > seen {
+            let (exchanged, original) = weakCompareExchange(expected: seen, desired: candidate, ordering: .relaxed)
             if exchanged { return }
             seen = original
         }

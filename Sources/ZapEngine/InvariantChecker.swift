@@ -42,8 +42,6 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
         case refcountMismatch = "refcount-mismatch"
         /// A get succeeded on a root whose last reference was already put (bug class 3).
         case getAfterZero = "get-after-zero"
-        /// No thread made progress for the watchdog's bound: the run is stuck.
-        case livelock = "livelock"
 
         /// The number of the invariant in the engine's checker list (README, "Invariants").
         public var invariant: Int {
@@ -57,7 +55,6 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
             case .addressSpaceSkipped: 6
             case .writerStarved, .oversizedStep, .noForwardProgress: 7
             case .tableMemoryExhausted: 8
-            case .livelock: 9
             }
         }
 

@@ -81,7 +81,7 @@ public final class MMULock: @unchecked Sendable {
             while writerActive || activeReaders > 0 {
                 writerMayEnter.wait(mutex)
             }
-            raiseLongestWriterWait(monotonicNanoseconds() &- start)
+            longestWriterWait.raise(to: monotonicNanoseconds() &- start)
         }
         waitingWriters.wrappingDecrement(ordering: .relaxed)
         writerActive = true
@@ -174,16 +174,6 @@ public final class MMULock: @unchecked Sendable {
         record.unyieldingDepth += 1
         defer { record.unyieldingDepth -= 1 }
         return try body()
-    }
-
-    private func raiseLongestWriterWait(_ nanoseconds: UInt64) {
-        var seen = longestWriterWait.load(ordering: .relaxed)
-        while nanoseconds > seen {
-            let (exchanged, original) = longestWriterWait.weakCompareExchange(
-                expected: seen, desired: nanoseconds, ordering: .relaxed)
-            if exchanged { return }
-            seen = original
-        }
     }
 
     /// The longest any writer waited for the lock so far, in nanoseconds.

@@ -6,7 +6,7 @@ extension VirtualMachine {
     /// read-side section, so that no table it reaches is freed under it. Returns nil for a root
     /// whose table was freed (nothing to audit).
     func presentLeaves(under root: Root) -> Int? {
-        guard pool.generation(of: root.table) == root.tableGeneration else { return nil }
+        guard root.tableIsIntact(in: pool) else { return nil }
         return presentLeaves(inTable: root.table, level: PagingGeometry.rootLevel, root: root)
     }
 

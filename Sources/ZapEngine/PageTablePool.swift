@@ -127,13 +127,7 @@ public final class PageTablePool: @unchecked Sendable {
         // A fresh mmap page is already zero; a recycled one still holds REMOVED_SPTE values.
         if reused { memset(UnsafeMutableRawPointer(table.entries), 0, PagingGeometry.tableBytes) }
         allocations.wrappingIncrement(ordering: .relaxed)
-        let now = live.wrappingIncrementThenLoad(ordering: .relaxed)
-        var seen = peak.load(ordering: .relaxed)
-        while now > seen {
-            let (exchanged, original) = peak.weakCompareExchange(expected: seen, desired: now, ordering: .relaxed)
-            if exchanged { break }
-            seen = original
-        }
+        peak.raise(to: live.wrappingIncrementThenLoad(ordering: .relaxed))
         return PageIndex(rawValue: page)
     }
 
@@ -169,11 +163,11 @@ public final class PageTablePool: @unchecked Sendable {
     /// Is `page` currently allocated? A walk that reaches a page for which this is false has
     /// followed a pointer into a freed table.
     public func isLive(_ page: PageIndex) -> Bool {
-        page.rawValue != 0 && Int(page.rawValue) <= capacity
-            && generation(page.rawValue).load(ordering: .acquiring) & 1 == 1
+        generation(of: page) & 1 == 1
     }
 
-    /// The page's generation: odd while allocated, one more at every allocation and free.
+    /// The page's generation: odd while allocated, one more at every allocation and free; 0 for
+    /// an index outside the pool.
     public func generation(of page: PageIndex) -> UInt32 {
         guard page.rawValue != 0 && Int(page.rawValue) <= capacity else { return 0 }
         return generation(page.rawValue).load(ordering: .acquiring)

@@ -96,6 +96,10 @@ public final class Root: @unchecked Sendable, CustomStringConvertible {
         self.tallyLive = ManagedAtomic(initialReferences)
     }
 
+    /// Is the root's table still the one it was made with, judged on the pool's generation
+    /// without touching the table? A root that fails this must not be walked.
+    func tableIsIntact(in pool: PageTablePool) -> Bool { pool.generation(of: table) == tableGeneration }
+
     /// Current reference count.
     public var references: Int { referenceCount.load(ordering: .acquiring) }
     /// Has the root been invalidated?

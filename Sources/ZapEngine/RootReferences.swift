@@ -119,10 +119,9 @@ extension VirtualMachine {
         return true
     }
 
-    /// Is `root`'s table still the one it was made with? The pool's generation says so without
-    /// touching the table; a root that fails this must not be walked.
+    /// ``Root/tableIsIntact(in:)``, recording `what` as a use after free when it is not.
     func rootTableIsIntact(_ root: Root, _ what: @autoclosure () -> String) -> Bool {
-        if pool.generation(of: root.table) == root.tableGeneration { return true }
+        if root.tableIsIntact(in: pool) { return true }
         checker.record(.useAfterFree, root: root, what())
         return false
     }

@@ -229,7 +229,7 @@ struct ZapWalk {
             total.dirty += step.dirty
             total.tables += step.tables
             vm.counters.zapSteps.wrappingIncrement(ordering: .relaxed)
-            vm.counters.raiseLargestStep(step.tables)
+            vm.counters.largestStepTables.raise(to: step.tables)
             vm.counters.sptesZapped.wrappingIncrement(by: step.leaves, ordering: .relaxed)
             vm.counters.accessedZapped.wrappingIncrement(by: step.accessed, ordering: .relaxed)
             vm.counters.dirtyZapped.wrappingIncrement(by: step.dirty, ordering: .relaxed)

@@ -18,7 +18,7 @@ extension VirtualMachine {
         // the call returns, whatever the zap code believes it did.
         let listedAtInvalidation = roots
         let mustBeZapped = listedAtInvalidation.filter { $0.isInvalid && $0.lifecycle < .zapped }
-        for root in roots where !root.isInvalid {
+        for root in listedAtInvalidation where !root.isInvalid {
             checker.record(.addressSpaceSkipped, root: root,
                            "still valid after invalidating all roots (address space \(root.role.addressSpace))")
         }
