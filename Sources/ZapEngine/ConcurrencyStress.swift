@@ -80,6 +80,9 @@ public struct ConcurrencyStress: Sendable {
         public var longest: LongestBlocks
         /// Operations the vCPUs completed (fewer than asked if the time limit struck).
         public var operationsCompleted: Int
+        /// Threads left stuck inside the VM after the watchdog reported a livelock (the VM was
+        /// then not torn down).
+        public var threadsAbandoned: Int = 0
     }
 
     /// Runs the workout on real threads and returns what the checker saw.
@@ -147,14 +150,22 @@ public struct ConcurrencyStress: Sendable {
             }
             vcpusRunning.store(vcpusRunning.count - 1, longest: longest, operations: 0)
         }
-        for thread in threads { thread.join() }
-        zapper.join()
+        // A thread stuck inside the VM (the watchdog reports it as a livelock) is left behind, and
+        // so is the VM: tearing it down under the thread would hang or crash the run.
+        var abandoned = 0
+        for thread in threads + [zapper] where !thread.join(giveUpWhen: { machine.shouldAbandonThreads() }) {
+            abandoned += 1
+        }
 
         var longest = results.longest
-        longest.teardown = machine.teardown().blockedNanoseconds
+        if abandoned == 0 {
+            longest.teardown = machine.teardown().blockedNanoseconds
+        } else {
+            machine.keepAliveForStuckThreads()
+        }
         return Report(violations: machine.checker.violations, violationCounts: machine.checker.countsByKind,
                       statistics: machine.statistics,
-                      longest: longest, operationsCompleted: results.operations)
+                      longest: longest, operationsCompleted: results.operations, threadsAbandoned: abandoned)
     }
 }
 

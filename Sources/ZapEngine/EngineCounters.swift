@@ -24,6 +24,18 @@ final class EngineCounters: @unchecked Sendable {
     /// injection whose path never ran proves nothing about the checker.
     let injectedPathRuns = InjectedBug.allCases.map { _ in ManagedAtomic<Int>(0) }
 
+    /// A figure that grows whenever the VM does work (faults started, SPTEs installed or zapped,
+    /// zap steps, roots made or freed, VM operations): the watchdog's measure of progress. Yields
+    /// and retries are left out: a livelock is made of them.
+    var progress: Int {
+        faults.load(ordering: .relaxed) &+ sptesInstalled.load(ordering: .relaxed)
+            &+ sptesZapped.load(ordering: .relaxed) &+ zapSteps.load(ordering: .relaxed)
+            &+ rootsCreated.load(ordering: .relaxed) &+ rootsFreed.load(ordering: .relaxed)
+            &+ fastZaps.load(ordering: .relaxed) &+ fullZaps.load(ordering: .relaxed)
+            &+ workItemsQueued.load(ordering: .relaxed) &+ operationsCompleted.load(ordering: .relaxed)
+    }
+    /// Operations (faults, resets, VM operations) that returned.
+    let operationsCompleted = ManagedAtomic<Int>(0)
 }
 
 extension ManagedAtomic where Value: Comparable {

@@ -115,11 +115,17 @@ public final class GracePeriod: @unchecked Sendable {
     }
 
     /// `rcu_barrier()`: waits until everything retired before the call has been freed. The
-    /// caller must not be inside a read-side section.
-    public func barrier() {
+    /// caller must not be inside a read-side section. `giveUp` ends the wait early (a walker
+    /// stuck inside its section would hold it forever); returns whether the barrier completed.
+    @discardableResult
+    public func barrier(giveUpWhen giveUp: () -> Bool = { false }) -> Bool {
         let target = epoch.load(ordering: .sequentiallyConsistent) &+ 2
         // Judged on the epoch this thread's own reclaim reached: its frees are done.
-        while reclaimReportingEpoch().epoch < target { yieldProcessor() }
+        while reclaimReportingEpoch().epoch < target {
+            if giveUp() { return false }
+            yieldProcessor()
+        }
+        return true
     }
 
     /// Pages retired and not yet returned to the pool.

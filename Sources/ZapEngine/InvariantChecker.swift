@@ -42,6 +42,9 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
         case refcountMismatch = "refcount-mismatch"
         /// A get succeeded on a root whose last reference was already put (bug class 3).
         case getAfterZero = "get-after-zero"
+        /// The VM made no progress for the watchdog's bound while operations were in flight: a
+        /// retry loop that never ends, or threads that wait for each other (the detail names them).
+        case livelock = "livelock"
 
         /// The number of the invariant in the engine's checker list (README, "Invariants").
         public var invariant: Int {
@@ -55,6 +58,7 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
             case .addressSpaceSkipped: 6
             case .writerStarved, .oversizedStep, .noForwardProgress: 7
             case .tableMemoryExhausted: 8
+            case .livelock: 9
             }
         }
 

@@ -61,6 +61,16 @@ public final class PThreadCondition: @unchecked Sendable {
     /// Atomically releases `mutex` and waits for a signal; `mutex` is held again on return.
     public func wait(_ mutex: PThreadMutex) { pthread_cond_wait(condition, mutex.mutex) }
 
+    /// Like ``wait(_:)``, but returns after `nanoseconds` at the latest (monotonic clock).
+    public func wait(_ mutex: PThreadMutex, timeoutNanoseconds nanoseconds: UInt64) {
+        var deadline = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        let total = UInt64(deadline.tv_nsec) + nanoseconds
+        deadline.tv_sec += Int(total / 1_000_000_000)
+        deadline.tv_nsec = Int(total % 1_000_000_000)
+        pthread_cond_timedwait(condition, mutex.mutex, &deadline)
+    }
+
     /// Wakes one waiter.
     public func signal() { pthread_cond_signal(condition) }
 

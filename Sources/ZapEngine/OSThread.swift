@@ -14,13 +14,16 @@ public final class OSThread: @unchecked Sendable {
 
     private var handle: pthread_t
     private var joined = false
+    private let done: Completion
     /// What the thread is for, e.g. `kvm-vm/0`.
     public let name: String
 
     /// Starts `body` on a new thread; `name` identifies it in diagnostics.
     public init(name: String, _ body: @escaping @Sendable () -> Void) {
         self.name = name
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        let done = Completion()
+        self.done = done
+        let box = Unmanaged.passRetained(Box({ body(); done.signal() })).toOpaque()
         #if canImport(Glibc)
         var thread = pthread_t()
         #else
@@ -44,6 +47,42 @@ public final class OSThread: @unchecked Sendable {
         guard !joined else { return }
         joined = true
         pthread_join(handle, nil)
+    }
+
+    /// Waits for the thread to finish unless `giveUp` turns true first (polled every 50 ms), in
+    /// which case the thread is detached and left to run: a thread stuck in the VM must not hang
+    /// the run that reports it. Returns whether the thread finished.
+    public func join(giveUpWhen giveUp: () -> Bool) -> Bool {
+        guard !joined else { return true }
+        while !done.wait(timeoutNanoseconds: 50_000_000) {
+            if giveUp() {
+                joined = true
+                pthread_detach(handle)
+                return false
+            }
+        }
+        join()
+        return true
+    }
+}
+
+/// A one-shot event: signalled once, waited for by anyone.
+private final class Completion: @unchecked Sendable {
+    private let mutex = PThreadMutex()
+    private let condition = PThreadCondition()
+    private var signalled = false
+
+    func signal() {
+        mutex.withLock { signalled = true }
+        condition.broadcast()
+    }
+
+    /// Returns whether the event happened within `nanoseconds`.
+    func wait(timeoutNanoseconds nanoseconds: UInt64) -> Bool {
+        mutex.lock()
+        defer { mutex.unlock() }
+        if !signalled { condition.wait(mutex, timeoutNanoseconds: nanoseconds) }
+        return signalled
     }
 }
 

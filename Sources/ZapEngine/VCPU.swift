@@ -9,10 +9,21 @@ public final class VCPU: @unchecked Sendable {
     public private(set) var addressSpace: AddressSpace = .normal
     private unowned let vm: VirtualMachine
     private var loaded: Root?
+    /// What this vCPU is doing, for the watchdog.
+    let activity: ActivitySlot
 
-    init(id: Int, vm: VirtualMachine) {
+    init(id: Int, vm: VirtualMachine, activity: ActivitySlot) {
         self.id = id
         self.vm = vm
+        self.activity = activity
+    }
+
+    /// Takes `mmu_lock` for write, telling the watchdog while it waits.
+    @inline(__always)
+    private func lockExclusive() {
+        activity.wait(.mmuLockWrite)
+        vm.mmuLock.lockExclusive()
+        activity.wait(.running)
     }
 
     /// The root the vCPU has loaded, if any.
@@ -23,7 +34,9 @@ public final class VCPU: @unchecked Sendable {
     @discardableResult
     public func loadRoot() -> OperationOutcome {
         let start = monotonicNanoseconds()
-        vm.mmuLock.lockExclusive()
+        activity.begin(.loadRoot)
+        defer { finishOperation() }
+        lockExclusive()
         loadRootLocked()
         vm.mmuLock.unlockExclusive()
         return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start)
@@ -50,14 +63,21 @@ public final class VCPU: @unchecked Sendable {
     @discardableResult
     public func reset() -> OperationOutcome {
         let start = monotonicNanoseconds()
+        activity.begin(.reset)
+        defer { finishOperation() }
         var zapped = 0
         if let root = loaded {
             loaded = nil
-            vm.mmuLock.lockExclusive()
+            lockExclusive()
             zapped = vm.putRoot(root, mode: .exclusive)
             vm.mmuLock.unlockExclusive()
         }
         return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+    }
+
+    private func finishOperation() {
+        activity.end()
+        vm.counters.operationsCompleted.wrappingIncrement(ordering: .relaxed)
     }
 
     /// Enters or leaves SMM: the next fault loads the root of that address space
@@ -98,19 +118,27 @@ public final class VCPU: @unchecked Sendable {
         var installed = 0
         var zapped = 0
         vm.counters.faults.wrappingIncrement(ordering: .relaxed)
+        activity.begin(.fault)
+        defer { activity.end() }
         attempts: while true {
             if loaded == nil || loaded!.isInvalid || loaded!.role.addressSpace != addressSpace {
-                vm.mmuLock.lockExclusive()
+                lockExclusive()
                 zapped += loadRootLocked()
                 vm.mmuLock.unlockExclusive()
                 guard loaded != nil else { break attempts }
             }
             let root = loaded!
+            activity.wait(.mmuLockRead)
             vm.mmuLock.lockShared()
+            activity.wait(.running)
             // The root cannot be invalidated while the read lock is held: invalidation takes the
             // write lock. So a root valid here stays valid for the whole walk.
             if root.isInvalid {
                 vm.mmuLock.unlockShared()
+                activity.retried(.usableRoot)
+                // A fault that can never get a valid root is a livelock: once the watchdog has
+                // said so, give up instead of spinning until the run is killed.
+                if vm.isStalled { break attempts }
                 continue attempts
             }
             if !vm.rootTableIsIntact(root, "vCPU \(id) faulted through a root whose table was already freed") {
@@ -139,6 +167,8 @@ public final class VCPU: @unchecked Sendable {
             case .retry(let count):
                 installed += count
                 vm.counters.faultRetries.wrappingIncrement(ordering: .relaxed)
+                activity.retried(.frozenEntry)
+                if vm.isStalled { break attempts }
                 yieldProcessor()
             case .outOfTableMemory:
                 break attempts

@@ -11,8 +11,13 @@ extension VirtualMachine {
     public func fastZap() -> OperationOutcome {
         let start = monotonicNanoseconds()
         counters.fastZaps.wrappingIncrement(ordering: .relaxed)
+        let slot = activity.claim(.fastZap, actor: "VM thread")
+        defer { finishOperation(slot) }
+        slot.wait(.slotsLock)
         slotsLock.lock()
+        slot.wait(.mmuLockWrite)
         mmuLock.lockExclusive()
+        slot.wait(.running)
         let invalidated = invalidateAllRoots()
         // Every root listed now was there before this invalidation: none may map anything when
         // the call returns, whatever the zap code believes it did.
@@ -32,7 +37,9 @@ extension VirtualMachine {
                 // The caller does not zap, but it waits while the worker does: those SPTEs are
                 // the ones its block time stands for.
                 let before = counters.sptesZapped.load(ordering: .relaxed)
-                zapQueue?.flush()
+                slot.wait(.workqueueFlush)
+                zapQueue?.flush(giveUpWhen: { isStalled })
+                slot.wait(.running)
                 zapped = counters.sptesZapped.load(ordering: .relaxed) - before
             case .sync: zapped = zapRootsInvalidatedByCaller(invalidated)
             case .preserve: zapped = zapInvalidatedRoots()
@@ -54,8 +61,12 @@ extension VirtualMachine {
     public func fullZap() -> OperationOutcome {
         let start = monotonicNanoseconds()
         counters.fullZaps.wrappingIncrement(ordering: .relaxed)
+        let slot = activity.claim(.fullZap, actor: "VM thread")
+        defer { finishOperation(slot) }
         var zapped = 0
+        slot.wait(.mmuLockWrite)
         mmuLock.lockExclusive()
+        slot.wait(.running)
         // `mmu_invalidate_in_progress`: faults that get the lock while this zap yields must not
         // map anything behind it.
         invalidationsInProgress.wrappingIncrement(ordering: .releasing)
@@ -79,13 +90,20 @@ extension VirtualMachine {
     public func teardown() -> OperationOutcome {
         let start = monotonicNanoseconds()
         guard markTornDown() else { return OperationOutcome(blockedNanoseconds: 0) }
+        let slot = activity.claim(.teardown, actor: "VM thread")
+        defer {
+            finishOperation(slot)
+            stopWatchdog()
+        }
         var zapped = 0
         for vcpu in allVCPUs { zapped += vcpu.reset().sptesZappedInline }
         switch policy {
         case .async:
             let before = counters.sptesZapped.load(ordering: .relaxed)
-            zapQueue?.flush()
-            zapQueue?.destroy()
+            slot.wait(.workqueueFlush)
+            zapQueue?.flush(giveUpWhen: { isStalled })
+            zapQueue?.destroy(giveUpWhen: { isStalled })
+            slot.wait(.running)
             zapped += counters.sptesZapped.load(ordering: .relaxed) - before
         case .preserve:
             // Invalidating schedules every root, so zapping the invalidated roots puts the MMU's
@@ -95,7 +113,7 @@ extension VirtualMachine {
         case .sync:
             break
         }
-        gracePeriod.barrier()
+        gracePeriod.barrier(giveUpWhen: { isStalled })
 
         for root in roots {
             checker.record(.rootLeaked, root: root, "still listed at teardown: \(root)")
@@ -109,5 +127,11 @@ extension VirtualMachine {
             checker.record(.sptesLeaked, "\(installed) leaf SPTEs installed but \(removed) zapped at teardown")
         }
         return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+    }
+
+    /// Ends a VM operation's activity and counts it as progress.
+    func finishOperation(_ slot: ActivitySlot) {
+        activity.release(slot)
+        counters.operationsCompleted.wrappingIncrement(ordering: .relaxed)
     }
 }

@@ -14,6 +14,9 @@ public struct VMConfiguration: Sendable {
     public var name: String
     /// Receives per-root events for measurement, if set.
     public var observer: (any EngineObserver)?
+    /// How long the VM may make no progress while an operation is in flight before the
+    /// watchdog records a `livelock` and stuck operations give up; 0 turns the watchdog off.
+    public var stallBoundNanoseconds: UInt64
 
     /// A configuration with the kernel's shapes as defaults.
     public init(
@@ -22,8 +25,10 @@ public struct VMConfiguration: Sendable {
         pageTableBudgetBytes: Int = 4 << 30,
         injectedBugs: Set<InjectedBug> = [],
         name: String = "vm",
-        observer: (any EngineObserver)? = nil
+        observer: (any EngineObserver)? = nil,
+        stallBoundNanoseconds: UInt64 = 30_000_000_000
     ) {
+        self.stallBoundNanoseconds = stallBoundNanoseconds
         self.policy = policy
         self.workqueueWidth = workqueueWidth
         self.pageTableBudgetBytes = pageTableBudgetBytes
@@ -81,6 +86,9 @@ public final class VirtualMachine: @unchecked Sendable {
     private let tornDown = ManagedAtomic<Bool>(false)
     /// `kvm->mmu_invalidate_in_progress`: while non-zero, faults install nothing.
     let invalidationsInProgress = ManagedAtomic<Int>(0)
+    /// Who is doing what, for the watchdog's report.
+    let activity = ActivityBoard()
+    private var watchdog: StallWatchdog?
 
     // Injected bugs, read on hot paths.
     let injectsDoubleQueue: Bool
@@ -118,12 +126,40 @@ public final class VirtualMachine: @unchecked Sendable {
         injectsZapUnreferenced = bugs.contains(.zapUnreferenced)
         injectsNoYield = bugs.contains(.noYield)
         injectsSkipSMM = bugs.contains(.skipSMM)
+        if configuration.stallBoundNanoseconds > 0 {
+            watchdog = StallWatchdog(
+                bound: configuration.stallBoundNanoseconds, board: activity,
+                progress: { [counters] in counters.progress },
+                onStall: { stuckFor, stuck in
+                    checker.record(.livelock, "stuck for \(formatSeconds(stuckFor)) (no progress, or one operation retrying all along): "
+                                   + (stuck.isEmpty ? "none named" : stuck.joined(separator: "; ")))
+                })
+        }
     }
 
     deinit {
+        watchdog?.stop()
         // A VM dropped without teardown still stops its workers; their items find no VM.
-        zapQueue?.destroy()
+        zapQueue?.destroy(giveUpWhen: { [watchdog] in watchdog?.stalled.load(ordering: .relaxed) ?? false })
     }
+
+    /// Has the watchdog judged the VM stuck? Retry loops and waits give up once it has, and
+    /// runners stop waiting for threads that do not come back.
+    public var isStalled: Bool { watchdog?.stalled.load(ordering: .relaxed) ?? false }
+
+    /// Should a runner stop waiting for a thread inside the VM? Yes once the watchdog judged the
+    /// VM stuck and `grace` more has passed, time for stuck operations to give up by themselves.
+    public func shouldAbandonThreads(grace: UInt64 = 2_000_000_000) -> Bool {
+        guard let watchdog, watchdog.stalled.load(ordering: .acquiring) else { return false }
+        return monotonicNanoseconds() &- watchdog.stalledAt.load(ordering: .relaxed) >= grace
+    }
+
+    /// Keeps the VM alive for the rest of the process: for a runner that leaves threads stuck
+    /// inside it, which must never find it freed.
+    public func keepAliveForStuckThreads() { _ = Unmanaged.passRetained(self) }
+
+    /// Stops the watchdog (teardown is over: nothing more can stall).
+    func stopWatchdog() { watchdog?.stop() }
 
     /// The VM's policy.
     public var policy: ZapPolicy { configuration.policy }
@@ -139,7 +175,7 @@ public final class VirtualMachine: @unchecked Sendable {
     /// Creates a vCPU. vCPUs are unloaded by ``teardown()``.
     public func makeVCPU() -> VCPU {
         vcpuListLock.withLock {
-            let vcpu = VCPU(id: vcpus.count, vm: self)
+            let vcpu = VCPU(id: vcpus.count, vm: self, activity: activity.register("vCPU \(vcpus.count)"))
             vcpus.append(vcpu)
             return vcpu
         }

@@ -100,33 +100,45 @@ public final class WorkQueue: @unchecked Sendable {
     }
 
     /// `flush_workqueue()`: returns when every item queued before this call has run.
-    public func flush() {
+    ///
+    /// `giveUp` is polled while waiting: a watchdog that judged the VM stuck ends the wait
+    /// (returning false) so that the run reports instead of hanging.
+    @discardableResult
+    public func flush(giveUpWhen giveUp: () -> Bool = { false }) -> Bool {
         mutex.lock()
         let target = nextSequence - 1
         flushing += 1
+        var flushed = true
         while let oldest = inFlight.min(), oldest <= target {
-            workCompleted.wait(mutex)
+            if giveUp() { flushed = false; break }
+            workCompleted.wait(mutex, timeoutNanoseconds: 50_000_000)
         }
         flushing -= 1
         mutex.unlock()
+        return flushed
     }
 
-    /// `destroy_workqueue()`: drains, then refuses new items and stops the workers.
-    public func destroy() {
+    /// `destroy_workqueue()`: drains, then refuses new items and stops the workers. With
+    /// `giveUp` true while it waits, it refuses new items at once and leaves stuck workers behind.
+    public func destroy(giveUpWhen giveUp: () -> Bool = { false }) {
         mutex.lock()
         // Draining waits for chained work too: items that running items queue.
-        while !inFlight.isEmpty { workCompleted.wait(mutex) }
+        var drained = true
+        while !inFlight.isEmpty {
+            if giveUp() { drained = false; break }
+            workCompleted.wait(mutex, timeoutNanoseconds: 50_000_000)
+        }
         destroyed = true
         mutex.unlock()
-        shutDownWorkers()
+        shutDownWorkers(join: drained)
     }
 
-    private func shutDownWorkers() {
+    private func shutDownWorkers(join: Bool = true) {
         mutex.lock()
         stopping = true
         workAvailable.broadcast()
         mutex.unlock()
-        for worker in workers { worker.join() }
+        if join { for worker in workers { worker.join() } }
         workers.removeAll()
     }
 

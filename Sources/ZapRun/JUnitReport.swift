@@ -13,6 +13,7 @@ public enum JUnitReport {
         6: "invalidation reaches every address space",
         7: "zaps yield mmu_lock to waiters",
         8: "page-table memory suffices",
+        9: "every operation finishes (no livelock)",
     ]
 
     /// The JUnit XML of `report`.

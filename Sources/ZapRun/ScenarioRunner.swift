@@ -168,8 +168,14 @@ public final class ScenarioRunner: Sendable {
         let monitor = progressMonitor(vm: vm, policy: policy, steps: steps, currentStep: currentStep, start: start,
                                       sptesPerPopulation: Int(sliceBytes >> 12))
         var complete = true
+        // Threads the watchdog found stuck inside the VM and the run left behind. After that the
+        // timeline stops, and the VM is not torn down under them.
+        var abandoned = 0
 
         for (index, step) in steps.enumerated() {
+            // A stall is a verdict (the watchdog's `livelock`), not an interruption: the run skips
+            // the rest of its timeline but is complete. A stop by the user or the fleet is not.
+            if abandoned > 0 || (step != .teardown && vm.isStalled) { continue }
             if step != .teardown && options.cancellation.isCancelled {
                 complete = false
                 continue
@@ -180,16 +186,16 @@ public final class ScenarioRunner: Sendable {
             switch step {
             case .populate:
                 let deletedNow = deleted
-                stepRecorder = onEveryVCPU(vcpus, step: index) { vcpu, id, recorder, _ in
+                stepRecorder = onEveryVCPU(vcpus, vm: vm, step: index, abandoned: &abandoned) { vcpu, id, recorder, _ in
                     self.populate(vcpu, id: id, layout: layout, deleted: deletedNow, into: &recorder)
                 }
             case .run(let faults):
                 let deletedNow = deleted
-                stepRecorder = onEveryVCPU(vcpus, step: index) { vcpu, id, recorder, seed in
+                stepRecorder = onEveryVCPU(vcpus, vm: vm, step: index, abandoned: &abandoned) { vcpu, id, recorder, seed in
                     self.fault(vcpu, id: id, count: faults, seed: seed, layout: layout, deleted: deletedNow, into: &recorder)
                 }
             case .resetVCPUs:
-                stepRecorder = onEveryVCPU(vcpus, step: index) { vcpu, _, recorder, _ in
+                stepRecorder = onEveryVCPU(vcpus, vm: vm, step: index, abandoned: &abandoned) { vcpu, _, recorder, _ in
                     recorder.record(.reset, vcpu.reset())
                 }
             case .deleteMemslots(let fraction):
@@ -197,6 +203,7 @@ public final class ScenarioRunner: Sendable {
                 var live = deleted.indices.filter { !deleted[$0] }
                 let count = fraction == 0 ? 0 : min(live.count, max(1, Int((fraction * Double(live.count)).rounded())))
                 for chosen in 0..<count {
+                    if vm.isStalled { break }
                     if options.cancellation.isCancelled { complete = false; break }
                     let pick = chosen + Int(generator.next() % UInt64(live.count - chosen))
                     live.swapAt(chosen, pick)
@@ -214,6 +221,7 @@ public final class ScenarioRunner: Sendable {
                                       sptesZappedInline: stepRecorder.sptesZappedInline))
         }
         monitor?.stop()
+        if abandoned > 0 { vm.keepAliveForStuckThreads() }
         recorder.merge(observer.lifetimes)
         let throughput = observer.zapThroughput
         return PolicyRun(
@@ -227,8 +235,10 @@ public final class ScenarioRunner: Sendable {
     // MARK: - Steps
 
     /// Runs `body` for every vCPU on its own thread, each with its own recorder, and merges them.
+    /// Threads still stuck in the VM after the watchdog reported it are left behind and counted
+    /// in `abandoned`.
     private func onEveryVCPU(
-        _ vcpus: [VCPU], step: Int,
+        _ vcpus: [VCPU], vm: VirtualMachine, step: Int, abandoned: inout Int,
         _ body: @escaping @Sendable (VCPU, Int, inout BlockTimeRecorder, UInt64) -> Void
     ) -> BlockTimeRecorder {
         let results = RecorderSlots(count: vcpus.count)
@@ -242,7 +252,7 @@ public final class ScenarioRunner: Sendable {
                 results.store(id, recorder)
             }
         }
-        for thread in threads { thread.join() }
+        for thread in threads where !thread.join(giveUpWhen: { vm.shouldAbandonThreads() }) { abandoned += 1 }
         return results.merged(kernelNanosecondsPerSPTE: cost, enabled: measure)
     }
 

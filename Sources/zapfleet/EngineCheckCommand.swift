@@ -49,6 +49,11 @@ struct EngineCheckCommand: ParsableCommand {
     @Option(name: .long, help: "Zap workqueue width (max_active), async only.")
     var workqueueWidth: Int = 2
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Seconds without progress, while an operation is in flight, before the watchdog reports a livelock.",
+        discussion: "The stuck threads are named with what they wait for; their retry loops then give up, and threads that stay stuck are left behind so that the check still ends with exit 2."))
+    var stallSeconds: Double = 10
+
     func validate() throws {
         guard vcpus >= 1 && vcpus <= 1024 else { throw ValidationError("--vcpus must be between 1 and 1024, got \(vcpus)") }
         guard operations >= 1 else { throw ValidationError("--operations must be at least 1, got \(operations)") }
@@ -58,6 +63,9 @@ struct EngineCheckCommand: ParsableCommand {
             throw ValidationError("--memory-gib must be between 1 and 65536, got \(memoryGiB)")
         }
         guard workqueueWidth >= 1 else { throw ValidationError("--workqueue-width must be at least 1, got \(workqueueWidth)") }
+        guard stallSeconds.isFinite && stallSeconds >= 0.1 && stallSeconds <= 86_400 else {
+            throw ValidationError("--stall-seconds must be between 0.1 and 86400, got \(stallSeconds)")
+        }
     }
 
     func run() throws {
@@ -74,11 +82,15 @@ struct EngineCheckCommand: ParsableCommand {
                 let stress = ConcurrencyStress(
                     vm: VMConfiguration(policy: policy, workqueueWidth: workqueueWidth,
                                         pageTableBudgetBytes: max(1 << 30, memoryGiB << 22),
-                                        injectedBugs: Set(inject)),
+                                        injectedBugs: Set(inject),
+                                        stallBoundNanoseconds: UInt64(stallSeconds * 1e9)),
                     vcpus: vcpus, operationsPerVCPU: operations, fastZaps: fastZaps,
                     fullZaps: max(1, fastZaps / 10), guestFrames: UInt64(memoryGiB) << 18,
                     useSMM: true, seed: seed + offset)
                 let report = try stress.run()
+                if report.threadsAbandoned > 0 {
+                    print("policy \(policy), seed \(seed + offset): \(report.threadsAbandoned) threads stuck in the VM were left behind; the VM was not torn down")
+                }
                 violations.merge(report.violationCounts, uniquingKeysWith: +)
                 examples.append(contentsOf: report.violations.prefix(3 - min(3, examples.count)))
                 longest.merge(report.longest)

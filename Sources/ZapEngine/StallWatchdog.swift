@@ -1,0 +1,214 @@
+import Atomics
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What a thread inside the VM is doing, for the watchdog's report of a stall.
+public enum Activity: UInt8, Sendable, CustomStringConvertible {
+    case idle, fault, loadRoot, reset, fastZap, fullZap, teardown, zapWork, unmap, dirtyLog, nxRecovery
+
+    /// The operation's name as the watchdog reports it.
+    public var description: String {
+        switch self {
+        case .idle: "idle"
+        case .fault: "a page fault"
+        case .loadRoot: "loading a root"
+        case .reset: "a vCPU reset"
+        case .fastZap: "a fast zap"
+        case .fullZap: "a full zap"
+        case .teardown: "VM teardown"
+        case .zapWork: "a root's zap work item"
+        case .unmap: "an MMU-notifier unmap"
+        case .dirtyLog: "a dirty-log operation"
+        case .nxRecovery: "NX huge-page recovery"
+        }
+    }
+}
+
+/// Where an operation in flight is: running, or waiting for something named.
+public enum WaitState: UInt8, Sendable, CustomStringConvertible {
+    case running, mmuLockRead, mmuLockWrite, slotsLock, workqueueFlush, usableRoot, frozenEntry
+
+    /// What the thread waits for, in words.
+    public var description: String {
+        switch self {
+        case .running: "running"
+        case .mmuLockRead: "waiting for mmu_lock (read)"
+        case .mmuLockWrite: "waiting for mmu_lock (write)"
+        case .slotsLock: "waiting for slots_lock"
+        case .workqueueFlush: "waiting for the zap workqueue to flush"
+        case .usableRoot: "retrying for a valid root of its role"
+        case .frozenEntry: "retrying past a frozen (REMOVED_SPTE) entry"
+        }
+    }
+}
+
+/// One actor's current operation, written only by the thread that acts and read by the
+/// watchdog. Relaxed atomics on a line of the actor's own: cheap enough for every fault.
+public final class ActivitySlot: @unchecked Sendable {
+    /// Who acts, e.g. `vCPU 3` or `VM thread`.
+    public let actor: String
+    private let operation = ManagedAtomic<UInt8>(Activity.idle.rawValue)
+    private let waitState = ManagedAtomic<UInt8>(WaitState.running.rawValue)
+    private let startedAt = ManagedAtomic<UInt64>(0)
+    private let retryCount = ManagedAtomic<Int>(0)
+    private let retryReason = ManagedAtomic<UInt8>(WaitState.running.rawValue)
+
+    init(actor: String) { self.actor = actor }
+
+    /// The actor starts `activity`.
+    @inline(__always)
+    func begin(_ activity: Activity) {
+        retryCount.store(0, ordering: .relaxed)
+        waitState.store(WaitState.running.rawValue, ordering: .relaxed)
+        startedAt.store(monotonicNanoseconds(), ordering: .relaxed)
+        operation.store(activity.rawValue, ordering: .releasing)
+    }
+
+    /// The actor finished its operation.
+    @inline(__always)
+    func end() { operation.store(Activity.idle.rawValue, ordering: .releasing) }
+
+    /// The actor now waits for (or stopped waiting for) something.
+    @inline(__always)
+    func wait(_ state: WaitState) { waitState.store(state.rawValue, ordering: .relaxed) }
+
+    /// The actor's operation retried once more, because of `reason`.
+    @inline(__always)
+    func retried(_ reason: WaitState) {
+        retryReason.store(reason.rawValue, ordering: .relaxed)
+        retryCount.wrappingIncrement(ordering: .relaxed)
+    }
+
+    /// The operation in flight, how long it has been, what it waits for and how often it retried;
+    /// nil when idle.
+    func snapshot(now: UInt64) -> (activity: Activity, nanoseconds: UInt64, state: WaitState, retries: Int, reason: WaitState)? {
+        let activity = Activity(rawValue: operation.load(ordering: .acquiring)) ?? .idle
+        guard activity != .idle else { return nil }
+        let since = startedAt.load(ordering: .relaxed)
+        return (activity, now > since ? now - since : 0,
+                WaitState(rawValue: waitState.load(ordering: .relaxed)) ?? .running,
+                retryCount.load(ordering: .relaxed),
+                WaitState(rawValue: retryReason.load(ordering: .relaxed)) ?? .running)
+    }
+}
+
+/// Every actor of one VM, so that a stall can be reported as who was stuck doing what.
+final class ActivityBoard: @unchecked Sendable {
+    private let mutex = PThreadMutex()
+    private var slots: [ActivitySlot] = []
+    private var spare: [ActivitySlot] = []
+
+    /// A slot for a long-lived actor (a vCPU).
+    func register(_ actor: String) -> ActivitySlot {
+        let slot = ActivitySlot(actor: actor)
+        mutex.withLock { slots.append(slot) }
+        return slot
+    }
+
+    /// A slot for one operation of a passing actor (a VM ioctl, a work item); give it back with
+    /// ``release(_:)``. Rare operations, so a mutex is fine.
+    func claim(_ activity: Activity, actor: String) -> ActivitySlot {
+        let slot: ActivitySlot = mutex.withLock {
+            if let index = spare.firstIndex(where: { $0.actor == actor }) { return spare.remove(at: index) }
+            let slot = ActivitySlot(actor: actor)
+            slots.append(slot)
+            return slot
+        }
+        slot.begin(activity)
+        return slot
+    }
+
+    /// Ends a claimed slot's operation and keeps the slot for reuse.
+    func release(_ slot: ActivitySlot) {
+        slot.end()
+        mutex.withLock { spare.append(slot) }
+    }
+
+    /// One line per operation in flight, longest first.
+    func describeInFlight(now: UInt64) -> [String] {
+        let all = mutex.withLock { slots }
+        return all.compactMap { slot in slot.snapshot(now: now).map { (slot.actor, $0) } }
+            .sorted { $0.1.nanoseconds > $1.1.nanoseconds }
+            .map { actor, state in
+                "\(actor): \(state.activity) for \(formatSeconds(state.nanoseconds)), "
+                    + (state.retries > 0 ? "\(state.reason), \(state.retries) times; now \(state.state)" : "\(state.state)")
+            }
+    }
+
+    /// How long the oldest operation in flight that has retried at least once has been running.
+    func longestRetryingOperation(now: UInt64) -> UInt64 {
+        mutex.withLock { slots }.compactMap { slot in
+            slot.snapshot(now: now).flatMap { $0.retries > 0 ? $0.nanoseconds : nil }
+        }.max() ?? 0
+    }
+
+    /// Is any operation in flight?
+    func anyInFlight(now: UInt64) -> Bool {
+        mutex.withLock { slots }.contains { $0.snapshot(now: now) != nil }
+    }
+}
+
+/// Turns "no progress for a bound" into a `livelock` verdict instead of a hang.
+///
+/// A thread polls a progress figure (the VM's counters of work done) and the activity board. When
+/// an operation is in flight and the figure has not moved for `bound`, or one operation has kept
+/// retrying for `bound`, it reports the stuck actors once and raises ``stalled``: retry loops give up, and runners stop waiting for threads
+/// that do not come back, so the run ends with the violation in its report.
+final class StallWatchdog: @unchecked Sendable {
+    /// Set once a stall was reported; never cleared.
+    let stalled = ManagedAtomic<Bool>(false)
+    /// When the stall was reported (monotonic), 0 before.
+    let stalledAt = ManagedAtomic<UInt64>(0)
+    private let stopped = ManagedAtomic<Bool>(false)
+    private var thread: OSThread?
+
+    /// Starts watching. `progress` must grow whenever the VM does work; `onStall` hears the stuck
+    /// actors' descriptions, on the watchdog's thread.
+    init(bound: UInt64, board: ActivityBoard, progress: @escaping @Sendable () -> Int,
+         onStall: @escaping @Sendable (_ stuckFor: UInt64, _ stuck: [String]) -> Void) {
+        let poll = max(1_000_000, min(bound / 20, 100_000_000))
+        thread = OSThread(name: "zap-watchdog") { [stalled, stalledAt, stopped] in
+            var lastProgress = progress()
+            var lastChange = monotonicNanoseconds()
+            while !stopped.load(ordering: .relaxed) {
+                sleepFor(poll)
+                let now = monotonicNanoseconds()
+                let current = progress()
+                if current != lastProgress || !board.anyInFlight(now: now) {
+                    lastProgress = current
+                    lastChange = now
+                }
+                // Two ways to be stuck: the whole VM does nothing while an operation waits, or one
+                // operation keeps retrying past the bound while others churn (a fault that never
+                // gets a usable root, however many roots the VM makes meanwhile).
+                let stuckFor = max(now &- lastChange, board.longestRetryingOperation(now: now))
+                guard stuckFor >= bound else { continue }
+                // Named before the flag is raised: stuck loops give up as soon as they see it.
+                onStall(stuckFor, board.describeInFlight(now: now))
+                stalledAt.store(now, ordering: .relaxed)
+                stalled.store(true, ordering: .releasing)
+                return
+            }
+        }
+    }
+
+    /// Stops the watchdog and waits for its thread.
+    func stop() {
+        stopped.store(true, ordering: .relaxed)
+        thread?.join()
+    }
+}
+
+private func sleepFor(_ nanoseconds: UInt64) {
+    var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+    var remaining = timespec()
+    while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
+}
+
+func formatSeconds(_ nanoseconds: UInt64) -> String {
+    let tenths = (nanoseconds + 50_000_000) / 100_000_000
+    return "\(tenths / 10).\(tenths % 10) s"
+}
