@@ -24,6 +24,9 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
         case doubleQueue = "double-queue"
         /// Work was queued on a destroyed workqueue.
         case queueRefused = "queue-refused"
+        /// The workqueue broke one of the kernel's rules when probed (pending at most once,
+        /// re-run when queued while running, flush waits for earlier items, destroyed refuses).
+        case workqueueRule = "workqueue-rule"
         /// A yieldable zap passed a step boundary while someone waited for `mmu_lock` (bug class 5).
         case writerStarved = "writer-starved"
         /// Invalidation left a root of some address space valid (bug class 6).
@@ -54,7 +57,7 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
             case .refcountUnderflow, .useAfterFree, .validRootFreed, .validRootUnreferenced,
                  .refcountMismatch, .getAfterZero: 3
             case .zapUnreferenced: 4
-            case .doubleQueue, .queueRefused: 5
+            case .doubleQueue, .queueRefused, .workqueueRule: 5
             case .addressSpaceSkipped: 6
             case .writerStarved, .oversizedStep, .noForwardProgress: 7
             case .tableMemoryExhausted: 8

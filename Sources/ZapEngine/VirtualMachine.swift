@@ -126,6 +126,13 @@ public final class VirtualMachine: @unchecked Sendable {
         injectsZapUnreferenced = bugs.contains(.zapUnreferenced)
         injectsNoYield = bugs.contains(.noYield)
         injectsSkipSMM = bugs.contains(.skipSMM)
+        if configuration.policy == .async {
+            // The VM's roots rely on these rules; a correct workload never tests "pending at most
+            // once" (only a double-queue bug does), so each is probed on a queue of the same code.
+            for problem in WorkQueue.kernelRuleViolations(maxActive: configuration.workqueueWidth) {
+                checker.record(.workqueueRule, problem)
+            }
+        }
         if configuration.stallBoundNanoseconds > 0 {
             watchdog = StallWatchdog(
                 bound: configuration.stallBoundNanoseconds, board: activity,

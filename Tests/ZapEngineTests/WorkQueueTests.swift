@@ -107,3 +107,20 @@ struct WorkQueueTests {
         #expect(runs.count == 2)
     }
 }
+
+@Suite("The workqueue's rules are probed")
+struct WorkQueueProbeTests {
+    @Test("the probe finds no broken rule in the engine's queue, at several widths")
+    func probeOfTheRealQueue() {
+        for width in [1, 2, 8] {
+            #expect(WorkQueue.kernelRuleViolations(maxActive: width) == [], "width \(width)")
+        }
+    }
+
+    @Test("an async VM records no workqueue-rule violation at creation")
+    func asyncVMProbesItsQueue() throws {
+        let vm = try VirtualMachine(configuration: VMConfiguration(policy: .async, pageTableBudgetBytes: 1 << 20))
+        #expect(!vm.checker.saw(.workqueueRule))
+        vm.teardown()
+    }
+}
