@@ -4,9 +4,11 @@ import Glibc
 import Darwin
 #endif
 
-/// A randomised, bounded workout of one VM: vCPU threads fault, reset and switch address
-/// spaces while another thread deletes memslots (fast zaps) and releases the MMU notifier
-/// (full zaps), then the VM is torn down and checked.
+/// A randomised, bounded workout of one VM: vCPU threads fault (through the slow path under
+/// `mmu_lock` and the lockless fast path), reset and switch address spaces while another thread
+/// deletes memslots (fast zaps), releases the MMU notifier (full zaps) and runs dirty logging's
+/// read-lock iterators on the valid roots (clearing dirty bits, zapping collapsible tables);
+/// then the VM is torn down and checked.
 public struct ConcurrencyStress: Sendable {
     /// The VM to build.
     public var vm: VMConfiguration
@@ -52,6 +54,8 @@ public struct ConcurrencyStress: Sendable {
         public var fastZap: UInt64 = 0
         /// Full zap.
         public var fullZap: UInt64 = 0
+        /// Dirty-log operations (clearing dirty bits, zapping collapsible tables).
+        public var dirtyLog: UInt64 = 0
         /// Teardown.
         public var teardown: UInt64 = 0
 
@@ -64,6 +68,7 @@ public struct ConcurrencyStress: Sendable {
             reset = max(reset, other.reset)
             fastZap = max(fastZap, other.fastZap)
             fullZap = max(fullZap, other.fullZap)
+            dirtyLog = max(dirtyLog, other.dirtyLog)
             teardown = max(teardown, other.teardown)
         }
     }
@@ -107,10 +112,12 @@ public struct ConcurrencyStress: Sendable {
                     let dice = rng.next() % 100
                     let frame = rng.next() % frames
                     switch dice {
-                    case 0..<45:
+                    case 0..<40:
                         longest.fault = max(longest.fault, vcpu.populate2MRegion(firstFrame: frame).blockedNanoseconds)
-                    case 45..<75:
+                    case 40..<62:
                         longest.fault = max(longest.fault, vcpu.fault(gfn: frame, size: .size4K, write: dice & 1 == 0).blockedNanoseconds)
+                    case 62..<75:
+                        longest.fault = max(longest.fault, vcpu.fastFault(gfn: frame, write: dice & 1 == 0).blockedNanoseconds)
                     case 75..<82:
                         longest.fault = max(longest.fault, vcpu.fault(gfn: frame, size: .size2M).blockedNanoseconds)
                     case 82..<85:
@@ -146,6 +153,13 @@ public struct ConcurrencyStress: Sendable {
                     longest.fullZap = max(longest.fullZap, machine.fullZap().blockedNanoseconds)
                 } else {
                     longest.fastZap = max(longest.fastZap, machine.fastZap().blockedNanoseconds)
+                }
+                // Dirty logging between memslot operations, racing the vCPUs in valid roots.
+                usleep(UInt32(100 + rng.next() % 800))
+                if rng.next() & 1 == 0 {
+                    longest.dirtyLog = max(longest.dirtyLog, machine.clearDirtyLog().blockedNanoseconds)
+                } else {
+                    longest.dirtyLog = max(longest.dirtyLog, machine.zapCollapsibleSPTEs().blockedNanoseconds)
                 }
             }
             vcpusRunning.store(vcpusRunning.count - 1, longest: longest, operations: 0)

@@ -20,6 +20,10 @@ final class EngineCounters: @unchecked Sendable {
     let workItemsRejected = ManagedAtomic<Int>(0)
     let fastZaps = ManagedAtomic<Int>(0)
     let fullZaps = ManagedAtomic<Int>(0)
+    /// Fast page faults fixed without `mmu_lock`.
+    let fastFaultsFixed = ManagedAtomic<Int>(0)
+    /// Dirty bits cleared by `KVM_CLEAR_DIRTY_LOG`.
+    let dirtyBitsCleared = ManagedAtomic<Int>(0)
     /// How often each injected bug's broken path ran (``InjectedBug/allCases`` order): an
     /// injection whose path never ran proves nothing about the checker.
     let injectedPathRuns = InjectedBug.allCases.map { _ in ManagedAtomic<Int>(0) }
@@ -33,6 +37,7 @@ final class EngineCounters: @unchecked Sendable {
             &+ rootsCreated.load(ordering: .relaxed) &+ rootsFreed.load(ordering: .relaxed)
             &+ fastZaps.load(ordering: .relaxed) &+ fullZaps.load(ordering: .relaxed)
             &+ workItemsQueued.load(ordering: .relaxed) &+ operationsCompleted.load(ordering: .relaxed)
+            &+ fastFaultsFixed.load(ordering: .relaxed) &+ dirtyBitsCleared.load(ordering: .relaxed)
     }
     /// Operations (faults, resets, VM operations) that returned.
     let operationsCompleted = ManagedAtomic<Int>(0)

@@ -27,9 +27,14 @@ public final class MMULock: @unchecked Sendable {
     /// Told when a holder breaks a rule of holding (see ``HoldViolation``).
     private let onViolation: (@Sendable (HoldViolation) -> Void)?
 
-    /// Creates an unlocked lock; `onViolation` hears of holders that break the rules of holding.
-    public init(onViolation: (@Sendable (HoldViolation) -> Void)? = nil) {
+    /// Runs in a yield between letting the lock go and taking it back (race amplification).
+    private let onHandoff: (@Sendable () -> Void)?
+
+    /// Creates an unlocked lock; `onViolation` hears of holders that break the rules of holding,
+    /// `onHandoff` runs in every yield while the lock is given up.
+    public init(onViolation: (@Sendable (HoldViolation) -> Void)? = nil, onHandoff: (@Sendable () -> Void)? = nil) {
         self.onViolation = onViolation
+        self.onHandoff = onHandoff
     }
 
     /// `read_lock(&kvm->mmu_lock)`.
@@ -111,6 +116,11 @@ public final class MMULock: @unchecked Sendable {
             handedOver.wait(mutex)
         }
         handoverWaiters -= 1
+        if let onHandoff {
+            mutex.unlock()
+            onHandoff()
+            mutex.lock()
+        }
         let handed = acquisitions != before
         acquireExclusiveLocked()
         mutex.unlock()
@@ -126,6 +136,7 @@ public final class MMULock: @unchecked Sendable {
         checkProgressBeforeYield()
         let before = acquisitionCount
         unlockShared()
+        onHandoff?()
         lockShared()
         // Our own re-acquisition is one; any more were someone else's.
         return acquisitionCount &- before > 1

@@ -23,7 +23,12 @@ public final class OSThread: @unchecked Sendable {
         self.name = name
         let done = Completion()
         self.done = done
-        let box = Unmanaged.passRetained(Box({ body(); done.signal() })).toOpaque()
+        let box = Unmanaged.passRetained(Box({
+            // Race amplification seeds each thread's delays from its name.
+            pthread_setspecific(OSThread.nameKey, Unmanaged.passRetained(NameBox(name)).toOpaque())
+            body()
+            done.signal()
+        })).toOpaque()
         #if canImport(Glibc)
         var thread = pthread_t()
         #else
@@ -40,6 +45,24 @@ public final class OSThread: @unchecked Sendable {
         #else
         handle = thread!
         #endif
+    }
+
+    private final class NameBox {
+        let name: String
+        init(_ name: String) { self.name = name }
+    }
+
+    private static let nameKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { pointer in
+            if let pointer { Unmanaged<NameBox>.fromOpaque(pointer).release() }
+        }
+        return key
+    }()
+
+    /// The name of the ``OSThread`` the caller runs on; nil on other threads.
+    public static var currentName: String? {
+        pthread_getspecific(nameKey).map { Unmanaged<NameBox>.fromOpaque($0).takeUnretainedValue().name }
     }
 
     /// Waits for the thread to finish. Joining twice is a no-op.

@@ -41,6 +41,7 @@ extension VirtualMachine {
                 entry = seen
             }
             if entry.isLeaf(atLevel: level) { return (nil, .alreadyMapped) }
+            chaos?.pass(.faultWalk)
             table = pool.table(PageIndex(rawValue: UInt32(truncatingIfNeeded: entry.frame)))
             level -= 1
         }

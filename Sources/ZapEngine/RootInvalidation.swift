@@ -20,6 +20,7 @@ extension VirtualMachine {
     /// `tdp_mmu_zap_root_work`: the worker zaps an invalid root under the read lock, then puts
     /// the reference it was gifted.
     func zapRootWork(_ root: Root) {
+        chaos?.pass(.beforeWorkItem)
         let slot = activity.claim(.zapWork, actor: "zap worker")
         defer { finishOperation(slot) }
         slot.wait(.mmuLockRead)

@@ -220,6 +220,7 @@ struct ZapWalk {
     /// waits. Returns true if the lock or the read-side section was left, so pointers into the
     /// tree must be re-read from the root.
     mutating func finishStep() -> Bool {
+        vm.chaos?.pass(.zapStep)
         let didWork = step.leaves > 0 || step.tables > 0
         guard didWork || progressSinceYield else { return false }
         var leftTree = false

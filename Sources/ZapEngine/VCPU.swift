@@ -98,6 +98,34 @@ public final class VCPU: @unchecked Sendable {
         }
     }
 
+    /// A fault the fast path may fix without `mmu_lock` (`fast_page_fault`): a write to a clean
+    /// page, or an access to an access-tracked one. Under RCU only, it walks the loaded root, even
+    /// one being zapped, and sets the accessed and dirty bits of a present leaf atomically;
+    /// anything else takes the slow path, ``fault(gfn:size:write:)``.
+    @discardableResult
+    public func fastFault(gfn: UInt64, write: Bool = true) -> OperationOutcome {
+        let start = monotonicNanoseconds()
+        if let root = loaded {
+            activity.begin(.fault)
+            let token = vm.gracePeriod.enterReadSide()
+            let result = vm.fastPageFault(root, gfn: gfn, write: write)
+            vm.gracePeriod.exitReadSide(token)
+            activity.end()
+            switch result {
+            case .fixed:
+                vm.counters.fastFaultsFixed.wrappingIncrement(ordering: .relaxed)
+                return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start)
+            case .spurious:
+                return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start)
+            case .needsSlowPath:
+                break
+            }
+        }
+        var outcome = fault(gfn: gfn, write: write)
+        outcome.blockedNanoseconds = monotonicNanoseconds() &- start
+        return outcome
+    }
+
     /// Faults in the whole 2 MiB region containing `firstFrame` as 4 KiB leaves, in one walk.
     @discardableResult
     public func populate2MRegion(firstFrame: UInt64, write: Bool = true) -> OperationOutcome {

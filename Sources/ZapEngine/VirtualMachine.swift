@@ -17,6 +17,8 @@ public struct VMConfiguration: Sendable {
     /// How long the VM may make no progress while an operation is in flight before the
     /// watchdog records a `livelock` and stuck operations give up; 0 turns the watchdog off.
     public var stallBoundNanoseconds: UInt64
+    /// Race amplification: seeded delays at the race windows; nil for none.
+    public var chaos: ChaosConfiguration?
 
     /// A configuration with the kernel's shapes as defaults.
     public init(
@@ -26,9 +28,11 @@ public struct VMConfiguration: Sendable {
         injectedBugs: Set<InjectedBug> = [],
         name: String = "vm",
         observer: (any EngineObserver)? = nil,
-        stallBoundNanoseconds: UInt64 = 30_000_000_000
+        stallBoundNanoseconds: UInt64 = 30_000_000_000,
+        chaos: ChaosConfiguration? = nil
     ) {
         self.stallBoundNanoseconds = stallBoundNanoseconds
+        self.chaos = chaos
         self.policy = policy
         self.workqueueWidth = workqueueWidth
         self.pageTableBudgetBytes = pageTableBudgetBytes
@@ -88,6 +92,8 @@ public final class VirtualMachine: @unchecked Sendable {
     let invalidationsInProgress = ManagedAtomic<Int>(0)
     /// Who is doing what, for the watchdog's report.
     let activity = ActivityBoard()
+    /// Delays at the race windows, if the configuration asks for them.
+    let chaos: RaceAmplifier?
     private var watchdog: StallWatchdog?
 
     // Injected bugs, read on hot paths.
@@ -111,7 +117,11 @@ public final class VirtualMachine: @unchecked Sendable {
         self.configuration = configuration
         let checker = InvariantChecker()
         self.checker = checker
-        let lock = MMULock(onViolation: { checker.record($0) })
+        let amplifier = configuration.chaos.map(RaceAmplifier.init)
+        chaos = amplifier
+        var onHandoff: (@Sendable () -> Void)?
+        if let amplifier { onHandoff = { amplifier.pass(.lockHandoff) } }
+        let lock = MMULock(onViolation: { checker.record($0) }, onHandoff: onHandoff)
         mmuLock = lock
         pool = try PageTablePool(budgetBytes: configuration.pageTableBudgetBytes)
         let stepBound = Self.stepBound(configuration.policy)
