@@ -56,6 +56,8 @@ public struct ConcurrencyStress: Sendable {
         public var fullZap: UInt64 = 0
         /// Dirty-log operations (clearing dirty bits, zapping collapsible tables).
         public var dirtyLog: UInt64 = 0
+        /// MMU-notifier unmaps.
+        public var unmap: UInt64 = 0
         /// Teardown.
         public var teardown: UInt64 = 0
 
@@ -69,6 +71,7 @@ public struct ConcurrencyStress: Sendable {
             fastZap = max(fastZap, other.fastZap)
             fullZap = max(fullZap, other.fullZap)
             dirtyLog = max(dirtyLog, other.dirtyLog)
+            unmap = max(unmap, other.unmap)
             teardown = max(teardown, other.teardown)
         }
     }
@@ -156,10 +159,16 @@ public struct ConcurrencyStress: Sendable {
                 }
                 // Dirty logging between memslot operations, racing the vCPUs in valid roots.
                 usleep(UInt32(100 + rng.next() % 800))
-                if rng.next() & 1 == 0 {
+                switch rng.next() % 3 {
+                case 0:
                     longest.dirtyLog = max(longest.dirtyLog, machine.clearDirtyLog().blockedNanoseconds)
-                } else {
+                case 1:
                     longest.dirtyLog = max(longest.dirtyLog, machine.zapCollapsibleSPTEs().blockedNanoseconds)
+                default:
+                    // Host memory of 2 MiB to 1 GiB goes away, 2 MiB-aligned: every root loses it.
+                    let length = UInt64(512) << (rng.next() % 10)
+                    let first = (rng.next() % frames) & ~511
+                    longest.unmap = max(longest.unmap, machine.unmapRange(first..<min(frames, first + length)).blockedNanoseconds)
                 }
             }
             vcpusRunning.store(vcpusRunning.count - 1, longest: longest, operations: 0)

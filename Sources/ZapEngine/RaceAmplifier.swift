@@ -106,6 +106,12 @@ final class RaceAmplifier: @unchecked Sendable {
         wait(delay)
     }
 
+    /// The next `count` raw draws of the calling thread's generator (for tests of determinism).
+    func draws(count: Int) -> [UInt64] {
+        let generator = threadGenerator()
+        return (0..<count).map { _ in generator.pointee.next() }
+    }
+
     private func threadGenerator() -> UnsafeMutablePointer<SplitMix64> {
         if let existing = pthread_getspecific(key) { return existing.assumingMemoryBound(to: SplitMix64.self) }
         let generator = UnsafeMutablePointer<SplitMix64>.allocate(capacity: 1)

@@ -45,6 +45,12 @@ struct GuestLayout {
         mix = scenario.vm.effectivePageMix
     }
 
+    /// The guest frames of memslot `slot` (a global index).
+    func frames(ofSlot slot: Int) -> Range<UInt64> {
+        let first = UInt64(slot * regionsPerSlot) << 9
+        return first..<(first + (UInt64(regionsPerSlot) << 9))
+    }
+
     /// Global region indices vCPU `vcpu` covers.
     func part(of vcpu: Int) -> Range<Int> {
         let vcpus = scenario.workload.vcpus

@@ -9,7 +9,7 @@ public enum JUnitReport {
         2: "fast zap returns only when every invalid root is zapped",
         3: "no reference-count underflow, nothing touched after free",
         4: "no yielding zap on an unreferenced root",
-        5: "each root queued at most once; the workqueue keeps the kernel's rules",
+        5: "each root queued at most once",
         6: "invalidation reaches every address space",
         7: "zaps yield mmu_lock to waiters",
         8: "page-table memory suffices",

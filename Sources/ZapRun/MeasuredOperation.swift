@@ -30,6 +30,12 @@ public enum MeasuredOperation: Int, CaseIterable, Sendable, Codable, CustomStrin
     case teardown
     /// Per root: invalidation to reclamation.
     case rootLifetime
+    /// An MMU-notifier unmap of one memslot.
+    case unmap
+    /// A dirty-logging operation (clearing dirty bits, zapping collapsible tables).
+    case dirtyLog
+    /// A fault through the lockless fast path (slow path included when it falls back).
+    case fastFault
 
     /// The name used in objectives, reports and file names.
     public var name: String {
@@ -41,11 +47,14 @@ public enum MeasuredOperation: Int, CaseIterable, Sendable, Codable, CustomStrin
         case .fullZap: "full_zap"
         case .teardown: "teardown"
         case .rootLifetime: "root_lifetime"
+        case .unmap: "unmap"
+        case .dirtyLog: "dirty_log"
+        case .fastFault: "fast_fault"
         }
     }
 
     /// Operations a vCPU blocks in; together they make the `vcpu_block` histogram.
-    public static let vcpuSide: [MeasuredOperation] = [.fault, .populate, .reset]
+    public static let vcpuSide: [MeasuredOperation] = [.fault, .populate, .reset, .fastFault]
 
     /// The name.
     public var description: String { name }

@@ -157,7 +157,8 @@ public final class ScenarioRunner: Sendable {
         let budget = Int(min(max(estimate.peakBytes * 2, 256 << 20), 1 << 46))
         let vm = try VirtualMachine(configuration: VMConfiguration(
             policy: policy, workqueueWidth: scenario.workqueueWidth, pageTableBudgetBytes: budget,
-            injectedBugs: Set(scenario.injectedBugs), name: policy.rawValue, observer: observer))
+            injectedBugs: Set(scenario.injectedBugs), name: policy.rawValue, observer: observer,
+            chaos: scenario.chaos))
         let vcpus = (0..<scenario.workload.vcpus).map { _ in vm.makeVCPU() }
         var deleted = [Bool](repeating: false, count: slice.slotCount)
         var recorder = BlockTimeRecorder(kernelNanosecondsPerSPTE: options.kernelNanosecondsPerSPTE, enabled: options.measure)
@@ -212,6 +213,28 @@ public final class ScenarioRunner: Sendable {
                 }
             case .fullZap:
                 stepRecorder.record(.fullZap, vm.fullZap())
+            case .unmap(let fraction):
+                var generator = SplitMix64(seed: scenario.seed ^ UInt64(index) &* 0x94D0_49BB_1331_11EB)
+                var slots = Array(0..<slice.slotCount)
+                let count = fraction == 0 ? 0 : min(slots.count, max(1, Int((fraction * Double(slots.count)).rounded())))
+                for chosen in 0..<count {
+                    if vm.isStalled { break }
+                    if options.cancellation.isCancelled { complete = false; break }
+                    slots.swapAt(chosen, chosen + Int(generator.next() % UInt64(slots.count - chosen)))
+                    stepRecorder.record(.unmap, vm.unmapRange(layout.frames(ofSlot: slice.firstSlot + slots[chosen])))
+                }
+            case .dirtyLog(.clear):
+                stepRecorder.record(.dirtyLog, vm.clearDirtyLog())
+            case .dirtyLog(.disable):
+                stepRecorder.record(.dirtyLog, vm.zapCollapsibleSPTEs())
+            case .fastFaults(let faults):
+                let deletedNow = deleted
+                stepRecorder = onEveryVCPU(vcpus, vm: vm, step: index, abandoned: &abandoned) { vcpu, id, recorder, seed in
+                    self.fault(vcpu, id: id, count: faults, seed: seed, layout: layout, deleted: deletedNow, fast: true, into: &recorder)
+                }
+            case .workout(let operations):
+                stepRecorder = workout(vm: vm, vcpus: vcpus, operations: operations, step: index, layout: layout,
+                                       deleted: deleted, abandoned: &abandoned)
             case .teardown:
                 stepRecorder.record(.teardown, vm.teardown())
             }
@@ -284,7 +307,7 @@ public final class ScenarioRunner: Sendable {
 
     /// Single 4 KiB faults at random addresses of the vCPU's current memory, paced if asked.
     private func fault(_ vcpu: VCPU, id: Int, count: Int, seed: UInt64, layout: GuestLayout, deleted: [Bool],
-                       into recorder: inout BlockTimeRecorder) {
+                       fast: Bool = false, into recorder: inout BlockTimeRecorder) {
         var generator = SplitMix64(seed: seed)
         let range = vcpu.addressSpace == .smm ? (layout.smramPart(of: id) ?? layout.part(of: id)) : layout.part(of: id)
         guard !range.isEmpty else { return }
@@ -309,9 +332,78 @@ public final class ScenarioRunner: Sendable {
                 if deleted[layout.slot(ofRegion: region) - slice.firstSlot] { continue }
             }
             let frame = UInt64(region) << 9 | (generator.next() & 511)
-            recorder.record(.fault, vcpu.fault(gfn: frame, size: .size4K, write: generator.next() & 1 == 0),
-                            expectedInterval: interval)
+            if fast {
+                recorder.record(.fastFault, vcpu.fastFault(gfn: frame, write: true), expectedInterval: interval)
+            } else {
+                recorder.record(.fault, vcpu.fault(gfn: frame, size: .size4K, write: generator.next() & 1 == 0),
+                                expectedInterval: interval)
+            }
         }
+    }
+
+    /// Everything at once: each vCPU thread performs `operations` random operations in its part
+    /// of memory (slow and fast faults, 2 MiB populations, resets, SMM switches) while a VM thread
+    /// runs fast zaps (no memslot deleted), unmaps of single memslots, dirty logging and the odd
+    /// full zap against them, until the vCPUs are done.
+    private func workout(vm: VirtualMachine, vcpus: [VCPU], operations: Int, step: Int, layout: GuestLayout,
+                         deleted: [Bool], abandoned: inout Int) -> BlockTimeRecorder {
+        let done = ManagedAtomic<Bool>(false)
+        let vmRecorder = RecorderSlots(count: 1)
+        let cost = options.kernelNanosecondsPerSPTE
+        let measure = options.measure
+        let seed = scenario.seed ^ (UInt64(step) << 40)
+        let slots = slice.slotCount
+        let firstSlot = slice.firstSlot
+        let cancellation = options.cancellation
+        let vmThread = OSThread(name: "vm-workout") {
+            var generator = SplitMix64(seed: seed)
+            var recorder = BlockTimeRecorder(kernelNanosecondsPerSPTE: cost, enabled: measure)
+            while !done.load(ordering: .relaxed) && !vm.isStalled && !cancellation.isCancelled {
+                sleepNanoseconds(200_000 + generator.next() % 1_000_000)
+                switch generator.next() % 10 {
+                case 0..<3: recorder.record(.fastZap, vm.fastZap())
+                case 3..<5: recorder.record(.unmap, vm.unmapRange(layout.frames(ofSlot: firstSlot + Int(generator.next() % UInt64(slots)))))
+                case 5..<7: recorder.record(.dirtyLog, vm.clearDirtyLog())
+                case 7..<9: recorder.record(.dirtyLog, vm.zapCollapsibleSPTEs())
+                default: recorder.record(.fullZap, vm.fullZap())
+                }
+            }
+            vmRecorder.store(0, recorder)
+        }
+        let smm = scenario.vm.smm
+        var merged = onEveryVCPU(vcpus, vm: vm, step: step, abandoned: &abandoned) { vcpu, id, recorder, seed in
+            var generator = SplitMix64(seed: seed)
+            let part = layout.part(of: id)
+            guard !part.isEmpty else { return }
+            for index in 0..<operations {
+                if index & 63 == 0 && (cancellation.isCancelled || vm.isStalled) { return }
+                let region = part.lowerBound + Int(generator.next() % UInt64(part.count))
+                let inDeletedSlot = deleted[layout.slot(ofRegion: region) - layout.slice.firstSlot]
+                let frame = UInt64(region) << 9 | (generator.next() & 511)
+                switch generator.next() % 100 {
+                case 0..<35 where !inDeletedSlot || vcpu.addressSpace == .smm:
+                    recorder.record(.fastFault, vcpu.fastFault(gfn: frame, write: generator.next() & 1 == 0))
+                case 35..<65 where !inDeletedSlot || vcpu.addressSpace == .smm:
+                    recorder.record(.fault, vcpu.fault(gfn: frame, write: generator.next() & 1 == 0))
+                case 65..<85 where !inDeletedSlot || vcpu.addressSpace == .smm:
+                    recorder.record(.populate, vcpu.populate2MRegion(firstFrame: frame))
+                case 85..<95:
+                    recorder.record(.reset, vcpu.reset())
+                case 95..<100 where smm:
+                    recorder.record(.reset, vcpu.switchAddressSpace(to: vcpu.addressSpace == .normal ? .smm : .normal))
+                default:
+                    break
+                }
+            }
+            if vcpu.addressSpace != .normal { recorder.record(.reset, vcpu.switchAddressSpace(to: .normal)) }
+        }
+        done.store(true, ordering: .relaxed)
+        if vmThread.join(giveUpWhen: { vm.shouldAbandonThreads() }) {
+            merged.merge(vmRecorder.merged(kernelNanosecondsPerSPTE: cost, enabled: measure))
+        } else {
+            abandoned += 1
+        }
+        return merged
     }
 
     // MARK: - Progress

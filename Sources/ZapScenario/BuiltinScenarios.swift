@@ -6,6 +6,7 @@ public enum BuiltinScenarios {
         ("seed-64t", "the seed's experiment: 64 TiB of 4 KiB SPTEs, vCPU reset drops the last reference, then a fast zap; for the fleet", seed64T),
         ("max-guest-memory", "the shape of the kernel's max_guest_memory_test: run, reset, run, delete half the slots, exit without cleanup", maxGuestMemory),
         ("smm", "two address spaces: every vCPU also maps SMRAM in SMM, and every zap must reach both", smm),
+        ("races", "every walker at once under race amplification: slow and lockless faults, resets, SMM, fast zaps, unmaps, dirty logging, full zaps, teardown", races),
     ]
 
     /// The YAML of the built-in named `name`.
@@ -107,6 +108,46 @@ public enum BuiltinScenarios {
         repeat: 2
         policies: [sync, async, preserve]
         seed: 7
+        slos:
+          - "violations == 0"
+
+        """
+
+    static let races = """
+        name: races
+        description: "every path that touches SPTEs at once, with seeded delays at the race windows: slow and lockless faults, resets and SMM switches against fast zaps, MMU-notifier unmaps, dirty logging and full zaps"
+        vm:
+          memory: 8GiB
+          memslot: 1GiB
+          pages: {4K: 0.75, 2M: 0.25}
+          smm: true
+          smram: 256MiB
+        workload:
+          vcpus: 4
+          coverage: random
+        timeline:
+          - populate
+          - fast_faults: {faults: 2000}
+          - dirty_log: clear
+          - fast_faults: {faults: 2000}
+          - reset_vcpus
+          - delete_memslots: {fraction: 0.125}
+          - populate
+          - workout: {operations: 3000}
+          - dirty_log: disable
+          - unmap: {fraction: 0.25}
+          - populate
+          - workout: {operations: 3000}
+          - delete_memslots: {fraction: 0.25}
+          - full_zap
+          - teardown
+        policies: [sync, async, preserve]
+        workqueue_width: 4
+        seed: 1
+        # One passage in twenty through a race window waits up to 2 ms: long enough for a fast zap
+        # after a reset to meet the defunct root's pending work item, for walkers to sit inside
+        # tables while zaps free them, and for lock hand-offs to interleave.
+        chaos: {probability: 0.05, max_delay: 2ms}
         slos:
           - "violations == 0"
 

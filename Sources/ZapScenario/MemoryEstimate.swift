@@ -24,8 +24,8 @@ public struct MemoryEstimate: Sendable, Equatable {
         var sawReset = false
         for step in scenario.timeline {
             switch step {
-            case .resetVCPUs, .deleteMemslots: sawReset = true
-            case .populate, .run: if sawReset { repopulates = true }
+            case .resetVCPUs, .deleteMemslots, .unmap, .dirtyLog, .workout: sawReset = true
+            case .populate, .run, .fastFaults: if sawReset { repopulates = true }
             default: break
             }
         }

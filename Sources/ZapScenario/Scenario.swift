@@ -25,6 +25,8 @@ public struct Scenario: Sendable, Equatable {
     public var objectives: [ServiceLevelObjective]
     /// Bugs to re-create on purpose.
     public var injectedBugs: [InjectedBug]
+    /// Race amplification (the `chaos:` section); its seed is the scenario's. Nil for none.
+    public var chaos: ChaosConfiguration? = nil
 
     /// Memslots in the VM.
     public var memslotCount: Int { Int(vm.memoryBytes / vm.memslotBytes) }
@@ -106,6 +108,18 @@ public enum TimelineStep: Sendable, Equatable {
     case deleteMemslots(fraction: Double)
     /// The MMU notifier is released: one full zap.
     case fullZap
+    /// The host unmaps this fraction of the memslots (MMU-notifier unmap, one per memslot): their
+    /// SPTEs go from every root, valid or invalid.
+    case unmap(fraction: Double)
+    /// A dirty-logging operation on the valid roots, under the read lock while vCPUs may fault.
+    case dirtyLog(DirtyLogAction)
+    /// Every vCPU takes this many faults through the lockless fast path (writes to present
+    /// pages set their dirty bits; missing pages take the slow path).
+    case fastFaults(faults: Int)
+    /// Everything at once: each vCPU performs this many random operations (faults slow and fast,
+    /// resets, SMM switches) while the VM thread runs fast zaps, full zaps, unmaps and dirty
+    /// logging against them.
+    case workout(operations: Int)
     /// The VM is destroyed and checked.
     case teardown
 
@@ -117,7 +131,20 @@ public enum TimelineStep: Sendable, Equatable {
         case .resetVCPUs: "reset_vcpus"
         case .deleteMemslots: "delete_memslots"
         case .fullZap: "full_zap"
+        case .unmap: "unmap"
+        case .dirtyLog: "dirty_log"
+        case .fastFaults: "fast_faults"
+        case .workout: "workout"
         case .teardown: "teardown"
         }
     }
+}
+
+/// What a `dirty_log` step does.
+public enum DirtyLogAction: String, Sendable, Equatable, CaseIterable {
+    /// `KVM_CLEAR_DIRTY_LOG`: clear the dirty bit of every leaf (`kvm_tdp_mmu_clear_dirty_slot`).
+    case clear
+    /// Dirty logging off: zap the 4 KiB tables a huge page could replace
+    /// (`kvm_tdp_mmu_zap_collapsible_sptes`).
+    case disable
 }

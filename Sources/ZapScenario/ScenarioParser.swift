@@ -50,7 +50,7 @@ struct ScenarioReader {
     func scenario(_ root: Node) throws(ScenarioError) -> Scenario {
         let top = try mapping(root, key: nil, allowed: [
             "name", "description", "vm", "workload", "timeline", "repeat", "policies",
-            "workqueue_width", "seed", "slos", "inject",
+            "workqueue_width", "seed", "slos", "inject", "chaos",
         ])
         let vmNode = try required(top, "vm", in: root, path: nil)
         let workloadNode = try required(top, "workload", in: root, path: nil)
@@ -114,7 +114,8 @@ struct ScenarioReader {
             throw error(.badValue, workloadNode["vcpus"] ?? workloadNode, "workload.vcpus",
                         "\(workload.vcpus) vCPUs cannot each have a 2 MiB region of \(Quantities.formatSize(vm.memoryBytes)); use fewer vCPUs or more memory")
         }
-        return Scenario(
+        let seed = UInt64(try integer(top["seed"], key: "seed", default: 1, range: 0...Int.max))
+        var scenario = Scenario(
             name: try top["name"].map { node throws(ScenarioError) in try string(node, key: "name") } ?? "unnamed",
             summary: try top["description"].map { node throws(ScenarioError) in try string(node, key: "description") } ?? "",
             vm: vm,
@@ -123,9 +124,40 @@ struct ScenarioReader {
             repeatCount: try integer(top["repeat"], key: "repeat", default: 1, range: 1...1_000_000),
             policies: policies,
             workqueueWidth: try integer(top["workqueue_width"], key: "workqueue_width", default: 2, range: 1...1024),
-            seed: UInt64(try integer(top["seed"], key: "seed", default: 1, range: 0...Int.max)),
+            seed: seed,
             objectives: objectives,
             injectedBugs: bugs)
+        scenario.chaos = try top["chaos"].flatMap { node throws(ScenarioError) in try chaos(node, seed: seed) }
+        return scenario
+    }
+
+    /// `chaos: {probability: 0.1, max_delay: 200us, windows: [before-work-item, lock-handoff]}`:
+    /// windows default to all; a probability of 0 means none.
+    private func chaos(_ node: Node, seed: UInt64) throws(ScenarioError) -> ChaosConfiguration? {
+        let map = try mapping(node, key: "chaos", allowed: ["probability", "max_delay", "windows"])
+        let probability = try fraction(try required(map, "probability", in: node, path: "chaos"), key: "chaos.probability", default: 0)
+        var delay: UInt64 = 100_000
+        if let delayNode = map["max_delay"] {
+            let text = try string(delayNode, key: "chaos.max_delay")
+            do {
+                delay = try ChaosConfiguration.parse("1,\(text)", seed: seed)?.maxDelayNanoseconds ?? delay
+            } catch {
+                throw self.error(.badValue, delayNode, "chaos.max_delay", "'\(text)' is not a whole number of ns, us or ms up to 1 s (e.g. 200us)")
+            }
+        }
+        var windows = Set(RaceWindow.allCases)
+        if let windowsNode = map["windows"] {
+            windows = Set(try list(windowsNode, key: "chaos.windows").map { item throws(ScenarioError) in
+                let name = try string(item, key: "chaos.windows")
+                guard let window = RaceWindow(rawValue: name) else {
+                    throw error(.badValue, item, "chaos.windows", "unknown window '\(name)'; windows: \(RaceWindow.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                return window
+            })
+            guard !windows.isEmpty else { throw error(.badValue, windowsNode, "chaos.windows", "name at least one window, or leave the key out for all") }
+        }
+        guard probability > 0 else { return nil }
+        return ChaosConfiguration(seed: seed, probability: probability, maxDelayNanoseconds: delay, windows: windows)
     }
 
     private func vm(_ node: Node) throws(ScenarioError) -> VMShape {
@@ -195,7 +227,7 @@ struct ScenarioReader {
     private func timeline(_ node: Node) throws(ScenarioError) -> [TimelineStep] {
         let items = try list(node, key: "timeline")
         guard !items.isEmpty else { throw error(.badValue, node, "timeline", "the timeline is empty; list steps such as populate, reset_vcpus, teardown") }
-        let names = "populate, run, reset_vcpus, delete_memslots, full_zap, teardown"
+        let names = "populate, run, reset_vcpus, delete_memslots, full_zap, unmap, dirty_log, fast_faults, workout, teardown"
         return try items.map { item throws(ScenarioError) -> TimelineStep in
             if let name = item.scalar?.string {
                 switch name {
@@ -203,8 +235,8 @@ struct ScenarioReader {
                 case "reset_vcpus": return .resetVCPUs
                 case "full_zap": return .fullZap
                 case "teardown": return .teardown
-                case "run", "delete_memslots":
-                    throw error(.missingKey, item, "timeline", "'\(name)' takes parameters, e.g. `- run: {faults: 10000}` or `- delete_memslots: {fraction: 0.5}`")
+                case "run", "delete_memslots", "unmap", "dirty_log", "fast_faults", "workout":
+                    throw error(.missingKey, item, "timeline", "'\(name)' takes parameters, e.g. `- run: {faults: 10000}`, `- delete_memslots: {fraction: 0.5}`, `- unmap: {fraction: 0.25}`, `- dirty_log: clear`, `- fast_faults: {faults: 1000}`, `- workout: {operations: 2000}`")
                 default:
                     throw error(.unknownKey, item, "timeline", "unknown step '\(name)'; steps: \(names)")
                 }
@@ -223,6 +255,23 @@ struct ScenarioReader {
                 let share = try fraction(try required(parameters, "fraction", in: value, path: "timeline.delete_memslots"),
                                          key: "timeline.delete_memslots.fraction", default: 0)
                 return .deleteMemslots(fraction: share)
+            case "unmap":
+                let parameters = try mapping(value, key: "timeline.unmap", allowed: ["fraction"])
+                let share = try fraction(try required(parameters, "fraction", in: value, path: "timeline.unmap"),
+                                         key: "timeline.unmap.fraction", default: 0)
+                return .unmap(fraction: share)
+            case "dirty_log":
+                let text = try string(value, key: "timeline.dirty_log")
+                guard let action = DirtyLogAction(rawValue: text) else {
+                    throw error(.badValue, value, "timeline.dirty_log", "unknown dirty-log action '\(text)'; use clear or disable")
+                }
+                return .dirtyLog(action)
+            case "fast_faults", "workout":
+                let key = name == "workout" ? "operations" : "faults"
+                let parameters = try mapping(value, key: "timeline.\(name)", allowed: [key])
+                let count = try integer(try required(parameters, key, in: value, path: "timeline.\(name)"),
+                                        key: "timeline.\(name).\(key)", default: 0, range: 1...1_000_000_000)
+                return name == "workout" ? .workout(operations: count) : .fastFaults(faults: count)
             default:
                 throw error(.unknownKey, keyNode, "timeline", "unknown step '\(name)'; steps: \(names)")
             }

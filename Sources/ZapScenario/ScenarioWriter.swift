@@ -30,6 +30,10 @@ public enum ScenarioWriter {
             switch step {
             case .run(let faults): lines.append("  - run: {faults: \(faults)}")
             case .deleteMemslots(let fraction): lines.append("  - delete_memslots: {fraction: \(fraction)}")
+            case .unmap(let fraction): lines.append("  - unmap: {fraction: \(fraction)}")
+            case .dirtyLog(let action): lines.append("  - dirty_log: \(action.rawValue)")
+            case .fastFaults(let faults): lines.append("  - fast_faults: {faults: \(faults)}")
+            case .workout(let operations): lines.append("  - workout: {operations: \(operations)}")
             default: lines.append("  - \(step.name)")
             }
         }
@@ -39,6 +43,10 @@ public enum ScenarioWriter {
         lines.append("seed: \(scenario.seed)")
         if !scenario.injectedBugs.isEmpty {
             lines.append("inject: [\(scenario.injectedBugs.map(\.rawValue).joined(separator: ", "))]")
+        }
+        if let chaos = scenario.chaos {
+            let windows = RaceWindow.allCases.filter(chaos.windows.contains).map(\.rawValue).joined(separator: ", ")
+            lines.append("chaos: {probability: \(chaos.probability), max_delay: \(chaos.maxDelayNanoseconds)ns, windows: [\(windows)]}")
         }
         if !scenario.objectives.isEmpty {
             lines.append("slos:")

@@ -115,7 +115,7 @@ struct EngineCheckCommand: ParsableCommand {
             print("")
             print("policy \(policy) (\(policy.kernels)): \(verdict)")
             print("  SPTEs installed \(installed), zapped \(zapped); roots \(roots); zap yields \(yields)")
-            print("  longest block: fault \(format(longest.fault)), reset \(format(longest.reset)), fast zap \(format(longest.fastZap)), full zap \(format(longest.fullZap)), dirty log \(format(longest.dirtyLog)), teardown \(format(longest.teardown))")
+            print("  longest block: fault \(format(longest.fault)), reset \(format(longest.reset)), fast zap \(format(longest.fastZap)), full zap \(format(longest.fullZap)), dirty log \(format(longest.dirtyLog)), unmap \(format(longest.unmap)), teardown \(format(longest.teardown))")
             for (kind, count) in violations.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
                 print("  violation \(kind) (invariant \(kind.invariant)): \(count)")
             }

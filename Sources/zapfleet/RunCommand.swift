@@ -50,6 +50,11 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Seed of every random choice.")
     var seed: UInt64?
 
+    @Option(help: ArgumentHelp(
+        "Race amplification, replacing the scenario's chaos section: PROBABILITY[,MAX-DELAY] or 'off'.",
+        discussion: "A seeded delay (uniform up to MAX-DELAY, default 100us) at each pass through a race window (\(RaceWindow.allCases.map(\.rawValue).joined(separator: ", "))) with the given probability; the scenario's seed fixes every delay."))
+    var chaos: String?
+
     @Option(help: "Directory to write report.json, .hgrm files and scenario.yaml into.")
     var out: String?
 
@@ -150,6 +155,14 @@ struct RunCommand: ParsableCommand {
         if let size, let bytes = Quantities.parseSize(size) { scenario.vm.memoryBytes = bytes }
         if !inject.isEmpty { scenario.injectedBugs = inject }
         if let seed { scenario.seed = seed }
+        if let chaos {
+            do {
+                scenario.chaos = try ChaosConfiguration.parse(chaos, seed: scenario.seed)
+            } catch {
+                throw ScenarioError(.badValue, file: "--chaos", "\(error)")
+            }
+        }
+        scenario.chaos?.seed = scenario.seed
         // Objectives naming a policy that is no longer run are dropped with the policy.
         scenario.objectives = scenario.objectives.filter { $0.policy.map(scenario.policies.contains) ?? true }
         return try ScenarioParser.parse(ScenarioWriter.yaml(scenario), file: "\(self.scenario) (with command-line overrides)")

@@ -235,4 +235,55 @@ struct ObjectiveTests {
         #expect(outcomes.rejected > 1000)
         print("scenario parser fuzz: \(outcomes.parsed) parsed, \(outcomes.rejected) rejected with located errors")
     }
+
+}
+
+extension ScenarioParserTests {
+    @Test("the steps of every walker parse, and a chaos section becomes the run's race amplification")
+    func walkerStepsAndChaos() throws {
+        let text = Self.valid.replacingOccurrences(of: "  - populate\n  - teardown", with: """
+              - populate
+              - fast_faults: {faults: 10}
+              - dirty_log: clear
+              - dirty_log: disable
+              - unmap: {fraction: 0.5}
+              - workout: {operations: 20}
+              - teardown
+            seed: 9
+            chaos: {probability: 0.25, max_delay: 300us, windows: [lock-handoff, before-work-item]}
+            """)
+        let scenario = try ScenarioParser.parse(text, file: "walkers.yaml")
+        #expect(scenario.timeline == [.populate, .fastFaults(faults: 10), .dirtyLog(.clear), .dirtyLog(.disable),
+                                      .unmap(fraction: 0.5), .workout(operations: 20), .teardown])
+        #expect(scenario.chaos == ChaosConfiguration(seed: 9, probability: 0.25, maxDelayNanoseconds: 300_000,
+                                                     windows: [.lockHandoff, .beforeWorkItem]))
+        #expect(try ScenarioParser.parse(ScenarioWriter.yaml(scenario), file: "again") == scenario)
+    }
+
+    @Test("a bad chaos section or walker step is refused with its key and what to write",
+          arguments: [
+            ("chaos: {probability: 2}", "chaos.probability"),
+            ("chaos: {probability: 0.1, max_delay: 5s}", "chaos.max_delay"),
+            ("chaos: {probability: 0.1, windows: [tlb-flush]}", "chaos.windows"),
+            ("chaos: {probability: 0.1, windows: []}", "chaos.windows"),
+            ("chaos: {max_delay: 1ms}", "chaos.probability"),
+            ("chaos: {probability: 0.1, seed: 3}", "chaos.seed"),
+          ])
+    func badChaos(line: String, key: String) throws {
+        let error = try #require(failure(replacing: 6, with: "\(line)\ntimeline:"))
+        #expect(error.key == key, "\(error)")
+    }
+
+    @Test("a dirty-log step names its two actions when given another")
+    func badDirtyLog() throws {
+        let error = try #require(failure(replacing: 7, with: "  - dirty_log: enable"))
+        #expect(error.key == "timeline.dirty_log")
+        #expect(error.message.contains("clear or disable"))
+    }
+}
+
+extension String {
+    fileprivate func replacingOccurrences(of target: String, with replacement: String) -> String {
+        split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
+    }
 }

@@ -48,6 +48,18 @@ struct RunCommandTests {
         #expect(files.contains("sync-reset.projected.hgrm"))
     }
 
+    @Test("`zapfleet run races` reaches the double-queue race with its own race amplification: clean it exits 0, with the bug 2")
+    func racesReachTheDoubleQueueRace() throws {
+        let clean = try Self.zapfleet(["run", "races", "--policy", "async", "--quiet", "--out", Self.temporaryDirectory()])
+        #expect(clean.status == 0, "\(clean.out)\n\(clean.err)")
+        for step in ["fast_fault", "dirty_log", "unmap", "full_zap"] { #expect(clean.out.contains(step), "\(step)") }
+        let directory = Self.temporaryDirectory()
+        let broken = try Self.zapfleet(["run", "races", "--policy", "async", "--inject", "double-queue", "--quiet", "--out", directory])
+        #expect(broken.status == 2, "\(broken.out)\n\(broken.err)")
+        let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
+        #expect(report.policies.first?.violationsByKind["double-queue", default: 0] ?? 0 > 0)
+    }
+
     @Test("an injected double queue exits 2 and names the violation in the report")
     func injectedDoubleQueue() throws {
         let directory = Self.temporaryDirectory()
