@@ -152,7 +152,8 @@ public struct ConcurrencyStress: Sendable {
                 // Space the zaps out over the vCPUs' run.
                 usleep(UInt32(200 + rng.next() % 1500))
                 if vcpusRunning.finishedCount >= vcpusRunning.count - 1 && index > 0 { break }
-                if index % max(1, zapCount / max(1, fullCount)) == 0 && fullCount > 0 && index > 0 {
+                let stride = max(1, zapCount / max(1, fullCount))
+                if fullCount > 0 && index % stride == stride - 1 {
                     longest.fullZap = max(longest.fullZap, machine.fullZap().blockedNanoseconds)
                 } else {
                     longest.fastZap = max(longest.fastZap, machine.fastZap().blockedNanoseconds)

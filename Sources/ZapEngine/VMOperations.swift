@@ -80,9 +80,11 @@ extension VirtualMachine {
         return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
     }
 
-    /// VM destruction: every vCPU unloads its root, then `kvm_mmu_uninit_tdp_mmu` runs: the
-    /// workqueue is flushed and destroyed (`async`), or every root is invalidated and zapped
-    /// (`preserve`); after a grace-period barrier the roots list and the pool must be empty.
+    /// VM destruction in the kernel's order (`kvm_destroy_vm`): the MMU notifier is unregistered,
+    /// whose release zaps every root under the write lock (`kvm_mmu_zap_all`); then the vCPUs
+    /// are freed, each putting its root; then `kvm_mmu_uninit_tdp_mmu` runs: the workqueue is
+    /// flushed and destroyed (`async`), or every root is invalidated and zapped (`preserve`);
+    /// after a grace-period barrier the roots list and the pool must be empty.
     ///
     /// Invariant 1 is checked here. The vCPUs' threads must have stopped. Tearing down twice
     /// does nothing the second time.
@@ -95,7 +97,9 @@ extension VirtualMachine {
             finishOperation(slot)
             stopWatchdog()
         }
-        var zapped = 0
+        // `mmu_notifier_unregister` → `kvm_mmu_notifier_release` → `kvm_mmu_zap_all`.
+        var zapped = fullZap().sptesZappedInline
+        // `kvm_arch_destroy_vm` → `kvm_destroy_vcpus` → `kvm_mmu_unload`: each put finds its root empty.
         for vcpu in allVCPUs { zapped += vcpu.reset().sptesZappedInline }
         switch policy {
         case .async:

@@ -10,7 +10,7 @@ public enum ReportTable {
         func section(_ title: String) { rows.append([title]) }
 
         section("block time (measured)")
-        for operation in ["reset", "fault", "populate", "fast_zap", "full_zap", "teardown", "root_lifetime"] {
+        for operation in ["reset", "fault", "fast_fault", "populate", "fast_zap", "full_zap", "unmap", "dirty_log", "teardown", "root_lifetime"] {
             let summaries = report.policies.map { $0.operations[operation]?.measured }
             guard summaries.contains(where: { ($0?.count ?? 0) > 0 }) else { continue }
             row("  \(operation) n", summaries.map { "\($0?.count ?? 0)" })
@@ -22,7 +22,7 @@ public enum ReportTable {
             }
         }
         section("kernel projection (SPTEs zapped while the caller waited × \(Quantities.rounded(report.kernelNsPerSpte, 1)) ns)")
-        for operation in ["reset", "fast_zap", "full_zap", "teardown"] {
+        for operation in ["reset", "fast_zap", "full_zap", "unmap", "dirty_log", "teardown"] {
             let summaries = report.policies.map { $0.operations[operation]?.projected }
             guard summaries.contains(where: { ($0?.count ?? 0) > 0 }) else { continue }
             row("  \(operation) max", summaries.map { summary in

@@ -73,8 +73,11 @@ struct InjectedBugTests {
         vm.fastZap()
         vm.teardown()
         #expect(vm.checker.saw(.earlyReturn))
+        #expect(vm.checker.saw(.staleSPTE), "the fast zap's audit finds the root still mapped")
         #expect(vm.checker.saw(.rootLeaked))
-        #expect(vm.checker.saw(.sptesLeaked))
+        // Teardown starts with the notifier release's kvm_mmu_zap_all, which reaches every root,
+        // so the leaked root's SPTEs are zapped then, as in the kernel; only the root leaks.
+        #expect(!vm.checker.saw(.sptesLeaked), "\(vm.checker.violations)")
     }
 
     @Test("double-put: a root freed under a holder is caught when the holder touches it, before its memory is",
