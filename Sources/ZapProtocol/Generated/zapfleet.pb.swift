@@ -394,7 +394,8 @@ public nonisolated struct Zapfleet_V1_EncodedHistogram: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// The operation (fault, populate, reset, fast_zap, full_zap, teardown, root_lifetime).
+  /// The operation (fault, populate, reset, fast_zap, full_zap, teardown, root_lifetime, unmap,
+  /// dirty_log, fast_fault).
   public var operation: String = String()
 
   /// False: measured block times; true: the kernel projection.

@@ -308,7 +308,8 @@ struct  Zapfleet__V1__EncodedHistogram
 {
   ProtobufCMessage base;
   /*
-   * The operation (fault, populate, reset, fast_zap, full_zap, teardown, root_lifetime).
+   * The operation (fault, populate, reset, fast_zap, full_zap, teardown, root_lifetime, unmap,
+   * dirty_log, fast_fault).
    */
   char *operation;
   /*
