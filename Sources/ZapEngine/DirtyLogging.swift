@@ -13,9 +13,7 @@ extension VirtualMachine {
         let slot = activity.claim(.dirtyLog, actor: "VM thread")
         defer { finishOperation(slot) }
         var cleared = 0
-        slot.wait(.mmuLockRead)
-        mmuLock.lockShared()
-        slot.wait(.running)
+        lockMMU(.shared, telling: slot)
         for root in rootsToVisit() where !root.isInvalid && getRoot(root) {
             cleared += forEachPresentLeaf(of: root) { table, index, entry in
                 var seen = entry
@@ -49,9 +47,7 @@ extension VirtualMachine {
         let slot = activity.claim(.dirtyLog, actor: "VM thread")
         defer { finishOperation(slot) }
         var zapped = 0
-        slot.wait(.mmuLockRead)
-        mmuLock.lockShared()
-        slot.wait(.running)
+        lockMMU(.shared, telling: slot)
         for root in rootsToVisit() where !root.isInvalid && getRoot(root) {
             zapped += zapCollapsible(in: root)
             zapped += putRoot(root, mode: .shared)

@@ -77,3 +77,34 @@ public final class PThreadCondition: @unchecked Sendable {
     /// Wakes every waiter.
     public func broadcast() { pthread_cond_broadcast(condition) }
 }
+
+/// A one-shot event: signalled once, waited for by any number of threads.
+public final class OneShotEvent: @unchecked Sendable {
+    private let mutex = PThreadMutex()
+    private let condition = PThreadCondition()
+    private var signalled = false
+
+    /// An event not yet signalled.
+    public init() {}
+
+    /// Signals the event; every waiter, present and future, goes on.
+    public func signal() {
+        mutex.withLock { signalled = true }
+        condition.broadcast()
+    }
+
+    /// Waits until the event is signalled.
+    public func wait() {
+        mutex.lock()
+        while !signalled { condition.wait(mutex) }
+        mutex.unlock()
+    }
+
+    /// Waits at most `nanoseconds`; returns whether the event was signalled.
+    public func wait(timeoutNanoseconds nanoseconds: UInt64) -> Bool {
+        mutex.lock()
+        defer { mutex.unlock() }
+        if !signalled { condition.wait(mutex, timeoutNanoseconds: nanoseconds) }
+        return signalled
+    }
+}

@@ -16,9 +16,7 @@ extension VirtualMachine {
         let slot = activity.claim(.unmap, actor: "VM thread")
         defer { finishOperation(slot) }
         var zapped = 0
-        slot.wait(.mmuLockWrite)
-        mmuLock.lockExclusive()
-        slot.wait(.running)
+        lockMMU(.exclusive, telling: slot)
         invalidationsInProgress.wrappingIncrement(ordering: .releasing)
         for root in rootsToVisit() where getRoot(root) {
             zapped += zapRange(frames, of: root)

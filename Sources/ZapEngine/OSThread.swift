@@ -14,14 +14,14 @@ public final class OSThread: @unchecked Sendable {
 
     private var handle: pthread_t
     private var joined = false
-    private let done: Completion
+    private let done: OneShotEvent
     /// What the thread is for, e.g. `kvm-vm/0`.
     public let name: String
 
     /// Starts `body` on a new thread; `name` identifies it in diagnostics.
     public init(name: String, _ body: @escaping @Sendable () -> Void) {
         self.name = name
-        let done = Completion()
+        let done = OneShotEvent()
         self.done = done
         let box = Unmanaged.passRetained(Box({
             // Race amplification seeds each thread's delays from its name.
@@ -86,26 +86,6 @@ public final class OSThread: @unchecked Sendable {
         }
         join()
         return true
-    }
-}
-
-/// A one-shot event: signalled once, waited for by anyone.
-private final class Completion: @unchecked Sendable {
-    private let mutex = PThreadMutex()
-    private let condition = PThreadCondition()
-    private var signalled = false
-
-    func signal() {
-        mutex.withLock { signalled = true }
-        condition.broadcast()
-    }
-
-    /// Returns whether the event happened within `nanoseconds`.
-    func wait(timeoutNanoseconds nanoseconds: UInt64) -> Bool {
-        mutex.lock()
-        defer { mutex.unlock() }
-        if !signalled { condition.wait(mutex, timeoutNanoseconds: nanoseconds) }
-        return signalled
     }
 }
 

@@ -6,7 +6,8 @@ import Darwin
 
 /// A window in which two of the engine's actors can race, where a delay makes the race likely.
 public enum RaceWindow: String, CaseIterable, Sendable, Codable, CustomStringConvertible {
-    /// Before a zap work item starts: a defunct root's item stays pending, so a fast zap meets it.
+    /// Before a workqueue worker takes a pending item: the item stays pending, so a fast zap
+    /// meets a defunct root whose work has not started.
     case beforeWorkItem = "before-work-item"
     /// At a zap's step boundary, before it accounts the step and looks for waiters.
     case zapStep = "zap-step"

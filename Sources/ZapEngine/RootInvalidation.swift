@@ -20,12 +20,9 @@ extension VirtualMachine {
     /// `tdp_mmu_zap_root_work`: the worker zaps an invalid root under the read lock, then puts
     /// the reference it was gifted.
     func zapRootWork(_ root: Root) {
-        chaos?.pass(.beforeWorkItem)
         let slot = activity.claim(.zapWork, actor: "zap worker")
         defer { finishOperation(slot) }
-        slot.wait(.mmuLockRead)
-        mmuLock.lockShared()
-        slot.wait(.running)
+        lockMMU(.shared, telling: slot)
         root.advance(to: .zapping)
         zapRoot(root, mode: .shared, yieldable: true)
         root.advance(to: .zapped)

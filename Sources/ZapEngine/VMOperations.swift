@@ -15,9 +15,7 @@ extension VirtualMachine {
         defer { finishOperation(slot) }
         slot.wait(.slotsLock)
         slotsLock.lock()
-        slot.wait(.mmuLockWrite)
-        mmuLock.lockExclusive()
-        slot.wait(.running)
+        lockMMU(.exclusive, telling: slot)
         let invalidated = invalidateAllRoots()
         // Every root listed now was there before this invalidation: none may map anything when
         // the call returns, whatever the zap code believes it did.
@@ -64,9 +62,7 @@ extension VirtualMachine {
         let slot = activity.claim(.fullZap, actor: "VM thread")
         defer { finishOperation(slot) }
         var zapped = 0
-        slot.wait(.mmuLockWrite)
-        mmuLock.lockExclusive()
-        slot.wait(.running)
+        lockMMU(.exclusive, telling: slot)
         // `mmu_invalidate_in_progress`: faults that get the lock while this zap yields must not
         // map anything behind it.
         invalidationsInProgress.wrappingIncrement(ordering: .releasing)
@@ -131,6 +127,13 @@ extension VirtualMachine {
             checker.record(.sptesLeaked, "\(installed) leaf SPTEs installed but \(removed) zapped at teardown")
         }
         return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+    }
+
+    /// Takes `mmu_lock` in `mode`, telling the watchdog through `slot` while it waits.
+    func lockMMU(_ mode: MMULockMode, telling slot: ActivitySlot) {
+        slot.wait(mode == .shared ? .mmuLockRead : .mmuLockWrite)
+        if mode == .shared { mmuLock.lockShared() } else { mmuLock.lockExclusive() }
+        slot.wait(.running)
     }
 
     /// Ends a VM operation's activity and counts it as progress.

@@ -126,8 +126,10 @@ public final class VirtualMachine: @unchecked Sendable {
         pool = try PageTablePool(budgetBytes: configuration.pageTableBudgetBytes)
         let stepBound = Self.stepBound(configuration.policy)
         gracePeriod = GracePeriod(pool: pool, onRetire: { lock.noteTablesRetired($0, stepBound: stepBound) })
+        var beforeWork: (@Sendable () -> Void)?
+        if let amplifier { beforeWork = { amplifier.pass(.beforeWorkItem) } }
         zapQueue = configuration.policy == .async
-            ? WorkQueue(name: "kvm-\(configuration.name)", maxActive: configuration.workqueueWidth) : nil
+            ? WorkQueue(name: "kvm-\(configuration.name)", maxActive: configuration.workqueueWidth, beforeTakingWork: beforeWork) : nil
         let bugs = configuration.injectedBugs
         injectsDoubleQueue = bugs.contains(.doubleQueue)
         injectsNoFlush = bugs.contains(.noFlush)

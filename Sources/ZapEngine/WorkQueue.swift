@@ -63,11 +63,16 @@ public final class WorkQueue: @unchecked Sendable {
     private let rejectedPending = ManagedAtomic<Int>(0)
     private let rejectedDestroyed = ManagedAtomic<Int>(0)
 
+    /// Runs on a worker that found work, before it takes the item, with the queue unlocked: the
+    /// item stays pending meanwhile, as when an unbound worker wakes late (race amplification).
+    private let beforeTakingWork: (@Sendable () -> Void)?
+
     /// Creates the queue and its `maxActive` worker threads.
-    public init(name: String, maxActive: Int) {
+    public init(name: String, maxActive: Int, beforeTakingWork: (@Sendable () -> Void)? = nil) {
         precondition(maxActive >= 1, "a workqueue needs at least one worker")
         self.name = name
         self.maxActive = maxActive
+        self.beforeTakingWork = beforeTakingWork
         for index in 0..<maxActive {
             workers.append(OSThread(name: "\(name)/\(index)") { [unowned self] in self.workerLoop() })
         }
@@ -144,9 +149,18 @@ public final class WorkQueue: @unchecked Sendable {
 
     private func workerLoop() {
         mutex.lock()
+        var wokeLate = false
         while true {
             // An item re-queued while it runs stays pending until its current run ends.
+            if let beforeTakingWork, !wokeLate, pending.contains(where: { !$0.item.isRunning }) {
+                wokeLate = true
+                mutex.unlock()
+                beforeTakingWork()
+                mutex.lock()
+                continue
+            }
             if let index = pending.firstIndex(where: { !$0.item.isRunning }) {
+                wokeLate = false
                 let entry = pending.remove(at: index)
                 entry.item.isPending = false
                 entry.item.isRunning = true

@@ -13,7 +13,7 @@ extension WorkQueue {
         let queue = WorkQueue(name: "wq-probe", maxActive: maxActive)
 
         // 1. `queue_work` on a pending item returns false, and the item runs once.
-        let release = ProbeGate()
+        let release = OneShotEvent()
         let started = ManagedAtomic<Int>(0)
         for index in 0..<maxActive {
             queue.queue(WorkItem(label: "blocker\(index)") { started.wrappingIncrement(ordering: .relaxed); release.wait() })
@@ -26,15 +26,15 @@ extension WorkQueue {
         if first != .queued || second != .alreadyPending {
             problems.append("queueing a pending item twice returned \(first), \(second), not queued, already pending")
         }
-        release.open()
+        release.signal()
         queue.flush()
         if runs.load(ordering: .relaxed) != 1 {
             problems.append("an item queued twice while pending ran \(runs.load(ordering: .relaxed)) times, not once")
         }
 
         // 2. Queueing a running item runs it again afterwards, never on two workers at once.
-        let inside = ProbeGate()
-        let letGo = ProbeGate()
+        let inside = OneShotEvent()
+        let letGo = OneShotEvent()
         let reruns = ManagedAtomic<Int>(0)
         let overlapping = ManagedAtomic<Int>(0)
         let active = ManagedAtomic<Int>(0)
@@ -42,14 +42,14 @@ extension WorkQueue {
             if active.wrappingIncrementThenLoad(ordering: .acquiringAndReleasing) > 1 {
                 overlapping.wrappingIncrement(ordering: .relaxed)
             }
-            if reruns.load(ordering: .relaxed) == 0 { inside.open(); letGo.wait() }
+            if reruns.load(ordering: .relaxed) == 0 { inside.signal(); letGo.wait() }
             reruns.wrappingIncrement(ordering: .relaxed)
             active.wrappingDecrement(ordering: .acquiringAndReleasing)
         }
         queue.queue(running)
         inside.wait()
         let again = queue.queue(running)
-        letGo.open()
+        letGo.signal()
         queue.flush()
         if again != .queued || reruns.load(ordering: .relaxed) != 2 {
             problems.append("an item queued while running was \(again) and ran \(reruns.load(ordering: .relaxed)) times, not again once")
@@ -74,23 +74,5 @@ extension WorkQueue {
         let refused = queue.queue(WorkItem(label: "after") {})
         if refused != .refused { problems.append("a destroyed queue answered \(refused) to new work, not refused") }
         return problems
-    }
-}
-
-/// A one-shot gate for the probe's items.
-private final class ProbeGate: @unchecked Sendable {
-    private let mutex = PThreadMutex()
-    private let condition = PThreadCondition()
-    private var isOpen = false
-
-    func open() {
-        mutex.withLock { isOpen = true }
-        condition.broadcast()
-    }
-
-    func wait() {
-        mutex.lock()
-        while !isOpen { condition.wait(mutex) }
-        mutex.unlock()
     }
 }
