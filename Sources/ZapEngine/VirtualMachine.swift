@@ -4,7 +4,7 @@ import Atomics
 public struct VMConfiguration: Sendable {
     /// Who zaps roots, and when.
     public var policy: ZapPolicy
-    /// `max_active` of the zap workqueue (`async` only).
+    /// `max_active` of the zap workqueue (`async` only); the kernel's default (`WQ_DFL_ACTIVE`) is 256.
     public var workqueueWidth: Int
     /// Address space reserved for page tables, in bytes; faults fail cleanly beyond it.
     public var pageTableBudgetBytes: Int
@@ -23,7 +23,7 @@ public struct VMConfiguration: Sendable {
     /// A configuration with the kernel's shapes as defaults.
     public init(
         policy: ZapPolicy,
-        workqueueWidth: Int = 2,
+        workqueueWidth: Int = 256,
         pageTableBudgetBytes: Int = 4 << 30,
         injectedBugs: Set<InjectedBug> = [],
         name: String = "vm",
@@ -141,7 +141,8 @@ public final class VirtualMachine: @unchecked Sendable {
         if configuration.policy == .async {
             // The VM's roots rely on these rules; a correct workload never tests "pending at most
             // once" (only a double-queue bug does), so each is probed on a queue of the same code.
-            for problem in WorkQueue.kernelRuleViolations(maxActive: configuration.workqueueWidth) {
+            // Four workers show every rule; a probe as wide as the kernel's 256 would start 256 threads.
+            for problem in WorkQueue.kernelRuleViolations(maxActive: min(configuration.workqueueWidth, 4)) {
                 checker.record(.workqueueRule, problem)
             }
         }

@@ -38,6 +38,8 @@ public enum QueueOutcome: Sendable, Equatable {
 /// - queueing an item that is running (not pending) makes it run again after the current run;
 /// - ``flush()`` waits for every item queued before the call, not for later ones;
 /// - ``destroy()`` drains the queue (work queued by running items included), then refuses.
+///
+/// Workers hold their queue: call ``destroy()`` when done, or the started workers wait forever.
 public final class WorkQueue: @unchecked Sendable {
     private struct Entry {
         let item: WorkItem
@@ -59,6 +61,8 @@ public final class WorkQueue: @unchecked Sendable {
     private var stopping = false
     private var flushing = 0
     private var workers: [OSThread] = []
+    /// Workers waiting for work; a new one starts only when runnable items outnumber them.
+    private var idleWorkers = 0
     private let executed = ManagedAtomic<Int>(0)
     private let rejectedPending = ManagedAtomic<Int>(0)
     private let rejectedDestroyed = ManagedAtomic<Int>(0)
@@ -67,16 +71,28 @@ public final class WorkQueue: @unchecked Sendable {
     /// item stays pending meanwhile, as when an unbound worker wakes late (race amplification).
     private let beforeTakingWork: (@Sendable () -> Void)?
 
-    /// Creates the queue and its `maxActive` worker threads.
+    /// Creates the queue. Workers start on demand, as an unbound worker pool grows: a new one
+    /// when work is queued and none is idle, up to `maxActive` (the kernel's default for
+    /// `alloc_workqueue(..., 0)` is 256), so a wide queue costs threads only when work is parallel.
     public init(name: String, maxActive: Int, beforeTakingWork: (@Sendable () -> Void)? = nil) {
         precondition(maxActive >= 1, "a workqueue needs at least one worker")
         self.name = name
         self.maxActive = maxActive
         self.beforeTakingWork = beforeTakingWork
-        for index in 0..<maxActive {
-            workers.append(OSThread(name: "\(name)/\(index)") { [unowned self] in self.workerLoop() })
-        }
     }
+
+    /// Starts a worker if more items can run than workers wait for them; with the mutex held.
+    /// (A signalled worker counts as idle until it wakes, so a burst may start one too many.)
+    private func startWorkerIfNeeded() {
+        let runnable = pending.reduce(0) { $0 + ($1.item.isRunning ? 0 : 1) }
+        guard runnable > idleWorkers, workers.count < maxActive, !stopping else { return }
+        // Strong: a worker left behind by a destroy that gave up (stuck in its item) must never
+        // find its queue freed. The queue lives until its last worker has left.
+        workers.append(OSThread(name: "\(name)/\(workers.count)") { self.workerLoop() })
+    }
+
+    /// Worker threads started so far.
+    public var workerCount: Int { mutex.withLock { workers.count } }
 
     deinit {
         if !destroyed { shutDownWorkers() }
@@ -100,6 +116,7 @@ public final class WorkQueue: @unchecked Sendable {
         nextSequence += 1
         pending.append(entry)
         inFlight.insert(entry.sequence)
+        startWorkerIfNeeded()
         workAvailable.signal()
         return .queued
     }
@@ -142,9 +159,12 @@ public final class WorkQueue: @unchecked Sendable {
         mutex.lock()
         stopping = true
         workAvailable.broadcast()
+        let started = workers
         mutex.unlock()
-        if join { for worker in workers { worker.join() } }
+        if join { for worker in started { worker.join() } }
+        mutex.lock()
         workers.removeAll()
+        mutex.unlock()
     }
 
     private func workerLoop() {
@@ -175,7 +195,9 @@ public final class WorkQueue: @unchecked Sendable {
             } else if stopping {
                 break
             } else {
+                idleWorkers += 1
                 workAvailable.wait(mutex)
+                idleWorkers -= 1
             }
         }
         mutex.unlock()

@@ -30,7 +30,6 @@ public enum BuiltinScenarios {
           - delete_memslots: {fraction: 0.5}
           - teardown
         policies: [sync, async, preserve]
-        workqueue_width: 2
         seed: 1
         slos:
           - "violations == 0"
@@ -54,7 +53,6 @@ public enum BuiltinScenarios {
           - delete_memslots: {fraction: 0.00003}   # one memslot of 32768: one fast zap
           - teardown
         policies: [sync, async]
-        workqueue_width: 2
         seed: 1
         slos:
           - "violations == 0"

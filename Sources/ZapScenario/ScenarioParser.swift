@@ -123,7 +123,7 @@ struct ScenarioReader {
             timeline: timeline,
             repeatCount: try integer(top["repeat"], key: "repeat", default: 1, range: 1...1_000_000),
             policies: policies,
-            workqueueWidth: try integer(top["workqueue_width"], key: "workqueue_width", default: 2, range: 1...1024),
+            workqueueWidth: try integer(top["workqueue_width"], key: "workqueue_width", default: 256, range: 1...1024),
             seed: seed,
             objectives: objectives,
             injectedBugs: bugs)

@@ -46,8 +46,8 @@ struct EngineCheckCommand: ParsableCommand {
     @Option(name: .long, help: "First seed.")
     var seed: UInt64 = 1
 
-    @Option(name: .long, help: "Zap workqueue width (max_active), async only.")
-    var workqueueWidth: Int = 2
+    @Option(name: .long, help: "Zap workqueue width (max_active), async only; the kernel's default is 256 (workers start on demand).")
+    var workqueueWidth: Int = 256
 
     @Option(name: .long, help: ArgumentHelp(
         "Seconds without progress, while an operation is in flight, before the watchdog reports a livelock.",

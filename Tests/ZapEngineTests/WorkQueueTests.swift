@@ -124,3 +124,33 @@ struct WorkQueueProbeTests {
         vm.teardown()
     }
 }
+
+@Suite("Workqueue workers start on demand")
+struct WorkQueueOnDemandTests {
+    @Test("a wide queue starts a worker only when work waits and none is idle, never more than max_active")
+    func workersOnDemand() {
+        let queue = WorkQueue(name: "t", maxActive: 256)
+        #expect(queue.workerCount == 0)
+        let runs = Log<Int>()
+        for index in 0..<20 { queue.queue(WorkItem(label: "serial\(index)") { runs.append(index) }); queue.flush() }
+        #expect(runs.count == 20)
+        #expect(queue.workerCount <= 2, "one item at a time needs one worker (two at most while the first goes idle): \(queue.workerCount)")
+        let release = Gate()
+        let inside = Log<Int>()
+        for index in 0..<6 { queue.queue(WorkItem(label: "parallel\(index)") { inside.append(index); release.wait() }) }
+        #expect(eventually { inside.count == 6 }, "six blocked items run at once")
+        release.open()
+        queue.flush()
+        let narrow = WorkQueue(name: "n", maxActive: 3)
+        let gate = Gate()
+        let running = Log<Int>()
+        for index in 0..<6 { narrow.queue(WorkItem(label: "w\(index)") { running.append(index); gate.wait() }) }
+        #expect(eventually { running.count == 3 })
+        #expect(narrow.workerCount == 3)
+        gate.open()
+        narrow.flush()
+        #expect(running.count == 6)
+        queue.destroy()
+        narrow.destroy()
+    }
+}

@@ -62,7 +62,7 @@ struct ScenarioParserTests {
         let scenario = try ScenarioParser.parse(Self.valid, file: "ok.yaml")
         #expect(scenario.vm.memslotBytes == 2 << 30)
         #expect(scenario.policies == ZapPolicy.allCases)
-        #expect(scenario.workqueueWidth == 2)
+        #expect(scenario.workqueueWidth == 256, "the kernel's default max_active")
         #expect(scenario.repeatCount == 1)
         #expect(scenario.workload.touched == 1)
     }
