@@ -42,7 +42,8 @@ extension VirtualMachine {
     /// - `async`: each root not already invalid gets one extra reference, a gift to the worker,
     ///   and is queued. Skipping invalid roots is what keeps a root queued once: a defunct root
     ///   is already queued by the put that made it so.
-    /// - `sync`: each gets a reference that the caller puts after zapping it.
+    /// - `sync` (v5.17): every root whose count is not zero, invalid or not, gets a reference that
+    ///   the caller puts after zapping it.
     /// - `preserve`: each is marked "scheduled to zap"; the MMU's own reference is the gift.
     /// - Returns: the roots this call invalidated (those the caller must zap under `sync`).
     func invalidateAllRoots() -> [Root] {
@@ -67,7 +68,9 @@ extension VirtualMachine {
                 root.advance(to: .invalidQueued)
                 scheduleZap(root)
             case .sync:
-                if root.isInvalid { continue }
+                // v5.17 takes a reference on every root it can, invalid ones included (a root an
+                // earlier fast zap left listed is zapped again, finding it empty), and its caller
+                // zaps and puts each one.
                 guard getRoot(root) else { continue }
                 _ = root.markInvalid()
                 root.advance(to: .invalidQueued)
