@@ -22,6 +22,8 @@ final class EngineCounters: @unchecked Sendable {
     let fullZaps = ManagedAtomic<Int>(0)
     /// Fast page faults fixed without `mmu_lock`.
     let fastFaultsFixed = ManagedAtomic<Int>(0)
+    /// Huge leaves a fault replaced by a table (zapped, counted in `sptesZapped`).
+    let hugePagesSplit = ManagedAtomic<Int>(0)
     /// Dirty bits cleared by `KVM_CLEAR_DIRTY_LOG`.
     let dirtyBitsCleared = ManagedAtomic<Int>(0)
     /// How often each injected bug's broken path ran (``InjectedBug/allCases`` order): an

@@ -15,8 +15,12 @@ extension VirtualMachine {
     /// Follows (or builds) the path from the root down to the table at `targetLevel` that
     /// covers `gfn`. Runs with `mmu_lock` held for read and inside a read-side section, so a
     /// table reached from the root stays allocated until the walk ends even if a zap unlinks it.
+    ///
+    /// With `replacingHugePages`, a huge leaf above the target level is zapped and replaced by a
+    /// table (`kvm_tdp_mmu_map`: `tdp_mmu_zap_spte_atomic`, then `tdp_mmu_link_sp`), as when dirty
+    /// logging or NX forces a smaller mapping; otherwise the fault is already mapped.
     @inline(__always)
-    func walkToTable(_ root: Root, gfn: UInt64, targetLevel: Int) -> (table: PageTable?, result: MapResult) {
+    func walkToTable(_ root: Root, gfn: UInt64, targetLevel: Int, replacingHugePages: Bool = false) -> (table: PageTable?, result: MapResult) {
         var table = pool.table(root.table)
         var level = PagingGeometry.rootLevel
         while level > targetLevel {
@@ -40,7 +44,21 @@ extension VirtualMachine {
                 pool.free(page)  // never published, so no grace period is needed
                 entry = seen
             }
-            if entry.isLeaf(atLevel: level) { return (nil, .alreadyMapped) }
+            if entry.isLeaf(atLevel: level) {
+                guard replacingHugePages else { return (nil, .alreadyMapped) }
+                // Freeze the huge leaf first, so no other walker can change it while it goes; a
+                // lost race means someone else changed it: retry the fault from the root.
+                guard table.compareExchange(index, expected: entry, desired: .removed).exchanged else {
+                    return (nil, .retry(installed: 0))
+                }
+                counters.sptesZapped.wrappingIncrement(ordering: .relaxed)
+                counters.accessedZapped.wrappingIncrement(by: Int((entry.rawValue >> 5) & 1), ordering: .relaxed)
+                counters.dirtyZapped.wrappingIncrement(by: Int((entry.rawValue >> 6) & 1), ordering: .relaxed)
+                counters.hugePagesSplit.wrappingIncrement(ordering: .relaxed)
+                // (Remote TLBs are flushed here in the kernel.) Then the entry is free to link.
+                table.store(index, .nonPresent)
+                return (nil, .retry(installed: 0))
+            }
             chaos?.pass(.faultWalk)
             table = pool.table(PageIndex(rawValue: UInt32(truncatingIfNeeded: entry.frame)))
             level -= 1
@@ -52,9 +70,9 @@ extension VirtualMachine {
     ///
     /// Where a table already exists at the leaf's level (smaller pages there), the fault is
     /// counted as already mapped: the engine does not collapse tables into large pages.
-    func mapFrame(_ root: Root, gfn: UInt64, size: PageSize, writable: Bool, dirty: Bool) -> MapResult {
+    func mapFrame(_ root: Root, gfn: UInt64, size: PageSize, writable: Bool, dirty: Bool, replacingHugePages: Bool = false) -> MapResult {
         let aligned = gfn & ~(size.frames - 1)
-        let (table, result) = walkToTable(root, gfn: aligned, targetLevel: size.level)
+        let (table, result) = walkToTable(root, gfn: aligned, targetLevel: size.level, replacingHugePages: replacingHugePages)
         guard let table else { return result }
         let index = PagingGeometry.index(of: aligned, atLevel: size.level)
         let leaf = SPTE.leaf(frame: aligned, level: size.level, writable: writable, dirty: dirty)

@@ -91,10 +91,13 @@ public final class VCPU: @unchecked Sendable {
 
     /// A page fault on guest frame `gfn` that maps it with a leaf of `size`.
     @discardableResult
-    public func fault(gfn: UInt64, size: PageSize = .size4K, write: Bool = true) -> OperationOutcome {
+    ///
+    /// With `replacingHugePages` (dirty logging or NX forcing `size`), a larger leaf in the way is
+    /// zapped and replaced by a table; otherwise the fault finds the page already mapped.
+    public func fault(gfn: UInt64, size: PageSize = .size4K, write: Bool = true, replacingHugePages: Bool = false) -> OperationOutcome {
         let vm = self.vm
         return faultLoop { root in
-            vm.mapFrame(root, gfn: gfn, size: size, writable: true, dirty: write)
+            vm.mapFrame(root, gfn: gfn, size: size, writable: true, dirty: write, replacingHugePages: replacingHugePages)
         }
     }
 

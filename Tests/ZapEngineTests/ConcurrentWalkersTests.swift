@@ -95,6 +95,24 @@ struct ConcurrentWalkersTests {
         #expect(vm.checker.total == 0, "\(vm.checker.violations)")
     }
 
+    @Test("a 4 KiB fault under dirty logging replaces a 2 MiB leaf by a table: the huge leaf is zapped, the small one installed")
+    func faultReplacesAHugeLeaf() throws {
+        let vm = try makeVM()
+        let vcpu = vm.makeVCPU()
+        vcpu.fault(gfn: 1024, size: .size2M)
+        let root = try #require(vcpu.loadedRoot)
+        #expect(leaf(vm, root, gfn: 1030)?.isLeaf(atLevel: 2) == true)
+        #expect(vcpu.fault(gfn: 1030).sptesInstalled == 0, "without the split the page is already mapped")
+        #expect(vcpu.fault(gfn: 1030, replacingHugePages: true).sptesInstalled == 1)
+        #expect(vm.counters.hugePagesSplit.load(ordering: .relaxed) == 1)
+        #expect(leaf(vm, root, gfn: 1030)?.isLeaf(atLevel: 1) == true)
+        #expect(leaf(vm, root, gfn: 1031) == nil, "the rest of the 2 MiB page faults again")
+        #expect(vm.presentLeaves(under: root) == 1)
+        vm.teardown()
+        #expect(vm.checker.total == 0, "\(vm.checker.violations)")
+        #expect(vm.statistics.sptesInstalled == 2 && vm.statistics.sptesZapped == 2)
+    }
+
     @Test("the workout with race amplification: every walker concurrent, no violation under any policy")
     func amplifiedWorkoutIsClean() throws {
         for policy in ZapPolicy.allCases {
