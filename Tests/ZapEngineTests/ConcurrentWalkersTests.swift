@@ -113,6 +113,33 @@ struct ConcurrentWalkersTests {
         #expect(vm.statistics.sptesInstalled == 2 && vm.statistics.sptesZapped == 2)
     }
 
+    @Test("a table torn down without freezing its entries loses the leaf a fault inside it installs: sptes-leaked, a verdict")
+    func unfrozenTeardownLosesALeaf() throws {
+        let vm = try VirtualMachine(configuration: VMConfiguration(policy: .async, pageTableBudgetBytes: 256 << 20))
+        let vcpu = vm.makeVCPU()
+        vcpu.fault(gfn: 3)
+        let root = try #require(vcpu.loadedRoot)
+        let levelTwo = vm.pool.table(PageIndex(rawValue: UInt32(vm.pool.table(PageIndex(rawValue: UInt32(vm.pool.table(root.table).load(0).frame))).load(0).frame)))
+        let leafPage = PageIndex(rawValue: UInt32(levelTwo.load(0).frame))
+        let leafTable = vm.pool.table(leafPage)
+        // What handle_removed_pt does without REMOVED_SPTE: unlink, read (not freeze) the entries
+        // and account them, retire the table...
+        vm.mmuLock.withShared {
+            #expect(levelTwo.compareExchange(0, expected: levelTwo.load(0), desired: .removed).exchanged)
+            let leaves = (0..<512).filter { leafTable.load($0).isPresent }.count
+            vm.counters.sptesZapped.wrappingIncrement(by: leaves, ordering: .relaxed)
+            // ...while a fault that was already inside the table installs into it: its
+            // compare-exchange succeeds, because nothing froze the entry.
+            let installed = leafTable.compareExchange(9, expected: .nonPresent, desired: .leaf(frame: 9, level: 1, writable: true, dirty: true))
+            #expect(installed.exchanged)
+            vm.counters.sptesInstalled.wrappingIncrement(ordering: .relaxed)
+            vm.gracePeriod.retire(leafPage)
+            levelTwo.store(0, .nonPresent)
+        }
+        vm.teardown()
+        #expect(vm.checker.saw(.sptesLeaked), "\(vm.checker.violations)")
+    }
+
     @Test("the workout with race amplification: every walker concurrent, no violation under any policy")
     func amplifiedWorkoutIsClean() throws {
         for policy in ZapPolicy.allCases {
