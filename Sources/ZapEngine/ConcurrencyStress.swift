@@ -162,9 +162,11 @@ public struct ConcurrencyStress: Sendable {
                 }
                 // Dirty logging between memslot operations, racing the vCPUs in valid roots.
                 usleep(UInt32(100 + rng.next() % 800))
-                switch rng.next() % 3 {
+                switch rng.next() % 4 {
                 case 0:
                     longest.dirtyLog = max(longest.dirtyLog, machine.clearDirtyLog().blockedNanoseconds)
+                case 3:
+                    longest.dirtyLog = max(longest.dirtyLog, machine.writeProtectForDirtyLog().blockedNanoseconds)
                 case 1:
                     longest.dirtyLog = max(longest.dirtyLog, machine.zapCollapsibleSPTEs().blockedNanoseconds)
                 default:

@@ -16,20 +16,49 @@ extension VirtualMachine {
         lockMMU(.shared, telling: slot)
         for root in rootsToVisit() where !root.isInvalid && getRoot(root) {
             cleared += forEachPresentLeaf(of: root) { table, index, entry in
-                var seen = entry
-                while seen.isPresent && seen.rawValue & SPTE.dirtyBit != 0 {
-                    let cleaned = SPTE(rawValue: seen.rawValue & ~SPTE.dirtyBit)
-                    let (exchanged, now) = table.compareExchange(index, expected: seen, desired: cleaned)
-                    if exchanged { return true }
-                    seen = now
-                }
-                return false
+                clearBit(SPTE.dirtyBit, in: table, at: index, seen: entry)
             }
             putRoot(root, mode: .shared)
         }
         mmuLock.unlockShared()
         counters.dirtyBitsCleared.wrappingIncrement(by: cleared, ordering: .relaxed)
         return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start)
+    }
+
+    /// `kvm_tdp_mmu_wrprot_slot` (dirty logging enabled on a memslot): under the read lock, for
+    /// each valid root, clears the writable bit of every present leaf with a compare-exchange, so
+    /// that the guest's next write to each page faults and is logged. The fast page fault path
+    /// then makes the page writable again without `mmu_lock` (``fastPageFault(_:gfn:write:)``),
+    /// racing this walk and the zaps on the same entries. Eager huge-page splitting is not modelled.
+    /// - Returns: the time the caller was blocked.
+    @discardableResult
+    public func writeProtectForDirtyLog() -> OperationOutcome {
+        let start = monotonicNanoseconds()
+        let slot = activity.claim(.dirtyLog, actor: "VM thread")
+        defer { finishOperation(slot) }
+        var protected = 0
+        lockMMU(.shared, telling: slot)
+        for root in rootsToVisit() where !root.isInvalid && getRoot(root) {
+            protected += forEachPresentLeaf(of: root) { table, index, entry in
+                clearBit(SPTE.writableBit, in: table, at: index, seen: entry)
+            }
+            putRoot(root, mode: .shared)
+        }
+        mmuLock.unlockShared()
+        counters.pagesWriteProtected.wrappingIncrement(by: protected, ordering: .relaxed)
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start)
+    }
+
+    /// Clears `bit` of a present leaf by compare-exchange, re-reading when a racing walker changed
+    /// the entry and stopping when a zap froze it. Returns whether this call cleared it.
+    private func clearBit(_ bit: UInt64, in table: PageTable, at index: Int, seen entry: SPTE) -> Bool {
+        var seen = entry
+        while seen.isPresent && seen.rawValue & bit != 0 {
+            let (exchanged, now) = table.compareExchange(index, expected: seen, desired: SPTE(rawValue: seen.rawValue & ~bit))
+            if exchanged { return true }
+            seen = now
+        }
+        return false
     }
 
     /// `kvm_tdp_mmu_zap_collapsible_sptes` (dirty logging disabled on a memslot): under the read

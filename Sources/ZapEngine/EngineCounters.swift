@@ -24,6 +24,8 @@ final class EngineCounters: @unchecked Sendable {
     let fastFaultsFixed = ManagedAtomic<Int>(0)
     /// Huge leaves a fault replaced by a table (zapped, counted in `sptesZapped`).
     let hugePagesSplit = ManagedAtomic<Int>(0)
+    /// Leaves write-protected for dirty logging.
+    let pagesWriteProtected = ManagedAtomic<Int>(0)
     /// Dirty bits cleared by `KVM_CLEAR_DIRTY_LOG`.
     let dirtyBitsCleared = ManagedAtomic<Int>(0)
     /// How often each injected bug's broken path ran (``InjectedBug/allCases`` order): an
@@ -40,6 +42,7 @@ final class EngineCounters: @unchecked Sendable {
             &+ fastZaps.load(ordering: .relaxed) &+ fullZaps.load(ordering: .relaxed)
             &+ workItemsQueued.load(ordering: .relaxed) &+ operationsCompleted.load(ordering: .relaxed)
             &+ fastFaultsFixed.load(ordering: .relaxed) &+ dirtyBitsCleared.load(ordering: .relaxed)
+            &+ pagesWriteProtected.load(ordering: .relaxed)
     }
     /// Operations (faults, resets, VM operations) that returned.
     let operationsCompleted = ManagedAtomic<Int>(0)

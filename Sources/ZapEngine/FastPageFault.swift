@@ -11,8 +11,9 @@ enum FastFaultResult {
 /// The fast page fault path: the one walker of the page tables that holds no `mmu_lock` at all.
 extension VirtualMachine {
     /// `kvm_tdp_mmu_fast_pf_get_last_sptep` and `fast_pf_fix_direct_spte`: walks `root` to the
-    /// last SPTE of `gfn` under RCU only and, for a present leaf lacking the accessed (or, on a
-    /// write, the dirty) bit, sets it with one compare-exchange.
+    /// last SPTE of `gfn` under RCU only and, for a present leaf lacking the accessed bit (or, on a
+    /// write, the dirty or writable bit: a page write-protected for dirty logging), sets them with
+    /// one compare-exchange.
     ///
     /// The vCPU's root may be invalid and zapped by the worker meanwhile (the kernel runs the fast
     /// path before it checks for an obsolete root): only the grace period keeps the tables this
@@ -42,8 +43,10 @@ extension VirtualMachine {
             // Not present, or frozen by a zap in progress: the slow path sorts it out.
             guard entry.isPresent else { break }
             if entry.isLeaf(atLevel: level) {
+                // Every leaf the engine maps is writable for the MMU, so a write to one that dirty
+                // logging write-protected is fixed here too, writable and dirty again.
                 var fixedBits = entry.rawValue | SPTE.accessedBit
-                if write && entry.rawValue & SPTE.writableBit != 0 { fixedBits |= SPTE.dirtyBit }
+                if write { fixedBits |= SPTE.writableBit | SPTE.dirtyBit }
                 if fixedBits == entry.rawValue {
                     result = .spurious
                 } else if table.compareExchange(index, expected: entry, desired: SPTE(rawValue: fixedBits)).exchanged {

@@ -8,6 +8,8 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
         case pagesLeaked = "pages-leaked"
         /// Teardown found leaf SPTEs installed but never zapped.
         case sptesLeaked = "sptes-leaked"
+        /// Teardown returned with the zap workqueue still alive: work of the VM outlives it.
+        case workLeaked = "work-leaked"
         /// Fast zap returned while a root invalid at its start was not zapped (bug class 2).
         case earlyReturn = "early-return"
         /// A reference count went below zero (bug class 3).
@@ -52,7 +54,7 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
         /// The number of the invariant in the engine's checker list (README, "Invariants").
         public var invariant: Int {
             switch self {
-            case .rootLeaked, .pagesLeaked, .sptesLeaked: 1
+            case .rootLeaked, .pagesLeaked, .sptesLeaked, .workLeaked: 1
             case .earlyReturn, .staleSPTE: 2
             case .refcountUnderflow, .useAfterFree, .validRootFreed, .validRootUnreferenced,
                  .refcountMismatch, .getAfterZero: 3

@@ -118,6 +118,11 @@ extension VirtualMachine {
         for root in roots {
             checker.record(.rootLeaked, root: root, "still listed at teardown: \(root)")
         }
+        // Read from the queue's side, whatever the teardown code did: nothing of a destroyed VM may
+        // still be queued or running.
+        if let zapQueue, !zapQueue.isDestroyed {
+            checker.record(.workLeaked, "teardown returned with the zap workqueue alive and \(zapQueue.itemsInFlight) items queued or running: it must be flushed and destroyed first")
+        }
         if pool.livePages > 0 {
             checker.record(.pagesLeaked, "\(pool.livePages) page-table pages not returned to the pool at teardown")
         }

@@ -211,6 +211,8 @@ public final class WorkQueue: @unchecked Sendable {
     public var refusedCount: Int { rejectedDestroyed.load(ordering: .relaxed) }
     /// Threads inside ``flush()`` now.
     public var flushesInProgress: Int { mutex.withLock { flushing } }
+    /// Items queued or running now.
+    public var itemsInFlight: Int { mutex.withLock { inFlight.count } }
     /// Has ``destroy()`` completed?
     public var isDestroyed: Bool { mutex.withLock { destroyed } }
 }

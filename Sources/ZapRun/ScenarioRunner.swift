@@ -223,6 +223,8 @@ public final class ScenarioRunner: Sendable {
                     slots.swapAt(chosen, chosen + Int(generator.next() % UInt64(slots.count - chosen)))
                     stepRecorder.record(.unmap, vm.unmapRange(layout.frames(ofSlot: slice.firstSlot + slots[chosen])))
                 }
+            case .dirtyLog(.enable):
+                stepRecorder.record(.dirtyLog, vm.writeProtectForDirtyLog())
             case .dirtyLog(.clear):
                 stepRecorder.record(.dirtyLog, vm.clearDirtyLog())
             case .dirtyLog(.disable):
@@ -363,7 +365,8 @@ public final class ScenarioRunner: Sendable {
                 switch generator.next() % 10 {
                 case 0..<3: recorder.record(.fastZap, vm.fastZap())
                 case 3..<5: recorder.record(.unmap, vm.unmapRange(layout.frames(ofSlot: firstSlot + Int(generator.next() % UInt64(slots)))))
-                case 5..<7: recorder.record(.dirtyLog, vm.clearDirtyLog())
+                case 5: recorder.record(.dirtyLog, vm.writeProtectForDirtyLog())
+                case 6: recorder.record(.dirtyLog, vm.clearDirtyLog())
                 case 7..<9: recorder.record(.dirtyLog, vm.zapCollapsibleSPTEs())
                 default: recorder.record(.fullZap, vm.fullZap())
                 }

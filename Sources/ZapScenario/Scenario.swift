@@ -142,6 +142,9 @@ public enum TimelineStep: Sendable, Equatable {
 
 /// What a `dirty_log` step does.
 public enum DirtyLogAction: String, Sendable, Equatable, CaseIterable {
+    /// Dirty logging on: write-protect every leaf (`kvm_tdp_mmu_wrprot_slot`); writes then
+    /// fault, and the fast path makes the page writable again.
+    case enable
     /// `KVM_CLEAR_DIRTY_LOG`: clear the dirty bit of every leaf (`kvm_tdp_mmu_clear_dirty_slot`).
     case clear
     /// Dirty logging off: zap the 4 KiB tables a huge page could replace

@@ -263,7 +263,7 @@ struct ScenarioReader {
             case "dirty_log":
                 let text = try string(value, key: "timeline.dirty_log")
                 guard let action = DirtyLogAction(rawValue: text) else {
-                    throw error(.badValue, value, "timeline.dirty_log", "unknown dirty-log action '\(text)'; use clear or disable")
+                    throw error(.badValue, value, "timeline.dirty_log", "unknown dirty-log action '\(text)'; use enable, clear or disable")
                 }
                 return .dirtyLog(action)
             case "fast_faults", "workout":

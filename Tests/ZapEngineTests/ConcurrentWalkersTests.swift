@@ -140,6 +140,23 @@ struct ConcurrentWalkersTests {
         #expect(vm.checker.saw(.sptesLeaked), "\(vm.checker.violations)")
     }
 
+    @Test("dirty logging on write-protects every leaf of valid roots; a write through the fast path makes the page writable and dirty again")
+    func writeProtectThenFastFault() throws {
+        let vm = try makeVM()
+        let vcpu = vm.makeVCPU()
+        vcpu.populate2MRegion(firstFrame: 0, write: false)
+        let root = try #require(vcpu.loadedRoot)
+        vm.writeProtectForDirtyLog()
+        #expect(vm.counters.pagesWriteProtected.load(ordering: .relaxed) == 512)
+        #expect((leaf(vm, root, gfn: 17)?.rawValue ?? SPTE.writableBit) & SPTE.writableBit == 0)
+        vcpu.fastFault(gfn: 17, write: true)
+        let fixed = try #require(leaf(vm, root, gfn: 17))
+        #expect(fixed.rawValue & SPTE.writableBit != 0 && fixed.rawValue & SPTE.dirtyBit != 0)
+        #expect((leaf(vm, root, gfn: 18)?.rawValue ?? SPTE.writableBit) & SPTE.writableBit == 0, "only the written page")
+        vm.teardown()
+        #expect(vm.checker.total == 0, "\(vm.checker.violations)")
+    }
+
     @Test("the workout with race amplification: every walker concurrent, no violation under any policy")
     func amplifiedWorkoutIsClean() throws {
         for policy in ZapPolicy.allCases {

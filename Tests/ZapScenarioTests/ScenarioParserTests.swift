@@ -244,6 +244,7 @@ extension ScenarioParserTests {
         let text = Self.valid.replacingOccurrences(of: "  - populate\n  - teardown", with: """
               - populate
               - fast_faults: {faults: 10}
+              - dirty_log: enable
               - dirty_log: clear
               - dirty_log: disable
               - unmap: {fraction: 0.5}
@@ -253,7 +254,7 @@ extension ScenarioParserTests {
             chaos: {probability: 0.25, max_delay: 300us, windows: [lock-handoff, before-work-item]}
             """)
         let scenario = try ScenarioParser.parse(text, file: "walkers.yaml")
-        #expect(scenario.timeline == [.populate, .fastFaults(faults: 10), .dirtyLog(.clear), .dirtyLog(.disable),
+        #expect(scenario.timeline == [.populate, .fastFaults(faults: 10), .dirtyLog(.enable), .dirtyLog(.clear), .dirtyLog(.disable),
                                       .unmap(fraction: 0.5), .workout(operations: 20), .teardown])
         #expect(scenario.chaos == ChaosConfiguration(seed: 9, probability: 0.25, maxDelayNanoseconds: 300_000,
                                                      windows: [.lockHandoff, .beforeWorkItem]))
@@ -274,11 +275,11 @@ extension ScenarioParserTests {
         #expect(error.key == key, "\(error)")
     }
 
-    @Test("a dirty-log step names its two actions when given another")
+    @Test("a dirty-log step names its three actions when given another")
     func badDirtyLog() throws {
-        let error = try #require(failure(replacing: 7, with: "  - dirty_log: enable"))
+        let error = try #require(failure(replacing: 7, with: "  - dirty_log: pause"))
         #expect(error.key == "timeline.dirty_log")
-        #expect(error.message.contains("clear or disable"))
+        #expect(error.message.contains("enable, clear or disable"))
     }
 }
 
