@@ -9,20 +9,11 @@ extension VirtualMachine {
     /// - Returns: the time the caller was blocked.
     @discardableResult
     public func clearDirtyLog() -> OperationOutcome {
-        let start = monotonicNanoseconds()
-        let slot = activity.claim(.dirtyLog, actor: "VM thread")
-        defer { finishOperation(slot) }
-        var cleared = 0
-        lockMMU(.shared, telling: slot)
-        for root in rootsToVisit() where !root.isInvalid && getRoot(root) {
-            cleared += forEachPresentLeaf(of: root) { table, index, entry in
-                clearBit(SPTE.dirtyBit, in: table, at: index, seen: entry)
-            }
-            putRoot(root, mode: .shared)
+        let (cleared, outcome) = changeLeavesOfValidRoots { table, index, entry in
+            clearBit(SPTE.dirtyBit, in: table, at: index, seen: entry)
         }
-        mmuLock.unlockShared()
         counters.dirtyBitsCleared.wrappingIncrement(by: cleared, ordering: .relaxed)
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start)
+        return outcome
     }
 
     /// `kvm_tdp_mmu_wrprot_slot` (dirty logging enabled on a memslot): under the read lock, for
@@ -33,20 +24,28 @@ extension VirtualMachine {
     /// - Returns: the time the caller was blocked.
     @discardableResult
     public func writeProtectForDirtyLog() -> OperationOutcome {
+        let (protected, outcome) = changeLeavesOfValidRoots { table, index, entry in
+            clearBit(SPTE.writableBit, in: table, at: index, seen: entry)
+        }
+        counters.pagesWriteProtected.wrappingIncrement(by: protected, ordering: .relaxed)
+        return outcome
+    }
+
+    /// A dirty-log operation: `change` on every present leaf of every valid root, under the read
+    /// lock, each root referenced through the get that fails at zero and put after. Returns how
+    /// many leaves `change` changed, and the caller's block time.
+    private func changeLeavesOfValidRoots(_ change: (PageTable, Int, SPTE) -> Bool) -> (Int, OperationOutcome) {
         let start = monotonicNanoseconds()
         let slot = activity.claim(.dirtyLog, actor: "VM thread")
         defer { finishOperation(slot) }
-        var protected = 0
+        var changed = 0
         lockMMU(.shared, telling: slot)
         for root in rootsToVisit() where !root.isInvalid && getRoot(root) {
-            protected += forEachPresentLeaf(of: root) { table, index, entry in
-                clearBit(SPTE.writableBit, in: table, at: index, seen: entry)
-            }
+            changed += forEachPresentLeaf(of: root, change)
             putRoot(root, mode: .shared)
         }
         mmuLock.unlockShared()
-        counters.pagesWriteProtected.wrappingIncrement(by: protected, ordering: .relaxed)
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start)
+        return (changed, OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start))
     }
 
     /// Clears `bit` of a present leaf by compare-exchange, re-reading when a racing walker changed
