@@ -7,7 +7,7 @@ import Darwin
 
 /// What a thread inside the VM is doing, for the watchdog's report of a stall.
 public enum Activity: UInt8, Sendable, CustomStringConvertible {
-    case idle, fault, loadRoot, reset, fastZap, fullZap, teardown, zapWork, unmap, dirtyLog, nxRecovery
+    case idle, fault, loadRoot, reset, fastZap, fullZap, teardown, zapWork, unmap, dirtyLog
 
     /// The operation's name as the watchdog reports it.
     public var description: String {
@@ -22,7 +22,6 @@ public enum Activity: UInt8, Sendable, CustomStringConvertible {
         case .zapWork: "a root's zap work item"
         case .unmap: "an MMU-notifier unmap"
         case .dirtyLog: "a dirty-log operation"
-        case .nxRecovery: "NX huge-page recovery"
         }
     }
 }
@@ -138,16 +137,17 @@ final class ActivityBoard: @unchecked Sendable {
             }
     }
 
-    /// How long the oldest operation in flight that has retried at least once has been running.
-    func longestRetryingOperation(now: UInt64) -> UInt64 {
-        mutex.withLock { slots }.compactMap { slot in
-            slot.snapshot(now: now).flatMap { $0.retries > 0 ? $0.nanoseconds : nil }
-        }.max() ?? 0
-    }
-
-    /// Is any operation in flight?
-    func anyInFlight(now: UInt64) -> Bool {
-        mutex.withLock { slots }.contains { $0.snapshot(now: now) != nil }
+    /// In one pass over the slots: is any operation in flight, and how long has the oldest one
+    /// that retried at least once been running?
+    func inFlight(now: UInt64) -> (any: Bool, longestRetrying: UInt64) {
+        var any = false
+        var longestRetrying: UInt64 = 0
+        for slot in mutex.withLock({ slots }) {
+            guard let state = slot.snapshot(now: now) else { continue }
+            any = true
+            if state.retries > 0 { longestRetrying = max(longestRetrying, state.nanoseconds) }
+        }
+        return (any, longestRetrying)
     }
 }
 
@@ -177,14 +177,15 @@ final class StallWatchdog: @unchecked Sendable {
                 sleepFor(poll)
                 let now = monotonicNanoseconds()
                 let current = progress()
-                if current != lastProgress || !board.anyInFlight(now: now) {
+                let operations = board.inFlight(now: now)
+                if current != lastProgress || !operations.any {
                     lastProgress = current
                     lastChange = now
                 }
                 // Two ways to be stuck: the whole VM does nothing while an operation waits, or one
                 // operation keeps retrying past the bound while others churn (a fault that never
                 // gets a usable root, however many roots the VM makes meanwhile).
-                let stuckFor = max(now &- lastChange, board.longestRetryingOperation(now: now))
+                let stuckFor = max(now &- lastChange, operations.longestRetrying)
                 guard stuckFor >= bound else { continue }
                 // Named before the flag is raised: stuck loops give up as soon as they see it.
                 onStall(stuckFor, board.describeInFlight(now: now))
