@@ -97,7 +97,7 @@ let package = Package(
         .testTarget(name: "ZapEngineTests", dependencies: ["ZapEngine"]),
         .testTarget(name: "ZapScenarioTests", dependencies: ["ZapScenario"]),
         .testTarget(name: "ZapRunTests", dependencies: [
-            "ZapRun", "ZapScenario", "ZapEngine", .product(name: "Histogram", package: "hdrhistogram-swift"),
+            "ZapRun", "ZapScenario", "ZapEngine", "HistogramCodec", .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
         .testTarget(
             name: "HistogramCodecTests",

@@ -76,11 +76,14 @@ public final class Coordinator: @unchecked Sendable {
         result.expectWorkers = configuration.expectWorkers
         result.expectAgents = configuration.expectAgents
         result.useWorkers = configuration.useWorkers
-        result.waitNanoseconds = UInt64(min(max(configuration.waitSeconds, 0), 1e9) * 1e9)
-        result.intervalNanoseconds = UInt64(max(configuration.heartbeatIntervalMilliseconds, 1)) * 1_000_000
-        result.liveness = UInt64(max(configuration.heartbeatLiveness, 1))
+        // Clamped to what the command line allows (a week, an hour, 1000), so that no product of
+        // them (liveness × interval, deadlines) can overflow, whatever a library caller passes.
+        let wait = configuration.waitSeconds.isFinite ? min(max(configuration.waitSeconds, 0), 7 * 86_400) : 60
+        result.waitNanoseconds = UInt64(wait * 1e9)
+        result.intervalNanoseconds = UInt64(min(max(configuration.heartbeatIntervalMilliseconds, 1), 3_600_000)) * 1_000_000
+        result.liveness = UInt64(min(max(configuration.heartbeatLiveness, 1), 1000))
         result.maxFailedAttempts = UInt32(clamping: max(configuration.maxAttempts, 1))
-        result.progressDeadlineIntervals = UInt64(max(configuration.progressDeadlineIntervals, 1))
+        result.progressDeadlineIntervals = UInt64(min(max(configuration.progressDeadlineIntervals, 1), 1_000_000))
         result.giveBackLimit = max(configuration.giveBackLimit, 1)
         result.badFrameLimit = max(configuration.badFrameLimit, 1)
         if scenario.memslotCount > 0 { result.smallestShard = Shard(id: 0, slice: MemorySlice(firstSlot: 0, slotCount: 1), of: scenario) }
@@ -183,7 +186,7 @@ public final class Coordinator: @unchecked Sendable {
             let busyWith = abandoned.busyWithAttempt > 0
                 ? AttemptClaim(runID: abandoned.runID, shard: abandoned.busyWithShardID, attempt: abandoned.busyWithAttempt) : nil
             input = .gaveBack(id, AttemptClaim(runID: abandoned.runID, shard: abandoned.shardID, attempt: abandoned.attempt),
-                              reason: String(abandoned.reason.prefix(300)), busyWith: busyWith)
+                              reason: abandoned.reason.printable(limit: 300), busyWith: busyWith)
         case .externalResult(let result):
             let verdict: ResultVerdict
             switch ExternalResultCheck.histograms(of: result) {
@@ -241,7 +244,7 @@ public final class Coordinator: @unchecked Sendable {
         guard let progress, let peer = scheduler.peers[id], peer.state == .busy(claim), let shard = scheduler.shard(claim.shard),
               let policy = ZapPolicy(rawValue: report.policy), report.steps < 1_000_000 else { return }
         progress(peer.name, RunProgress(policy: policy, step: Int(report.step), steps: Int(report.steps),
-                                        stepName: String(report.stepName.prefix(40)), sptesInstalled: Int(clamping: report.sptesInstalled),
+                                        stepName: report.stepName.printable(limit: 40), sptesInstalled: Int(clamping: report.sptesInstalled),
                                         sptesZapped: Int(clamping: report.sptesZapped), sptesPerPopulation: Int(shard.bytes >> 12),
                                         elapsedNanoseconds: report.elapsedNs))
     }

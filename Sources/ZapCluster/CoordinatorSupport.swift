@@ -5,7 +5,9 @@ import ZapProtocol
 extension PeerIntroduction {
     /// What a hello says, with proto3's unset values read as the protocol defines them.
     init(_ hello: Zapfleet_V1_Hello) {
-        self.init(name: String(hello.workerName.prefix(255)), host: String(hello.hostName.prefix(255)), build: String(hello.buildVersion.prefix(64)),
+        // The name is judged as sent (a hello with control characters in it is refused); host and
+        // build only reach logs and the report, so they are made printable instead.
+        self.init(name: String(hello.workerName.prefix(255)), host: hello.hostName.printable(limit: 255), build: hello.buildVersion.printable(limit: 64),
                   cores: Int(hello.cores), memoryBudgetBytes: hello.memoryBudgetBytes, shardByteLimit: hello.shardByteLimit,
                   shardSlotLimit: Int(hello.largestShardSlots), isAgent: hello.role == .externalAgent,
                   running: hello.runningAttempt > 0
@@ -48,4 +50,20 @@ final class BoundEndpoint: @unchecked Sendable {
 extension Zapfleet_V1_Hello {
     /// The largest shard the worker takes, in bytes; proto3's unset 0 means no limit.
     var shardByteLimit: UInt64 { largestShardBytes == 0 ? .max : largestShardBytes }
+}
+
+extension String {
+    /// At most `limit` characters of the text with every control character (a NUL, an escape, a
+    /// newline) written as `\u{…}`: what a peer sent, fit for a log line or a report.
+    func printable(limit: Int) -> String {
+        var result = ""
+        for scalar in unicodeScalars.prefix(limit) {
+            if scalar.properties.generalCategory == .control || scalar.properties.generalCategory == .format {
+                result += "\\u{\(String(scalar.value, radix: 16))}"
+            } else {
+                result.unicodeScalars.append(scalar)
+            }
+        }
+        return result
+    }
 }

@@ -68,9 +68,10 @@ public enum FleetAggregation {
     }
 
     /// Step by step over the shards: where the callers waited for zapping, the slices' blocks
-    /// add up (one root spans every slice); otherwise the longest slice's block stands.
+    /// add up (one root spans every slice); otherwise the longest slice's block stands. Every
+    /// shard's records follow the timeline (``ResultPlausibility``), so the longest list names them.
     static func composeSteps(_ shards: [[StepTiming]]) -> [StepTiming] {
-        guard let first = shards.first else { return [] }
+        guard let first = shards.max(by: { $0.count < $1.count }) else { return [] }
         return first.indices.map { index in
             let slices = shards.compactMap { $0.indices.contains(index) ? $0[index] : nil }
             // Saturating: the values come from peers (bounded by ResultPlausibility, but a sum over many shards must not trap).
@@ -96,13 +97,17 @@ public enum FleetAggregation {
         }
     }
 
-    /// The header of an HdrHistogram interval log (`.hlog`).
+    /// The header of an HdrHistogram interval log (`.hlog`, log format 1.3, as Java's
+    /// `HistogramLogWriter` writes it). Each line's timestamp is seconds since the run started, so
+    /// `BaseTime` is the run's start, the same instant as `StartTime`: a reader adds the base to
+    /// every timestamp and measures intervals from the start (`HistogramLogProcessor -start 0`).
     public static func intervalLogHeader(started: Date) -> [String] {
-        [
+        let epochSeconds = String(format: "%.3f", started.timeIntervalSince1970)
+        return [
             "#[Histogram log format version 1.3]",
-            "#[zapfleet: one line per shard result, policy and operation; values in ns, Interval_Max in ms]",
-            "#[StartTime: \(String(format: "%.3f", started.timeIntervalSince1970)) (seconds since epoch)]",
-            "#[BaseTime: 0.000 (seconds since epoch)]",
+            "#[zapfleet: one line per shard result, tagged POLICY.OPERATION; values in ns, Interval_Max in ms]",
+            "#[StartTime: \(epochSeconds) (seconds since epoch), \(ISO8601DateFormatter().string(from: started))]",
+            "#[BaseTime: \(epochSeconds) (seconds since epoch)]",
             "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"",
         ]
     }

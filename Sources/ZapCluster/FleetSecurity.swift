@@ -87,7 +87,7 @@ public enum KeyFiles {
         return try CurveKeyPair(secretKey: key)
     }
 
-    /// Reads a public key file.
+    /// Reads a public key file. Refuses a secret key file.
     public static func readPublicKey(_ path: String) throws -> CurveKey { try readKey(path, what: "public key") }
 
     /// Reads an allow-list: a directory of `*.pub` files (each named by its file), or a file with
@@ -120,7 +120,15 @@ public enum KeyFiles {
     }
 
     private static func readKey(_ path: String, what: String) throws -> CurveKey {
-        let lines = try contents(path, what: what).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        let text = try contents(path, what: what)
+        // keygen names each file's half in its first line: taking one half for the other would
+        // run CURVE with a key that can never match.
+        let other = what == "secret key" ? "public key" : "secret key"
+        if text.hasPrefix("# zapfleet CURVE \(other)") || (what == "secret key" && path.hasSuffix(".pub")) {
+            let wanted = what == "secret key" ? "the secret key file (NAME.key, mode 0600)" : "the public key file (NAME.pub)"
+            throw FleetSecurityError(code: .malformedKey, message: "\(path): this is a \(other) file, where a \(what) is needed; give \(wanted)")
+        }
+        let lines = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
         guard let line = lines.first(where: { !$0.isEmpty && !$0.hasPrefix("#") }), let key = CurveKey(z85: line) else {
             throw FleetSecurityError(code: .malformedKey, message: "\(path): no \(what) in it (one 40-character Z85 line); make one with `zapfleet keygen`")
         }
@@ -128,8 +136,11 @@ public enum KeyFiles {
     }
 
     private static func contents(_ path: String, what: String) throws -> String {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        guard let data = FileManager.default.contents(atPath: path) else {
             throw FleetSecurityError(code: .unreadableKeyFile, message: "\(path): cannot read this \(what) file; check the path and its permissions")
+        }
+        guard data.count <= 1 << 20, let text = String(data: data, encoding: .utf8), !text.contains("\0") else {
+            throw FleetSecurityError(code: .malformedKey, message: "\(path): not a \(what) file (\(data.count) bytes that are not a short text); give a file that `zapfleet keygen` wrote")
         }
         return text
     }

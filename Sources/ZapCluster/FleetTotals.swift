@@ -71,7 +71,7 @@ enum ExternalResultCheck {
         var histograms: [MeasuredOperation: LatencyHistogram] = [:]
         for samples in result.operations {
             guard let operation = ExternalMeasurement.operation(named: samples.operation), histograms[operation] == nil else {
-                return .failure(ProtocolViolation("operation '\(samples.operation.prefix(40))' unknown or repeated"))
+                return .failure(ProtocolViolation("operation '\(samples.operation.printable(limit: 40))' unknown or repeated"))
             }
             guard samples.nanoseconds.allSatisfy({ $0 <= LatencyHistogram.highestTrackableNanoseconds }) else {
                 return .failure(ProtocolViolation("a \(samples.operation) sample above one hour"))

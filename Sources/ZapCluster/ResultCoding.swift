@@ -62,14 +62,17 @@ public enum ResultCoding {
 
     /// The same validation, keeping the histograms as decoded buckets (cheap to add into a total).
     public static func decodeValidated(_ result: Zapfleet_V1_PolicyResult) throws(ProtocolViolation) -> DecodedPolicyResult {
-        guard let policy = ZapPolicy(rawValue: result.policy) else { throw ProtocolViolation("unknown policy '\(result.policy.prefix(40))'") }
+        guard let policy = ZapPolicy(rawValue: result.policy) else { throw ProtocolViolation("unknown policy '\(result.policy.printable(limit: 40))'") }
         guard result.histograms.count <= MeasuredOperation.allCases.count * 2 else {
             throw ProtocolViolation("\(result.histograms.count) histograms, more than a run has")
         }
         var histograms: [DecodedPolicyResult.Histogram] = []
         for encoded in result.histograms {
             guard let operation = MeasuredOperation.allCases.first(where: { $0.name == encoded.operation }) else {
-                throw ProtocolViolation("unknown operation '\(encoded.operation.prefix(40))'")
+                throw ProtocolViolation("unknown operation '\(encoded.operation.printable(limit: 40))'")
+            }
+            guard !histograms.contains(where: { $0.operation == operation && $0.projected == encoded.projected }) else {
+                throw ProtocolViolation("two \(encoded.projected ? "projected" : "measured") histograms of \(operation.name)")
             }
             let decoded: DecodedHistogram
             do {
@@ -87,23 +90,23 @@ public enum ResultCoding {
         }
         var counts: [Violation.Kind: Int] = [:]
         for (name, count) in result.violationCounts {
-            guard let kind = Violation.Kind(rawValue: name) else { throw ProtocolViolation("unknown violation kind '\(name.prefix(40))'") }
+            guard let kind = Violation.Kind(rawValue: name) else { throw ProtocolViolation("unknown violation kind '\(name.printable(limit: 40))'") }
             guard count <= UInt64(Int32.max) else { throw ProtocolViolation("violation count \(count) out of range") }
             counts[kind] = Int(count)
         }
         let violations = try result.violations.prefix(10).map { record throws(ProtocolViolation) in
-            guard let kind = Violation.Kind(rawValue: record.kind) else { throw ProtocolViolation("unknown violation kind '\(record.kind.prefix(40))'") }
-            return Violation(kind: kind, rootID: record.rootID < 0 ? nil : Int(record.rootID), detail: String(record.detail.prefix(500)))
+            guard let kind = Violation.Kind(rawValue: record.kind) else { throw ProtocolViolation("unknown violation kind '\(record.kind.printable(limit: 40))'") }
+            return Violation(kind: kind, rootID: record.rootID < 0 ? nil : Int(record.rootID), detail: record.detail.printable(limit: 500))
         }
         var injected: [InjectedBug: Int] = [:]
         for (name, count) in result.injectedPathRuns {
-            guard let bug = InjectedBug(rawValue: name) else { throw ProtocolViolation("unknown injected bug '\(name.prefix(40))'") }
+            guard let bug = InjectedBug(rawValue: name) else { throw ProtocolViolation("unknown injected bug '\(name.printable(limit: 40))'") }
             guard count <= UInt64(Int32.max) else { throw ProtocolViolation("injected_path_runs[\(name)] \(count) out of range") }
             injected[bug] = Int(count)
         }
         guard result.steps.count <= 100_000 else { throw ProtocolViolation("\(result.steps.count) steps") }
         let steps = result.steps.map {
-            StepTiming(name: String($0.name.prefix(40)), nanoseconds: $0.wallNs, longestBlockNanoseconds: $0.longestBlockNs,
+            StepTiming(name: $0.name.printable(limit: 40), nanoseconds: $0.wallNs, longestBlockNanoseconds: $0.longestBlockNs,
                        sptesZappedInline: Int(clamping: $0.sptesZappedInline))
         }
         return DecodedPolicyResult(

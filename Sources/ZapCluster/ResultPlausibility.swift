@@ -19,6 +19,8 @@ public enum ResultPlausibility {
         public var samples: UInt64
         /// Steps in a policy's run.
         public var steps: Int
+        /// Their names, in order: step records must follow them.
+        public var stepNames: [String]
         /// The longest time any one value may claim: a week.
         public var nanoseconds: UInt64 = 7 * 86_400 * 1_000_000_000
 
@@ -34,6 +36,7 @@ public enum ResultPlausibility {
                 return most
             }
             self.steps = steps
+            stepNames = scenario.expandedTimeline.map(\.name)
             pagesPerRoot = pages
             sptes = Self.saturating([pages, vcpus, addressSpaces, rebuilds])
             // Each step: a sample per 4 KiB page at most (populate and fault), the run step's
@@ -123,6 +126,10 @@ public enum ResultPlausibility {
         guard run.steps.count <= bounds.steps else { return "\(run.steps.count) step records, where the timeline has \(bounds.steps) steps" }
         guard run.wallNanoseconds <= bounds.nanoseconds else { return "wall_ns \(run.wallNanoseconds) is more than a week" }
         for (index, step) in run.steps.enumerated() {
+            // The whole-VM view adds step i of every shard into the timeline's step i.
+            guard index < bounds.stepNames.count, step.name == bounds.stepNames[index] else {
+                return "steps[\(index)] is '\(step.name.printable(limit: 40))', where the timeline's step \(index + 1) is '\(index < bounds.stepNames.count ? bounds.stepNames[index] : "none")'"
+            }
             guard step.nanoseconds <= bounds.nanoseconds, step.longestBlockNanoseconds <= bounds.nanoseconds else {
                 return "steps[\(index)] claims more than a week (wall_ns \(step.nanoseconds), longest_block_ns \(step.longestBlockNanoseconds))"
             }

@@ -7,8 +7,9 @@ import Darwin
 /// A randomised, bounded workout of one VM: vCPU threads fault (through the slow path under
 /// `mmu_lock` and the lockless fast path), reset and switch address spaces while another thread
 /// deletes memslots (fast zaps), releases the MMU notifier (full zaps) and runs dirty logging's
-/// read-lock iterators on the valid roots (clearing dirty bits, zapping collapsible tables);
-/// then the VM is torn down and checked.
+/// read-lock iterators on the valid roots (splitting huge pages, write-protecting, clearing dirty
+/// bits, zapping collapsible tables), with the VM's NX recovery thread if it is configured; then
+/// the VM is torn down and checked.
 public struct ConcurrencyStress: Sendable {
     /// The VM to build.
     public var vm: VMConfiguration
@@ -166,7 +167,7 @@ public struct ConcurrencyStress: Sendable {
                 case 0:
                     longest.dirtyLog = max(longest.dirtyLog, machine.clearDirtyLog().blockedNanoseconds)
                 case 3:
-                    longest.dirtyLog = max(longest.dirtyLog, machine.writeProtectForDirtyLog().blockedNanoseconds)
+                    longest.dirtyLog = max(longest.dirtyLog, machine.enableDirtyLog().blockedNanoseconds)
                 case 1:
                     longest.dirtyLog = max(longest.dirtyLog, machine.zapCollapsibleSPTEs().blockedNanoseconds)
                 default:

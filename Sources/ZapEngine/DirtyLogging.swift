@@ -16,11 +16,23 @@ extension VirtualMachine {
         return outcome
     }
 
+    /// Dirty logging enabled on a memslot (`kvm_mmu_slot_apply_flags`, v5.18 with `eager_page_split`):
+    /// every huge page is split (``splitHugePages()``), then every leaf is write-protected
+    /// (``writeProtectForDirtyLog()``), each pass under the read lock of its own.
+    /// - Returns: the caller's block time over both passes and the leaves the split installed.
+    @discardableResult
+    public func enableDirtyLog() -> OperationOutcome {
+        let split = splitHugePages()
+        let protect = writeProtectForDirtyLog()
+        return OperationOutcome(blockedNanoseconds: split.blockedNanoseconds &+ protect.blockedNanoseconds,
+                                sptesInstalled: split.sptesInstalled)
+    }
+
     /// `kvm_tdp_mmu_wrprot_slot` (dirty logging enabled on a memslot): under the read lock, for
     /// each valid root, clears the writable bit of every present leaf with a compare-exchange, so
     /// that the guest's next write to each page faults and is logged. The fast page fault path
     /// then makes the page writable again without `mmu_lock` (``fastPageFault(_:gfn:write:)``),
-    /// racing this walk and the zaps on the same entries. Eager huge-page splitting is not modelled.
+    /// racing this walk and the zaps on the same entries.
     /// - Returns: the time the caller was blocked.
     @discardableResult
     public func writeProtectForDirtyLog() -> OperationOutcome {
@@ -29,6 +41,107 @@ extension VirtualMachine {
         }
         counters.pagesWriteProtected.wrappingIncrement(by: protected, ordering: .relaxed)
         return outcome
+    }
+
+    /// `kvm_tdp_mmu_try_split_huge_pages` (eager huge-page splitting, v5.18): under the read lock,
+    /// for each valid root, replaces every huge leaf by a table of 512 leaves that map the same
+    /// memory with the same permissions and accessed and dirty bits (`make_huge_page_split_spte`).
+    /// The walk is pre-order, so the 2 MiB leaves of a split 1 GiB page are split in turn.
+    ///
+    /// The new table is filled while no one else can see it and linked with one compare-exchange
+    /// in place of the huge leaf (`tdp_mmu_split_huge_page` → `tdp_mmu_link_sp`). No entry is
+    /// frozen: the memory stays mapped throughout, so no fault waits and no TLB flush is needed.
+    /// A lost exchange (a fault froze the leaf to replace it, the fast path set its dirty bit)
+    /// means the entry is read again. With no page left for a table the split stops, as the
+    /// kernel's does on `-ENOMEM`; the huge pages left are write-protected whole.
+    /// - Returns: the caller's block time and the leaves installed (512 per huge page split).
+    @discardableResult
+    public func splitHugePages() -> OperationOutcome {
+        let start = monotonicNanoseconds()
+        let slot = activity.claim(.dirtyLog, actor: "VM thread")
+        defer { finishOperation(slot) }
+        var split = HugePageSplit()
+        lockMMU(.shared, telling: slot)
+        for root in rootsToVisit() where !root.isInvalid && getRoot(root) {
+            if !split.outOfTableMemory { splitHugePages(of: root, &split) }
+            putRoot(root, mode: .shared)
+        }
+        mmuLock.unlockShared()
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesInstalled: split.installed)
+    }
+
+    /// What one eager split has done so far.
+    private struct HugePageSplit {
+        var installed = 0
+        var outOfTableMemory = false
+    }
+
+    /// The walk of one root for ``splitHugePages()``, giving the lock to a waiting writer between
+    /// 1 GiB regions and reading the path again from the root after that.
+    private func splitHugePages(of root: Root, _ split: inout HugePageSplit) {
+        guard rootTableIsIntact(root, "a huge-page split reached a root whose table was already freed") else { return }
+        var token = gracePeriod.enterReadSide()
+        let rootTable = pool.table(root.table)
+        for top in 0..<PagingGeometry.entriesPerTable where !split.outOfTableMemory {
+            for middle in 0..<PagingGeometry.entriesPerTable where !split.outOfTableMemory {
+                guard let levelThree = childTable(of: rootTable.load(top), level: 4, root: root) else { break }
+                if let levelTwo = splitOrDescend(levelThree, middle, level: 3, root: root, &split) {
+                    for bottom in 0..<PagingGeometry.entriesPerTable where !split.outOfTableMemory {
+                        _ = splitOrDescend(levelTwo, bottom, level: 2, root: root, &split)
+                    }
+                }
+                yieldSharedIfWriterWaits(&token)
+            }
+        }
+        gracePeriod.exitReadSide(token)
+    }
+
+    /// The table below entry `index` of `table` (at `level`), after splitting the entry first if it
+    /// is a huge leaf; nil for an entry that is not present or frozen, or when out of pages.
+    private func splitOrDescend(_ table: PageTable, _ index: Int, level: Int, root: Root, _ split: inout HugePageSplit) -> PageTable? {
+        while true {
+            let entry = table.load(index)
+            guard entry.isPresent else { return nil }  // also REMOVED_SPTE: a zap owns the entry
+            guard entry.isLeaf(atLevel: level) else { return childTable(of: entry, level: level, root: root) }
+            guard let page = pool.allocate() else {
+                split.outOfTableMemory = true
+                return nil
+            }
+            // The children inherit everything but the frame, and the large bit at level 1.
+            let childLevel = level - 1
+            let childSpan = PagingGeometry.framesPerEntry(atLevel: childLevel)
+            var childBits = entry.rawValue & ~SPTE.frameMask
+            if childLevel == 1 { childBits &= ~SPTE.largeBit }
+            let child = pool.table(page)
+            for slot in 0..<PagingGeometry.entriesPerTable {
+                let frame = entry.frame &+ UInt64(slot) &* childSpan
+                child.storeExclusive(slot, SPTE(rawValue: childBits | ((frame << 12) & SPTE.frameMask)))
+            }
+            chaos?.pass(.hugePageSplit)
+            // Replace exactly the leaf that was read: anything else is someone else's change.
+            guard table.compareExchange(index, expected: entry, desired: .table(page)).exchanged else {
+                pool.free(page)  // never published, so no grace period is needed
+                continue
+            }
+            // The huge leaf is gone and 512 leaves map its memory: the ledger of installed and
+            // zapped leaves that teardown checks counts both.
+            counters.sptesZapped.wrappingIncrement(ordering: .relaxed)
+            counters.sptesInstalled.wrappingIncrement(by: PagingGeometry.entriesPerTable, ordering: .relaxed)
+            counters.hugePagesSplit.wrappingIncrement(ordering: .relaxed)
+            split.installed += PagingGeometry.entriesPerTable
+            return child
+        }
+    }
+
+    /// Inside a read-side section under the read lock: gives `mmu_lock` to a waiting writer
+    /// (`tdp_mmu_iter_cond_resched`), leaving the section meanwhile. The walk has moved on since
+    /// it took the lock, which is the progress the lock's hold checker looks for.
+    private func yieldSharedIfWriterWaits(_ token: inout GracePeriod.ReadSideToken) {
+        guard mmuLock.writerIsWaiting else { return }
+        mmuLock.noteProgress()
+        gracePeriod.exitReadSide(token)
+        mmuLock.yieldShared()
+        token = gracePeriod.enterReadSide()
     }
 
     /// A dirty-log operation: `change` on every present leaf of every valid root, under the read
@@ -159,12 +272,7 @@ extension VirtualMachine {
                     guard let levelOne = childTable(of: levelTwo.load(bottom), level: 2, root: root) else { continue }
                     visitLeaves(levelOne, level: 1)
                 }
-                if mmuLock.writerIsWaiting {
-                    mmuLock.noteProgress()  // the walk moved on since it took the lock
-                    gracePeriod.exitReadSide(token)
-                    mmuLock.yieldShared()
-                    token = gracePeriod.enterReadSide()
-                }
+                yieldSharedIfWriterWaits(&token)
             }
         }
         gracePeriod.exitReadSide(token)

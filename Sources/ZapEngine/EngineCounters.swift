@@ -22,7 +22,8 @@ final class EngineCounters: @unchecked Sendable {
     let fullZaps = ManagedAtomic<Int>(0)
     /// Fast page faults fixed without `mmu_lock`.
     let fastFaultsFixed = ManagedAtomic<Int>(0)
-    /// Huge leaves a fault replaced by a table (zapped, counted in `sptesZapped`).
+    /// Huge leaves replaced by a table: zapped by a fault (counted in `sptesZapped`), or split
+    /// eagerly into 512 leaves (counted in `sptesZapped`, the leaves in `sptesInstalled`).
     let hugePagesSplit = ManagedAtomic<Int>(0)
     /// Leaves write-protected for dirty logging.
     let pagesWriteProtected = ManagedAtomic<Int>(0)

@@ -65,10 +65,15 @@ public final class OSThread: @unchecked Sendable {
         pthread_getspecific(nameKey).map { Unmanaged<NameBox>.fromOpaque($0).takeUnretainedValue().name }
     }
 
-    /// Waits for the thread to finish. Joining twice is a no-op.
+    /// Waits for the thread to finish. Joining twice is a no-op. Joined from itself (its body
+    /// dropped the last reference to whatever stops it), the thread is detached instead.
     public func join() {
         guard !joined else { return }
         joined = true
+        if pthread_equal(pthread_self(), handle) != 0 {
+            pthread_detach(handle)
+            return
+        }
         pthread_join(handle, nil)
     }
 

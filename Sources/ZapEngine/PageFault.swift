@@ -55,7 +55,9 @@ extension VirtualMachine {
                 counters.accessedZapped.wrappingIncrement(by: Int((entry.rawValue >> 5) & 1), ordering: .relaxed)
                 counters.dirtyZapped.wrappingIncrement(by: Int((entry.rawValue >> 6) & 1), ordering: .relaxed)
                 counters.hugePagesSplit.wrappingIncrement(ordering: .relaxed)
-                // (Remote TLBs are flushed here in the kernel.) Then the entry is free to link.
+                // Remote TLBs are flushed here in the kernel while the entry stays frozen: the
+                // window in which any other walker meets REMOVED_SPTE. Then the entry is free to link.
+                chaos?.pass(.faultWalk)
                 table.store(index, .nonPresent)
                 return (nil, .retry(installed: 0))
             }

@@ -13,13 +13,28 @@ public enum RaceWindow: String, CaseIterable, Sendable, Codable, CustomStringCon
     case zapStep = "zap-step"
     /// Between giving `mmu_lock` up and taking it back in a yield.
     case lockHandoff = "lock-handoff"
-    /// Between the levels of a fault's walk under the read lock.
+    /// Between the levels of a fault's walk under the read lock, and while a fault holds a huge
+    /// leaf frozen to replace it (the kernel's TLB flush).
     case faultWalk = "fault-walk"
     /// Between the levels of a lockless (RCU-only) walk.
     case locklessWalk = "lockless-walk"
+    /// Between filling the table that splits a huge page and linking it in the leaf's place.
+    case hugePageSplit = "huge-page-split"
 
     /// The window's name, as scenario files and `--chaos` take it.
     public var description: String { rawValue }
+
+    /// The window's position in `allCases`, without a search on the hot path.
+    var ordinal: Int {
+        switch self {
+        case .beforeWorkItem: 0
+        case .zapStep: 1
+        case .lockHandoff: 2
+        case .faultWalk: 3
+        case .locklessWalk: 4
+        case .hugePageSplit: 5
+        }
+    }
 }
 
 /// Race amplification: seeded, bounded delays at the race windows, so that races the kernel
@@ -67,15 +82,21 @@ extension ChaosConfiguration {
         if probability == 0 { return nil }
         var delay: UInt64 = 100_000
         if parts.count == 2 {
-            let units: [(String, UInt64)] = [("ns", 1), ("us", 1_000), ("µs", 1_000), ("ms", 1_000_000)]
-            guard let (suffix, scale) = units.first(where: { parts[1].hasSuffix($0.0) }),
-                  let value = UInt64(parts[1].dropLast(suffix.count)), value <= 1_000_000_000 / scale else {
+            guard let parsed = parseShortDuration(parts[1]) else {
                 throw ParseError(description: "max delay '\(parts[1])' is not a whole number of ns, us or ms up to 1 s (e.g. 200us)")
             }
-            delay = UInt64(value) * scale
+            delay = parsed
         }
         return ChaosConfiguration(seed: seed, probability: probability, maxDelayNanoseconds: delay)
     }
+}
+
+/// A whole number of `ns`, `us` (or `µs`) or `ms` up to one second, in nanoseconds; nil otherwise.
+func parseShortDuration(_ text: String) -> UInt64? {
+    let units: [(String, UInt64)] = [("ns", 1), ("us", 1_000), ("µs", 1_000), ("ms", 1_000_000)]
+    guard let (suffix, scale) = units.first(where: { text.hasSuffix($0.0) }),
+          let value = UInt64(text.dropLast(suffix.count)), value <= 1_000_000_000 / scale else { return nil }
+    return value * scale
 }
 
 /// Applies a ``ChaosConfiguration`` at the windows a VM passes through.
@@ -90,6 +111,7 @@ final class RaceAmplifier: @unchecked Sendable {
         let probability = min(1, max(0, configuration.probability))
         threshold = probability >= 1 ? .max : UInt64(probability * Double(UInt64.max))
         enabled = RaceWindow.allCases.map { configuration.windows.contains($0) }
+        assert(RaceWindow.allCases.enumerated().allSatisfy { $0.offset == $0.element.ordinal })
         var key = pthread_key_t()
         pthread_key_create(&key) { pointer in pointer?.deallocate() }
         self.key = key
@@ -100,7 +122,7 @@ final class RaceAmplifier: @unchecked Sendable {
     /// The calling thread passes through `window`: maybe it waits a while.
     @inline(__always)
     func pass(_ window: RaceWindow) {
-        guard enabled[RaceWindow.allCases.firstIndex(of: window)!] else { return }
+        guard enabled[window.ordinal] else { return }
         let generator = threadGenerator()
         guard generator.pointee.next() <= threshold else { return }
         let delay = configuration.maxDelayNanoseconds == 0 ? 0 : generator.pointee.next() % (configuration.maxDelayNanoseconds + 1)
@@ -127,7 +149,7 @@ final class RaceAmplifier: @unchecked Sendable {
             let end = monotonicNanoseconds() &+ nanoseconds
             while monotonicNanoseconds() < end { yieldProcessor() }
         } else {
-            var request = timespec(tv_sec: 0, tv_nsec: Int(nanoseconds))
+            var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
             nanosleep(&request, nil)
         }
     }

@@ -2,8 +2,10 @@
 extension VirtualMachine {
     /// `tdp_mmu_schedule_zap_root`: queues the root's work item. Called with `mmu_lock` held,
     /// right after the root's `invalid` bit flipped, and only there.
-    func scheduleZap(_ root: Root) {
-        guard let zapQueue else { return }
+    /// Returns whether the root's work item was pending already (the double-queue case).
+    @discardableResult
+    func scheduleZap(_ root: Root) -> Bool {
+        guard let zapQueue else { return false }
         switch zapQueue.queue(root.zapWork) {
         case .queued:
             counters.workItemsQueued.wrappingIncrement(ordering: .relaxed)
@@ -11,10 +13,12 @@ extension VirtualMachine {
             counters.workItemsRejected.wrappingIncrement(ordering: .relaxed)
             checker.record(.doubleQueue, root: root,
                            "queued while already pending: the second queue is a no-op and its gifted reference leaks")
+            return true
         case .refused:
             counters.workItemsRejected.wrappingIncrement(ordering: .relaxed)
             checker.record(.queueRefused, root: root, "queued after the workqueue was destroyed")
         }
+        return false
     }
 
     /// `tdp_mmu_zap_root_work`: the worker zaps an invalid root under the read lock, then puts
@@ -51,11 +55,8 @@ extension VirtualMachine {
         for root in rootsToVisit() {
             switch policy {
             case .async:
-                if root.isInvalid {
-                    guard injectsDoubleQueue else { continue }
-                    // The race the bug is about: its work item has not started, so queueing it again is a no-op.
-                    if root.lifecycle == .invalidQueued { noteInjectedPath(.doubleQueue) }
-                }
+                let requeue = root.isInvalid
+                if requeue && !injectsDoubleQueue { continue }
                 guard getRoot(root) else {
                     // `WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root))`: under the write lock a valid
                     // root always has a reference.
@@ -66,7 +67,11 @@ extension VirtualMachine {
                 }
                 _ = root.markInvalid()
                 root.advance(to: .invalidQueued)
-                scheduleZap(root)
+                // The race the bug is about: the work item has not started (it is still pending),
+                // so queueing it again is a no-op and the reference just taken leaks. Once the item
+                // has started, a second run puts that reference and nothing goes wrong: only the
+                // pending case counts as the broken path reached.
+                if scheduleZap(root) && requeue { noteInjectedPath(.doubleQueue) }
             case .sync:
                 // v5.17 takes a reference on every root it can, invalid ones included (a root an
                 // earlier fast zap left listed is zapped again, finding it empty), and its caller

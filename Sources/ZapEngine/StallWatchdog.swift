@@ -7,7 +7,7 @@ import Darwin
 
 /// What a thread inside the VM is doing, for the watchdog's report of a stall.
 public enum Activity: UInt8, Sendable, CustomStringConvertible {
-    case idle, fault, loadRoot, reset, fastZap, fullZap, teardown, zapWork, unmap, dirtyLog
+    case idle, fault, loadRoot, reset, fastZap, fullZap, teardown, zapWork, unmap, dirtyLog, nxRecovery
 
     /// The operation's name as the watchdog reports it.
     public var description: String {
@@ -22,6 +22,7 @@ public enum Activity: UInt8, Sendable, CustomStringConvertible {
         case .zapWork: "a root's zap work item"
         case .unmap: "an MMU-notifier unmap"
         case .dirtyLog: "a dirty-log operation"
+        case .nxRecovery: "an NX huge-page recovery pass"
         }
     }
 }

@@ -76,7 +76,8 @@ extension VirtualMachine {
         return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
     }
 
-    /// VM destruction in the kernel's order (`kvm_destroy_vm`): the MMU notifier is unregistered,
+    /// VM destruction in the kernel's order (`kvm_destroy_vm`): the NX recovery thread is stopped
+    /// (`kvm_arch_pre_destroy_vm`), the MMU notifier is unregistered,
     /// whose release zaps every root under the write lock (`kvm_mmu_zap_all`); then the vCPUs
     /// are freed, each putting its root; then `kvm_mmu_uninit_tdp_mmu` runs: the workqueue is
     /// flushed and destroyed (`async`), or every root is invalidated and zapped (`preserve`);
@@ -93,6 +94,7 @@ extension VirtualMachine {
             finishOperation(slot)
             stopWatchdog()
         }
+        stopNXRecovery()
         // `mmu_notifier_unregister` → `kvm_mmu_notifier_release` → `kvm_mmu_zap_all`.
         var zapped = fullZap().sptesZappedInline
         // `kvm_arch_destroy_vm` → `kvm_destroy_vcpus` → `kvm_mmu_unload`: each put finds its root empty.

@@ -19,6 +19,8 @@ public struct VMConfiguration: Sendable {
     public var stallBoundNanoseconds: UInt64
     /// Race amplification: seeded delays at the race windows; nil for none.
     public var chaos: ChaosConfiguration?
+    /// The NX huge-page recovery thread's schedule; nil for no thread.
+    public var nxRecovery: NXRecoveryConfiguration?
 
     /// A configuration with the kernel's shapes as defaults.
     public init(
@@ -29,8 +31,10 @@ public struct VMConfiguration: Sendable {
         name: String = "vm",
         observer: (any EngineObserver)? = nil,
         stallBoundNanoseconds: UInt64 = 30_000_000_000,
-        chaos: ChaosConfiguration? = nil
+        chaos: ChaosConfiguration? = nil,
+        nxRecovery: NXRecoveryConfiguration? = nil
     ) {
+        self.nxRecovery = nxRecovery
         self.stallBoundNanoseconds = stallBoundNanoseconds
         self.chaos = chaos
         self.policy = policy
@@ -95,6 +99,7 @@ public final class VirtualMachine: @unchecked Sendable {
     /// Delays at the race windows, if the configuration asks for them.
     let chaos: RaceAmplifier?
     private var watchdog: StallWatchdog?
+    private var nxRecoveryThread: NXRecoveryThread?
 
     // Injected bugs, read on hot paths.
     let injectsDoubleQueue: Bool
@@ -110,6 +115,9 @@ public final class VirtualMachine: @unchecked Sendable {
     public init(configuration: VMConfiguration) throws {
         guard configuration.workqueueWidth >= 1 else {
             throw EngineError(.invalidConfiguration, "workqueue width must be at least 1, got \(configuration.workqueueWidth)")
+        }
+        if let nx = configuration.nxRecovery, nx.ratio < 1 || nx.periodNanoseconds == 0 {
+            throw EngineError(.invalidConfiguration, "NX recovery needs a ratio of at least 1 and a period above 0, got ratio \(nx.ratio), period \(nx.periodNanoseconds) ns")
         }
         guard configuration.pageTableBudgetBytes >= 64 * PagingGeometry.tableBytes else {
             throw EngineError(.invalidConfiguration, "page-table budget must be at least 256 KiB, got \(configuration.pageTableBudgetBytes) bytes")
@@ -155,9 +163,11 @@ public final class VirtualMachine: @unchecked Sendable {
                                    + (stuck.isEmpty ? "none named" : stuck.joined(separator: "; ")))
                 })
         }
+        if let nx = configuration.nxRecovery { nxRecoveryThread = NXRecoveryThread(nx, vm: self) }
     }
 
     deinit {
+        nxRecoveryThread?.stop()
         watchdog?.stop()
         // A VM dropped without teardown still stops its workers; their items find no VM.
         zapQueue?.destroy(giveUpWhen: { [watchdog] in watchdog?.stalled.load(ordering: .relaxed) ?? false })
@@ -180,6 +190,9 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// Stops the watchdog (teardown is over: nothing more can stall).
     func stopWatchdog() { watchdog?.stop() }
+
+    /// Stops the NX huge-page recovery thread, if there is one (`kvm_arch_pre_destroy_vm`).
+    func stopNXRecovery() { nxRecoveryThread?.stop() }
 
     /// The VM's policy.
     public var policy: ZapPolicy { configuration.policy }

@@ -176,7 +176,7 @@ public enum HTMLReport {
                 let percentile = (1 - pow(10, -x)) * 100
                 // Beyond what the count can resolve the curve stops, as HdrHistogram's plotter does.
                 if step > 0 && pow(10, x) > total * 2 { break }
-                values.append((x, log10(Double(max(1, curve.histogram.valueAtPercentile(percentile))))))
+                values.append((x, log10(Double(max(1, curve.histogram.conventionalValue(atPercentile: percentile))))))
             }
             points.append((curve.column, values))
         }

@@ -3,11 +3,13 @@ import Histogram
 import ZapEngine
 import ZapScenario
 
-/// Percentiles of one histogram, in nanoseconds: the shape `report.json` stores.
+/// Percentiles of one histogram, in nanoseconds: the shape `report.json` stores. Values follow
+/// HdrHistogram's convention (``Histogram/conventionalValue(atPercentile:)``): percentiles and the
+/// maximum are the highest value of their bucket, the minimum the lowest.
 public struct LatencySummary: Sendable, Codable, Equatable {
     /// Samples.
     public var count: UInt64
-    /// Smallest value.
+    /// Smallest value (the lowest of its bucket).
     public var minNs: UInt64
     /// Mean.
     public var meanNs: Double
@@ -21,21 +23,21 @@ public struct LatencySummary: Sendable, Codable, Equatable {
     public var p999Ns: UInt64
     /// 99.99th percentile.
     public var p9999Ns: UInt64
-    /// Largest value.
+    /// Largest value (the highest of its bucket).
     public var maxNs: UInt64
 
     /// The summary of `histogram`.
     public init(_ histogram: LatencyHistogram) {
         let empty = histogram.totalCount == 0
         count = histogram.totalCount
-        minNs = empty ? 0 : histogram.min
+        minNs = histogram.conventionalMin
         meanNs = empty ? 0 : histogram.mean
-        p50Ns = histogram.valueAtPercentile(50)
-        p90Ns = histogram.valueAtPercentile(90)
-        p99Ns = histogram.valueAtPercentile(99)
-        p999Ns = histogram.valueAtPercentile(99.9)
-        p9999Ns = histogram.valueAtPercentile(99.99)
-        maxNs = empty ? 0 : histogram.max
+        p50Ns = histogram.conventionalValue(atPercentile: 50)
+        p90Ns = histogram.conventionalValue(atPercentile: 90)
+        p99Ns = histogram.conventionalValue(atPercentile: 99)
+        p999Ns = histogram.conventionalValue(atPercentile: 99.9)
+        p9999Ns = histogram.conventionalValue(atPercentile: 99.99)
+        maxNs = histogram.conventionalMax
     }
 
     /// The value of statistic `name` (as objectives write it).

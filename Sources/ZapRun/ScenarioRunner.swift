@@ -142,10 +142,7 @@ public final class ScenarioRunner: Sendable {
     }
 
     /// The steps in execution order: the timeline without teardown, `repeat` times, then teardown.
-    public var expandedTimeline: [TimelineStep] {
-        let body = scenario.timeline.filter { $0 != .teardown }
-        return Array(repeating: body, count: scenario.repeatCount).flatMap { $0 } + [.teardown]
-    }
+    public var expandedTimeline: [TimelineStep] { scenario.expandedTimeline }
 
     /// Runs the timeline under `policy` and returns what it measured.
     public func run(policy: ZapPolicy) throws -> PolicyRun {
@@ -158,7 +155,7 @@ public final class ScenarioRunner: Sendable {
         let vm = try VirtualMachine(configuration: VMConfiguration(
             policy: policy, workqueueWidth: scenario.workqueueWidth, pageTableBudgetBytes: budget,
             injectedBugs: Set(scenario.injectedBugs), name: policy.rawValue, observer: observer,
-            chaos: scenario.chaos))
+            chaos: scenario.chaos, nxRecovery: scenario.nxRecovery))
         let vcpus = (0..<scenario.workload.vcpus).map { _ in vm.makeVCPU() }
         var deleted = [Bool](repeating: false, count: slice.slotCount)
         var recorder = BlockTimeRecorder(kernelNanosecondsPerSPTE: options.kernelNanosecondsPerSPTE, enabled: options.measure)
@@ -224,7 +221,7 @@ public final class ScenarioRunner: Sendable {
                     stepRecorder.record(.unmap, vm.unmapRange(layout.frames(ofSlot: slice.firstSlot + slots[chosen])))
                 }
             case .dirtyLog(.enable):
-                stepRecorder.record(.dirtyLog, vm.writeProtectForDirtyLog())
+                stepRecorder.record(.dirtyLog, vm.enableDirtyLog())
             case .dirtyLog(.clear):
                 stepRecorder.record(.dirtyLog, vm.clearDirtyLog())
             case .dirtyLog(.disable):
@@ -365,7 +362,7 @@ public final class ScenarioRunner: Sendable {
                 switch generator.next() % 10 {
                 case 0..<3: recorder.record(.fastZap, vm.fastZap())
                 case 3..<5: recorder.record(.unmap, vm.unmapRange(layout.frames(ofSlot: firstSlot + Int(generator.next() % UInt64(slots)))))
-                case 5: recorder.record(.dirtyLog, vm.writeProtectForDirtyLog())
+                case 5: recorder.record(.dirtyLog, vm.enableDirtyLog())
                 case 6: recorder.record(.dirtyLog, vm.clearDirtyLog())
                 case 7..<9: recorder.record(.dirtyLog, vm.zapCollapsibleSPTEs())
                 default: recorder.record(.fullZap, vm.fullZap())
@@ -387,7 +384,9 @@ public final class ScenarioRunner: Sendable {
                 case 0..<35 where !inDeletedSlot || vcpu.addressSpace == .smm:
                     recorder.record(.fastFault, vcpu.fastFault(gfn: frame, write: generator.next() & 1 == 0))
                 case 35..<65 where !inDeletedSlot || vcpu.addressSpace == .smm:
-                    recorder.record(.fault, vcpu.fault(gfn: frame, write: generator.next() & 1 == 0))
+                    // One in three as under dirty logging: a huge page in the way is split.
+                    let draw = generator.next()
+                    recorder.record(.fault, vcpu.fault(gfn: frame, write: draw & 1 == 0, replacingHugePages: draw % 3 == 0))
                 case 65..<85 where !inDeletedSlot || vcpu.addressSpace == .smm:
                     recorder.record(.populate, vcpu.populate2MRegion(firstFrame: frame))
                 case 85..<95:

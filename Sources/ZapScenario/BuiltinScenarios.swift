@@ -6,7 +6,7 @@ public enum BuiltinScenarios {
         ("seed-64t", "the seed's experiment: 64 TiB of 4 KiB SPTEs, vCPU reset drops the last reference, then a fast zap; for the fleet", seed64T),
         ("max-guest-memory", "the shape of the kernel's max_guest_memory_test: run, reset, run, delete half the slots, exit without cleanup", maxGuestMemory),
         ("smm", "two address spaces: every vCPU also maps SMRAM in SMM, and every zap must reach both", smm),
-        ("races", "every walker at once under race amplification: slow and lockless faults, resets, SMM, fast zaps, unmaps, dirty logging, full zaps, teardown", races),
+        ("races", "every walker at once under race amplification: slow and lockless faults, resets, SMM, fast zaps, unmaps, dirty logging, NX recovery, full zaps, teardown", races),
     ]
 
     /// The YAML of the built-in named `name`.
@@ -113,7 +113,7 @@ public enum BuiltinScenarios {
 
     static let races = """
         name: races
-        description: "every path that touches SPTEs at once, with seeded delays at the race windows: slow and lockless faults, resets and SMM switches against fast zaps, MMU-notifier unmaps, dirty logging and full zaps"
+        description: "every path that touches SPTEs at once, with seeded delays at the race windows: slow and lockless faults, resets and SMM switches against fast zaps, MMU-notifier unmaps, dirty logging (eager huge-page splits included), NX recovery and full zaps"
         vm:
           memory: 8GiB
           memslot: 1GiB
@@ -125,6 +125,7 @@ public enum BuiltinScenarios {
           coverage: random
         timeline:
           - populate
+          - dirty_log: enable
           - fast_faults: {faults: 2000}
           - dirty_log: clear
           - fast_faults: {faults: 2000}
@@ -140,12 +141,17 @@ public enum BuiltinScenarios {
           - full_zap
           - teardown
         policies: [sync, async, preserve]
-        workqueue_width: 4
+        # Two workers: roots are zapped concurrently, and a defunct root's item often waits
+        # pending behind a running zap, the state the double-queue race needs (with 4 workers the
+        # race was reached about once a run, sometimes not at all; with 2, some 40 times).
+        workqueue_width: 2
         seed: 1
         # One passage in twenty through a race window waits up to 2 ms: long enough for a fast zap
         # after a reset to meet the defunct root's pending work item, for walkers to sit inside
         # tables while zaps free them, and for lock hand-offs to interleave.
         chaos: {probability: 0.05, max_delay: 2ms}
+        # The NX recovery thread zaps one in 8 tables of small pages every 2 ms under the write lock.
+        nx_recovery: {period: 2ms, ratio: 8}
         slos:
           - "violations == 0"
 

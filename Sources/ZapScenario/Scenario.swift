@@ -27,9 +27,18 @@ public struct Scenario: Sendable, Equatable {
     public var injectedBugs: [InjectedBug]
     /// Race amplification (the `chaos:` section); its seed is the scenario's. Nil for none.
     public var chaos: ChaosConfiguration? = nil
+    /// The NX huge-page recovery thread (the `nx_recovery:` section); nil for none.
+    public var nxRecovery: NXRecoveryConfiguration? = nil
 
     /// Memslots in the VM.
     public var memslotCount: Int { Int(vm.memoryBytes / vm.memslotBytes) }
+
+    /// The steps a run performs, in order: the timeline without teardown, `repeat` times, then
+    /// teardown once. A run's step records follow this list.
+    public var expandedTimeline: [TimelineStep] {
+        let body = timeline.filter { $0 != .teardown }
+        return Array(repeating: body, count: repeatCount).flatMap { $0 } + [.teardown]
+    }
 }
 
 /// The simulated VM's memory layout.

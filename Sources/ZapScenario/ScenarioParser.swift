@@ -50,7 +50,7 @@ struct ScenarioReader {
     func scenario(_ root: Node) throws(ScenarioError) -> Scenario {
         let top = try mapping(root, key: nil, allowed: [
             "name", "description", "vm", "workload", "timeline", "repeat", "policies",
-            "workqueue_width", "seed", "slos", "inject", "chaos",
+            "workqueue_width", "seed", "slos", "inject", "chaos", "nx_recovery",
         ])
         let vmNode = try required(top, "vm", in: root, path: nil)
         let workloadNode = try required(top, "workload", in: root, path: nil)
@@ -128,7 +128,20 @@ struct ScenarioReader {
             objectives: objectives,
             injectedBugs: bugs)
         scenario.chaos = try top["chaos"].flatMap { node throws(ScenarioError) in try chaos(node, seed: seed) }
+        scenario.nxRecovery = try top["nx_recovery"].map { node throws(ScenarioError) in try nxRecovery(node) }
         return scenario
+    }
+
+    /// `nx_recovery: {period: 2ms, ratio: 8}`: the VM's NX huge-page recovery thread.
+    private func nxRecovery(_ node: Node) throws(ScenarioError) -> NXRecoveryConfiguration {
+        let map = try mapping(node, key: "nx_recovery", allowed: ["period", "ratio"])
+        let periodNode = try required(map, "period", in: node, path: "nx_recovery")
+        let text = try string(periodNode, key: "nx_recovery.period")
+        guard let period = try? NXRecoveryConfiguration.parse(text)?.periodNanoseconds else {
+            throw error(.badValue, periodNode, "nx_recovery.period", "'\(text)' is not a whole number of ns, us or ms from 1us to 1 s (e.g. 2ms)")
+        }
+        let ratio = try integer(map["ratio"], key: "nx_recovery.ratio", default: NXRecoveryConfiguration().ratio, range: 1...1000)
+        return NXRecoveryConfiguration(periodNanoseconds: period, ratio: ratio)
     }
 
     /// `chaos: {probability: 0.1, max_delay: 200us, windows: [before-work-item, lock-handoff]}`:

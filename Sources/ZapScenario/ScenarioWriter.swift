@@ -48,6 +48,9 @@ public enum ScenarioWriter {
             let windows = RaceWindow.allCases.filter(chaos.windows.contains).map(\.rawValue).joined(separator: ", ")
             lines.append("chaos: {probability: \(chaos.probability), max_delay: \(chaos.maxDelayNanoseconds)ns, windows: [\(windows)]}")
         }
+        if let nx = scenario.nxRecovery {
+            lines.append("nx_recovery: {period: \(nx.periodNanoseconds)ns, ratio: \(nx.ratio)}")
+        }
         if !scenario.objectives.isEmpty {
             lines.append("slos:")
             for objective in scenario.objectives { lines.append("  - \(quoted(objective.text))") }

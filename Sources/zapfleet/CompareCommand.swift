@@ -37,13 +37,13 @@ struct CompareCommand: ParsableCommand {
     var all = false
 
     func validate() throws {
-        guard parsedTolerance != nil else { throw ValidationError("--tolerance '\(tolerance)' is not a percentage, e.g. 10%") }
-        guard Quantities.parseDuration(noiseFloor) != nil else { throw ValidationError("--noise-floor '\(noiseFloor)' is not a duration, e.g. 1us") }
+        guard parsedTolerance != nil else { throw ValidationError("--tolerance '\(tolerance)' is not a percentage from 0% to 1000000%, e.g. 10%") }
+        _ = try OptionChecks.duration(noiseFloor, option: "--noise-floor", within: 0...3600e9, example: "1us")
     }
 
     private var parsedTolerance: Double? {
         let text = tolerance.hasSuffix("%") ? String(tolerance.dropLast()) : tolerance
-        guard let value = Double(text), value >= 0 else { return nil }
+        guard let value = Double(text), value.isFinite, value >= 0, value <= 1_000_000 else { return nil }
         return value / 100
     }
 
@@ -52,7 +52,7 @@ struct CompareCommand: ParsableCommand {
             do {
                 return try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: path)))
             } catch {
-                printError("\(path): not a readable zapfleet report.json (\(error.localizedDescription)); compare the report.json files that `run --out` or `coordinator --out` write")
+                printError("\(path): not a readable zapfleet report.json (\(OptionChecks.reason(error))); compare the report.json files that `run --out` or `coordinator --out` write")
                 throw ZapfleetExitCode.badInput
             }
         }

@@ -89,17 +89,18 @@ struct CoordinatorCommand: ParsableCommand {
     var security: CoordinatorSecurityOptions
 
     func validate() throws {
-        guard Quantities.parseDuration(wait) != nil else { throw ValidationError("--wait '\(wait)' is not a duration, e.g. 60s") }
-        guard let beat = Quantities.parseDuration(heartbeatInterval), beat >= 10e6 else {
-            throw ValidationError("--heartbeat-interval '\(heartbeatInterval)' is not a duration of at least 10ms")
-        }
-        guard expectWorkers >= 1 else { throw ValidationError("--expect-workers must be at least 1") }
-        guard expectAgents >= 0 else { throw ValidationError("--expect-agents cannot be negative") }
-        guard (1...1_000_000).contains(maxAttempts) else { throw ValidationError("--max-attempts must be between 1 and 1000000") }
-        guard (2...1_000_000).contains(liveness) else { throw ValidationError("--liveness must be between 2 and 1000000") }
-        guard (2...100_000_000).contains(progressDeadline) else { throw ValidationError("--progress-deadline must be between 2 and 100000000 heartbeat intervals") }
-        guard (1...1_000_000).contains(giveBackLimit) else { throw ValidationError("--give-back-limit must be between 1 and 1000000") }
-        if let shardSize, Quantities.parseSize(shardSize) == nil { throw ValidationError("--shard-size '\(shardSize)' is not a size, e.g. 2TiB") }
+        try EndpointCheck.validate(bind, option: "--bind", binding: true)
+        _ = try OptionChecks.duration(wait, option: "--wait", within: 0...OptionChecks.week, example: "60s")
+        _ = try OptionChecks.duration(heartbeatInterval, option: "--heartbeat-interval", within: 10e6...3600e9, example: "1s")
+        try OptionChecks.count(expectWorkers, option: "--expect-workers", within: 1...65_536)
+        try OptionChecks.count(expectAgents, option: "--expect-agents", within: 0...1024)
+        try OptionChecks.count(maxAttempts, option: "--max-attempts", within: 1...1000)
+        // Workers clamp the liveness a welcome gives them to 1000: both sides must agree.
+        try OptionChecks.count(liveness, option: "--liveness", within: 2...1000)
+        try OptionChecks.count(progressDeadline, option: "--progress-deadline", within: 2...1_000_000)
+        try OptionChecks.count(giveBackLimit, option: "--give-back-limit", within: 1...1000)
+        try OptionChecks.kernelCost(kernelSpteNs)
+        if let shardSize { _ = try OptionChecks.size(shardSize, option: "--shard-size", within: (2 << 20)...(1 << 48), example: "2TiB") }
         if resume != nil && scenario != nil {
             throw ValidationError("--resume takes the scenario from the run's journal; drop --scenario")
         }
@@ -110,6 +111,8 @@ struct CoordinatorCommand: ParsableCommand {
         let resolved: Scenario
         var resumed: JournalContents?
         let out = self.out ?? resume
+        // Before any worker is waited for: a run whose files cannot be written is not started.
+        try OutputError.checkOutputs(out: out, junit: junit)
         do {
             if let resume {
                 let contents = try ResultJournal.load(ResultJournal.path(inRunDirectory: resume))

@@ -12,8 +12,11 @@ struct EngineCheckCommand: ParsableCommand {
         commandName: "engine-check",
         abstract: "Run the zap engine's concurrency workout and report invariant violations.",
         discussion: """
-            vCPU threads fault, reset and switch address spaces while another thread deletes memslots \
-            (fast zaps) and releases the MMU notifier (full zaps); then the VM is torn down and checked. \
+            vCPU threads fault (slow and lockless), reset and switch address spaces while another thread \
+            deletes memslots (fast zaps), releases the MMU notifier (full zaps), unmaps ranges and runs \
+            dirty logging (eager huge-page splits, write protection, clearing dirty bits, zapping \
+            collapsible tables), and an NX recovery thread zaps tables of small pages; then the VM is \
+            torn down and checked. \
             Exit code 2 if any invariant was violated, 0 otherwise.
 
             Examples:
@@ -37,7 +40,7 @@ struct EngineCheckCommand: ParsableCommand {
     @Option(name: .long, help: "Fast zaps per seed.")
     var fastZaps: Int = 20
 
-    @Option(name: .long, help: "Guest memory the vCPUs fault into, in GiB.")
+    @Option(name: .customLong("memory-gib"), help: "Guest memory the vCPUs fault into, in GiB.")
     var memoryGiB: Int = 4
 
     @Option(name: .long, help: "Seeds to run, starting at --seed.")
@@ -59,16 +62,23 @@ struct EngineCheckCommand: ParsableCommand {
         discussion: "Windows: \(RaceWindow.allCases.map(\.rawValue).joined(separator: ", ")). Delays are uniform up to MAX-DELAY (e.g. 200us, 1ms; default 100us) and drawn per thread from the seed, so a seed repeats its delays."))
     var chaos: String = "0.05"
 
+    @Option(name: .long, help: ArgumentHelp(
+        "NX huge-page recovery thread: PERIOD[,RATIO], or 'off'.",
+        discussion: "Every PERIOD (1us to 1000ms) the thread takes mmu_lock for write and zaps one in RATIO (default 8) of the tables of 4 KiB pages that a 2 MiB page could replace, while lockless walkers may be inside them."))
+    var nxRecovery: String = "2ms,8"
+
     func validate() throws {
         _ = try chaosConfiguration(seed: 0)
-        guard vcpus >= 1 && vcpus <= 1024 else { throw ValidationError("--vcpus must be between 1 and 1024, got \(vcpus)") }
-        guard operations >= 1 else { throw ValidationError("--operations must be at least 1, got \(operations)") }
-        guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1, got \(seeds)") }
-        guard fastZaps >= 0 else { throw ValidationError("--fast-zaps must not be negative, got \(fastZaps)") }
-        guard memoryGiB >= 1 && memoryGiB <= 1 << 16 else {
-            throw ValidationError("--memory-gib must be between 1 and 65536, got \(memoryGiB)")
+        _ = try nxRecoveryConfiguration()
+        try OptionChecks.count(vcpus, option: "--vcpus", within: 1...1024)
+        try OptionChecks.count(operations, option: "--operations", within: 1...100_000_000)
+        try OptionChecks.count(seeds, option: "--seeds", within: 1...10_000_000)
+        try OptionChecks.count(fastZaps, option: "--fast-zaps", within: 0...1_000_000)
+        try OptionChecks.count(memoryGiB, option: "--memory-gib", within: 1...65_536)
+        try OptionChecks.count(workqueueWidth, option: "--workqueue-width", within: 1...1024)
+        guard seed <= UInt64.max - UInt64(seeds) else {
+            throw ValidationError("--seed \(seed) with --seeds \(seeds) runs past the largest seed (2^64 - 1); give a smaller --seed")
         }
-        guard workqueueWidth >= 1 else { throw ValidationError("--workqueue-width must be at least 1, got \(workqueueWidth)") }
         guard stallSeconds.isFinite && stallSeconds >= 0.1 && stallSeconds <= 86_400 else {
             throw ValidationError("--stall-seconds must be between 0.1 and 86400, got \(stallSeconds)")
         }
@@ -90,7 +100,8 @@ struct EngineCheckCommand: ParsableCommand {
                                         pageTableBudgetBytes: max(1 << 30, memoryGiB << 22),
                                         injectedBugs: Set(inject),
                                         stallBoundNanoseconds: UInt64(stallSeconds * 1e9),
-                                        chaos: try chaosConfiguration(seed: seed + offset)),
+                                        chaos: try chaosConfiguration(seed: seed + offset),
+                                        nxRecovery: try nxRecoveryConfiguration()),
                     vcpus: vcpus, operationsPerVCPU: operations, fastZaps: fastZaps,
                     fullZaps: max(1, fastZaps / 10), guestFrames: UInt64(memoryGiB) << 18,
                     useSMM: true, seed: seed + offset)
@@ -131,6 +142,14 @@ struct EngineCheckCommand: ParsableCommand {
             return try ChaosConfiguration.parse(chaos, seed: seed)
         } catch {
             throw ValidationError("--chaos: \(error)")
+        }
+    }
+
+    private func nxRecoveryConfiguration() throws -> NXRecoveryConfiguration? {
+        do {
+            return try NXRecoveryConfiguration.parse(nxRecovery)
+        } catch {
+            throw ValidationError("--nx-recovery: \(error)")
         }
     }
 

@@ -20,7 +20,7 @@ enum ReportOutput {
                                                   intervalLog: fleetDetail ? outcome.intervalLog : nil, external: outcome.external)
                 print("wrote \(files.count) files to \(out)")
             } catch {
-                printError("cannot write the report to \(out): \(error.localizedDescription)")
+                printError("cannot write the report to \(out): \(OptionChecks.reason(error)); the measurements are in the table above")
                 return ZapfleetExitCode.internalError.rawValue
             }
         }
@@ -28,7 +28,7 @@ enum ReportOutput {
             do {
                 try Data(JUnitReport.render(report).utf8).write(to: URL(fileURLWithPath: junit), options: .atomic)
             } catch {
-                printError("cannot write JUnit XML to \(junit): \(error.localizedDescription)")
+                printError("cannot write JUnit XML to \(junit): \(OptionChecks.reason(error))")
                 return ZapfleetExitCode.internalError.rawValue
             }
         }

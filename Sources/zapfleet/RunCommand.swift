@@ -77,19 +77,22 @@ struct RunCommand: ParsableCommand {
     var quiet = false
 
     func validate() throws {
-        if let vcpus, vcpus < 1 || vcpus > 4096 { throw ValidationError("--vcpus must be between 1 and 4096, got \(vcpus)") }
-        if let size, Quantities.parseSize(size) == nil {
-            throw ValidationError("--size '\(size)' is not a size; write a number and a binary unit (e.g. 64GiB, 2TiB)")
+        if let vcpus { try OptionChecks.count(vcpus, option: "--vcpus", within: 1...4096) }
+        // A 4-level root maps 256 TiB.
+        if let size { _ = try OptionChecks.size(size, option: "--size", within: (2 << 20)...(1 << 48), example: "64GiB") }
+        if let maxMemory { _ = try OptionChecks.size(maxMemory, option: "--max-memory", within: (1 << 20)...(1 << 60), example: "16GiB") }
+        try OptionChecks.kernelCost(kernelSpteNs)
+        if let workers { try OptionChecks.count(workers, option: "--workers", within: 1...256) }
+        // Scenario files carry seeds up to 2^63 - 1, and the run is re-run from its scenario.yaml.
+        if let seed, seed > UInt64(Int64.max) { throw ValidationError("--seed must be between 0 and \(Int64.max), got \(seed)") }
+        if let chaos {
+            do { _ = try ChaosConfiguration.parse(chaos, seed: 0) } catch { throw ValidationError("--chaos: \(error)") }
         }
-        if let maxMemory, Quantities.parseSize(maxMemory) == nil {
-            throw ValidationError("--max-memory '\(maxMemory)' is not a size; write a number and a binary unit (e.g. 16GiB)")
-        }
-        guard kernelSpteNs > 0 && kernelSpteNs.isFinite else { throw ValidationError("--kernel-spte-ns must be above 0") }
-        if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be between 1 and 256, got \(workers)") }
     }
 
     func run() throws {
         let logger = Logger(label: "zapfleet.run")
+        try OutputError.checkOutputs(out: out, junit: junit)
         let resolved: Scenario
         do {
             resolved = try applyOverrides(to: try ScenarioCatalog.load(scenario))

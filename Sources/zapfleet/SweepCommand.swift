@@ -77,8 +77,13 @@ struct SweepCommand: ParsableCommand {
             throw ValidationError("--matrix holds the whole matrix; drop --scenario, --sizes, --policy, --vcpus and --workers")
         }
         if matrix == nil && sizes == nil { throw ValidationError("give --sizes (e.g. 16GiB,64GiB) or a --matrix file") }
-        if let maxMemory, Quantities.parseSize(maxMemory) == nil { throw ValidationError("--max-memory '\(maxMemory)' is not a size, e.g. 16GiB") }
-        guard Quantities.parseDuration(wait) != nil else { throw ValidationError("--wait '\(wait)' is not a duration, e.g. 60s") }
+        for size in (sizes ?? "").split(separator: ",") {
+            _ = try OptionChecks.size(size.trimmingCharacters(in: .whitespaces), option: "--sizes", within: (2 << 20)...(1 << 48), example: "16GiB,64GiB")
+        }
+        if let maxMemory { _ = try OptionChecks.size(maxMemory, option: "--max-memory", within: (1 << 20)...(1 << 60), example: "16GiB") }
+        _ = try OptionChecks.duration(wait, option: "--wait", within: 0...OptionChecks.week, example: "60s")
+        try OptionChecks.kernelCost(kernelSpteNs)
+        if let bind { try EndpointCheck.validate(bind, option: "--bind", binding: true) }
     }
 
     /// The matrix from --matrix or the flags, with errors that say where.
@@ -99,6 +104,7 @@ struct SweepCommand: ParsableCommand {
 
     func run() throws {
         let logger = Logger(label: "zapfleet.sweep")
+        try OutputError.checkOutputs(out: out, junit: nil)
         let limit = maxMemory.flatMap(Quantities.parseSize) ?? SystemMemory.defaultLimit
         let cells: [SweepMatrix.Cell]
         let matrix: SweepMatrix

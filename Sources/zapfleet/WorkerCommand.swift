@@ -52,8 +52,17 @@ struct WorkerCommand: ParsableCommand {
     var coordinatorKey: String?
 
     func validate() throws {
-        if let memory, Quantities.parseSize(memory) == nil { throw ValidationError("--memory '\(memory)' is not a size, e.g. 16GiB") }
-        if let slots, slots < 1 { throw ValidationError("--slots must be at least 1") }
+        if let memory {
+            guard let bytes = Quantities.parseSize(memory) else { throw ValidationError("--memory '\(memory)' is not a size, e.g. 16GiB") }
+            // The coordinator refuses a budget of 2^50 or more (README, "Wire protocol"); below
+            // 1 MiB the engine cannot hold one VM's page tables.
+            guard bytes >= 1 << 20 && bytes < 1 << 50 else {
+                throw ValidationError("--memory must be at least 1MiB and below 1PiB, got \(memory)")
+            }
+        }
+        if let slots, !(1...1_000_000).contains(slots) { throw ValidationError("--slots must be between 1 and 1000000, got \(slots)") }
+        if let name, let problem = Self.nameProblem(name) { throw ValidationError("--name \(problem)") }
+        try EndpointCheck.validate(connect, option: "--connect")
         guard (key == nil) == (coordinatorKey == nil) else {
             throw ValidationError("--key and --coordinator-key go together: this worker's secret key, and the coordinator's public key")
         }
@@ -74,7 +83,7 @@ struct WorkerCommand: ParsableCommand {
         let interrupt = InterruptHandler { cancellation.cancel() }
         defer { interrupt.cancel() }
         let configuration = WorkerConfiguration(
-            connect: connect, name: name ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())",
+            connect: connect, name: name ?? Self.defaultName,
             memoryBudgetBytes: memory.flatMap(Quantities.parseSize) ?? SystemMemory.defaultLimit,
             largestShardSlots: slots ?? 0, buildVersion: ZapfleetVersion.current, exitOnStop: !keepRunning,
             security: security)
@@ -95,5 +104,26 @@ struct WorkerCommand: ParsableCommand {
         case .cancelled:
             throw ExitCode(130)
         }
+    }
+}
+
+extension WorkerCommand {
+    /// `HOST-PID`, the host name cut so that the name stays within the coordinator's limit.
+    static var defaultName: String {
+        let suffix = "-\(getpid())"
+        let host = ProcessInfo.processInfo.hostName.filter { !$0.isNewline && $0.isASCII && $0 != "\0" }
+        return String(host.prefix(PeerIntroduction.maximumNameBytes - suffix.utf8.count)) + suffix
+    }
+
+    /// Why the coordinator would refuse `name`, or nil.
+    static func nameProblem(_ name: String) -> String? {
+        if name.isEmpty { return "must not be empty" }
+        if name.utf8.count > PeerIntroduction.maximumNameBytes {
+            return "must be at most \(PeerIntroduction.maximumNameBytes) bytes, got \(name.utf8.count)"
+        }
+        if name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+            return "must not hold control characters"
+        }
+        return nil
     }
 }

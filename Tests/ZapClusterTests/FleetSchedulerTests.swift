@@ -125,3 +125,50 @@ struct FleetSchedulerTests {
         #expect(scheduler.process(.result(Self.peer("a"), claim, .plausible), now: 3).contains(.journal(Self.peer("a"), claim)))
     }
 }
+
+extension FleetSchedulerTests {
+    static func logs(_ actions: [FleetScheduler.Action]) -> [String] {
+        actions.compactMap { if case .log(_, let message) = $0 { message } else { nil } }
+    }
+
+    @Test("a routing id that is not printable is logged as hex, never as raw bytes; a ban is logged with its last reason")
+    func unprintablePeersAndBans() {
+        var scheduler = Self.scheduler { $0.badFrameLimit = 4 }
+        let id: PeerID = [0x00, 0xff, 0x41, 0x0a, 0x1b]
+        var messages: [String] = []
+        for index in 0..<4 {
+            messages += Self.logs(scheduler.process(.badFrame(id, "garbage \(index)"), now: UInt64(index + 1)))
+        }
+        #expect(!messages.isEmpty)
+        for message in messages {
+            #expect(message.utf8.allSatisfy { $0 >= 0x20 && $0 != 0x7f }, "a log line holds only printable text: \(Array(message.utf8))")
+        }
+        #expect(messages.contains { $0.contains("0x00ff410a1b") }, "\(messages)")
+        let ban = messages.last { $0.contains("banned") }
+        #expect(ban?.contains("4 bad frames") == true && ban?.contains("garbage 3") == true, "\(messages)")
+        #expect(scheduler.peers[id]?.state == .banned)
+    }
+
+    @Test("a hello out of range is refused with the field named, and the refused peer's name stays printable")
+    func helloRanges() {
+        var scheduler = Self.scheduler()
+        let cases: [(PeerIntroduction, String)] = [
+            (PeerIntroduction(name: "zero", memoryBudgetBytes: 0), "memory_budget_bytes"),
+            (PeerIntroduction(name: "vast", memoryBudgetBytes: 1 << 50), "memory_budget_bytes"),
+            (PeerIntroduction(name: "idle", cores: 0, memoryBudgetBytes: 1 << 30), "cores"),
+            (PeerIntroduction(name: "", memoryBudgetBytes: 1 << 30), "worker_name"),
+            (PeerIntroduction(name: "bell\u{7}", memoryBudgetBytes: 1 << 30), "worker_name"),
+            (PeerIntroduction(name: String(repeating: "x", count: 129), memoryBudgetBytes: 1 << 30), "worker_name"),
+        ]
+        for (index, (introduction, field)) in cases.enumerated() {
+            let id: PeerID = [0x01, UInt8(index)]
+            let actions = scheduler.process(.hello(id, introduction), now: UInt64(index + 1))
+            let refusal = actions.compactMap { if case .refuse(let to, let reason) = $0, to == id { reason } else { nil } }.first
+            #expect(refusal?.contains(field) == true, "\(introduction.name.debugDescription): \(refusal ?? "welcomed")")
+            #expect(Self.logs(actions).allSatisfy { $0.utf8.allSatisfy { $0 >= 0x20 && $0 != 0x7f } })
+        }
+        // An agent's budget is not read.
+        let agent = scheduler.process(.hello([0x02], PeerIntroduction(name: "agent", memoryBudgetBytes: 1, isAgent: true)), now: 20)
+        #expect(agent.contains(.welcome([0x02])))
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import Histogram
+import HistogramCodec
 import Testing
 import ZapEngine
 @testable import ZapRun
@@ -20,6 +21,35 @@ struct MeasurementTests {
         #expect(projected.min == 0)
         #expect(recorder.histogram(.reset).totalCount == 2)
         #expect(recorder.histogram(.reset).max >= 2_000 && recorder.histogram(.reset).max < 2_002)
+    }
+
+    @Test("one convention for percentiles, min and max (HdrHistogram's): the same figures before and after a V2 round trip, and no percentile above the max")
+    func summaryConvention() throws {
+        var generator = SplitMix64(seed: 12)
+        for _ in 0..<50 {
+            var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+            // Values inside one top bucket and below: the case where the exact max and its bucket differ.
+            let top = 1_000_000 + generator.next() % 1_000_000_000
+            for _ in 0..<(1 + generator.next() % 200) { histogram.record(1 + generator.next() % top) }
+            histogram.record(top)
+            let summary = LatencySummary(histogram)
+            let decoded = try HistogramV2Codec.decode(HistogramV2Codec.encodeCompressed(histogram))
+            #expect(LatencySummary(decoded) == summary, "top \(top)")
+            #expect(summary.maxNs == histogram.highestEquivalentForValue(top))
+            #expect(summary.minNs == histogram.lowestEquivalentForValue(histogram.min))
+            for percentile in [summary.p50Ns, summary.p90Ns, summary.p99Ns, summary.p999Ns, summary.p9999Ns] {
+                #expect(percentile <= summary.maxNs)
+                #expect(histogram.highestEquivalentForValue(percentile) == percentile, "a percentile is the top of its bucket")
+            }
+            #expect(histogram.conventionalValue(atPercentile: 100) == summary.maxNs)
+        }
+        // One value: every percentile is that value's bucket top, as the max is.
+        var one = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+        one.record(1_237_500)
+        let single = LatencySummary(one)
+        #expect(single.p99Ns == single.maxNs && single.p50Ns == single.maxNs && single.maxNs == 1_238_015)
+        #expect(single.minNs == 1_236_992)
+        #expect(LatencySummary(Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)).maxNs == 0)
     }
 
     @Test("merging recorders adds every sample, bucket by bucket")

@@ -252,16 +252,18 @@ extension ScenarioParserTests {
               - teardown
             seed: 9
             chaos: {probability: 0.25, max_delay: 300us, windows: [lock-handoff, before-work-item]}
+            nx_recovery: {period: 500us, ratio: 3}
             """)
         let scenario = try ScenarioParser.parse(text, file: "walkers.yaml")
         #expect(scenario.timeline == [.populate, .fastFaults(faults: 10), .dirtyLog(.enable), .dirtyLog(.clear), .dirtyLog(.disable),
                                       .unmap(fraction: 0.5), .workout(operations: 20), .teardown])
         #expect(scenario.chaos == ChaosConfiguration(seed: 9, probability: 0.25, maxDelayNanoseconds: 300_000,
                                                      windows: [.lockHandoff, .beforeWorkItem]))
+        #expect(scenario.nxRecovery == NXRecoveryConfiguration(periodNanoseconds: 500_000, ratio: 3))
         #expect(try ScenarioParser.parse(ScenarioWriter.yaml(scenario), file: "again") == scenario)
     }
 
-    @Test("a bad chaos section or walker step is refused with its key and what to write",
+    @Test("a bad chaos or nx_recovery section is refused with its key and what to write",
           arguments: [
             ("chaos: {probability: 2}", "chaos.probability"),
             ("chaos: {probability: 0.1, max_delay: 5s}", "chaos.max_delay"),
@@ -269,6 +271,12 @@ extension ScenarioParserTests {
             ("chaos: {probability: 0.1, windows: []}", "chaos.windows"),
             ("chaos: {max_delay: 1ms}", "chaos.probability"),
             ("chaos: {probability: 0.1, seed: 3}", "chaos.seed"),
+            ("nx_recovery: {period: 0ms}", "nx_recovery.period"),
+            ("nx_recovery: {period: 2s}", "nx_recovery.period"),
+            ("nx_recovery: {ratio: 4}", "nx_recovery.period"),
+            ("nx_recovery: {period: 2ms, ratio: 0}", "nx_recovery.ratio"),
+            ("nx_recovery: {period: 2ms, ratio: 1e9}", "nx_recovery.ratio"),
+            ("nx_recovery: 2ms", "nx_recovery"),
           ])
     func badChaos(line: String, key: String) throws {
         let error = try #require(failure(replacing: 6, with: "\(line)\ntimeline:"))

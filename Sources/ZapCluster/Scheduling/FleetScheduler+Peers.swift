@@ -45,8 +45,8 @@ extension FleetScheduler {
         case .refused, .banned: return
         default: break
         }
-        guard introduction.memoryBudgetBytes > 0, introduction.cores > 0, introduction.cores < 1 << 16, !introduction.name.isEmpty else {
-            refuse(id, "its hello has a zero memory budget, no name or an impossible core count (memory \(introduction.memoryBudgetBytes) bytes, \(introduction.cores) cores); give the worker --memory and --name", now: now, into: &actions)
+        if let problem = PeerIntroduction.problem(with: introduction) {
+            refuse(id, "its hello is out of range: \(problem)", now: now, into: &actions)
             return
         }
         // A name is one worker's: a second live worker under it is refused, naming it. A holder
@@ -152,7 +152,7 @@ extension FleetScheduler {
         let count = peers[id]!.badFrames
         if count <= 3 { actions.append(.log(.warning, "dropped a frame from \(peer.name): \(reason)")) }
         if count >= configuration.badFrameLimit {
-            actions.append(.log(.error, "ignoring \(peer.name) from now on: \(count) bad frames"))
+            actions.append(.log(.error, "banned \(peer.name): \(count) bad frames, the last \(reason); everything it sends is dropped from now on"))
             releaseAttempt(of: peer, why: "its worker was ignored for bad frames", now: now, into: &actions)
             peers[id]!.state = .banned
         }

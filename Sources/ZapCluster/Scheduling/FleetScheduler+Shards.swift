@@ -147,7 +147,7 @@ extension FleetScheduler {
             if hostile { rejectFrame(id, "result for \(claim): \(reason)", now: now, into: &actions) }
         }
         guard claim.runID == configuration.runID else {
-            return reject("it belongs to run \(claim.runID.prefix(40)), not this run \(configuration.runID)", hostile: false)
+            return reject("it belongs to run \(claim.runID.printable(limit: 40)), not this run \(configuration.runID)", hostile: false)
         }
         guard let shard = shards[safe: claim.shard] else {
             return reject("shard \(claim.shard) does not exist", hostile: true)

@@ -58,6 +58,28 @@ public struct PeerIntroduction: Sendable, Equatable {
         self.running = running
     }
 
+    /// The smallest page-table budget a hello may offer: 1 byte. (A budget too small for one
+    /// memslot of the scenario is taken, but its worker gets no shard; the log says so.)
+    public static let minimumMemoryBudgetBytes: UInt64 = 1
+    /// The longest worker name, in UTF-8 bytes.
+    public static let maximumNameBytes = 128
+
+    /// What is out of range in a hello, in words (field, value, range), or nil when it is fine.
+    public static func problem(with introduction: PeerIntroduction) -> String? {
+        let name = introduction.name
+        if name.isEmpty || name.utf8.count > maximumNameBytes || name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+            return "worker_name must be 1 to \(maximumNameBytes) bytes of UTF-8 without control characters (got \(name.utf8.count) bytes); give the worker another --name"
+        }
+        if introduction.cores < 1 || introduction.cores > 65_535 {
+            return "cores must be 1 to 65535, got \(introduction.cores)"
+        }
+        // An external agent takes no shard: its budget is not read.
+        if !introduction.isAgent && (introduction.memoryBudgetBytes < minimumMemoryBudgetBytes || introduction.memoryBudgetBytes >= 1 << 50) {
+            return "memory_budget_bytes must be above 0 and below 2^50, got \(introduction.memoryBudgetBytes); give the worker a --memory in that range"
+        }
+        return nil
+    }
+
     /// Does `shard` fit what the peer said it takes: its bytes, memslots and page-table estimate?
     public func canTake(_ shard: Shard) -> Bool {
         !isAgent && shard.bytes <= shardByteLimit && (shardSlotLimit == 0 || shard.slice.slotCount <= shardSlotLimit)

@@ -10,9 +10,20 @@
 
 /// The wire protocol between a zapfleet coordinator and its workers.
 ///
+/// The README's "Wire protocol" section states the whole contract, one rule a line: the ranges
+/// a hello must keep, what makes a result plausible, the bounds on every field, bans. The main
+/// rules:
+///
 /// Transport: ZeroMQ. The coordinator binds a ROUTER socket; each worker connects a DEALER
 /// socket. Every message is exactly one frame holding one serialized Envelope (the ROUTER adds
-/// the worker's identity frame in front). Any message counts as a heartbeat.
+/// the worker's identity frame in front), at most 64 MiB. Any message counts as a heartbeat.
+/// Envelope.protocol_version is 2 (this file's version) in every frame, and every frame is
+/// checked. The first frame a worker sends is a Hello; anything before it is a bad frame, and 20
+/// bad frames ban a peer.
+///
+/// Histograms: HdrHistogram's V2 compressed encoding, raw bytes (not base64), recorded with
+/// lowest discernible value 1, highest trackable value 3,600,000,000,000 (1 h in ns), 3
+/// significant digits.
 ///
 /// Conversation:
 ///   worker -> Hello; coordinator -> Welcome (or Refusal, then nothing more)
@@ -222,7 +233,10 @@ public nonisolated struct Zapfleet_V1_Envelope: Sendable {
   public init() {}
 }
 
-/// Worker -> coordinator, first message after connecting (and after every reconnect).
+/// Worker -> coordinator, first message after connecting (and after every reconnect), repeated
+/// until a Welcome or a Refusal answers. Out of range (cores 1 to 65535, memory_budget_bytes 1 to
+/// 2^50 - 1 for a simulator, worker_name 1 to 128 bytes of UTF-8 without control characters) it
+/// gets a Refusal that names the field.
 public nonisolated struct Zapfleet_V1_Hello: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -339,7 +353,7 @@ public nonisolated struct Zapfleet_V1_Assignment: Sendable {
   /// Memslots in the shard.
   public var slotCount: UInt32 = 0
 
-  /// Kernel cost per SPTE for the projection, in nanoseconds.
+  /// Kernel cost per SPTE for the projection, in nanoseconds: positive and finite, at most 10^6.
   public var kernelNsPerSpte: Double = 0
 
   /// The run this assignment belongs to (Welcome.run_id); echoed in Progress, ShardResult and
@@ -395,10 +409,11 @@ public nonisolated struct Zapfleet_V1_EncodedHistogram: Sendable {
   // methods supported on all messages.
 
   /// The operation (fault, populate, reset, fast_zap, full_zap, teardown, root_lifetime, unmap,
-  /// dirty_log, fast_fault).
+  /// dirty_log, fast_fault); each at most once measured and once projected in a PolicyResult.
   public var operation: String = String()
 
-  /// False: measured block times; true: the kernel projection.
+  /// False: measured block times; true: the kernel projection, which holds as many samples as
+  /// the measured histogram of its operation.
   public var projected: Bool = false
 
   /// The V2 compressed bytes.
@@ -552,7 +567,10 @@ public nonisolated struct Zapfleet_V1_ViolationRecord: Sendable {
   public init() {}
 }
 
-/// One timeline step's timing within a shard, for the whole-VM view.
+/// One timeline step's timing within a shard, for the whole-VM view: a policy's records follow
+/// the run's steps in order (the timeline without teardown, `repeat` times, then teardown), and
+/// the coordinator adds step i of every shard into the timeline's step i. A record out of that
+/// order refuses the result.
 public nonisolated struct Zapfleet_V1_StepRecord: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -704,12 +722,15 @@ public nonisolated struct Zapfleet_V1_ShardAbandoned: Sendable {
   public init() {}
 }
 
-/// Coordinator -> worker: the run is over (or stopping); the worker leaves.
+/// Coordinator -> worker: the run is over (or stopping); the worker gives back the shard it
+/// runs (ShardAbandoned) and leaves.
 public nonisolated struct Zapfleet_V1_Stop: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// "run complete" when every shard has a result; anything else says why the run ended
+  /// without one (a failure, an interrupt).
   public var reason: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()

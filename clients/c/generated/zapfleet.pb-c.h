@@ -107,7 +107,10 @@ struct  Zapfleet__V1__Envelope
 
 
 /*
- * Worker -> coordinator, first message after connecting (and after every reconnect).
+ * Worker -> coordinator, first message after connecting (and after every reconnect), repeated
+ * until a Welcome or a Refusal answers. Out of range (cores 1 to 65535, memory_budget_bytes 1 to
+ * 2^50 - 1 for a simulator, worker_name 1 to 128 bytes of UTF-8 without control characters) it
+ * gets a Refusal that names the field.
  */
 struct  Zapfleet__V1__Hello
 {
@@ -249,7 +252,7 @@ struct  Zapfleet__V1__Assignment
    */
   uint32_t slot_count;
   /*
-   * Kernel cost per SPTE for the projection, in nanoseconds.
+   * Kernel cost per SPTE for the projection, in nanoseconds: positive and finite, at most 10^6.
    */
   double kernel_ns_per_spte;
   /*
@@ -309,11 +312,12 @@ struct  Zapfleet__V1__EncodedHistogram
   ProtobufCMessage base;
   /*
    * The operation (fault, populate, reset, fast_zap, full_zap, teardown, root_lifetime, unmap,
-   * dirty_log, fast_fault).
+   * dirty_log, fast_fault); each at most once measured and once projected in a PolicyResult.
    */
   char *operation;
   /*
-   * False: measured block times; true: the kernel projection.
+   * False: measured block times; true: the kernel projection, which holds as many samples as
+   * the measured histogram of its operation.
    */
   protobuf_c_boolean projected;
   /*
@@ -385,7 +389,10 @@ struct  Zapfleet__V1__ViolationRecord
 
 
 /*
- * One timeline step's timing within a shard, for the whole-VM view.
+ * One timeline step's timing within a shard, for the whole-VM view: a policy's records follow
+ * the run's steps in order (the timeline without teardown, `repeat` times, then teardown), and
+ * the coordinator adds step i of every shard into the timeline's step i. A record out of that
+ * order refuses the result.
  */
 struct  Zapfleet__V1__StepRecord
 {
@@ -568,11 +575,16 @@ struct  Zapfleet__V1__ShardAbandoned
 
 
 /*
- * Coordinator -> worker: the run is over (or stopping); the worker leaves.
+ * Coordinator -> worker: the run is over (or stopping); the worker gives back the shard it
+ * runs (ShardAbandoned) and leaves.
  */
 struct  Zapfleet__V1__Stop
 {
   ProtobufCMessage base;
+  /*
+   * "run complete" when every shard has a result; anything else says why the run ended
+   * without one (a failure, an interrupt).
+   */
   char *reason;
 };
 #define ZAPFLEET__V1__STOP__INIT \
