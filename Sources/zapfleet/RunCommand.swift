@@ -61,8 +61,14 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Also write JUnit XML here: one test case per objective and per invariant, for CI systems.")
     var junit: String?
 
-    @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection column (the seed's 900 s / 2^34).")
-    var kernelSpteNs: Double = 52
+    @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection column (default 52, the seed's 900 s / 2^34; with --kvm, this host's calibrated figure).")
+    var kernelSpteNs: Double?
+
+    @Option(help: ArgumentHelp(
+        "Also run the scenario's timeline on this host's real KVM, with this much guest memory (e.g. 1GiB), and show it as the column kvm:HOST.",
+        discussion: "zapfleet-kvm-probe (make -C clients/c) runs populate, reset, populate, delete half the memslots and close on /dev/kvm (root here) with the scenario's memslots and vCPUs scaled to the size, with and without the zap-all quirk; the column is labelled with the kernel and the MMU it found (TDP or shadow, nested or not), and its deletes calibrate the projection's cost per SPTE. The guest's memory is real host memory: the probe refuses more than is available.",
+        valueName: "size"))
+    var kvm: String?
 
     @Option(help: "Refuse runs whose page tables would need more than this (default: 80% of available memory).")
     var maxMemory: String?
@@ -81,7 +87,8 @@ struct RunCommand: ParsableCommand {
         // A 4-level root maps 256 TiB.
         if let size { _ = try OptionChecks.size(size, option: "--size", within: (2 << 20)...(1 << 48), example: "64GiB") }
         if let maxMemory { _ = try OptionChecks.size(maxMemory, option: "--max-memory", within: (1 << 20)...(1 << 60), example: "16GiB") }
-        try OptionChecks.kernelCost(kernelSpteNs)
+        if let kernelSpteNs { try OptionChecks.kernelCost(kernelSpteNs) }
+        if let kvm { _ = try OptionChecks.size(kvm, option: "--kvm", within: (16 << 20)...(64 << 30), example: "1GiB") }
         if let workers { try OptionChecks.count(workers, option: "--workers", within: 1...256) }
         // Scenario files carry seeds up to 2^63 - 1, and the run is re-run from its scenario.yaml.
         if let seed, seed > UInt64(Int64.max) { throw ValidationError("--seed must be between 0 and \(Int64.max), got \(seed)") }
@@ -113,6 +120,21 @@ struct RunCommand: ParsableCommand {
             throw ZapfleetExitCode.badInput
         }
 
+        // The real kernel first: a probe that cannot run (no KVM, too little memory) ends the run
+        // before the simulation spends anything.
+        var realKernel: (column: ExternalMeasurement, result: KernelProbeResult)?
+        if let kvm, let bytes = Quantities.parseSize(kvm) {
+            if !quiet { logger.info("measuring this host's KVM with \(kvm) of guest memory (zapfleet-kvm-probe)") }
+            do {
+                realKernel = try KernelProbeRunner.run(scenario: resolved, bytes: bytes)
+            } catch {
+                printError(error.description)
+                throw error.badInput ? ZapfleetExitCode.badInput : ZapfleetExitCode.internalError
+            }
+        }
+        // The projection's cost: as given, else the host's calibration, else the seed's 52 ns.
+        let kernelSpteNs = self.kernelSpteNs ?? realKernel?.result.calibration?.nanosecondsPerSPTE ?? 52
+
         let cancellation = CancellationFlag()
         let interrupt = InterruptHandler { cancellation.cancel() }
         defer { interrupt.cancel() }
@@ -126,7 +148,7 @@ struct RunCommand: ParsableCommand {
         clusterLogger.logLevel = .warning
         let started = Date()
         let start = monotonicNanoseconds()
-        let outcome: FleetRunOutcome
+        var outcome: FleetRunOutcome
         do {
             // The local path is the fleet path: a coordinator and in-process workers over inproc sockets.
             outcome = try LocalFleet.run(
@@ -142,6 +164,13 @@ struct RunCommand: ParsableCommand {
             throw ZapfleetExitCode.internalError
         }
         progress?.clear()
+        if let realKernel {
+            outcome.external.append(realKernel.column)
+            print("real kernel: \(realKernel.column.name) is \(realKernel.column.source)")
+            if self.kernelSpteNs == nil, let calibration = realKernel.result.calibration {
+                print("projection: \(Quantities.rounded(calibration.nanosecondsPerSPTE, 1)) ns per SPTE, this host's calibration (the seed's figure is 52 ns)")
+            }
+        }
         let code = try ReportOutput.emit(scenario: resolved, outcome: outcome, started: started,
                                          wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
                                          out: out, fleetDetail: estimate.peakBytes > limit, junit: junit)

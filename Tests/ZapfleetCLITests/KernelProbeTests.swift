@@ -1,0 +1,98 @@
+import Foundation
+import Testing
+import ZapRun
+
+/// The real kernel beside the simulation: `zapfleet-kvm-probe` on this host's KVM, its stats
+/// against the pages it touched, and its column in a run's report.
+///
+/// They need a usable `/dev/kvm` (root, here). Where there is none they do not run, and say so;
+/// `ZAPFLEET_REQUIRE_KVM=1` (set by `.ci/run`) makes a missing KVM a failure instead.
+@Suite("Real KVM", .serialized, .timeLimit(.minutes(10)))
+struct KernelProbeTests {
+    static let probe = RunCommandTests.packageRoot.appendingPathComponent("clients/c/build/zapfleet-kvm-probe").path
+    static let kvmUsable: Bool = {
+        let descriptor = open("/dev/kvm", O_RDWR)
+        if descriptor >= 0 { close(descriptor) }
+        return descriptor >= 0
+    }()
+    static let kvmRequired = ProcessInfo.processInfo.environment["ZAPFLEET_REQUIRE_KVM"] == "1"
+    static let reason: Comment = "no usable /dev/kvm here (it needs the kvm module and root); set ZAPFLEET_REQUIRE_KVM=1 to make that a failure"
+
+    static func requireKVM() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: probe), "build it with `make -C clients/c` (./test does)")
+        try #require(kvmUsable, "ZAPFLEET_REQUIRE_KVM=1, but /dev/kvm cannot be opened")
+    }
+
+    @Test("the probe on 256 MiB: every page touched is one SPTE in KVM's own stats, a zap-all delete removes them all, a delete without the quirk only its slots'; labels say which MMU ran",
+          .enabled(if: kvmUsable || kvmRequired, reason))
+    func probeAgainstKVMStats() throws {
+        try Self.requireKVM()
+        let json = RunCommandTests.temporaryDirectory() + "/probe.json"
+        let result = try Subprocess.run(Self.probe, ["--memory", "256MiB", "--memslot", "64MiB", "--vcpus", "2", "--json", json])
+        try #require(result.status == 0, "\(result.err)")
+        let probe = try KernelProbeResult.decode(Data(contentsOf: URL(fileURLWithPath: json)))
+        #expect(probe.pages == 65_536)
+        let tdp = (try? String(contentsOfFile: "/sys/module/kvm/parameters/tdp_mmu", encoding: .utf8))?.hasPrefix("Y") == true
+        #expect(probe.mmu == (tdp ? "tdp" : "shadow"))
+        #expect(probe.nestedUnderPVM == FileManager.default.fileExists(atPath: "/sys/module/kvm_pvm"))
+
+        for quirk in [true, false] {
+            let events = probe.events.filter { $0.quirkSlotZapAll == quirk }
+            guard !events.isEmpty else { continue }
+            let populate = try #require(events.first { $0.event == "populate" })
+            let installed = try #require(populate.vmStats?["pages_4k"])
+            // One leaf SPTE per 4 KiB page touched, and the few the guest's own code and tables need.
+            #expect(installed >= 65_536 && installed <= 65_536 + 16, "quirk \(quirk): pages_4k grew by \(installed)")
+            #expect(populate.samplesNs.count == 128 && populate.samplesNs.allSatisfy { $0 > 0 }, "one sample per 2 MiB region")
+            let delete = try #require(events.first { $0.event == "delete_memslots" })
+            #expect(delete.samplesNs.count == 2, "every other one of 4 memslots")
+            let removed = -(delete.vmStats?["pages_4k"] ?? 0)
+            if quirk {
+                #expect(removed >= 2 * 65_536, "the zap-all quirk removes every SPTE of both roles: \(removed)")
+                #expect((delete.nsPerSpte ?? 0) > 0)
+            } else {
+                #expect(removed >= 2 * 16_384 && removed < 2 * 65_536, "without the quirk only the two deleted slots' SPTEs: \(removed)")
+            }
+        }
+        let calibration = try #require(probe.calibration)
+        #expect(calibration.nanosecondsPerSPTE > 0 && calibration.lowest <= calibration.nanosecondsPerSPTE && calibration.nanosecondsPerSPTE <= calibration.highest)
+        // Standard output is the agent's format: one "OPERATION NANOSECONDS" per sample.
+        let lines = result.out.split(separator: "\n")
+        #expect(!lines.isEmpty && lines.allSatisfy { line in
+            let fields = line.split(separator: " ")
+            return fields.count == 2 && ["populate", "reset", "fast_zap", "teardown"].contains(String(fields[0])) && UInt64(fields[1]) != nil
+        }, "\(lines.prefix(5))")
+    }
+
+    @Test("asked for more guest memory than the host has available, the probe refuses before touching KVM and says what to do")
+    func refusesMoreThanAvailable() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.probe), "build it with `make -C clients/c` (./test does)")
+        let result = try Subprocess.run(Self.probe, ["--memory", "60GiB", "--memslot", "1GiB"])
+        #expect(result.status == 64, "\(result.err)")
+        #expect(result.err.contains("available") && result.err.contains("smaller --memory"), "\(result.err)")
+        let run = try RunCommandTests.zapfleet(["run", "quick", "--kvm", "60GiB", "--quiet"])
+        #expect(run.status == 64, "\(run.err)")
+        #expect(run.err.contains("available"), "\(run.err)")
+        #expect(!run.out.contains("verdict"), "nothing was simulated")
+    }
+
+    @Test("`zapfleet run max-guest-memory --kvm 256MiB`: the real column kvm:HOST beside the simulated policies, labelled, and the projection calibrated by it",
+          .enabled(if: kvmUsable || kvmRequired, reason))
+    func realColumnInTheReport() throws {
+        try Self.requireKVM()
+        let directory = RunCommandTests.temporaryDirectory()
+        let run = try RunCommandTests.zapfleet(["run", "max-guest-memory", "--kvm", "256MiB", "--size", "8GiB", "--policy", "sync",
+                                                "--policy", "async", "--quiet", "--out", directory])
+        #expect(run.status == 0, "\(run.out)\n\(run.err)")
+        #expect(run.out.contains("real kernel: kvm:"), "\(run.out)")
+        let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
+        let column = try #require(report.policies.first { $0.policy.hasPrefix("kvm:") }, "\(report.policies.map(\.policy))")
+        #expect(report.policies.map(\.policy).prefix(2) == ["sync", "async"])
+        #expect(column.kernels.contains("kernel ") && column.kernels.contains("MMU") && column.kernels.contains("calibrated"))
+        #expect(column.complete)
+        for operation in ["populate", "reset", "fast_zap", "teardown"] {
+            #expect((column.operations[operation]?.measured.count ?? 0) > 0, "\(operation)")
+        }
+        #expect(report.kernelNsPerSpte != 52 && report.kernelNsPerSpte > 0, "the projection uses the host's calibration")
+    }
+}
