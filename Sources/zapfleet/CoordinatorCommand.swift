@@ -82,8 +82,8 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Also write JUnit XML here: one test case per objective and per invariant, for CI systems.")
     var junit: String?
 
-    @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection.")
-    var kernelSpteNs: Double = 52
+    @Option(help: "Kernel cost of zapping one SPTE for the projection: nanoseconds (the seed's 52), or a calibration file from `zapfleet calibrate`.")
+    var kernelSpteNs: String = "52"
 
     @OptionGroup(title: "Security")
     var security: CoordinatorSecurityOptions
@@ -99,7 +99,7 @@ struct CoordinatorCommand: ParsableCommand {
         try OptionChecks.count(liveness, option: "--liveness", within: 2...1000)
         try OptionChecks.count(progressDeadline, option: "--progress-deadline", within: 2...1_000_000)
         try OptionChecks.count(giveBackLimit, option: "--give-back-limit", within: 1...1000)
-        try OptionChecks.kernelCost(kernelSpteNs)
+        _ = try OptionChecks.kernelCost(kernelSpteNs)
         if let shardSize { _ = try OptionChecks.size(shardSize, option: "--shard-size", within: (2 << 20)...(1 << 48), example: "2TiB") }
         if resume != nil && scenario != nil {
             throw ValidationError("--resume takes the scenario from the run's journal; drop --scenario")
@@ -140,7 +140,7 @@ struct CoordinatorCommand: ParsableCommand {
         }
         let security = try self.security.resolve(bind: bind, logger: logger)
         // A resumed run keeps the projection it started with.
-        let kernelCost = resumed?.plan.kernelNanosecondsPerSPTE ?? kernelSpteNs
+        let kernelCost = try resumed?.plan.kernelNanosecondsPerSPTE ?? OptionChecks.kernelCost(kernelSpteNs)
         let cancellation = CancellationFlag()
         let interrupt = InterruptHandler { cancellation.cancel() }
         defer { interrupt.cancel() }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ZapRun
 import ZapScenario
 
 /// Range checks for command-line values, so that every number a user (or a script) types is
@@ -41,6 +42,23 @@ enum OptionChecks {
         guard value.isFinite, value > 0, value <= 1e6 else {
             throw ValidationError("--kernel-spte-ns must be above 0 and at most 1000000 (1 ms per SPTE), got \(value)")
         }
+    }
+
+    /// `--kernel-spte-ns NS` or `--kernel-spte-ns calibration.json` (written by `zapfleet
+    /// calibrate`): the nanoseconds per SPTE, checked as above.
+    static func kernelCost(_ text: String) throws -> Double {
+        if let value = Double(text) {
+            try kernelCost(value)
+            return value
+        }
+        guard let data = FileManager.default.contents(atPath: text) else {
+            throw ValidationError("--kernel-spte-ns '\(text)' is neither a number of nanoseconds (e.g. 52) nor a readable calibration file (from `zapfleet calibrate --out`)")
+        }
+        guard let calibration = try? JSONDecoder().decode(KernelCalibration.self, from: data) else {
+            throw ValidationError("--kernel-spte-ns \(text): not a calibration file; write one with `zapfleet calibrate --out \(text)`")
+        }
+        try kernelCost(calibration.nanosecondsPerSPTE)
+        return calibration.nanosecondsPerSPTE
     }
 
     /// Makes sure `path` is (or can become) a directory this process writes into, before a run

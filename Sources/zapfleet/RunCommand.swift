@@ -61,8 +61,8 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Also write JUnit XML here: one test case per objective and per invariant, for CI systems.")
     var junit: String?
 
-    @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection column (default 52, the seed's 900 s / 2^34; with --kvm, this host's calibrated figure).")
-    var kernelSpteNs: Double?
+    @Option(help: "Kernel cost of zapping one SPTE for the projection column: nanoseconds, or a calibration file from `zapfleet calibrate` (default 52, the seed's 900 s / 2^34; with --kvm, this host's calibrated figure).")
+    var kernelSpteNs: String?
 
     @Option(help: ArgumentHelp(
         "Also run the scenario's timeline on this host's real KVM, with this much guest memory (e.g. 1GiB), and show it as the column kvm:HOST.",
@@ -87,7 +87,7 @@ struct RunCommand: ParsableCommand {
         // A 4-level root maps 256 TiB.
         if let size { _ = try OptionChecks.size(size, option: "--size", within: (2 << 20)...(1 << 48), example: "64GiB") }
         if let maxMemory { _ = try OptionChecks.size(maxMemory, option: "--max-memory", within: (1 << 20)...(1 << 60), example: "16GiB") }
-        if let kernelSpteNs { try OptionChecks.kernelCost(kernelSpteNs) }
+        if let kernelSpteNs { _ = try OptionChecks.kernelCost(kernelSpteNs) }
         if let kvm { _ = try OptionChecks.size(kvm, option: "--kvm", within: (16 << 20)...(64 << 30), example: "1GiB") }
         if let workers { try OptionChecks.count(workers, option: "--workers", within: 1...256) }
         // Scenario files carry seeds up to 2^63 - 1, and the run is re-run from its scenario.yaml.
@@ -133,7 +133,7 @@ struct RunCommand: ParsableCommand {
             }
         }
         // The projection's cost: as given, else the host's calibration, else the seed's 52 ns.
-        let kernelSpteNs = self.kernelSpteNs ?? realKernel?.result.calibration?.nanosecondsPerSPTE ?? 52
+        let kernelSpteNs = try self.kernelSpteNs.map(OptionChecks.kernelCost) ?? realKernel?.result.calibration?.nanosecondsPerSPTE ?? 52
 
         let cancellation = CancellationFlag()
         let interrupt = InterruptHandler { cancellation.cancel() }

@@ -60,8 +60,8 @@ struct SweepCommand: ParsableCommand {
     @Option(help: "Refuse cells whose page tables would need more than this (default: 80% of available memory).")
     var maxMemory: String?
 
-    @Option(help: "Kernel cost of zapping one SPTE, in ns, for the projection.")
-    var kernelSpteNs: Double = 52
+    @Option(help: "Kernel cost of zapping one SPTE for the projection: nanoseconds (the seed's 52), or a calibration file from `zapfleet calibrate`.")
+    var kernelSpteNs: String = "52"
 
     @Option(help: "Run each cell on a fleet: the endpoint to bind a coordinator on (workers connect with --keep-running).")
     var bind: String?
@@ -82,7 +82,7 @@ struct SweepCommand: ParsableCommand {
         }
         if let maxMemory { _ = try OptionChecks.size(maxMemory, option: "--max-memory", within: (1 << 20)...(1 << 60), example: "16GiB") }
         _ = try OptionChecks.duration(wait, option: "--wait", within: 0...OptionChecks.week, example: "60s")
-        try OptionChecks.kernelCost(kernelSpteNs)
+        _ = try OptionChecks.kernelCost(kernelSpteNs)
         if let bind { try EndpointCheck.validate(bind, option: "--bind", binding: true) }
     }
 
@@ -105,6 +105,7 @@ struct SweepCommand: ParsableCommand {
     func run() throws {
         let logger = Logger(label: "zapfleet.sweep")
         try OutputError.checkOutputs(out: out, junit: nil)
+        let kernelSpteNs = try OptionChecks.kernelCost(self.kernelSpteNs)
         let limit = maxMemory.flatMap(Quantities.parseSize) ?? SystemMemory.defaultLimit
         let cells: [SweepMatrix.Cell]
         let matrix: SweepMatrix

@@ -20,7 +20,7 @@ struct Zapfleet: ParsableCommand {
               130 interrupted (Ctrl-C); what was measured is still reported
             """,
         version: ZapfleetVersion.current,
-        subcommands: [RunCommand.self, ScenariosCommand.self, CoordinatorCommand.self, WorkerCommand.self, KeygenCommand.self, SweepCommand.self, CompareCommand.self, EngineCheckCommand.self],
+        subcommands: [RunCommand.self, ScenariosCommand.self, CoordinatorCommand.self, WorkerCommand.self, KeygenCommand.self, SweepCommand.self, CompareCommand.self, EngineCheckCommand.self, CalibrateCommand.self],
         defaultSubcommand: RunCommand.self
     )
 }

@@ -95,4 +95,24 @@ struct KernelProbeTests {
         }
         #expect(report.kernelNsPerSpte != 52 && report.kernelNsPerSpte > 0, "the projection uses the host's calibration")
     }
+
+    @Test("`zapfleet calibrate --out FILE` writes this host's ns per SPTE; --kernel-spte-ns FILE projects with it; a file that is not one is refused",
+          .enabled(if: kvmUsable || kvmRequired, reason))
+    func calibrationFile() throws {
+        try Self.requireKVM()
+        let directory = RunCommandTests.temporaryDirectory()
+        let file = directory + "/calibration.json"
+        let calibrate = try RunCommandTests.zapfleet(["calibrate", "--kvm", "128MiB", "--out", file])
+        #expect(calibrate.status == 0, "\(calibrate.err)")
+        #expect(calibrate.out.contains("calibrated") && calibrate.out.contains("MMU"), "\(calibrate.out)")
+        let calibration = try JSONDecoder().decode(KernelCalibration.self, from: Data(contentsOf: URL(fileURLWithPath: file)))
+        #expect(calibration.nanosecondsPerSPTE > 0 && calibration.sptes > 0)
+        let run = try RunCommandTests.zapfleet(["run", "quick", "--policy", "sync", "--kernel-spte-ns", file, "--quiet", "--out", directory + "/run"])
+        #expect(run.status == 0, "\(run.err)")
+        let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/run/report.json")))
+        #expect(report.kernelNsPerSpte == calibration.nanosecondsPerSPTE)
+        try "{}".write(toFile: directory + "/not.json", atomically: true, encoding: .utf8)
+        let refused = try RunCommandTests.zapfleet(["run", "quick", "--kernel-spte-ns", directory + "/not.json"])
+        #expect(refused.status == 64 && refused.err.contains("--kernel-spte-ns") && refused.err.contains("calibrate"), "\(refused.err)")
+    }
 }
