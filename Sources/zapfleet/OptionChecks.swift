@@ -73,13 +73,19 @@ enum OptionChecks {
         } catch {
             throw OutputError("\(option) \(path): cannot create the directory (\(reason(error))); give a directory you can write")
         }
-        let probe = (path as NSString).appendingPathComponent(".zapfleet-write-probe-\(getpid())")
-        let descriptor = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0o600)
-        guard descriptor >= 0 else {
-            throw OutputError("\(option) \(path): cannot write into it (\(String(cString: strerror(errno)))); give a directory you can write")
+        if let problem = cannotCreateFiles(in: path) {
+            throw OutputError("\(option) \(path): cannot write into it (\(problem)); give a directory you can write")
         }
+    }
+
+    /// Why no new file can be made in `directory`, found by making one and removing it; nil if it can.
+    private static func cannotCreateFiles(in directory: String) -> String? {
+        let probe = (directory as NSString).appendingPathComponent(".zapfleet-write-probe-\(getpid())")
+        let descriptor = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        guard descriptor >= 0 else { return String(cString: strerror(errno)) }
         close(descriptor)
         unlink(probe)
+        return nil
     }
 
     /// Makes sure `path` can be written as a file: not a directory, in a directory that exists
@@ -94,13 +100,9 @@ enum OptionChecks {
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw OutputError("\(option) \(path): the directory \(directory) does not exist; create it first")
         }
-        let probe = (directory as NSString).appendingPathComponent(".zapfleet-write-probe-\(getpid())")
-        let descriptor = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0o600)
-        guard descriptor >= 0 else {
-            throw OutputError("\(option) \(path): cannot write into \(directory) (\(String(cString: strerror(errno)))); give a path you can write")
+        if let problem = cannotCreateFiles(in: directory) {
+            throw OutputError("\(option) \(path): cannot write into \(directory) (\(problem)); give a path you can write")
         }
-        close(descriptor)
-        unlink(probe)
     }
 
     /// The operating system's words for an I/O error, without Foundation's dump of it.

@@ -13,16 +13,7 @@ struct ConcurrentWalkersTests {
     }
 
     /// The leaf mapping `gfn` under `root`, read through the tables.
-    private func leaf(_ vm: VirtualMachine, _ root: Root, gfn: UInt64) -> SPTE? {
-        var table = vm.pool.table(root.table)
-        for level in stride(from: 4, through: 1, by: -1) {
-            let entry = table.load(PagingGeometry.index(of: gfn, atLevel: level))
-            guard entry.isPresent else { return nil }
-            if entry.isLeaf(atLevel: level) { return entry }
-            table = vm.pool.table(PageIndex(rawValue: UInt32(entry.frame)))
-        }
-        return nil
-    }
+    private func leaf(_ vm: VirtualMachine, _ root: Root, gfn: UInt64) -> SPTE? { vm.mapping(of: gfn, under: root)?.entry }
 
     @Test("the fast path sets a present leaf's dirty bit without mmu_lock and sends a missing one to the slow path")
     func fastFaultFixesOrFallsBack() throws {

@@ -14,16 +14,7 @@ struct HugePageTests {
     }
 
     /// The leaf mapping `gfn` under `root` and its level, read through the tables.
-    private func leaf(_ vm: VirtualMachine, _ root: Root, gfn: UInt64) -> (entry: SPTE, level: Int)? {
-        var table = vm.pool.table(root.table)
-        for level in stride(from: 4, through: 1, by: -1) {
-            let entry = table.load(PagingGeometry.index(of: gfn, atLevel: level))
-            guard entry.isPresent else { return nil }
-            if entry.isLeaf(atLevel: level) { return (entry, level) }
-            table = vm.pool.table(PageIndex(rawValue: UInt32(entry.frame)))
-        }
-        return nil
-    }
+    private func leaf(_ vm: VirtualMachine, _ root: Root, gfn: UInt64) -> (entry: SPTE, level: Int)? { vm.mapping(of: gfn, under: root) }
 
     @Test("enabling dirty logging splits 1 GiB and 2 MiB leaves into 4 KiB leaves that map the same frames with the same bits, then write-protects them")
     func eagerSplitKeepsEveryMapping() throws {

@@ -115,4 +115,33 @@ struct KernelProbeTests {
         let refused = try RunCommandTests.zapfleet(["run", "quick", "--kernel-spte-ns", directory + "/not.json"])
         #expect(refused.status == 64 && refused.err.contains("--kernel-spte-ns") && refused.err.contains("calibrate"), "\(refused.err)")
     }
+
+    @Test("`zapfleet-agent-c --kvm 128MiB` joins a coordinator beside a worker: this host's real KVM is the external column of the fleet's report",
+          .enabled(if: kvmUsable || kvmRequired, reason))
+    func probeAsAnAgentJob() throws {
+        try Self.requireKVM()
+        let directory = RunCommandTests.temporaryDirectory()
+        let scenario = directory + "/small.yaml"
+        try ClusterTests.scenario.write(toFile: scenario, atomically: true, encoding: .utf8)
+        let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
+        let coordinator = try ResumeTests.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "1",
+                                                 "--expect-agents", "1", "--out", directory + "/run"], log: directory + "/coordinator.log")
+        let worker = try ResumeTests.start(["worker", "--connect", endpoint, "--name", "w1"], log: directory + "/w1.log")
+        let agent = try Subprocess.start(ExternalAgentTests.agent, ["--connect", endpoint, "--name", "kvm-host", "--kvm", "128MiB"],
+                                         log: directory + "/agent.log")
+        defer { for process in [coordinator, worker, agent] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        coordinator.waitUntilExit()
+        worker.waitUntilExit()
+        agent.waitUntilExit()
+        let log = (try? String(contentsOfFile: directory + "/coordinator.log", encoding: .utf8)) ?? ""
+        let agentLog = (try? String(contentsOfFile: directory + "/agent.log", encoding: .utf8)) ?? ""
+        #expect(coordinator.terminationStatus == 0, "\(log.suffix(1500))\n\(agentLog)")
+        #expect(agent.terminationStatus == 0, "\(agentLog)")
+        let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/run/report.json")))
+        let column = try #require(report.policies.first { $0.policy == "external" }, "\(report.policies.map(\.policy))")
+        // 128 MiB of 2 MiB regions, twice, under each setting of the zap-all quirk.
+        #expect(column.operations["populate"]?.measured.count == 4 * 64, "\(agentLog)")
+        #expect((column.operations["fast_zap"]?.measured.count ?? 0) == 4)
+        #expect((column.operations["teardown"]?.measured.count ?? 0) == 2)
+    }
 }

@@ -5,25 +5,8 @@ enum Subprocess {
     /// Runs `executable` with `arguments` to its end; returns its exit status, standard output and
     /// standard error. Both pipes are drained at once, so a chatty child cannot block on a full one.
     static func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        final class Box: @unchecked Sendable { var data = Data() }
-        let errors = Box()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async {
-            errors.data = err.fileHandleForReading.readDataToEndOfFile()
-            group.leave()
-        }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errors.data, as: UTF8.self))
+        let result = try run(executable, arguments, killAfter: .infinity)
+        return (result.status, result.out, result.err)
     }
 
     /// How a bounded run ended.

@@ -232,9 +232,11 @@ static int run_job(zf_agent *agent, const zf_job *job, char *const command[], in
 static void usage(FILE *out) {
     fprintf(out,
             "usage: zapfleet-agent-c --connect ENDPOINT [--name NAME] [--operation OP] [--max-samples N]\n"
-            "                        [--key FILE --coordinator-key FILE] -- COMMAND [ARG...]\n"
+            "                        [--key FILE --coordinator-key FILE] (-- COMMAND [ARG...] | --kvm SIZE)\n"
             "Runs COMMAND for each job of a zapfleet coordinator and reports the block times it prints,\n"
-            "one nanosecond value per line, optionally after an operation name (default --operation reset).\n");
+            "one nanosecond value per line, optionally after an operation name (default --operation reset).\n"
+            "--kvm SIZE runs zapfleet-kvm-probe (beside this program) with SIZE of guest memory and the job's\n"
+            "vCPUs: this host's real KVM as the column.\n");
 }
 
 int main(int argc, char **argv) {
@@ -246,6 +248,7 @@ int main(int argc, char **argv) {
     char default_name[160];
     snprintf(default_name, sizeof default_name, "%s-agent-%ld", host, (long)getpid());
     options.name = default_name;
+    const char *kvm = NULL;
     int index = 1;
     for (; index < argc; index++) {
         const char *argument = argv[index];
@@ -260,15 +263,27 @@ int main(int argc, char **argv) {
         else if (strcmp(argument, "--coordinator-key") == 0) options.coordinator_key_file = value;
         else if (strcmp(argument, "--max-samples") == 0) limit = (size_t)strtoull(value, NULL, 10);
         else if (strcmp(argument, "--protocol-version") == 0) options.protocol_version = (uint32_t)strtoul(value, NULL, 10);
+        else if (strcmp(argument, "--kvm") == 0) kvm = value;
         else { fprintf(stderr, "zapfleet-agent-c: unknown option %s\n", argument); usage(stderr); return 64; }
     }
     int default_operation = operation_index(operation);
-    if (options.endpoint == NULL || index >= argc || default_operation < 0 || limit == 0) {
+    /* --kvm: the probe beside this program, its vCPUs from the job (ZAPFLEET_VCPUS). */
+    char probe[4096];
+    char *kvm_command[] = {probe, "--memory", (char *)kvm, NULL};
+    if (kvm != NULL) {
+        if (index < argc) { fprintf(stderr, "zapfleet-agent-c: give --kvm or a command, not both\n"); return 64; }
+        ssize_t length = readlink("/proc/self/exe", probe, sizeof probe - 32);
+        if (length <= 0) { fprintf(stderr, "zapfleet-agent-c: cannot find this program's directory for --kvm\n"); return 70; }
+        probe[length] = 0;
+        char *slash = strrchr(probe, '/');
+        strcpy(slash ? slash + 1 : probe, "zapfleet-kvm-probe");
+    }
+    if (options.endpoint == NULL || (index >= argc && kvm == NULL) || default_operation < 0 || limit == 0) {
         if (default_operation < 0) fprintf(stderr, "zapfleet-agent-c: --operation %s is not a report operation (reset, fault, fast_zap, ...)\n", operation);
         usage(stderr);
         return 64;
     }
-    char *const *command = &argv[index];
+    char *const *command = kvm != NULL ? kvm_command : &argv[index];
 
     struct sigaction action;
     memset(&action, 0, sizeof action);

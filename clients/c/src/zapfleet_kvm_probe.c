@@ -521,13 +521,15 @@ static void usage(FILE *out) {
     fputs("usage: zapfleet-kvm-probe [--memory SIZE] [--memslot SIZE] [--vcpus N] [--json FILE] [--quirk on|off|both]\n"
           "Runs the max-guest-memory timeline (populate, reset, populate, delete half the memslots, close) on this\n"
           "host's KVM and prints one sample per line as \"OPERATION NANOSECONDS\" (zapfleet-agent-c's format).\n"
-          "Defaults: --memory 1GiB --memslot 256MiB --vcpus 2 --quirk both. Needs /dev/kvm (root here) and the\n"
-          "guest memory free on the host: the guest's pages are real host memory.\n", out);
+          "Defaults: --memory 1GiB, --memslot a quarter of it, --vcpus $ZAPFLEET_VCPUS or 2, --quirk both.\n"
+          "Needs /dev/kvm (root here) and the guest memory free on the host: its pages are real host memory.\n", out);
 }
 
 int main(int argc, char **argv) {
-    uint64_t memory = GIB, memslot = 256 * MIB;
-    int vcpus = 2;
+    uint64_t memory = GIB, memslot = 0;
+    /* Run as an agent's job (zapfleet-agent-c --kvm), the job gives the scenario's vCPUs. */
+    const char *job_vcpus = getenv("ZAPFLEET_VCPUS");
+    int vcpus = job_vcpus ? atoi(job_vcpus) : 2;
     const char *json_path = NULL, *quirk = "both";
     for (int index = 1; index < argc; index++) {
         const char *argument = argv[index];
@@ -541,6 +543,10 @@ int main(int argc, char **argv) {
         else if (strcmp(argument, "--quirk") == 0) quirk = value;
         else { fprintf(stderr, "zapfleet-kvm-probe: unknown option %s\n", argument); usage(stderr); return 64; }
     }
+    /* Four memslots by default, each a whole number of 2 MiB regions. */
+    if (memslot == 0) memslot = memory / 4 / (2 * MIB) * (2 * MIB);
+    if (vcpus > MAX_VCPUS) vcpus = MAX_VCPUS;
+    if (vcpus > 0 && (uint64_t)vcpus > memory / (2 * MIB)) vcpus = (int)(memory / (2 * MIB));
     if (memslot < 2 * MIB || memslot % (2 * MIB) != 0)
         fail(64, "--memslot must be a multiple of 2MiB (e.g. 256MiB)");
     if (memory < memslot || memory % memslot != 0 || memory > MAX_DATA_BYTES || memory / memslot > MAX_SLOTS)
