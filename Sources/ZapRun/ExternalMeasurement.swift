@@ -53,5 +53,6 @@ extension PolicyReport {
         violations = 0
         violationExamples = []
         steps = []
+        self.external = true
     }
 }

@@ -91,6 +91,9 @@ public struct PolicyReport: Sendable, Codable, Equatable {
     public var steps: [StepTiming]
     /// For each bug injected with `--inject`: how often its broken path ran under this policy.
     public var injectedPathRuns: [String: Int]?
+    /// True for a real kernel's column (an agent's, or `run --kvm`'s): measured block times only,
+    /// no engine counters, no checker, no projection. Absent for the simulated policies.
+    public var external: Bool?
 }
 
 /// One objective's verdict.
@@ -235,12 +238,18 @@ extension PolicyReport {
         injectedPathRuns = run.injectedPathRuns.isEmpty ? nil : Dictionary(uniqueKeysWithValues: run.injectedPathRuns.map { ($0.key.rawValue, $0.value) })
     }
 
-    /// The value an objective's metric names, if this report has it.
+    /// The value an objective's metric names, if this report has it. A real kernel's column has
+    /// only what it measured: no counters (it has no checker, so "violations == 0" would hold of
+    /// nothing), no projection, and no statistic of an operation it has no sample of; such an
+    /// objective is not evaluated on it rather than "met".
     public func value(of metric: ServiceLevelObjective.Metric) -> Double? {
         switch metric {
         case .latency(let operation, let statistic, let projected):
             guard let report = operations[operation] else { return nil }
+            if external == true && (projected || report.measured.count == 0) { return nil }
             return (projected ? report.projected : report.measured).value(of: statistic)
+        case .counter where external == true:
+            return nil
         case .counter(let name):
             switch name {
             case "violations": return Double(violations)

@@ -124,6 +124,31 @@ struct MeasurementTests {
         #expect(decoded == report)
     }
 
+    @Test("a real kernel's column faces only the objectives it measured: no counter (it has no checker), no projection, no operation without samples")
+    func externalColumnObjectives() throws {
+        let scenario = try ScenarioParser.parse("""
+            name: t
+            vm: {memory: 2GiB}
+            workload: {vcpus: 1}
+            timeline: [populate, reset_vcpus]
+            policies: [async]
+            slos: ["violations == 0", "full_zap.max < 1ms", "reset.p99 < 1s", "reset.projected.max < 1s"]
+            """, file: "t.yaml")
+        let run = try ScenarioRunner(scenario: scenario).run(policy: .async)
+        var resets = LatencyHistogram.makeLatency()
+        for value: UInt64 in [1_000, 2_000, 3_000] { _ = resets.record(value) }
+        let kernel = ExternalMeasurement(name: "kvm:host", source: "a real kernel", histograms: [.reset: resets],
+                                         wallNanoseconds: 1, exitStatus: 0)
+        let report = RunReport(scenario: scenario, runs: [run], slice: .whole(scenario), kernelNanosecondsPerSPTE: 52,
+                               startedAt: Date(), wallNanoseconds: 1, version: "test", external: [kernel])
+        let onKernel = report.objectives.filter { $0.policy == "kvm:host" }
+        #expect(onKernel.map(\.objective) == ["reset.p99 < 1s"], "\(onKernel)")
+        #expect(onKernel.first?.met == true)
+        #expect(report.objectives.filter { $0.policy == "async" }.count == 4, "the simulated policy faces every one")
+        #expect(report.policies.last?.external == true && report.policies.first?.external == nil)
+        #expect(try ReportFiles.decode(ReportFiles.json(report)) == report)
+    }
+
     @Test("a run's counters balance: everything installed is zapped and every table comes back",
           arguments: ["quick-mini", "smm-mini"])
     func countersBalance(name: String) throws {
