@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ZapfleetTestSupport
 
 /// `docs/architecture.md` stays true: every hand-written source file is named under its target,
 /// and every file it names exists.
@@ -7,7 +8,7 @@ import Testing
 struct ArchitectureDocTests {
     @Test("every source file is named under its target in docs/architecture.md, and every file named there exists")
     func documentMatchesTheTree() throws {
-        let root = RunCommandTests.packageRoot
+        let root = TestPaths.packageRoot
         let page = try String(contentsOf: root.appendingPathComponent("docs/architecture.md"), encoding: .utf8)
         var named: Set<String> = []
         var target: String?

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ZapfleetTestSupport
 import ZapCluster
 import ZapRun
 
@@ -39,12 +40,12 @@ struct ClusterTests {
 
     /// Runs the cluster script; returns its exit status, output, the report it produced and the coordinator's log.
     static func runCluster(_ extra: [String], scenario: String = scenario) throws -> ClusterRun {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let scenarioPath = directory + "/cluster.yaml"
         try scenario.write(toFile: scenarioPath, atomically: true, encoding: .utf8)
         let process = Process()
-        process.executableURL = RunCommandTests.packageRoot.appendingPathComponent("deploy/netns/run-cluster.sh")
-        process.arguments = ["--binary", RunCommandTests.packageRoot.appendingPathComponent(".build/debug/zapfleet").path,
+        process.executableURL = TestPaths.packageRoot.appendingPathComponent("deploy/netns/run-cluster.sh")
+        process.arguments = ["--binary", TestPaths.packageRoot.appendingPathComponent(".build/debug/zapfleet").path,
                              "--workers", "3", "--slots", "2", "--scenario", scenarioPath, "--out", directory + "/out"] + extra
         let pipe = Pipe()
         process.standardOutput = pipe
@@ -111,7 +112,7 @@ struct ClusterTests {
 
     @Test("a coordinator refuses to bind a network address without keys, and says how to make them")
     func openBindRefused() throws {
-        let result = try RunCommandTests.zapfleet(["coordinator", "--bind", "tcp://0.0.0.0:0", "--wait", "1s"])
+        let result = try ZapfleetBinary.run(["coordinator", "--bind", "tcp://0.0.0.0:0", "--wait", "1s"])
         #expect(result.status == 64)
         #expect(result.err.contains("zapfleet keygen"))
         #expect(result.err.contains("--insecure"))

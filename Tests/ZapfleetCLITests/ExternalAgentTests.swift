@@ -1,12 +1,13 @@
 import Foundation
 import Histogram
 import Testing
+import ZapfleetTestSupport
 import ZapRun
 
 /// The C agent (`clients/c`, libzmq + protobuf-c) beside simulated workers, over CURVE, under valgrind.
 @Suite("External C agent", .serialized, .timeLimit(.minutes(5)))
 struct ExternalAgentTests {
-    static let agent = RunCommandTests.packageRoot.appendingPathComponent("clients/c/build/zapfleet-agent-c").path
+    static let agent = TestPaths.packageRoot.appendingPathComponent("clients/c/build/zapfleet-agent-c").path
 
     /// The known samples the agent's command prints: 1,000 reset values, 10 tagged fast zaps, and 4 lines that are no sample.
     static let resetSamples = (1...1000).map { UInt64($0) * 1_013 }
@@ -29,14 +30,14 @@ struct ExternalAgentTests {
     }
 
     static func keygen(_ name: String, in directory: String) throws {
-        let result = try RunCommandTests.zapfleet(["keygen", name, "--dir", directory])
+        let result = try ZapfleetBinary.run(["keygen", name, "--dir", directory])
         try #require(result.status == 0, "\(result.err)")
     }
 
     @Test("two simulated workers and one C agent under valgrind, all over CURVE: the report's external column has exactly the agent's samples, and valgrind finds no error or leak")
     func agentBesideWorkers() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.agent), "build it with `make -C clients/c` (./test does)")
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let keys = directory + "/keys", allowed = directory + "/allowed"
         try FileManager.default.createDirectory(atPath: allowed, withIntermediateDirectories: true)
         for name in ["coordinator", "w1", "w2", "agent"] {
@@ -48,12 +49,12 @@ struct ExternalAgentTests {
         let scenario = directory + "/small.yaml"
         try ClusterTests.scenario.write(toFile: scenario, atomically: true, encoding: .utf8)
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
-        let coordinator = try ResumeTests.start(
+        let coordinator = try ZapfleetBinary.start(
             ["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2", "--expect-agents", "1",
              "--key", keys + "/coordinator.key", "--allow-keys", allowed, "--heartbeat-interval", "300ms", "--out", directory + "/run"],
             log: directory + "/coordinator.log")
         let workers = try ["w1", "w2"].map { name in
-            try ResumeTests.start(["worker", "--connect", endpoint, "--name", name, "--key", "\(keys)/\(name).key",
+            try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", name, "--key", "\(keys)/\(name).key",
                                    "--coordinator-key", keys + "/coordinator.pub"], log: "\(directory)/\(name).log")
         }
         let valgrind = Process()
@@ -96,9 +97,9 @@ struct ExternalAgentTests {
     @Test("an agent with another protocol version is refused and says why, exit 3")
     func versionMismatch() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.agent))
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
-        let coordinator = try ResumeTests.start(["coordinator", "--bind", endpoint, "--wait", "5s", "--expect-agents", "1"],
+        let coordinator = try ZapfleetBinary.start(["coordinator", "--bind", endpoint, "--wait", "5s", "--expect-agents", "1"],
                                                 log: directory + "/coordinator.log")
         defer { if coordinator.isRunning { kill(coordinator.processIdentifier, SIGKILL) } }
         let (status, output) = try Self.runAgent(["--connect", endpoint, "--name", "old", "--protocol-version", "99", "--", "/bin/true"])

@@ -60,7 +60,7 @@ struct FleetExactnessTests {
         let endpoint = endpoint ?? "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let out = "\(directory)/\(name)"
         let log = "\(directory)/\(name).log"
-        let process = try ResumeTests.start(["coordinator", "--scenario", file, "--bind", endpoint, "--shard-size", shardSize,
+        let process = try ZapfleetBinary.start(["coordinator", "--scenario", file, "--bind", endpoint, "--shard-size", shardSize,
                                              "--heartbeat-interval", "200ms", "--wait", "20s", "--out", out] + extra, log: log)
         return Coordinator(process: process, endpoint: endpoint, log: log, out: out)
     }
@@ -68,7 +68,7 @@ struct FleetExactnessTests {
     // Tests whose hostile peer computes a shard itself give it a long --liveness: on two cores its
     // heartbeats can be held up for a moment by the shard's own vCPU threads.
     static func worker(_ directory: String, _ endpoint: String, name: String, _ extra: [String] = []) throws -> Process {
-        try ResumeTests.start(["worker", "--connect", endpoint, "--name", name, "--memory", "2GiB"] + extra, log: "\(directory)/\(name).log")
+        try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", name, "--memory", "2GiB"] + extra, log: "\(directory)/\(name).log")
     }
 
     /// What must not differ between two runs of the same scenario and seed: every counter and
@@ -94,12 +94,12 @@ struct FleetExactnessTests {
 
     @Test("1. SIGTERM to the coordinator mid-run, then --resume: shards cut short are given back, never journaled; the resumed run reaches exactly an uninterrupted run's totals, exit 0")
     func gracefulStopThenResume() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let expected = try Self.uninterruptedCounts(directory)
         let first = try Self.coordinator(directory, name: "first", ["--expect-workers", "2"])
         let workers = try ["a", "b"].map { try Self.worker(directory, first.endpoint, name: $0) }
         defer { for process in workers + [first.process] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-        try #require(ResumeTests.waitFor("(2/8)", in: first.log), "some shards done")
+        try #require(TestPaths.waitFor("(2/8)", in: first.log), "some shards done")
         kill(first.process.processIdentifier, SIGTERM)
         let stopped = try first.finish()
         #expect(stopped.status == 130)
@@ -107,7 +107,7 @@ struct FleetExactnessTests {
         let journal = try ResultJournal.load(ResultJournal.path(inRunDirectory: first.out))
         #expect(journal.results.allSatisfy { $0.result.policies.allSatisfy(\.complete) }, "no result cut short was journaled")
 
-        let resumed = try ResumeTests.start(["coordinator", "--resume", first.out, "--bind", first.endpoint, "--heartbeat-interval", "200ms"],
+        let resumed = try ZapfleetBinary.start(["coordinator", "--resume", first.out, "--bind", first.endpoint, "--heartbeat-interval", "200ms"],
                                             log: directory + "/resumed.log")
         let worker = try Self.worker(directory, first.endpoint, name: "c")
         defer { for process in [resumed, worker] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
@@ -117,21 +117,21 @@ struct FleetExactnessTests {
         #expect(report.complete == true)
         #expect(Self.counts(report) == expected, "the same totals as an uninterrupted run")
         // Resuming again finds nothing to do and says the run is complete.
-        let again = try RunCommandTests.zapfleet(["coordinator", "--resume", first.out, "--bind", first.endpoint, "--wait", "2s"])
+        let again = try ZapfleetBinary.run(["coordinator", "--resume", first.out, "--bind", first.endpoint, "--wait", "2s"])
         #expect(again.status == 0, "\(again.err)")
     }
 
     @Test("2. a worker's unacknowledged result from a killed coordinator's run is dropped, not taken by the next run on the same endpoint")
     func staleResultOfAnotherRun() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         // A run of one scenario, killed while its worker is busy; a worker that outlives it.
         let doomed = try Self.coordinator(directory, scenario: Self.bigScenario, name: "doomed", shardSize: "8GiB")
         let worker = try Self.worker(directory, doomed.endpoint, name: "w", ["--keep-running"])
         defer { if worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
-        try #require(ResumeTests.waitFor("-> w", in: doomed.log))
+        try #require(TestPaths.waitFor("-> w", in: doomed.log))
         kill(doomed.process.processIdentifier, SIGKILL)
         doomed.process.waitUntilExit()
-        try #require(ResumeTests.waitFor("finished in", in: directory + "/w.log", seconds: 60), "the worker finished the shard after its coordinator died")
+        try #require(TestPaths.waitFor("finished in", in: directory + "/w.log", seconds: 60), "the worker finished the shard after its coordinator died")
 
         // A new run of another scenario, same shard layout, same endpoint.
         let next = try Self.coordinator(directory, scenario: Self.otherScenario, name: "next", endpoint: doomed.endpoint, shardSize: "8GiB")
@@ -150,11 +150,11 @@ struct FleetExactnessTests {
 
     @Test("3. after --resume, a result relabelled from the journal and sent by a peer never handed that shard is refused")
     func forgedResultAfterResume() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let expected = try Self.uninterruptedCounts(directory)
         let first = try Self.coordinator(directory, name: "first")
         let worker = try Self.worker(directory, first.endpoint, name: "a")
-        try #require(ResumeTests.waitFor("(3/8)", in: first.log))
+        try #require(TestPaths.waitFor("(3/8)", in: first.log))
         kill(first.process.processIdentifier, SIGKILL)
         kill(worker.processIdentifier, SIGKILL)
         first.process.waitUntilExit()
@@ -163,7 +163,7 @@ struct FleetExactnessTests {
         let done = Set(journal.results.map(\.result.shardID))
         let pending = try #require((0..<8).first { !done.contains($0) })
 
-        let resumed = try ResumeTests.start(["coordinator", "--resume", first.out, "--bind", first.endpoint, "--heartbeat-interval", "200ms",
+        let resumed = try ZapfleetBinary.start(["coordinator", "--resume", first.out, "--bind", first.endpoint, "--heartbeat-interval", "200ms",
                                              "--wait", "20s"], log: directory + "/resumed.log")
         defer { if resumed.isRunning { kill(resumed.processIdentifier, SIGKILL) } }
         let context = try ZeroMQContext()
@@ -186,7 +186,7 @@ struct FleetExactnessTests {
 
     @Test("4. a worker too small for a memslot that joins after planning gets no shard, and a peer that gives back every assignment stops getting them; the run completes")
     func unfitAndGivingBack() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let coordinator = try Self.coordinator(directory, ["--expect-workers", "1"])
         let context = try ZeroMQContext()
         let refuser = try ProtocolPeer(context: context, endpoint: coordinator.endpoint, routingID: "refuser")
@@ -226,7 +226,7 @@ struct FleetExactnessTests {
 
     @Test("5. a result that fails validation frees the worker and its shard is run again; the run completes")
     func rejectedResultIsRequeued() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let coordinator = try Self.coordinator(directory, ["--progress-deadline", "10", "--liveness", "20"])
         let context = try ZeroMQContext()
         let peer = try ProtocolPeer(context: context, endpoint: coordinator.endpoint, routingID: "corrupt")
@@ -249,7 +249,7 @@ struct FleetExactnessTests {
 
     @Test("6. a busy worker whose next frame claims another protocol version is refused, and its shard is run again")
     func versionSwitchMidShard() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let coordinator = try Self.coordinator(directory)
         let context = try ZeroMQContext()
         let peer = try ProtocolPeer(context: context, endpoint: coordinator.endpoint, routingID: "switcher")
@@ -268,7 +268,7 @@ struct FleetExactnessTests {
 
     @Test("7. a peer that heartbeats but never finishes loses its shard at the progress deadline; its late result is refused")
     func progressDeadline() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let coordinator = try Self.coordinator(directory, ["--progress-deadline", "5", "--liveness", "20"])
         let context = try ZeroMQContext()
         let peer = try ProtocolPeer(context: context, endpoint: coordinator.endpoint, routingID: "stuck")
@@ -277,7 +277,7 @@ struct FleetExactnessTests {
         let late = try peer.compute(assignment)
         let worker = try Self.worker(directory, coordinator.endpoint, name: "able")
         defer { if worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
-        try #require(ResumeTests.waitFor("made no progress on shard \(assignment.shardID)", in: coordinator.log, seconds: 30))
+        try #require(TestPaths.waitFor("made no progress on shard \(assignment.shardID)", in: coordinator.log, seconds: 30))
         try peer.send(.result(late))
         let ack = try #require(try peer.acknowledgement(of: assignment.shardID, attempt: assignment.attempt))
         #expect(ack.rejected || ack.duplicate, "\(ack)")
@@ -290,7 +290,7 @@ struct FleetExactnessTests {
 
     @Test("8 and 9. impossible but in-range numbers (2^40 samples, 2^50-1 SPTEs, a bucket of 2^63-1, step times near 2^63) are refused naming the field; nothing traps, totals stay exact")
     func impossibleNumbers() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let expected = try Self.uninterruptedCounts(directory)
         let coordinator = try Self.coordinator(directory, ["--give-back-limit", "100", "--max-attempts", "100", "--progress-deadline", "10", "--liveness", "20"])
         let context = try ZeroMQContext()
@@ -346,7 +346,7 @@ struct FleetExactnessTests {
             try journal.append(record, worker: "liar")
         }
         try journal.sync()
-        let resumed = try ResumeTests.start(["coordinator", "--resume", run, "--bind", "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))",
+        let resumed = try ZapfleetBinary.start(["coordinator", "--resume", run, "--bind", "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))",
                                              "--wait", "3s"], log: directory + "/resumed.log")
         resumed.waitUntilExit()
         let log = try String(contentsOfFile: directory + "/resumed.log", encoding: .utf8)
@@ -356,12 +356,12 @@ struct FleetExactnessTests {
 
     @Test("10. identity: a second live worker with a name in use is refused naming it; a peer reusing a worker's name as its routing id takes nothing over; no worker is taken for reconnected at its first join")
     func identity() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let coordinator = try Self.coordinator(directory, ["--expect-workers", "1"])
         let first = try Self.worker(directory, coordinator.endpoint, name: "w1")
         defer { for process in [first, coordinator.process] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-        try #require(ResumeTests.waitFor("worker w1 joined", in: coordinator.log))
-        let second = try RunCommandTests.zapfleet(["worker", "--connect", coordinator.endpoint, "--name", "w1", "--memory", "2GiB"])
+        try #require(TestPaths.waitFor("worker w1 joined", in: coordinator.log))
+        let second = try ZapfleetBinary.run(["worker", "--connect", coordinator.endpoint, "--name", "w1", "--memory", "2GiB"])
         #expect(second.status == 3, "\(second.err)")
         #expect(second.err.contains("the name 'w1' is in use"), "\(second.err)")
         // A peer that takes the worker's name as its routing id speaks for nobody but itself.
@@ -386,7 +386,7 @@ struct FleetExactnessTests {
         final class Box: @unchecked Sendable { var result: (status: Int32, out: String, err: String)? }
         let box = Box()
         let thread = OSThread(name: "worker") {
-            box.result = try? RunCommandTests.zapfleet(["worker", "--connect", "tcp://127.0.0.1:\(port)", "--name", "w", "--memory", "1GiB"])
+            box.result = try? ZapfleetBinary.run(["worker", "--connect", "tcp://127.0.0.1:\(port)", "--name", "w", "--memory", "1GiB"])
         }
         var poller = ZeroMQPoller()
         poller.add(router)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ZapfleetTestSupport
 import ZapRun
 
 /// SIGTERM to a worker and to the coordinator: each stops cleanly and says so.
@@ -7,26 +8,26 @@ import ZapRun
 struct GracefulStopTests {
     @Test("SIGTERM to a busy worker: it gives its shard back and exits 130; SIGTERM to the coordinator: workers are told to stop, the report is written marked incomplete, exit 130")
     func terminate() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let scenario = directory + "/long.yaml"
         try ClusterTests.longScenario.write(toFile: scenario, atomically: true, encoding: .utf8)
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let coordinatorLog = directory + "/coordinator.log"
-        let coordinator = try ResumeTests.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2",
+        let coordinator = try ZapfleetBinary.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2",
                                                  "--heartbeat-interval", "300ms", "--out", directory + "/run"], log: coordinatorLog)
         let workers = try ["a", "b"].map { name in
-            try ResumeTests.start(["worker", "--connect", endpoint, "--name", name, "--slots", "2", "--memory", "2GiB"], log: directory + "/\(name).log")
+            try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", name, "--slots", "2", "--memory", "2GiB"], log: directory + "/\(name).log")
         }
         defer { for process in workers + [coordinator] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
 
-        try #require(ResumeTests.waitFor("-> a\n", in: coordinatorLog), "worker a got a shard")
+        try #require(TestPaths.waitFor("-> a\n", in: coordinatorLog), "worker a got a shard")
         kill(workers[0].processIdentifier, SIGTERM)
         workers[0].waitUntilExit()
         #expect(workers[0].terminationStatus == 130)
-        #expect(ResumeTests.waitFor("worker a gave up shard", in: coordinatorLog, seconds: 10), "the coordinator heard the shard was given back")
-        #expect(ResumeTests.waitFor("requeued", in: coordinatorLog, seconds: 10))
+        #expect(TestPaths.waitFor("worker a gave up shard", in: coordinatorLog, seconds: 10), "the coordinator heard the shard was given back")
+        #expect(TestPaths.waitFor("requeued", in: coordinatorLog, seconds: 10))
 
-        try #require(ResumeTests.waitFor("-> b\n", in: coordinatorLog))
+        try #require(TestPaths.waitFor("-> b\n", in: coordinatorLog))
         kill(coordinator.processIdentifier, SIGTERM)
         coordinator.waitUntilExit()
         workers[1].waitUntilExit()

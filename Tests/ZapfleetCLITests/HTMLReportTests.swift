@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ZapfleetTestSupport
 import ZapRun
 
 /// `report.html` in a real headless browser (Debian's chromium).
@@ -11,7 +12,7 @@ struct HTMLReportTests {
     static func browse(_ arguments: [String]) throws -> (status: Int32, log: String) {
         let result = try Subprocess.run(try #require(chromium, "chromium is missing; ./test installs it"),
                                         ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0",
-                                         "--user-data-dir=\(RunCommandTests.temporaryDirectory())"] + arguments)
+                                         "--user-data-dir=\(TestPaths.temporaryDirectory())"] + arguments)
         return (result.status, result.out + result.err)
     }
 
@@ -34,8 +35,8 @@ struct HTMLReportTests {
 
     @Test("`zapfleet run` writes a self-contained report.html that a headless chromium loads without console errors and renders (the screenshot is kept beside it)")
     func rendersInBrowser() throws {
-        let directory = RunCommandTests.temporaryDirectory()
-        let result = try RunCommandTests.zapfleet(["run", "quick", "--out", directory, "--quiet"])
+        let directory = TestPaths.temporaryDirectory()
+        let result = try ZapfleetBinary.run(["run", "quick", "--out", directory, "--quiet"])
         #expect(result.status == 0, "\(result.err)")
         let page = directory + "/report.html"
         let html = try String(contentsOfFile: page, encoding: .utf8)

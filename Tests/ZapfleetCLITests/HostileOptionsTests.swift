@@ -1,12 +1,13 @@
 import Foundation
 import Testing
+import ZapfleetTestSupport
 
 /// Options that were taken and failed late, or failed unclearly: each is now refused before
 /// anything runs, exit 64, with the option named and what to do.
 @Suite("Hostile options", .serialized, .timeLimit(.minutes(5)))
 struct HostileOptionsTests {
     static func zapfleet(_ arguments: [String], killAfter seconds: Double = 30) throws -> Subprocess.BoundedResult {
-        try Subprocess.run(OptionFuzzTests.binary, arguments, killAfter: seconds)
+        try ZapfleetBinary.run(arguments, killAfter: seconds)
     }
 
     /// A run that was refused before it measured anything: exit 64, no table, the words given.
@@ -20,7 +21,7 @@ struct HostileOptionsTests {
 
     @Test("outputs that cannot be written are refused before the run: --junit a directory, --out a file or on a read-only file system, --junit in a missing directory")
     func outputsCheckedFirst() throws {
-        let scratch = RunCommandTests.temporaryDirectory()
+        let scratch = TestPaths.temporaryDirectory()
         let file = scratch + "/a-file"
         try "x".write(toFile: file, atomically: true, encoding: .utf8)
         let cases: [([String], [String])] = [
@@ -64,10 +65,10 @@ struct HostileOptionsTests {
 
     @Test("key files: a .pub given as the secret key, a secret key given as the public key, and a binary file are each named for what they are")
     func keyFiles() throws {
-        let scratch = RunCommandTests.temporaryDirectory()
-        let made = try RunCommandTests.zapfleet(["keygen", "w1", "--dir", scratch])
+        let scratch = TestPaths.temporaryDirectory()
+        let made = try ZapfleetBinary.run(["keygen", "w1", "--dir", scratch])
         try #require(made.status == 0, "\(made.err)")
-        _ = try RunCommandTests.zapfleet(["keygen", "coordinator", "--dir", scratch])
+        _ = try ZapfleetBinary.run(["keygen", "coordinator", "--dir", scratch])
         let publicCopy = scratch + "/copy.pub"
         try FileManager.default.copyItem(atPath: scratch + "/w1.pub", toPath: publicCopy)
         chmod(publicCopy, 0o600)
@@ -88,10 +89,10 @@ struct HostileOptionsTests {
 
     @Test("flag names a person would type: --memory-gib, not a generated --memory-gi-b")
     func flagNames() throws {
-        let help = try RunCommandTests.zapfleet(["engine-check", "--help"])
+        let help = try ZapfleetBinary.run(["engine-check", "--help"])
         #expect(help.out.contains("--memory-gib"))
         #expect(!help.out.contains("gi-b"))
-        let dump = try RunCommandTests.zapfleet(["--experimental-dump-help"])
+        let dump = try ZapfleetBinary.run(["--experimental-dump-help"])
         #expect(!dump.out.contains("gi-b"), "no generated flag name anywhere")
     }
 }

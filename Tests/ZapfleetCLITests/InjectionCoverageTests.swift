@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ZapfleetTestSupport
 import ZapEngine
 @testable import ZapRun
 
@@ -9,8 +10,8 @@ import ZapEngine
 struct InjectionCoverageTests {
     @Test("`zapfleet run quick --inject X`, for every X: exit 2 naming a violation with X's path counted, or exit 4 saying the path never ran", arguments: InjectedBug.allCases)
     func everyInjection(_ bug: InjectedBug) throws {
-        let directory = RunCommandTests.temporaryDirectory()
-        let result = try RunCommandTests.zapfleet(["run", "quick", "--inject", bug.rawValue, "--out", directory])
+        let directory = TestPaths.temporaryDirectory()
+        let result = try ZapfleetBinary.run(["run", "quick", "--inject", bug.rawValue, "--out", directory])
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
         let runs = report.policies.filter { policy in bug.applicablePolicies.map(\.rawValue).contains(policy.policy) }
             .map { $0.injectedPathRuns?[bug.rawValue] ?? 0 }
@@ -29,8 +30,8 @@ struct InjectionCoverageTests {
 
     @Test("a sync-only run with an async-only injection never reaches it: exit 4, not 0")
     func injectionOutsideItsPolicy() throws {
-        let directory = RunCommandTests.temporaryDirectory()
-        let result = try RunCommandTests.zapfleet(["run", "quick", "--policy", "sync", "--inject", "zap-unreferenced", "--out", directory])
+        let directory = TestPaths.temporaryDirectory()
+        let result = try ZapfleetBinary.run(["run", "quick", "--policy", "sync", "--inject", "zap-unreferenced", "--out", directory])
         #expect(result.status == 4, "\(result.out)")
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
         #expect(report.verdict.summary.contains("zap-unreferenced"))

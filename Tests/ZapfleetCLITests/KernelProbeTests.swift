@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ZapfleetTestSupport
 import ZapRun
 
 /// The real kernel beside the simulation: `zapfleet-kvm-probe` on this host's KVM, its stats
@@ -9,7 +10,7 @@ import ZapRun
 /// `ZAPFLEET_REQUIRE_KVM=1` (set by `.ci/run`) makes a missing KVM a failure instead.
 @Suite("Real KVM", .serialized, .timeLimit(.minutes(10)))
 struct KernelProbeTests {
-    static let probe = RunCommandTests.packageRoot.appendingPathComponent("clients/c/build/zapfleet-kvm-probe").path
+    static let probe = TestPaths.packageRoot.appendingPathComponent("clients/c/build/zapfleet-kvm-probe").path
     static let kvmUsable: Bool = {
         let descriptor = open("/dev/kvm", O_RDWR)
         if descriptor >= 0 { close(descriptor) }
@@ -27,7 +28,7 @@ struct KernelProbeTests {
           .enabled(if: kvmUsable || kvmRequired, reason))
     func probeAgainstKVMStats() throws {
         try Self.requireKVM()
-        let json = RunCommandTests.temporaryDirectory() + "/probe.json"
+        let json = TestPaths.temporaryDirectory() + "/probe.json"
         let result = try Subprocess.run(Self.probe, ["--memory", "256MiB", "--memslot", "64MiB", "--vcpus", "2", "--json", json])
         try #require(result.status == 0, "\(result.err)")
         let probe = try KernelProbeResult.decode(Data(contentsOf: URL(fileURLWithPath: json)))
@@ -70,7 +71,7 @@ struct KernelProbeTests {
         let result = try Subprocess.run(Self.probe, ["--memory", "60GiB", "--memslot", "1GiB"])
         #expect(result.status == 64, "\(result.err)")
         #expect(result.err.contains("available") && result.err.contains("smaller --memory"), "\(result.err)")
-        let run = try RunCommandTests.zapfleet(["run", "quick", "--kvm", "60GiB", "--quiet"])
+        let run = try ZapfleetBinary.run(["run", "quick", "--kvm", "60GiB", "--quiet"])
         #expect(run.status == 64, "\(run.err)")
         #expect(run.err.contains("available"), "\(run.err)")
         #expect(!run.out.contains("verdict"), "nothing was simulated")
@@ -80,8 +81,8 @@ struct KernelProbeTests {
           .enabled(if: kvmUsable || kvmRequired, reason))
     func realColumnInTheReport() throws {
         try Self.requireKVM()
-        let directory = RunCommandTests.temporaryDirectory()
-        let run = try RunCommandTests.zapfleet(["run", "max-guest-memory", "--kvm", "256MiB", "--size", "8GiB", "--policy", "sync",
+        let directory = TestPaths.temporaryDirectory()
+        let run = try ZapfleetBinary.run(["run", "max-guest-memory", "--kvm", "256MiB", "--size", "8GiB", "--policy", "sync",
                                                 "--policy", "async", "--quiet", "--out", directory])
         #expect(run.status == 0, "\(run.out)\n\(run.err)")
         #expect(run.out.contains("real kernel: kvm:"), "\(run.out)")
@@ -100,19 +101,19 @@ struct KernelProbeTests {
           .enabled(if: kvmUsable || kvmRequired, reason))
     func calibrationFile() throws {
         try Self.requireKVM()
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let file = directory + "/calibration.json"
-        let calibrate = try RunCommandTests.zapfleet(["calibrate", "--kvm", "128MiB", "--out", file])
+        let calibrate = try ZapfleetBinary.run(["calibrate", "--kvm", "128MiB", "--out", file])
         #expect(calibrate.status == 0, "\(calibrate.err)")
         #expect(calibrate.out.contains("calibrated") && calibrate.out.contains("MMU"), "\(calibrate.out)")
         let calibration = try JSONDecoder().decode(KernelCalibration.self, from: Data(contentsOf: URL(fileURLWithPath: file)))
         #expect(calibration.nanosecondsPerSPTE > 0 && calibration.sptes > 0)
-        let run = try RunCommandTests.zapfleet(["run", "quick", "--policy", "sync", "--kernel-spte-ns", file, "--quiet", "--out", directory + "/run"])
+        let run = try ZapfleetBinary.run(["run", "quick", "--policy", "sync", "--kernel-spte-ns", file, "--quiet", "--out", directory + "/run"])
         #expect(run.status == 0, "\(run.err)")
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/run/report.json")))
         #expect(report.kernelNsPerSpte == calibration.nanosecondsPerSPTE)
         try "{}".write(toFile: directory + "/not.json", atomically: true, encoding: .utf8)
-        let refused = try RunCommandTests.zapfleet(["run", "quick", "--kernel-spte-ns", directory + "/not.json"])
+        let refused = try ZapfleetBinary.run(["run", "quick", "--kernel-spte-ns", directory + "/not.json"])
         #expect(refused.status == 64 && refused.err.contains("--kernel-spte-ns") && refused.err.contains("calibrate"), "\(refused.err)")
     }
 
@@ -120,13 +121,13 @@ struct KernelProbeTests {
           .enabled(if: kvmUsable || kvmRequired, reason))
     func probeAsAnAgentJob() throws {
         try Self.requireKVM()
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let scenario = directory + "/small.yaml"
         try ClusterTests.scenario.write(toFile: scenario, atomically: true, encoding: .utf8)
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
-        let coordinator = try ResumeTests.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "1",
+        let coordinator = try ZapfleetBinary.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "1",
                                                  "--expect-agents", "1", "--out", directory + "/run"], log: directory + "/coordinator.log")
-        let worker = try ResumeTests.start(["worker", "--connect", endpoint, "--name", "w1"], log: directory + "/w1.log")
+        let worker = try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", "w1"], log: directory + "/w1.log")
         let agent = try Subprocess.start(ExternalAgentTests.agent, ["--connect", endpoint, "--name", "kvm-host", "--kvm", "128MiB"],
                                          log: directory + "/agent.log")
         defer { for process in [coordinator, worker, agent] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }

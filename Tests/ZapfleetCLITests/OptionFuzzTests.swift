@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ZapfleetTestSupport
 
 /// Every numeric option of every command, given values a script or a typo produces: each is
 /// refused with exit 64 and a message that names the option, or taken and run; never a trap.
@@ -8,7 +9,6 @@ import Testing
 /// without anyone adding it here; only options that take names, paths or endpoints are skipped.
 @Suite("Extreme option values", .serialized, .timeLimit(.minutes(20)))
 struct OptionFuzzTests {
-    static let binary = RunCommandTests.packageRoot.appendingPathComponent(".build/debug/zapfleet").path
 
     /// Options whose values are not numbers: names, paths, endpoints, lists of names.
     static let notNumeric: Set<String> = [
@@ -24,7 +24,7 @@ struct OptionFuzzTests {
 
     /// (command path, option) for every option that takes a value, read from the binary.
     static func numericOptions() throws -> [(command: [String], option: String)] {
-        let dump = try Subprocess.run(binary, ["--experimental-dump-help"])
+        let dump = try ZapfleetBinary.run(["--experimental-dump-help"])
         let json = try #require(try JSONSerialization.jsonObject(with: Data(dump.out.utf8)) as? [String: Any])
         var found: [(command: [String], option: String)] = []
         func walk(_ command: [String: Any], path: [String]) {
@@ -71,7 +71,7 @@ struct OptionFuzzTests {
 
     @Test("every numeric option, given 0, negatives, 2^31…2^64, 1e308, nan, inf, huge durations and sizes: exit 64 naming the option, or a run; never a signal")
     func extremeValuesNeverTrap() throws {
-        let scratch = RunCommandTests.temporaryDirectory()
+        let scratch = TestPaths.temporaryDirectory()
         try """
             name: tiny
             vm:
@@ -84,7 +84,7 @@ struct OptionFuzzTests {
               - teardown
             policies: [async]
             """.write(toFile: scratch + "/tiny.yaml", atomically: true, encoding: .utf8)
-        let seedRun = try Subprocess.run(Self.binary, ["run", scratch + "/tiny.yaml", "--quiet", "--out", scratch + "/seed"])
+        let seedRun = try ZapfleetBinary.run(["run", scratch + "/tiny.yaml", "--quiet", "--out", scratch + "/seed"])
         #expect(seedRun.status == 0, "\(seedRun.err)")
         let report = scratch + "/seed/report.json"
 
@@ -96,7 +96,7 @@ struct OptionFuzzTests {
             for value in Self.extremes {
                 let base = Self.replacing(option, in: Self.baseArguments(command.first ?? "", scratch: scratch, report: report))
                 let arguments = command + base + ["--\(option)", value]
-                let result = try Subprocess.run(Self.binary, arguments, killAfter: 10)
+                let result = try ZapfleetBinary.run(arguments, killAfter: 10)
                 let line = "zapfleet \(command.joined(separator: " ")) --\(option) '\(value)'"
                 if result.signalled {
                     problems.append("\(line): killed by signal \(result.status)\n\(result.err.suffix(300))")

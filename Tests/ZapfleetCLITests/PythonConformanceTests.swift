@@ -1,6 +1,7 @@
 import Foundation
 import Histogram
 import Testing
+import ZapfleetTestSupport
 import ZapRun
 
 /// A second implementation of the worker side, written from the protocol contract alone (the
@@ -8,12 +9,12 @@ import ZapRun
 /// from `Proto/` at test time; and HdrHistogram's own Python log reader on `shards.hlog`.
 @Suite("Protocol contract: a Python worker and HdrHistogram's log reader", .serialized, .timeLimit(.minutes(5)))
 struct PythonConformanceTests {
-    static let root = RunCommandTests.packageRoot.path
+    static let root = TestPaths.packageRoot.path
     static let python = root + "/.build-python/bin/python"
 
     /// `zapfleet_pb2.py`, generated from `Proto/` into a fresh directory.
     static func generatePythonProtocol() throws -> String {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let protoc = try Subprocess.run("/usr/bin/protoc", ["--python_out=\(directory)", "-I\(root)/Proto", "\(root)/Proto/zapfleet.proto"])
         try #require(protoc.status == 0, "protoc: \(protoc.err)")
         return directory
@@ -49,7 +50,7 @@ struct PythonConformanceTests {
         try #require(FileManager.default.isExecutableFile(atPath: Self.python),
                      "\(Self.python) is missing: scripts/ensure-dependencies --for-tests installs it (./test does)")
         let generated = try Self.generatePythonProtocol()
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let scenario = directory + "/small.yaml"
         try """
             name: conformance
@@ -60,11 +61,11 @@ struct PythonConformanceTests {
 
             """.write(toFile: scenario, atomically: true, encoding: .utf8)
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
-        let coordinator = try ResumeTests.start(
+        let coordinator = try ZapfleetBinary.start(
             ["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2", "--shard-size", "2GiB",
              "--heartbeat-interval", "300ms", "--liveness", "20", "--out", directory + "/run"],
             log: directory + "/coordinator.log")
-        let swiftWorker = try ResumeTests.start(["worker", "--connect", endpoint, "--name", "swift1"], log: directory + "/swift1.log")
+        let swiftWorker = try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", "swift1"], log: directory + "/swift1.log")
         let recorded = directory + "/python-samples.json"
         let pythonWorker = Process()
         pythonWorker.executableURL = URL(fileURLWithPath: "/usr/bin/env")

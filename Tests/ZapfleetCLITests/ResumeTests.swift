@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ZapfleetTestSupport
 import ZapCluster
 import ZapEngine
 import ZapRun
@@ -7,38 +8,22 @@ import ZapRun
 /// A coordinator killed with SIGKILL mid-run and started again with `--resume`.
 @Suite("Coordinator crash and resume", .serialized, .timeLimit(.minutes(10)))
 struct ResumeTests {
-    static let binary = RunCommandTests.packageRoot.appendingPathComponent(".build/debug/zapfleet").path
-
-    /// Starts the built `zapfleet` in the background, logging to `log`.
-    static func start(_ arguments: [String], log: String) throws -> Process {
-        try Subprocess.start(binary, arguments, log: log)
-    }
-
-    static func waitFor(_ text: String, in path: String, seconds: Double = 120) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if let log = try? String(contentsOfFile: path, encoding: .utf8), log.contains(text) { return true }
-            usleep(50_000)
-        }
-        return false
-    }
-
     @Test("SIGKILL the coordinator after some results, tear its journal's tail, resume: the run completes with every shard counted once, and its totals are exactly the merge of the journal")
     func killAndResume() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let scenario = directory + "/long.yaml"
         try ClusterTests.longScenario.write(toFile: scenario, atomically: true, encoding: .utf8)
         let run = directory + "/run"
         let port = Int.random(in: 20000..<40000)
         let endpoint = "tcp://127.0.0.1:\(port)"
         let beat = ["--heartbeat-interval", "300ms"]
-        let first = try Self.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2", "--out", run] + beat,
+        let first = try ZapfleetBinary.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2", "--out", run] + beat,
                                    log: directory + "/first.log")
         let workers = try ["a", "b"].map { name in
-            try Self.start(["worker", "--connect", endpoint, "--name", name, "--slots", "2", "--memory", "2GiB"], log: directory + "/\(name).log")
+            try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", name, "--slots", "2", "--memory", "2GiB"], log: directory + "/\(name).log")
         }
         defer { for process in workers + [first] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-        try #require(Self.waitFor("(8/64)", in: directory + "/first.log"), "the first coordinator made progress")
+        try #require(TestPaths.waitFor("(8/64)", in: directory + "/first.log"), "the first coordinator made progress")
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
         #expect(first.terminationReason == .uncaughtSignal)
@@ -53,7 +38,7 @@ struct ResumeTests {
         handle.write(Data([0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 2, 1, 2, 3]))
         try handle.close()
 
-        let resumed = try RunCommandTests.zapfleet(["coordinator", "--resume", run, "--bind", endpoint] + beat)
+        let resumed = try ZapfleetBinary.run(["coordinator", "--resume", run, "--bind", endpoint] + beat)
         #expect(resumed.status == 0, "\(resumed.out)\n\(resumed.err)")
         #expect(resumed.err.contains("ignored a torn last record of 12 bytes"))
         for worker in workers { worker.waitUntilExit() }

@@ -1,31 +1,15 @@
 import Foundation
 import Testing
+import ZapfleetTestSupport
 @testable import ZapRun
 
 /// `zapfleet` as a user runs it: a subprocess, its exit code, its output and its files.
 @Suite("zapfleet command line", .serialized, .timeLimit(.minutes(10)))
 struct RunCommandTests {
-    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
-    /// Runs the built `zapfleet` with `arguments`; returns exit code, standard output and error.
-    static func zapfleet(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-        let binary = packageRoot.appendingPathComponent(".build/debug/zapfleet")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
-            throw CLIError("\(binary.path) is missing: build with `swift build --build-tests` (./test does)")
-        }
-        return try Subprocess.run(binary.path, arguments)
-    }
-
-    static func temporaryDirectory() -> String {
-        let path = NSTemporaryDirectory() + "zapfleet-test-\(UUID().uuidString)"
-        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        return path
-    }
-
     @Test("`zapfleet run quick` exits 0, balances its counters, and shows sync's reset blocking far longer than async's")
     func quickEndToEnd() throws {
-        let directory = Self.temporaryDirectory()
-        let result = try Self.zapfleet(["run", "quick", "--out", directory])
+        let directory = TestPaths.temporaryDirectory()
+        let result = try ZapfleetBinary.run(["run", "quick", "--out", directory])
         #expect(result.status == 0, "\(result.out)\n\(result.err)")
         #expect(result.out.contains("verdict: every objective met"))
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
@@ -50,11 +34,11 @@ struct RunCommandTests {
 
     @Test("`zapfleet run races` reaches the double-queue race with its own race amplification: clean it exits 0, with the bug 2")
     func racesReachTheDoubleQueueRace() throws {
-        let clean = try Self.zapfleet(["run", "races", "--policy", "async", "--quiet", "--out", Self.temporaryDirectory()])
+        let clean = try ZapfleetBinary.run(["run", "races", "--policy", "async", "--quiet", "--out", TestPaths.temporaryDirectory()])
         #expect(clean.status == 0, "\(clean.out)\n\(clean.err)")
         for step in ["fast_fault", "dirty_log", "unmap", "full_zap"] { #expect(clean.out.contains(step), "\(step)") }
-        let directory = Self.temporaryDirectory()
-        let broken = try Self.zapfleet(["run", "races", "--policy", "async", "--inject", "double-queue", "--quiet", "--out", directory])
+        let directory = TestPaths.temporaryDirectory()
+        let broken = try ZapfleetBinary.run(["run", "races", "--policy", "async", "--inject", "double-queue", "--quiet", "--out", directory])
         #expect(broken.status == 2, "\(broken.out)\n\(broken.err)")
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
         #expect(report.policies.first?.violationsByKind["double-queue", default: 0] ?? 0 > 0)
@@ -62,7 +46,7 @@ struct RunCommandTests {
 
     @Test("an injected double queue exits 2 and names the violation in the report")
     func injectedDoubleQueue() throws {
-        let directory = Self.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         // Two defunct roots (normal, 16 GiB; SMM, 8 GiB) behind one worker. Whichever runs first
         // takes at least three 1 GiB steps; the other is queued at the first step boundary and
         // the memslot deletion right after the reset gets mmu_lock at the next one, so it finds
@@ -76,7 +60,7 @@ struct RunCommandTests {
             policies: [async]
             workqueue_width: 1
             """.write(toFile: scenario, atomically: true, encoding: .utf8)
-        let result = try Self.zapfleet(["run", scenario, "--inject", "double-queue", "--out", directory,
+        let result = try ZapfleetBinary.run(["run", scenario, "--inject", "double-queue", "--out", directory,
                                         "--junit", directory + "/junit.xml"])
         #expect(result.status == 2, "\(result.out)\n\(result.err)")
         // CI systems see the broken invariants as failed test cases.
@@ -94,21 +78,21 @@ struct RunCommandTests {
 
     @Test("bad input exits 64 with the file, line and key, and runs nothing")
     func badScenario() throws {
-        let directory = Self.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let path = directory + "/bad.yaml"
         try "name: bad\nvm:\n  memory: 64TB\nworkload: {vcpus: 1}\ntimeline: [populate]\n".write(toFile: path, atomically: true, encoding: .utf8)
-        let result = try Self.zapfleet(["run", path, "--out", directory + "/out"])
+        let result = try ZapfleetBinary.run(["run", path, "--out", directory + "/out"])
         #expect(result.status == 64)
         #expect(result.err.contains("bad.yaml:3: vm.memory"))
         #expect(!FileManager.default.fileExists(atPath: directory + "/out/report.json"))
 
-        let unknownPolicy = try Self.zapfleet(["run", "--policy", "lazy"])
+        let unknownPolicy = try ZapfleetBinary.run(["run", "--policy", "lazy"])
         #expect(unknownPolicy.status == 64)
     }
 
     @Test("a run that needs more memory than allowed is refused with the estimate and what to do")
     func tooLarge() throws {
-        let result = try Self.zapfleet(["run", "seed-64t", "--max-memory", "16GiB"])
+        let result = try ZapfleetBinary.run(["run", "seed-64t", "--max-memory", "16GiB"])
         #expect(result.status == 64)
         #expect(result.err.contains("128 GiB") || result.err.contains("256 GiB"), "\(result.err)")
         #expect(result.err.contains("coordinator"))
@@ -116,8 +100,8 @@ struct RunCommandTests {
 
     @Test("Ctrl-C stops the run cleanly: exit 130, and the report is written, marked incomplete")
     func interrupt() throws {
-        let directory = Self.temporaryDirectory()
-        let binary = Self.packageRoot.appendingPathComponent(".build/debug/zapfleet")
+        let directory = TestPaths.temporaryDirectory()
+        let binary = URL(fileURLWithPath: ZapfleetBinary.path)
         let process = Process()
         process.executableURL = binary
         process.arguments = ["run", "max-guest-memory", "--size", "256GiB", "--out", directory]
@@ -151,16 +135,11 @@ struct RunCommandTests {
 
     @Test("`zapfleet scenarios` lists every built-in and --show prints parseable YAML")
     func scenarios() throws {
-        let list = try Self.zapfleet(["scenarios"])
+        let list = try ZapfleetBinary.run(["scenarios"])
         #expect(list.status == 0)
         for name in ["quick", "seed-64t", "max-guest-memory", "smm"] { #expect(list.out.contains(name)) }
-        let shown = try Self.zapfleet(["scenarios", "--show", "smm"])
+        let shown = try ZapfleetBinary.run(["scenarios", "--show", "smm"])
         #expect(shown.status == 0)
         #expect(shown.out.contains("smm: true"))
     }
-}
-
-struct CLIError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ZapfleetTestSupport
 import ZapRun
 
 /// `zapfleet sweep`: a matrix of runs, a CSV and the scaling plots.
@@ -13,8 +14,8 @@ struct SweepCommandTests {
 
     @Test("a 2 × 2 sweep writes a report per cell, sweep.csv and sweep.html; sync's projected reset grows with the size, async's stays zero")
     func sweep() throws {
-        let directory = RunCommandTests.temporaryDirectory()
-        let result = try RunCommandTests.zapfleet(["sweep", "--sizes", "4GiB,16GiB", "--vcpus", "1", "--workers", "1,2", "--out", directory])
+        let directory = TestPaths.temporaryDirectory()
+        let result = try ZapfleetBinary.run(["sweep", "--sizes", "4GiB,16GiB", "--vcpus", "1", "--workers", "1,2", "--out", directory])
         #expect(result.status == 0, "\(result.err)")
         let cells = ["4GiB-1vcpu-1w", "4GiB-1vcpu-2w", "16GiB-1vcpu-1w", "16GiB-1vcpu-2w"]
         for cell in cells {
@@ -40,24 +41,24 @@ struct SweepCommandTests {
 
     @Test("a sweep file with an unknown key is refused with the file and the key, exit 64")
     func badMatrix() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let file = directory + "/sweep.yaml"
         try "sizes: [4GiB]\nworkrs: [2]\n".write(toFile: file, atomically: true, encoding: .utf8)
-        let result = try RunCommandTests.zapfleet(["sweep", "--matrix", file, "--out", directory + "/out"])
+        let result = try ZapfleetBinary.run(["sweep", "--matrix", file, "--out", directory + "/out"])
         #expect(result.status == 64)
         #expect(result.err.contains(file) && result.err.contains("workrs"), "\(result.err)")
     }
 
     @Test("a sweep on a fleet: each cell is a coordinator run that uses as many of the connected workers as the cell asks for")
     func sweepOnFleet() throws {
-        let directory = RunCommandTests.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let workers = try ["a", "b"].map { name in
-            try ResumeTests.start(["worker", "--connect", endpoint, "--name", name, "--keep-running", "--memory", "2GiB"],
+            try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", name, "--keep-running", "--memory", "2GiB"],
                                   log: "\(directory)/\(name).log")
         }
         defer { for worker in workers where worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
-        let result = try RunCommandTests.zapfleet(["sweep", "--sizes", "4GiB,8GiB", "--vcpus", "1", "--workers", "1,2",
+        let result = try ZapfleetBinary.run(["sweep", "--sizes", "4GiB,8GiB", "--vcpus", "1", "--workers", "1,2",
                                                    "--bind", endpoint, "--wait", "30s", "--out", directory + "/out"])
         #expect(result.status == 0, "\(result.err)")
         for cell in ["4GiB-1vcpu-1w", "4GiB-1vcpu-2w", "8GiB-1vcpu-1w", "8GiB-1vcpu-2w"] {
