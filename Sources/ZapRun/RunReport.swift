@@ -110,10 +110,31 @@ public struct ObjectiveVerdict: Sendable, Codable, Equatable {
     public var met: Bool
 }
 
+/// Every exit code a zapfleet command ends with: what a nightly job acts on. The verdict of a
+/// run picks one of the first five and 70 or 130; the commands add the rest.
+public enum RunExitCode: Int32, Sendable, CaseIterable {
+    /// Every objective met, no invariant violated.
+    case met = 0
+    /// An objective (SLO) was missed.
+    case objectiveMissed = 1
+    /// An invariant was violated.
+    case invariantViolated = 2
+    /// A worker or agent was refused by its coordinator.
+    case refused = 3
+    /// A bug injected with `--inject` never reached its broken path: the run proves nothing about it.
+    case inconclusive = 4
+    /// Bad input (command line, scenario, an output that cannot be written): nothing was run.
+    case badInput = 64
+    /// zapfleet failed, or a fleet run failed (a shard out of attempts, no worker joined).
+    case internalError = 70
+    /// Interrupted by SIGINT or SIGTERM; what was measured is still reported.
+    case interrupted = 130
+}
+
 /// The run's outcome as a nightly job reads it.
 public struct Verdict: Sendable, Codable, Equatable {
-    /// The process exit code: 0 all met, 1 an objective missed, 2 an invariant violated,
-    /// 130 interrupted (what was measured is still reported).
+    /// The process exit code, a ``RunExitCode``: 0 all met, 1 an objective missed, 2 an invariant
+    /// violated, 4 inconclusive, 70 the run failed, 130 interrupted (what was measured is still reported).
     public var exitCode: Int32
     /// Total violations over every policy.
     public var violations: Int
@@ -184,18 +205,19 @@ public struct RunReport: Sendable, Codable, Equatable {
         }
         injectionsNotReached = unreached.isEmpty ? nil : unreached.map(\.rawValue)
         let notReached = unreached.isEmpty ? "" : "injected \(unreached.map(\.rawValue).joined(separator: ", ")): the broken path never ran in this scenario under \(unreached.flatMap(\.applicablePolicies).map(\.rawValue).uniqued().joined(separator: ", ")), so the run says nothing of whether the checker catches it (engine-check reaches every path)"
-        let code: Int32 = failure != nil ? 70 : !complete ? 130 : violations > 0 ? 2 : !unreached.isEmpty ? 4 : missed > 0 ? 1 : 0
+        let code: RunExitCode = failure != nil ? .internalError : !complete ? .interrupted : violations > 0 ? .invariantViolated
+            : !unreached.isEmpty ? .inconclusive : missed > 0 ? .objectiveMissed : .met
         let summary: String
         switch code {
-        case 70: summary = "the run failed: \(failure ?? "")"
-        case 130: summary = "interrupted: the report holds what was measured before the stop"
-        case 4: summary = notReached + (missed > 0 ? "; \(missed) objective(s) missed" : "")
-        case 2: summary = "\(violations) invariant violation(s)" + (missed > 0 ? " and \(missed) objective(s) missed" : "")
+        case .internalError: summary = "the run failed: \(failure ?? "")"
+        case .interrupted: summary = "interrupted: the report holds what was measured before the stop"
+        case .inconclusive: summary = notReached + (missed > 0 ? "; \(missed) objective(s) missed" : "")
+        case .invariantViolated: summary = "\(violations) invariant violation(s)" + (missed > 0 ? " and \(missed) objective(s) missed" : "")
             + (unreached.isEmpty ? "" : "; " + notReached)
-        case 1: summary = "\(missed) objective(s) missed"
-        default: summary = "every objective met, no invariant violated"
+        case .objectiveMissed: summary = "\(missed) objective(s) missed"
+        case .met, .refused, .badInput: summary = "every objective met, no invariant violated"
         }
-        verdict = Verdict(exitCode: code, violations: violations, objectivesMissed: missed, summary: summary)
+        verdict = Verdict(exitCode: code.rawValue, violations: violations, objectivesMissed: missed, summary: summary)
     }
 
     /// Evaluates each objective on each policy it names (or on all).

@@ -45,8 +45,8 @@ enum ReportOutput {
                                fleet: outcome.fleet, failure: outcome.failure, external: outcome.external)
         if !outcome.complete && report.complete {
             report.complete = false
-            if [0, 1, 4].contains(report.verdict.exitCode) {
-                report.verdict.exitCode = 130
+            if [RunExitCode.met, .objectiveMissed, .inconclusive].map(\.rawValue).contains(report.verdict.exitCode) {
+                report.verdict.exitCode = RunExitCode.interrupted.rawValue
                 report.verdict.summary = "interrupted: the report holds what was measured before the stop"
             }
         }

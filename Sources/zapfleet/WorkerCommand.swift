@@ -100,9 +100,9 @@ struct WorkerCommand: ParsableCommand {
             logger.info("done: \(reason)")
         case .refused(let reason):
             printError("refused by the coordinator: \(reason)")
-            throw ExitCode(3)
+            throw ZapfleetExitCode.refused
         case .cancelled:
-            throw ExitCode(130)
+            throw ZapfleetExitCode.interrupted
         }
     }
 }

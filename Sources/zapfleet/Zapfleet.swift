@@ -1,4 +1,5 @@
 import ArgumentParser
+import ZapRun
 
 /// The `zapfleet` command: a distributed stress tester for KVM's page-table teardown designs.
 @main
@@ -14,9 +15,10 @@ struct Zapfleet: ParsableCommand {
               0   every objective met and no invariant violated
               1   an objective (SLO) was missed
               2   an invariant was violated
+              3   (worker) refused by the coordinator
               4   inconclusive: a bug injected with --inject never reached its broken path
               64  bad input (command line or scenario); nothing was run
-              70  internal error
+              70  internal error, or a fleet run that failed (a shard out of attempts, no worker joined)
               130 interrupted (Ctrl-C); what was measured is still reported
             """,
         version: ZapfleetVersion.current,
@@ -30,16 +32,21 @@ enum ZapfleetVersion {
     static let current = "0.1.0"
 }
 
-/// Exit codes shared by every subcommand, for nightly jobs to act on.
+/// Exit codes shared by every subcommand, for nightly jobs to act on: ``RunExitCode``'s, as
+/// ArgumentParser throws them.
 enum ZapfleetExitCode {
     /// Every check passed.
-    static let success = ExitCode(0)
+    static let success = ExitCode(RunExitCode.met.rawValue)
     /// An SLO was missed.
-    static let sloMissed = ExitCode(1)
+    static let sloMissed = ExitCode(RunExitCode.objectiveMissed.rawValue)
     /// An invariant was violated.
-    static let invariantViolated = ExitCode(2)
+    static let invariantViolated = ExitCode(RunExitCode.invariantViolated.rawValue)
+    /// A worker was refused by its coordinator.
+    static let refused = ExitCode(RunExitCode.refused.rawValue)
     /// The command line or a scenario is malformed.
-    static let badInput = ExitCode(64)
+    static let badInput = ExitCode(RunExitCode.badInput.rawValue)
     /// zapfleet itself failed.
-    static let internalError = ExitCode(70)
+    static let internalError = ExitCode(RunExitCode.internalError.rawValue)
+    /// Interrupted; what was measured is reported.
+    static let interrupted = ExitCode(RunExitCode.interrupted.rawValue)
 }
