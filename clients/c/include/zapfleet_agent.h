@@ -24,6 +24,16 @@ extern "C" {
 /* The protocol version this library speaks (zapfleetProtocolVersion in the Swift code). */
 #define ZF_PROTOCOL_VERSION 2u
 
+/* Exit codes, as zapfleet's own (RunExitCode in the Swift code), for the programs in clients/c. */
+enum {
+    ZF_EXIT_OK = 0,               /* the run ended; or the probe measured */
+    ZF_EXIT_REFUSED = 3,          /* refused by the coordinator (protocol version, key, hello) */
+    ZF_EXIT_BAD_INPUT = 64,       /* bad usage, or more than the host can give */
+    ZF_EXIT_UNAVAILABLE = 69,     /* the probe: no usable KVM on this host */
+    ZF_EXIT_INTERNAL_ERROR = 70,  /* a call failed; the message names it */
+    ZF_EXIT_INTERRUPTED = 130,    /* SIGINT or SIGTERM */
+};
+
 /* A connection to a coordinator. */
 typedef struct zf_agent zf_agent;
 

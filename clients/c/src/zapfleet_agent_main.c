@@ -142,7 +142,7 @@ static int run_job(zf_agent *agent, const zf_job *job, char *const command[], in
     if (file < 0 || write(file, job->scenario_yaml, strlen(job->scenario_yaml)) < 0) {
         fprintf(stderr, "zapfleet-agent-c: cannot write the scenario file: %s\n", strerror(errno));
         if (file >= 0) close(file);
-        return 70;
+        return ZF_EXIT_INTERNAL_ERROR;
     }
     close(file);
     measurement m;
@@ -154,7 +154,7 @@ static int run_job(zf_agent *agent, const zf_job *job, char *const command[], in
     if (pid < 0) {
         fprintf(stderr, "zapfleet-agent-c: cannot start the command: %s\n", strerror(errno));
         unlink(scenario_file);
-        return 70;
+        return ZF_EXIT_INTERNAL_ERROR;
     }
     fprintf(stderr, "zapfleet-agent-c: job %" PRIu32 " (%s): running %s\n", job->job_id, job->scenario_name, command[0]);
     char buffer[65536];
@@ -168,7 +168,7 @@ static int run_job(zf_agent *agent, const zf_job *job, char *const command[], in
             fprintf(stderr, "zapfleet-agent-c: the coordinator ended the run during the job: %s\n", reason);
             kill(pid, SIGTERM);
             /* Nothing is sent after a stop: the run is over, and the samples are partial. */
-            status = event == ZF_EVENT_STOP ? JOB_RUN_ENDED : event == ZF_EVENT_REFUSED ? 3 : 70;
+            status = event == ZF_EVENT_STOP ? JOB_RUN_ENDED : event == ZF_EVENT_REFUSED ? ZF_EXIT_REFUSED : ZF_EXIT_INTERNAL_ERROR;
             break;
         }
         if (now_ns() - last_progress >= 1000000000u) {
@@ -219,14 +219,14 @@ static int run_job(zf_agent *agent, const zf_job *job, char *const command[], in
         }
         if (zf_agent_send_result(agent, job->job_id, operations, count, wall, exit_status, m.rejected) != 0) {
             fprintf(stderr, "zapfleet-agent-c: cannot send the result\n");
-            status = 70;
+            status = ZF_EXIT_INTERNAL_ERROR;
         } else {
             fprintf(stderr, "zapfleet-agent-c: job %" PRIu32 ": %zu sample(s) sent, %" PRIu64 " line(s) rejected, command exit %d\n",
                     job->job_id, m.total, m.rejected, exit_status);
         }
     }
     free_measurement(&m);
-    return interrupted ? 130 : status;
+    return interrupted ? ZF_EXIT_INTERRUPTED : status;
 }
 
 static void usage(FILE *out) {
@@ -254,7 +254,7 @@ int main(int argc, char **argv) {
         const char *argument = argv[index];
         if (strcmp(argument, "--") == 0) { index++; break; }
         if (strcmp(argument, "--help") == 0 || strcmp(argument, "-h") == 0) { usage(stdout); return 0; }
-        if (index + 1 >= argc) { usage(stderr); return 64; }
+        if (index + 1 >= argc) { usage(stderr); return ZF_EXIT_BAD_INPUT; }
         const char *value = argv[++index];
         if (strcmp(argument, "--connect") == 0) options.endpoint = value;
         else if (strcmp(argument, "--name") == 0) options.name = value;
@@ -264,16 +264,16 @@ int main(int argc, char **argv) {
         else if (strcmp(argument, "--max-samples") == 0) limit = (size_t)strtoull(value, NULL, 10);
         else if (strcmp(argument, "--protocol-version") == 0) options.protocol_version = (uint32_t)strtoul(value, NULL, 10);
         else if (strcmp(argument, "--kvm") == 0) kvm = value;
-        else { fprintf(stderr, "zapfleet-agent-c: unknown option %s\n", argument); usage(stderr); return 64; }
+        else { fprintf(stderr, "zapfleet-agent-c: unknown option %s\n", argument); usage(stderr); return ZF_EXIT_BAD_INPUT; }
     }
     int default_operation = operation_index(operation);
     /* --kvm: the probe beside this program, its vCPUs from the job (ZAPFLEET_VCPUS). */
     char probe[4096];
     char *kvm_command[] = {probe, "--memory", (char *)kvm, NULL};
     if (kvm != NULL) {
-        if (index < argc) { fprintf(stderr, "zapfleet-agent-c: give --kvm or a command, not both\n"); return 64; }
+        if (index < argc) { fprintf(stderr, "zapfleet-agent-c: give --kvm or a command, not both\n"); return ZF_EXIT_BAD_INPUT; }
         ssize_t length = readlink("/proc/self/exe", probe, sizeof probe - 32);
-        if (length <= 0) { fprintf(stderr, "zapfleet-agent-c: cannot find this program's directory for --kvm\n"); return 70; }
+        if (length <= 0) { fprintf(stderr, "zapfleet-agent-c: cannot find this program's directory for --kvm\n"); return ZF_EXIT_INTERNAL_ERROR; }
         probe[length] = 0;
         char *slash = strrchr(probe, '/');
         strcpy(slash ? slash + 1 : probe, "zapfleet-kvm-probe");
@@ -281,7 +281,7 @@ int main(int argc, char **argv) {
     if (options.endpoint == NULL || (index >= argc && kvm == NULL) || default_operation < 0 || limit == 0) {
         if (default_operation < 0) fprintf(stderr, "zapfleet-agent-c: --operation %s is not a report operation (reset, fault, fast_zap, ...)\n", operation);
         usage(stderr);
-        return 64;
+        return ZF_EXIT_BAD_INPUT;
     }
     char *const *command = kvm != NULL ? kvm_command : &argv[index];
 
@@ -295,7 +295,7 @@ int main(int argc, char **argv) {
     zf_agent *agent = zf_agent_connect(&options, error, sizeof error);
     if (agent == NULL) {
         fprintf(stderr, "zapfleet-agent-c: %s\n", error);
-        return 64;
+        return ZF_EXIT_BAD_INPUT;
     }
     int status = 0;
     while (!interrupted) {
@@ -317,15 +317,15 @@ int main(int argc, char **argv) {
             break;
         } else if (event == ZF_EVENT_REFUSED) {
             fprintf(stderr, "zapfleet-agent-c: refused by the coordinator: %s\n", reason);
-            status = 3;
+            status = ZF_EXIT_REFUSED;
             break;
         } else if (event == ZF_EVENT_ERROR) {
             fprintf(stderr, "zapfleet-agent-c: %s\n", reason);
-            status = 70;
+            status = ZF_EXIT_INTERNAL_ERROR;
             break;
         }
     }
-    if (interrupted && status == 0) status = 130;
+    if (interrupted && status == 0) status = ZF_EXIT_INTERRUPTED;
     zf_agent_close(agent);
     return status;
 }

@@ -45,6 +45,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "zapfleet_agent.h"   /* ZF_EXIT_* */
+
 #define GIB (1ULL << 30)
 #define MIB (1ULL << 20)
 #define PAGE 4096ULL
@@ -155,7 +157,7 @@ static void stats_open(stats_file *stats, int owner_fd) {
     if (pread(stats->fd, &header, sizeof header, 0) != (ssize_t)sizeof header) { close(stats->fd); stats->fd = -1; return; }
     size_t descriptor_size = sizeof(struct kvm_stats_desc) + header.name_size;
     char *descriptors = calloc(header.num_desc, descriptor_size);
-    if (!descriptors) fail(70, "out of memory reading KVM stats");
+    if (!descriptors) fail(ZF_EXIT_INTERNAL_ERROR, "out of memory reading KVM stats");
     if (pread(stats->fd, descriptors, descriptor_size * header.num_desc, header.desc_offset) != (ssize_t)(descriptor_size * header.num_desc)) {
         free(descriptors);
         close(stats->fd);
@@ -243,7 +245,7 @@ static struct kvm_segment segment(uint16_t selector, uint8_t type, uint8_t dpl, 
 
 static void set_long_mode_cpl3(probe_vcpu *vcpu, int write_protect) {
     struct kvm_sregs sregs;
-    if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) fail(70, "KVM_GET_SREGS: %s", strerror(errno));
+    if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_GET_SREGS: %s", strerror(errno));
     sregs.cs = segment(0x1b, 0xb, 3, 1);
     sregs.ss = segment(0x23, 0x3, 3, 0);
     sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss;
@@ -257,7 +259,7 @@ static void set_long_mode_cpl3(probe_vcpu *vcpu, int write_protect) {
     sregs.cr4 = 0x20;                                   /* PAE */
     sregs.cr0 = 0x80000033 | (write_protect ? 0x10000 : 0);   /* PG NE ET MP PE, WP toggled by reset */
     sregs.efer = 0x500;                                 /* LME LMA */
-    if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0) fail(70, "KVM_SET_SREGS: %s", strerror(errno));
+    if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_SET_SREGS: %s", strerror(errno));
 }
 
 static void set_pass_registers(probe_vcpu *vcpu) {
@@ -268,7 +270,7 @@ static void set_pass_registers(probe_vcpu *vcpu) {
     regs.rsi = vcpu->last;
     regs.rbx = PAGE;
     regs.rflags = 0x3002;                               /* IOPL 3: `out` at CPL3 */
-    if (ioctl(vcpu->fd, KVM_SET_REGS, &regs) < 0) fail(70, "KVM_SET_REGS: %s", strerror(errno));
+    if (ioctl(vcpu->fd, KVM_SET_REGS, &regs) < 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_SET_REGS: %s", strerror(errno));
 }
 
 /* One pass of one vCPU over its part: KVM_RUN until the guest's `out`. */
@@ -312,7 +314,7 @@ static void set_memslot(probe_vm *vm, uint32_t slot, uint64_t gpa, uint64_t byte
     struct kvm_userspace_memory_region region = {.slot = slot, .guest_phys_addr = gpa, .memory_size = bytes,
                                                   .userspace_addr = (uint64_t)(uintptr_t)host};
     if (ioctl(vm->fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
-        fail(70, "KVM_SET_USER_MEMORY_REGION slot %u (%llu bytes): %s", slot, (unsigned long long)bytes, strerror(errno));
+        fail(ZF_EXIT_INTERNAL_ERROR, "KVM_SET_USER_MEMORY_REGION slot %u (%llu bytes): %s", slot, (unsigned long long)bytes, strerror(errno));
 }
 
 /* The current value of VM stat `name`, or -1 if the kernel has no such stat. */
@@ -326,7 +328,7 @@ static long long vm_stat(const probe_vm *vm, const char *name) {
 
 static void *anonymous(uint64_t bytes) {
     void *memory = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (memory == MAP_FAILED) fail(70, "mmap of %llu bytes: %s", (unsigned long long)bytes, strerror(errno));
+    if (memory == MAP_FAILED) fail(ZF_EXIT_INTERNAL_ERROR, "mmap of %llu bytes: %s", (unsigned long long)bytes, strerror(errno));
     /* 4 KiB host pages, so that there is one SPTE per guest page, as the simulation counts. */
     madvise(memory, bytes, MADV_NOHUGEPAGE);
     return memory;
@@ -341,10 +343,10 @@ static void create_vm(probe_vm *vm, int kvm_fd, uint64_t data_bytes, uint64_t sl
     vm->vcpus = vcpus;
     vm->zap_all_quirk = zap_all_quirk;
     vm->fd = ioctl(kvm_fd, KVM_CREATE_VM, 0);
-    if (vm->fd < 0) fail(70, "KVM_CREATE_VM: %s", strerror(errno));
+    if (vm->fd < 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_CREATE_VM: %s", strerror(errno));
     if (!zap_all_quirk) {
         struct kvm_enable_cap cap = {.cap = KVM_CAP_DISABLE_QUIRKS2, .args = {1ULL << 7}};   /* KVM_X86_QUIRK_SLOT_ZAP_ALL */
-        if (ioctl(vm->fd, KVM_ENABLE_CAP, &cap) < 0) fail(70, "KVM_ENABLE_CAP(DISABLE_QUIRKS2, SLOT_ZAP_ALL): %s", strerror(errno));
+        if (ioctl(vm->fd, KVM_ENABLE_CAP, &cap) < 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_ENABLE_CAP(DISABLE_QUIRKS2, SLOT_ZAP_ALL): %s", strerror(errno));
     }
     ioctl(vm->fd, KVM_SET_TSS_ADDR, 0xfffbd000UL);
     vm->system = anonymous(SYSTEM_SLOT_BYTES);
@@ -359,28 +361,28 @@ static void create_vm(probe_vm *vm, int kvm_fd, uint64_t data_bytes, uint64_t sl
 
     int cpuid_entries = 256;
     struct kvm_cpuid2 *cpuid = calloc(1, sizeof *cpuid + (size_t)cpuid_entries * sizeof(struct kvm_cpuid_entry2));
-    if (!cpuid) fail(70, "out of memory");
+    if (!cpuid) fail(ZF_EXIT_INTERNAL_ERROR, "out of memory");
     cpuid->nent = (uint32_t)cpuid_entries;
-    if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) < 0) fail(70, "KVM_GET_SUPPORTED_CPUID: %s", strerror(errno));
+    if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) < 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_GET_SUPPORTED_CPUID: %s", strerror(errno));
     int run_size = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
-    if (run_size <= 0) fail(70, "KVM_GET_VCPU_MMAP_SIZE: %s", strerror(errno));
+    if (run_size <= 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_GET_VCPU_MMAP_SIZE: %s", strerror(errno));
     uint64_t part = data_bytes / (uint64_t)vcpus / REGION_BYTES * REGION_BYTES;
     for (int index = 0; index < vcpus; index++) {
         probe_vcpu *vcpu = &vm->vcpu[index];
         vcpu->vm = vm;
         vcpu->index = index;
         vcpu->fd = ioctl(vm->fd, KVM_CREATE_VCPU, index);
-        if (vcpu->fd < 0) fail(70, "KVM_CREATE_VCPU %d: %s", index, strerror(errno));
+        if (vcpu->fd < 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_CREATE_VCPU %d: %s", index, strerror(errno));
         /* CPUID first: it cannot change after the first KVM_RUN. */
-        if (ioctl(vcpu->fd, KVM_SET_CPUID2, cpuid) < 0) fail(70, "KVM_SET_CPUID2: %s", strerror(errno));
+        if (ioctl(vcpu->fd, KVM_SET_CPUID2, cpuid) < 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_SET_CPUID2: %s", strerror(errno));
         vcpu->run_size = (size_t)run_size;
         vcpu->run = mmap(NULL, (size_t)run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu->fd, 0);
-        if (vcpu->run == MAP_FAILED) fail(70, "mmap of the kvm_run area: %s", strerror(errno));
+        if (vcpu->run == MAP_FAILED) fail(ZF_EXIT_INTERNAL_ERROR, "mmap of the kvm_run area: %s", strerror(errno));
         vcpu->first = DATA_GPA + part * (uint64_t)index;
         vcpu->last = index == vcpus - 1 ? DATA_GPA + data_bytes : vcpu->first + part;
         vcpu->regions = (int)((vcpu->last - vcpu->first) / REGION_BYTES);
         vcpu->region_ns = calloc((size_t)vcpu->regions, sizeof(uint64_t));
-        if (!vcpu->region_ns) fail(70, "out of memory");
+        if (!vcpu->region_ns) fail(ZF_EXIT_INTERNAL_ERROR, "out of memory");
         set_long_mode_cpl3(vcpu, 0);
         stats_open(&vcpu->stats, vcpu->fd);
     }
@@ -457,11 +459,11 @@ static void all_vcpus_pass(probe_vm *vm, const char *phase) {
     pthread_t threads[MAX_VCPUS];
     for (int index = 0; index < vm->vcpus; index++) pthread_create(&threads[index], NULL, run_pass, &vm->vcpu[index]);
     uint64_t *samples = calloc(vm->data_bytes / REGION_BYTES, sizeof(uint64_t));
-    if (!samples) fail(70, "out of memory");
+    if (!samples) fail(ZF_EXIT_INTERNAL_ERROR, "out of memory");
     int count = 0;
     for (int index = 0; index < vm->vcpus; index++) {
         pthread_join(threads[index], NULL);
-        if (vm->vcpu[index].failed) fail(70, "vCPU %d did not finish its pass (%s); see above", index, phase);
+        if (vm->vcpu[index].failed) fail(ZF_EXIT_INTERNAL_ERROR, "vCPU %d did not finish its pass (%s); see above", index, phase);
         for (int region = 0; region < vm->vcpu[index].regions; region++) samples[count++] = vm->vcpu[index].region_ns[region];
     }
     snapshot(vm, &after);
@@ -534,39 +536,39 @@ int main(int argc, char **argv) {
     for (int index = 1; index < argc; index++) {
         const char *argument = argv[index];
         if (strcmp(argument, "--help") == 0 || strcmp(argument, "-h") == 0) { usage(stdout); return 0; }
-        if (index + 1 >= argc) { usage(stderr); return 64; }
+        if (index + 1 >= argc) { usage(stderr); return ZF_EXIT_BAD_INPUT; }
         const char *value = argv[++index];
         if (strcmp(argument, "--memory") == 0) memory = parse_size(value);
         else if (strcmp(argument, "--memslot") == 0) memslot = parse_size(value);
         else if (strcmp(argument, "--vcpus") == 0) vcpus = atoi(value);
         else if (strcmp(argument, "--json") == 0) json_path = value;
         else if (strcmp(argument, "--quirk") == 0) quirk = value;
-        else { fprintf(stderr, "zapfleet-kvm-probe: unknown option %s\n", argument); usage(stderr); return 64; }
+        else { fprintf(stderr, "zapfleet-kvm-probe: unknown option %s\n", argument); usage(stderr); return ZF_EXIT_BAD_INPUT; }
     }
     /* Four memslots by default, each a whole number of 2 MiB regions. */
     if (memslot == 0) memslot = memory / 4 / (2 * MIB) * (2 * MIB);
     if (vcpus > MAX_VCPUS) vcpus = MAX_VCPUS;
     if (vcpus > 0 && (uint64_t)vcpus > memory / (2 * MIB)) vcpus = (int)(memory / (2 * MIB));
     if (memslot < 2 * MIB || memslot % (2 * MIB) != 0)
-        fail(64, "--memslot must be a multiple of 2MiB (e.g. 256MiB)");
+        fail(ZF_EXIT_BAD_INPUT, "--memslot must be a multiple of 2MiB (e.g. 256MiB)");
     if (memory < memslot || memory % memslot != 0 || memory > MAX_DATA_BYTES || memory / memslot > MAX_SLOTS)
-        fail(64, "--memory must be a whole number of memslots, at most %d of them and 64GiB (e.g. 1GiB with --memslot 256MiB)", MAX_SLOTS);
+        fail(ZF_EXIT_BAD_INPUT, "--memory must be a whole number of memslots, at most %d of them and 64GiB (e.g. 1GiB with --memslot 256MiB)", MAX_SLOTS);
     if (vcpus < 1 || vcpus > MAX_VCPUS || (uint64_t)vcpus > memory / (2 * MIB))
-        fail(64, "--vcpus must be between 1 and %d, and at most one per 2MiB of --memory", MAX_VCPUS);
+        fail(ZF_EXIT_BAD_INPUT, "--vcpus must be between 1 and %d, and at most one per 2MiB of --memory", MAX_VCPUS);
     if (strcmp(quirk, "on") != 0 && strcmp(quirk, "off") != 0 && strcmp(quirk, "both") != 0)
-        fail(64, "--quirk must be on, off or both");
+        fail(ZF_EXIT_BAD_INPUT, "--quirk must be on, off or both");
     /* The guest's pages are the host's: refuse what would push the host into reclaim or OOM. */
     uint64_t available = available_memory();
     uint64_t needed = memory + 64 * MIB;
     if (available > 0 && needed > available)
-        fail(64, "asked for %llu MiB of guest memory, but the host has %llu MiB available (MemAvailable); "
+        fail(ZF_EXIT_BAD_INPUT, "asked for %llu MiB of guest memory, but the host has %llu MiB available (MemAvailable); "
                  "the guest's pages are real host memory: give a smaller --memory",
              (unsigned long long)(memory / MIB), (unsigned long long)(available / MIB));
 
     int kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm_fd < 0)
-        fail(69, "cannot open /dev/kvm (%s): no usable KVM on this host (it needs the kvm module and, here, root)", strerror(errno));
-    if (ioctl(kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) fail(69, "/dev/kvm speaks another KVM API version");
+        fail(ZF_EXIT_UNAVAILABLE, "cannot open /dev/kvm (%s): no usable KVM on this host (it needs the kvm module and, here, root)", strerror(errno));
+    if (ioctl(kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) fail(ZF_EXIT_UNAVAILABLE, "/dev/kvm speaks another KVM API version");
     int quirks_cap = ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DISABLE_QUIRKS2);
     int can_disable_zap_all = quirks_cap > 0 && (quirks_cap & (1 << 7));
 
@@ -582,7 +584,7 @@ int main(int argc, char **argv) {
             (unsigned long long)(memory / MIB), (unsigned long long)(memslot / MIB), vcpus);
     if (json_path) {
         json = fopen(json_path, "w");
-        if (!json) fail(64, "--json %s: cannot write (%s)", json_path, strerror(errno));
+        if (!json) fail(ZF_EXIT_BAD_INPUT, "--json %s: cannot write (%s)", json_path, strerror(errno));
         fprintf(json, "{\n  \"probe\": \"zapfleet-kvm-probe\", \"kernel\": \"%s\", \"machine\": \"%s\", \"host\": \"%s\",\n"
                       "  \"mmu\": \"%s\", \"tdp_mmu_parameter\": \"%s\", \"nested_under_pvm\": %s,\n"
                       "  \"guest_memory_bytes\": %llu, \"memslot_bytes\": %llu, \"vcpus\": %d, \"pages\": %llu,\n"
@@ -593,7 +595,7 @@ int main(int argc, char **argv) {
     }
     int runs[2] = {strcmp(quirk, "off") != 0, strcmp(quirk, "on") != 0 && can_disable_zap_all};
     if (strcmp(quirk, "off") == 0 && !can_disable_zap_all)
-        fail(69, "this kernel cannot turn KVM_X86_QUIRK_SLOT_ZAP_ALL off (KVM_CAP_DISABLE_QUIRKS2 lacks it)");
+        fail(ZF_EXIT_UNAVAILABLE, "this kernel cannot turn KVM_X86_QUIRK_SLOT_ZAP_ALL off (KVM_CAP_DISABLE_QUIRKS2 lacks it)");
     for (int pass = 0; pass < 2; pass++) {
         if (!runs[pass]) continue;
         probe_vm vm;
