@@ -45,41 +45,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kvm_probe_guest.h"
+#include "kvm_probe_stats.h"
 #include "zapfleet_agent.h"   /* ZF_EXIT_* */
 
-#define GIB (1ULL << 30)
-#define MIB (1ULL << 20)
-#define PAGE 4096ULL
-/* Guest physical layout: a 2 MiB system slot at 0 (page tables, GDT, TSS, code), data from 1 GiB. */
-#define SYSTEM_SLOT_BYTES (2 * MIB)
-#define PML4_GPA 0x1000ULL
-#define PDPT_GPA 0x2000ULL
-#define PD_GPA 0x3000ULL         /* one page directory per GiB mapped, from here */
-#define GDT_GPA 0x80000ULL
-#define TSS_GPA 0x81000ULL
-#define CODE_GPA 0x90000ULL
-#define DATA_GPA (1ULL * GIB)
-#define MAX_DATA_BYTES (64ULL * GIB)
-#define REGION_PORT 0x10
-#define DONE_PORT 0x11
-#define REGION_BYTES (2 * MIB)
 #define MAX_VCPUS 64
 #define MAX_SLOTS 512
-
-/* The guest's loop: write a byte to [rdi], rdi += rbx (4 KiB); at the end of each 2 MiB region
- * `out 0x10` (the host takes the region's time, as the simulation records one populate sample
- * per 2 MiB region); at rsi `out 0x11`, the pass is over. */
-static const uint8_t guest_code[] = {
-    0x88, 0x07,                         /*  0: mov [rdi], al */
-    0x48, 0x01, 0xdf,                   /*  2: add rdi, rbx */
-    0xf7, 0xc7, 0xff, 0xff, 0x1f, 0x00, /*  5: test edi, 0x1fffff */
-    0x75, 0xf3,                         /* 11: jnz 0 */
-    0xe6, REGION_PORT,                  /* 13: out 0x10, al */
-    0x48, 0x39, 0xf7,                   /* 15: cmp rdi, rsi */
-    0x72, 0xec,                         /* 18: jb 0 */
-    0xe6, DONE_PORT,                    /* 20: out 0x11, al */
-    0xeb, 0xfe,                         /* 22: jmp $ */
-};
 
 static void fail(int code, const char *format, ...) {
     va_list arguments;
@@ -139,49 +110,6 @@ static int module_present(const char *name) {
     return access(path, F_OK) == 0;
 }
 
-/* ---- KVM binary stats (KVM_GET_STATS_FD) ---- */
-
-#define MAX_STATS 128
-typedef struct {
-    int fd;
-    int count;
-    char names[MAX_STATS][64];
-    uint64_t offsets[MAX_STATS];
-} stats_file;
-
-static void stats_open(stats_file *stats, int owner_fd) {
-    memset(stats, 0, sizeof *stats);
-    stats->fd = ioctl(owner_fd, KVM_GET_STATS_FD, NULL);
-    if (stats->fd < 0) { stats->count = 0; return; }
-    struct kvm_stats_header header;
-    if (pread(stats->fd, &header, sizeof header, 0) != (ssize_t)sizeof header) { close(stats->fd); stats->fd = -1; return; }
-    size_t descriptor_size = sizeof(struct kvm_stats_desc) + header.name_size;
-    char *descriptors = calloc(header.num_desc, descriptor_size);
-    if (!descriptors) fail(ZF_EXIT_INTERNAL_ERROR, "out of memory reading KVM stats");
-    if (pread(stats->fd, descriptors, descriptor_size * header.num_desc, header.desc_offset) != (ssize_t)(descriptor_size * header.num_desc)) {
-        free(descriptors);
-        close(stats->fd);
-        stats->fd = -1;
-        return;
-    }
-    for (uint32_t index = 0; index < header.num_desc && stats->count < MAX_STATS; index++) {
-        struct kvm_stats_desc *descriptor = (struct kvm_stats_desc *)(descriptors + index * descriptor_size);
-        /* Cumulative and instant counters of one value; histograms are left out. */
-        if (descriptor->size != 1) continue;
-        snprintf(stats->names[stats->count], sizeof stats->names[0], "%s", descriptor->name);
-        stats->offsets[stats->count] = header.data_offset + descriptor->offset;
-        stats->count++;
-    }
-    free(descriptors);
-}
-
-static void stats_read(const stats_file *stats, uint64_t *values) {
-    for (int index = 0; index < stats->count; index++) {
-        values[index] = 0;
-        if (pread(stats->fd, &values[index], sizeof(uint64_t), (off_t)stats->offsets[index]) != (ssize_t)sizeof(uint64_t)) values[index] = 0;
-    }
-}
-
 /* ---- the VM ---- */
 
 typedef struct probe_vm probe_vm;
@@ -211,72 +139,17 @@ struct probe_vm {
     int zap_all_quirk;      /* 1: deleting a memslot zaps everything */
 };
 
-/* Guest page tables, GDT and code, in the system slot. */
-static void build_guest_tables(probe_vm *vm) {
-    uint64_t *pml4 = (uint64_t *)(vm->system + PML4_GPA);
-    uint64_t *pdpt = (uint64_t *)(vm->system + PDPT_GPA);
-    const uint64_t user_table = 0x7;            /* present, writable, user */
-    const uint64_t user_huge = 0x87;            /* present, writable, user, 2 MiB */
-    pml4[0] = PDPT_GPA | user_table;
-    uint64_t top = DATA_GPA + vm->data_bytes;
-    for (uint64_t gib = 0; gib * GIB < top; gib++) {
-        uint64_t pd_gpa = PD_GPA + gib * PAGE;
-        pdpt[gib] = pd_gpa | user_table;
-        uint64_t *pd = (uint64_t *)(vm->system + pd_gpa);
-        for (uint64_t entry = 0; entry < 512; entry++) pd[entry] = (gib * GIB + entry * 2 * MIB) | user_huge;
-    }
-    /* GDT: null, kernel code, kernel data, user code (64-bit, DPL3), user data (DPL3), TSS. */
-    uint64_t *gdt = (uint64_t *)(vm->system + GDT_GPA);
-    gdt[1] = 0x00af9b000000ffffULL;
-    gdt[2] = 0x00cf93000000ffffULL;
-    gdt[3] = 0x00affb000000ffffULL;
-    gdt[4] = 0x00cff3000000ffffULL;
-    uint64_t tss = TSS_GPA;
-    gdt[5] = 0x67 | ((tss & 0xffffff) << 16) | (0x8bULL << 40) | (((tss >> 24) & 0xff) << 56);
-    gdt[6] = tss >> 32;
-    memcpy(vm->system + CODE_GPA, guest_code, sizeof guest_code);
-}
-
-static struct kvm_segment segment(uint16_t selector, uint8_t type, uint8_t dpl, uint8_t code64) {
-    struct kvm_segment s = {.base = 0, .limit = 0xffffffff, .selector = selector, .type = type, .present = 1,
-                            .dpl = dpl, .db = code64 ? 0 : 1, .s = 1, .l = code64, .g = 1};
-    return s;
-}
-
-static void set_long_mode_cpl3(probe_vcpu *vcpu, int write_protect) {
-    struct kvm_sregs sregs;
-    if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_GET_SREGS: %s", strerror(errno));
-    sregs.cs = segment(0x1b, 0xb, 3, 1);
-    sregs.ss = segment(0x23, 0x3, 3, 0);
-    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss;
-    sregs.tr = (struct kvm_segment){.base = TSS_GPA, .limit = 0x67, .selector = 0x28, .type = 0xb, .present = 1, .s = 0};
-    sregs.ldt = (struct kvm_segment){.selector = 0, .type = 0x2, .present = 0, .unusable = 1};
-    sregs.gdt.base = GDT_GPA;
-    sregs.gdt.limit = 7 * 8 - 1;
-    sregs.idt.base = 0;
-    sregs.idt.limit = 0;
-    sregs.cr3 = PML4_GPA;
-    sregs.cr4 = 0x20;                                   /* PAE */
-    sregs.cr0 = 0x80000033 | (write_protect ? 0x10000 : 0);   /* PG NE ET MP PE, WP toggled by reset */
-    sregs.efer = 0x500;                                 /* LME LMA */
-    if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_SET_SREGS: %s", strerror(errno));
-}
-
-static void set_pass_registers(probe_vcpu *vcpu) {
-    struct kvm_regs regs;
-    memset(&regs, 0, sizeof regs);
-    regs.rip = CODE_GPA;
-    regs.rdi = vcpu->first;
-    regs.rsi = vcpu->last;
-    regs.rbx = PAGE;
-    regs.rflags = 0x3002;                               /* IOPL 3: `out` at CPL3 */
-    if (ioctl(vcpu->fd, KVM_SET_REGS, &regs) < 0) fail(ZF_EXIT_INTERNAL_ERROR, "KVM_SET_REGS: %s", strerror(errno));
+/* The guest's CPL3 long mode on `vcpu`, CR0.WP as asked; a failed ioctl ends the probe. */
+static void enter_cpl3_long_mode(const probe_vcpu *vcpu, int write_protect) {
+    const char *failed = guest_enter_cpl3_long_mode(vcpu->fd, write_protect);
+    if (failed) fail(ZF_EXIT_INTERNAL_ERROR, "%s on vCPU %d: %s", failed, vcpu->index, strerror(errno));
 }
 
 /* One pass of one vCPU over its part: KVM_RUN until the guest's `out`. */
 static void *run_pass(void *argument) {
     probe_vcpu *vcpu = argument;
-    set_pass_registers(vcpu);
+    const char *failed = guest_start_pass(vcpu->fd, vcpu->first, vcpu->last);
+    if (failed) fail(ZF_EXIT_INTERNAL_ERROR, "%s: %s", failed, strerror(errno));
     uint64_t start = now_ns();
     int region = 0;
     for (;;) {
@@ -317,15 +190,6 @@ static void set_memslot(probe_vm *vm, uint32_t slot, uint64_t gpa, uint64_t byte
         fail(ZF_EXIT_INTERNAL_ERROR, "KVM_SET_USER_MEMORY_REGION slot %u (%llu bytes): %s", slot, (unsigned long long)bytes, strerror(errno));
 }
 
-/* The current value of VM stat `name`, or -1 if the kernel has no such stat. */
-static long long vm_stat(const probe_vm *vm, const char *name) {
-    uint64_t values[MAX_STATS];
-    stats_read(&vm->stats, values);
-    for (int index = 0; index < vm->stats.count; index++)
-        if (strcmp(vm->stats.names[index], name) == 0) return (long long)values[index];
-    return -1;
-}
-
 static void *anonymous(uint64_t bytes) {
     void *memory = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (memory == MAP_FAILED) fail(ZF_EXIT_INTERNAL_ERROR, "mmap of %llu bytes: %s", (unsigned long long)bytes, strerror(errno));
@@ -350,14 +214,14 @@ static void create_vm(probe_vm *vm, int kvm_fd, uint64_t data_bytes, uint64_t sl
     }
     ioctl(vm->fd, KVM_SET_TSS_ADDR, 0xfffbd000UL);
     vm->system = anonymous(SYSTEM_SLOT_BYTES);
-    build_guest_tables(vm);
+    guest_build(vm->system, data_bytes);
     set_memslot(vm, 0, 0, SYSTEM_SLOT_BYTES, vm->system);
     for (int slot = 0; slot < vm->slots; slot++) {
         vm->data[slot] = anonymous(slot_bytes);
         set_memslot(vm, (uint32_t)slot + 1, DATA_GPA + (uint64_t)slot * slot_bytes, slot_bytes, vm->data[slot]);
         vm->slot_present[slot] = 1;
     }
-    stats_open(&vm->stats, vm->fd);
+    if (stats_open(&vm->stats, vm->fd) < 0) fail(ZF_EXIT_INTERNAL_ERROR, "out of memory reading KVM stats");
 
     int cpuid_entries = 256;
     struct kvm_cpuid2 *cpuid = calloc(1, sizeof *cpuid + (size_t)cpuid_entries * sizeof(struct kvm_cpuid_entry2));
@@ -383,8 +247,8 @@ static void create_vm(probe_vm *vm, int kvm_fd, uint64_t data_bytes, uint64_t sl
         vcpu->regions = (int)((vcpu->last - vcpu->first) / REGION_BYTES);
         vcpu->region_ns = calloc((size_t)vcpu->regions, sizeof(uint64_t));
         if (!vcpu->region_ns) fail(ZF_EXIT_INTERNAL_ERROR, "out of memory");
-        set_long_mode_cpl3(vcpu, 0);
-        stats_open(&vcpu->stats, vcpu->fd);
+        enter_cpl3_long_mode(vcpu, 0);
+        if (stats_open(&vcpu->stats, vcpu->fd) < 0) fail(ZF_EXIT_INTERNAL_ERROR, "out of memory reading KVM stats");
     }
     free(cpuid);
 }
@@ -477,7 +341,7 @@ static void reset_vcpus(probe_vm *vm) {
     uint64_t samples[MAX_VCPUS];
     for (int index = 0; index < vm->vcpus; index++) {
         uint64_t start = now_ns();
-        set_long_mode_cpl3(&vm->vcpu[index], 1);
+        enter_cpl3_long_mode(&vm->vcpu[index], 1);
         samples[index] = now_ns() - start;
     }
     snapshot(vm, &after);
@@ -486,7 +350,7 @@ static void reset_vcpus(probe_vm *vm) {
 
 static void delete_half_the_memslots(probe_vm *vm) {
     stats_snapshot before, after;
-    long long mapped = vm_stat(vm, "pages_4k");
+    long long mapped = stats_value(&vm->stats, "pages_4k");
     snapshot(vm, &before);
     uint64_t samples[MAX_SLOTS];
     int count = 0;
@@ -498,12 +362,12 @@ static void delete_half_the_memslots(probe_vm *vm) {
         vm->slot_present[slot] = 0;
     }
     snapshot(vm, &after);
-    long long left = vm_stat(vm, "pages_4k");
+    long long left = stats_value(&vm->stats, "pages_4k");
     report(vm, "delete_memslots", "fast_zap", samples, count, &before, &after, mapped >= 0 && left >= 0 ? mapped - left : 0);
 }
 
 static void destroy_vm(probe_vm *vm) {
-    long long mapped = vm_stat(vm, "pages_4k");   /* every leaf SPTE left goes with the VM */
+    long long mapped = stats_value(&vm->stats, "pages_4k");   /* every leaf SPTE left goes with the VM */
     for (int index = 0; index < vm->vcpus; index++) {
         free(vm->vcpu[index].region_ns);
         munmap(vm->vcpu[index].run, vm->vcpu[index].run_size);
