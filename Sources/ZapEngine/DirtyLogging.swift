@@ -57,17 +57,29 @@ extension VirtualMachine {
     /// - Returns: the caller's block time and the leaves installed (512 per huge page split).
     @discardableResult
     public func splitHugePages() -> OperationOutcome {
+        var split = HugePageSplit()
+        let (blocked, _) = forEachValidRootUnderReadLock { root in
+            if !split.outOfTableMemory { splitHugePages(of: root, &split) }
+        }
+        return OperationOutcome(blockedNanoseconds: blocked, sptesInstalled: split.installed)
+    }
+
+    /// The frame every dirty-log operation shares (`tdp_mmu_next_root` over the valid roots):
+    /// with `mmu_lock` held for read, `visit` runs on each valid root that the get that fails at
+    /// zero could reference, and the reference is put after. Returns the caller's block time and
+    /// the leaves the puts zapped (a put may drop a root's last reference).
+    private func forEachValidRootUnderReadLock(_ visit: (Root) -> Void) -> (blockedNanoseconds: UInt64, zappedByPuts: Int) {
         let start = monotonicNanoseconds()
         let slot = activity.claim(.dirtyLog, actor: "VM thread")
         defer { finishOperation(slot) }
-        var split = HugePageSplit()
+        var zapped = 0
         lockMMU(.shared, telling: slot)
         for root in rootsToVisit() where !root.isInvalid && getRoot(root) {
-            if !split.outOfTableMemory { splitHugePages(of: root, &split) }
-            putRoot(root, mode: .shared)
+            visit(root)
+            zapped += putRoot(root, mode: .shared)
         }
         mmuLock.unlockShared()
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesInstalled: split.installed)
+        return (monotonicNanoseconds() &- start, zapped)
     }
 
     /// What one eager split has done so far.
@@ -148,17 +160,9 @@ extension VirtualMachine {
     /// lock, each root referenced through the get that fails at zero and put after. Returns how
     /// many leaves `change` changed, and the caller's block time.
     private func changeLeavesOfValidRoots(_ change: (PageTable, Int, SPTE) -> Bool) -> (Int, OperationOutcome) {
-        let start = monotonicNanoseconds()
-        let slot = activity.claim(.dirtyLog, actor: "VM thread")
-        defer { finishOperation(slot) }
         var changed = 0
-        lockMMU(.shared, telling: slot)
-        for root in rootsToVisit() where !root.isInvalid && getRoot(root) {
-            changed += forEachPresentLeaf(of: root, change)
-            putRoot(root, mode: .shared)
-        }
-        mmuLock.unlockShared()
-        return (changed, OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start))
+        let (blocked, _) = forEachValidRootUnderReadLock { root in changed += forEachPresentLeaf(of: root, change) }
+        return (changed, OperationOutcome(blockedNanoseconds: blocked))
     }
 
     /// Clears `bit` of a present leaf by compare-exchange, re-reading when a racing walker changed
@@ -184,17 +188,9 @@ extension VirtualMachine {
     /// - Returns: leaf SPTEs zapped, as the operation's inline zap count.
     @discardableResult
     public func zapCollapsibleSPTEs() -> OperationOutcome {
-        let start = monotonicNanoseconds()
-        let slot = activity.claim(.dirtyLog, actor: "VM thread")
-        defer { finishOperation(slot) }
         var zapped = 0
-        lockMMU(.shared, telling: slot)
-        for root in rootsToVisit() where !root.isInvalid && getRoot(root) {
-            zapped += zapCollapsible(in: root)
-            zapped += putRoot(root, mode: .shared)
-        }
-        mmuLock.unlockShared()
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+        let (blocked, zappedByPuts) = forEachValidRootUnderReadLock { root in zapped += zapCollapsible(in: root) }
+        return OperationOutcome(blockedNanoseconds: blocked, sptesZappedInline: zapped + zappedByPuts)
     }
 
     /// The walk of one root for ``zapCollapsibleSPTEs()``: every level-2 entry that points to a
