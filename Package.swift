@@ -20,7 +20,7 @@ let package = Package(
         // The simulation of KVM's TDP MMU root lifecycle. Knows nothing of networks or CLIs.
         .target(
             name: "ZapEngine",
-            dependencies: [.product(name: "Atomics", package: "swift-atomics")]
+            dependencies: ["CLinuxScheduling", .product(name: "Atomics", package: "swift-atomics")]
         ),
         // Scenario files: the schema, strict YAML parsing with located errors, built-ins, SLOs.
         .target(
@@ -37,6 +37,8 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
+        // sched_getcpu and sched_setaffinity, which glibc declares only under _GNU_SOURCE.
+        .target(name: "CLinuxScheduling"),
         // zlib, from Debian's zlib1g-dev.
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         // HdrHistogram's V2 encoding (compressed and plain, base64), which hdrhistogram-swift lacks.

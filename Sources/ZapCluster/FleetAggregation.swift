@@ -21,6 +21,8 @@ public enum FleetAggregation {
         var complete = true
         var shardSteps: [[StepTiming]] = []
         var injectedPathRuns: [InjectedBug: Int] = [:]
+        var tlbFlushes = TLBFlushCounts()
+        var interference: CPUInterference?
 
         /// An empty accumulator for `policy`.
         public init(policy: ZapPolicy, kernelNanosecondsPerSPTE: Double) {
@@ -43,7 +45,8 @@ public enum FleetAggregation {
             addCounters(PolicyRun(policy: decoded.policy, recorder: BlockTimeRecorder.empty, statistics: decoded.statistics,
                                   violations: decoded.violations, violationCounts: decoded.violationCounts, steps: decoded.steps,
                                   wallNanoseconds: decoded.wallNanoseconds, complete: decoded.complete,
-                                  zapThroughput: decoded.zapThroughput, injectedPathRuns: decoded.injectedPathRuns))
+                                  zapThroughput: decoded.zapThroughput, injectedPathRuns: decoded.injectedPathRuns,
+                                  tlbFlushes: decoded.tlbFlushes, interference: decoded.interference))
         }
 
         private mutating func addCounters(_ run: PolicyRun) {
@@ -51,6 +54,8 @@ public enum FleetAggregation {
             violations.append(contentsOf: run.violations.prefix(max(0, 10 - violations.count)))
             counts.merge(run.violationCounts, uniquingKeysWith: +)
             injectedPathRuns.merge(run.injectedPathRuns, uniquingKeysWith: &+)
+            tlbFlushes = tlbFlushes.adding(run.tlbFlushes)
+            if let measured = run.interference { interference = (interference ?? CPUInterference()).adding(measured) }
             if run.zapThroughput > 0 { zapSeconds += Double(run.statistics.sptesZapped) / run.zapThroughput }
             wall = max(wall, run.wallNanoseconds)
             complete = complete && run.complete
@@ -63,7 +68,7 @@ public enum FleetAggregation {
                       violationCounts: counts, steps: composeSteps(shardSteps), wallNanoseconds: wall,
                       complete: complete && !shardSteps.isEmpty,
                       zapThroughput: zapSeconds > 0 ? Double(statistics.sptesZapped) / zapSeconds : 0,
-                      injectedPathRuns: injectedPathRuns)
+                      injectedPathRuns: injectedPathRuns, tlbFlushes: tlbFlushes, interference: interference)
         }
     }
 

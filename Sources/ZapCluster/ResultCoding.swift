@@ -48,6 +48,8 @@ public enum ResultCoding {
             return record
         }
         result.injectedPathRuns = Dictionary(uniqueKeysWithValues: run.injectedPathRuns.map { ($0.key.rawValue, UInt64($0.value)) })
+        result.tlbFlushes = run.tlbFlushes.byCause.mapValues { UInt64($0) }
+        if let interference = run.interference { result.cpuInterference = InterferenceCoding.encode(interference) }
         result.complete = run.complete
         result.zapThroughput = run.zapThroughput
         result.wallNs = run.wallNanoseconds
@@ -104,6 +106,12 @@ public enum ResultCoding {
             guard count <= UInt64(Int32.max) else { throw ProtocolViolation("injected_path_runs[\(name)] \(count) out of range") }
             injected[bug] = Int(count)
         }
+        var flushes: [TLBFlushCause: Int] = [:]
+        for (name, count) in result.tlbFlushes {
+            guard let cause = TLBFlushCause(name: name) else { throw ProtocolViolation("unknown TLB flush cause '\(name.printable(limit: 40))'") }
+            guard count <= UInt64(1) << 50 else { throw ProtocolViolation("tlb_flushes[\(name)] \(count) out of range") }
+            flushes[cause] = Int(count)
+        }
         guard result.steps.count <= 100_000 else { throw ProtocolViolation("\(result.steps.count) steps") }
         let steps = result.steps.map {
             StepTiming(name: $0.name.printable(limit: 40), nanoseconds: $0.wallNs, longestBlockNanoseconds: $0.longestBlockNs,
@@ -113,7 +121,8 @@ public enum ResultCoding {
             policy: policy, histograms: histograms, statistics: try decode(result.counters), violations: violations,
             violationCounts: counts, steps: steps, wallNanoseconds: result.wallNs, complete: result.complete,
             zapThroughput: result.zapThroughput.isFinite && result.zapThroughput >= 0 ? result.zapThroughput : 0,
-            injectedPathRuns: injected)
+            injectedPathRuns: injected, tlbFlushes: TLBFlushCounts(flushes),
+            interference: result.hasCpuInterference ? try InterferenceCoding.decode(result.cpuInterference) : nil)
     }
 
     static func encode(_ statistics: EngineStatistics) -> Zapfleet_V1_Counters {
@@ -194,6 +203,10 @@ public struct DecodedPolicyResult: Sendable {
     public var zapThroughput: Double
     /// How often each injected bug's broken path ran.
     public var injectedPathRuns: [InjectedBug: Int] = [:]
+    /// Remote TLB flushes by cause.
+    public var tlbFlushes = TLBFlushCounts()
+    /// Guest run time lost to zap work, if measured.
+    public var interference: CPUInterference?
 
     /// The run with full histograms.
     public func run(kernelNanosecondsPerSPTE: Double) -> PolicyRun {
@@ -203,6 +216,7 @@ public struct DecodedPolicyResult: Sendable {
         }
         return PolicyRun(policy: policy, recorder: recorder, statistics: statistics, violations: violations,
                          violationCounts: violationCounts, steps: steps, wallNanoseconds: wallNanoseconds,
-                         complete: complete, zapThroughput: zapThroughput, injectedPathRuns: injectedPathRuns)
+                         complete: complete, zapThroughput: zapThroughput, injectedPathRuns: injectedPathRuns,
+                         tlbFlushes: tlbFlushes, interference: interference)
     }
 }

@@ -21,6 +21,10 @@ public enum ResultPlausibility {
         public var steps: Int
         /// Their names, in order: step records must follow them.
         public var stepNames: [String]
+        /// vCPUs of the scenario.
+        public var vcpus: Int
+        /// Whether the scenario measures CPU interference (`workload.guest_work`).
+        public var guestWork: Bool
         /// The longest time any one value may claim: a week.
         public var nanoseconds: UInt64 = 7 * 86_400 * 1_000_000_000
 
@@ -36,6 +40,8 @@ public enum ResultPlausibility {
                 return most
             }
             self.steps = steps
+            self.vcpus = scenario.workload.vcpus
+            guestWork = scenario.workload.guestWork
             stepNames = scenario.expandedTimeline.map(\.name)
             pagesPerRoot = pages
             sptes = Self.saturating([pages, vcpus, addressSpaces, rebuilds])
@@ -101,6 +107,22 @@ public enum ResultPlausibility {
         let counterBound = max(bounds.sptes, bounds.samples)
         for (name, value) in otherCounters where UInt64(value) > counterBound {
             return "counters.\(name) \(value) is more than the shard can produce (\(counterBound))"
+        }
+        // One request per fast zap; every other flush follows at least one SPTE changed or a step.
+        guard run.tlbFlushes[.obsoleteRoots] <= counters.fastZaps else {
+            return "tlb_flushes[obsolete_roots] \(run.tlbFlushes[.obsoleteRoots]) is more than fast_zaps \(counters.fastZaps) (one request each)"
+        }
+        for (name, value) in run.tlbFlushes.byCause where UInt64(value) > counterBound {
+            return "tlb_flushes[\(name)] \(value) is more than the shard can produce (\(counterBound))"
+        }
+        if let interference = run.interference {
+            guard bounds.guestWork else { return "cpu_interference sent for a scenario without workload.guest_work" }
+            if let share = interference.vcpus.first(where: { $0.vcpu >= bounds.vcpus }) {
+                return "cpu_interference.vcpus: vcpu \(share.vcpu), where the scenario has \(bounds.vcpus) vCPUs"
+            }
+            guard UInt64(interference.memslotDeletions) <= UInt64(counters.fastZaps) else {
+                return "cpu_interference.memslot_deletions \(interference.memslotDeletions) is more than fast_zaps \(counters.fastZaps)"
+            }
         }
         var measured: [MeasuredOperation: UInt64] = [:]
         var projected: [MeasuredOperation: UInt64] = [:]

@@ -7,25 +7,38 @@ extension VirtualMachine {
     /// clears the dirty bit of every present leaf with a compare-exchange, retried when a fault
     /// changed the entry meanwhile and skipped when a zap froze it.
     /// - Returns: the time the caller was blocked.
+    ///
+    /// One remote TLB flush follows when any bit was cleared (``TLBFlushCause/clearDirty``).
     @discardableResult
     public func clearDirtyLog() -> OperationOutcome {
-        let (cleared, outcome) = changeLeavesOfValidRoots { table, index, entry in
+        var (cleared, outcome) = changeLeavesOfValidRoots { table, index, entry in
             clearBit(SPTE.dirtyBit, in: table, at: index, seen: entry)
         }
         counters.dirtyBitsCleared.wrappingIncrement(by: cleared, ordering: .relaxed)
+        if cleared > 0 {
+            flushRemoteTLBs(.clearDirty)
+            outcome.tlbFlushes += 1
+        }
         return outcome
     }
 
-    /// Dirty logging enabled on a memslot (`kvm_mmu_slot_apply_flags`, v5.18 with `eager_page_split`):
-    /// every huge page is split (``splitHugePages()``), then every leaf is write-protected
-    /// (``writeProtectForDirtyLog()``), each pass under the read lock of its own.
+    /// Dirty logging enabled on a memslot (`kvm_mmu_slot_apply_flags`): from v5.18
+    /// (`eager_page_split`) every huge page is split first (``splitHugePages()``); then every leaf
+    /// is write-protected (``writeProtectForDirtyLog()``), each pass under the read lock of its
+    /// own. v5.17 (`sync`) had no eager split: huge pages are write-protected whole, and each
+    /// guest write to one faults, and the fault replaces it with a table (and flushes).
+    ///
+    /// From here until ``zapCollapsibleSPTEs()`` the memory is dirty-logged: a write fault maps
+    /// 4 KiB and replaces a huge leaf in its way, and the fast path does not make a huge leaf
+    /// writable again (``dirtyLogging``).
     /// - Returns: the caller's block time over both passes and the leaves the split installed.
     @discardableResult
     public func enableDirtyLog() -> OperationOutcome {
-        let split = splitHugePages()
+        dirtyLogging.store(true, ordering: .releasing)
+        let split = policy == .sync ? OperationOutcome(blockedNanoseconds: 0) : splitHugePages()
         let protect = writeProtectForDirtyLog()
         return OperationOutcome(blockedNanoseconds: split.blockedNanoseconds &+ protect.blockedNanoseconds,
-                                sptesInstalled: split.sptesInstalled)
+                                sptesInstalled: split.sptesInstalled, tlbFlushes: protect.tlbFlushes)
     }
 
     /// `kvm_tdp_mmu_wrprot_slot` (dirty logging enabled on a memslot): under the read lock, for
@@ -34,12 +47,19 @@ extension VirtualMachine {
     /// then makes the page writable again without `mmu_lock` (``fastPageFault(_:gfn:write:)``),
     /// racing this walk and the zaps on the same entries.
     /// - Returns: the time the caller was blocked.
+    ///
+    /// One remote TLB flush of the memslot follows when any leaf was write-protected
+    /// (``TLBFlushCause/writeProtect``), so that every later guest write is logged.
     @discardableResult
     public func writeProtectForDirtyLog() -> OperationOutcome {
-        let (protected, outcome) = changeLeavesOfValidRoots { table, index, entry in
+        var (protected, outcome) = changeLeavesOfValidRoots { table, index, entry in
             clearBit(SPTE.writableBit, in: table, at: index, seen: entry)
         }
         counters.pagesWriteProtected.wrappingIncrement(by: protected, ordering: .relaxed)
+        if protected > 0 {
+            flushRemoteTLBs(.writeProtect)
+            outcome.tlbFlushes += 1
+        }
         return outcome
     }
 
@@ -185,12 +205,21 @@ extension VirtualMachine {
     /// level-2 entry and then every entry of the table below with REMOVED_SPTE before the table
     /// goes to the grace period: a fault already inside the table meets a frozen entry and
     /// retries, instead of installing a mapping into a table on its way out (which would be lost).
+    ///
+    /// Dirty logging ends first (``dirtyLogging``). Remote TLB flushes
+    /// (``TLBFlushCause/collapsibleZap``): up to v5.18 (`sync`, `async`) the kernel zapped each
+    /// 4 KiB leaf of such a table on its own, with a flush each; from v5.19 (`preserve`) it zaps
+    /// the level-2 entry, one flush per table. The engine zaps the table whole under every policy
+    /// and counts the flushes of the policy's kernel.
     /// - Returns: leaf SPTEs zapped, as the operation's inline zap count.
     @discardableResult
     public func zapCollapsibleSPTEs() -> OperationOutcome {
+        dirtyLogging.store(false, ordering: .releasing)
+        let flushMark = ThreadTLBFlushes.count
         var zapped = 0
         let (blocked, zappedByPuts) = forEachValidRootUnderReadLock { root in zapped += zapCollapsible(in: root) }
-        return OperationOutcome(blockedNanoseconds: blocked, sptesZappedInline: zapped + zappedByPuts)
+        return OperationOutcome(blockedNanoseconds: blocked, sptesZappedInline: zapped + zappedByPuts,
+                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// The walk of one root for ``zapCollapsibleSPTEs()``: every level-2 entry that points to a
@@ -198,7 +227,7 @@ extension VirtualMachine {
     /// lock, the path is read again from the root.
     private func zapCollapsible(in root: Root) -> Int {
         guard rootTableIsIntact(root, "zap of collapsible SPTEs on a root whose table was already freed") else { return 0 }
-        var walk = ZapWalk(vm: self, root: root, mode: .shared, yieldable: true)
+        var walk = ZapWalk(vm: self, root: root, mode: .shared, yieldable: true, flushCause: .collapsibleZap)
         walk.checkReferenced()
         let rootTable = pool.table(root.table)
         for top in 0..<PagingGeometry.entriesPerTable {
@@ -216,7 +245,10 @@ extension VirtualMachine {
                 while bottom < PagingGeometry.entriesPerTable && !leftTree {
                     let entry = levelTwo.load(bottom)
                     if entry.isPresent && !entry.isLeaf(atLevel: 2) {
-                        walk.zapEntry(levelTwo, bottom, level: 2)
+                        if walk.zapEntry(levelTwo, bottom, level: 2) {
+                            let flushes = policy == .preserve ? 1 : walk.leavesInStep
+                            if flushes > 0 { flushRemoteTLBs(.collapsibleZap, count: flushes) }
+                        }
                         leftTree = walk.finishStep()
                     }
                     bottom += 1

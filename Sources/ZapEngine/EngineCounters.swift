@@ -32,6 +32,8 @@ final class EngineCounters: @unchecked Sendable {
     /// How often each injected bug's broken path ran (``InjectedBug/allCases`` order): an
     /// injection whose path never ran proves nothing about the checker.
     let injectedPathRuns = InjectedBug.allCases.map { _ in ManagedAtomic<Int>(0) }
+    /// Remote TLB flushes the modelled kernel would issue, by ``TLBFlushCause`` (its raw value).
+    let tlbFlushes = TLBFlushCause.allCases.map { _ in ManagedAtomic<Int>(0) }
 
     /// A figure that grows whenever the VM does work (faults started, SPTEs installed or zapped,
     /// zap steps, roots made or freed, VM operations): the watchdog's measure of progress. Yields

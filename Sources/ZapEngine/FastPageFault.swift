@@ -43,6 +43,9 @@ extension VirtualMachine {
             // Not present, or frozen by a zap in progress: the slow path sorts it out.
             guard entry.isPresent else { break }
             if entry.isLeaf(atLevel: level) {
+                // "Do not fix write-permission on the large spte when dirty logging is enabled":
+                // only the first 4 KiB would be logged. The slow path maps a 4 KiB page instead.
+                if write && level > 1 && entry.rawValue & SPTE.writableBit == 0 && dirtyLogging.load(ordering: .relaxed) { break }
                 // Every leaf the engine maps is writable for the MMU, so a write to one that dirty
                 // logging write-protected is fixed here too, writable and dirty again.
                 var fixedBits = entry.rawValue | SPTE.accessedBit

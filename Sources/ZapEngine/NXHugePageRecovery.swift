@@ -65,25 +65,31 @@ extension VirtualMachine {
     public func recoverNXHugePages(ratio: Int) -> OperationOutcome {
         precondition(ratio >= 1, "the NX recovery ratio is at least 1")
         let start = monotonicNanoseconds()
+        let flushMark = ThreadTLBFlushes.count
         let slot = activity.claim(.nxRecovery, actor: "NX recovery thread")
         defer { finishOperation(slot) }
         var zapped = 0
+        // `kvm_mmu_remote_flush_or_zap` before each yield and at the end of the pass.
+        var flush = PendingTLBFlush(.nxRecovery)
         lockMMU(.exclusive, telling: slot)
         for root in rootsToVisit() where getRoot(root) {
             if rootTableIsIntact(root, "NX recovery reached a root whose table was already freed") {
                 let candidates = tablesOfSmallPages(in: root)
                 let count = (candidates.count + ratio - 1) / ratio
-                var walk = ZapWalk(vm: self, root: root, mode: .exclusive, yieldable: true)
+                var walk = ZapWalk(vm: self, root: root, mode: .exclusive, yieldable: true, flushCause: .nxRecovery, flush: flush)
                 walk.checkReferenced()
                 for chosen in 0..<count {
                     zapTableOfSmallPages(at: candidates[chosen * candidates.count / count], in: root, &walk)
                 }
                 zapped += walk.finish()
+                flush = walk.flush!
             }
             zapped += putRoot(root, mode: .exclusive)
         }
+        flush.flushIfPending(self)
         mmuLock.unlockExclusive()
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// The first guest frame of every level-2 entry of `root` that points to a table.

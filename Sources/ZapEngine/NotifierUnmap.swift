@@ -10,30 +10,38 @@ extension VirtualMachine {
     /// Bracketed like the notifier's `invalidate_range_start`/`end`: while it runs, faults that
     /// get the lock during its yields install nothing (`mmu_invalidate_in_progress`). On return
     /// the range is checked from the page tables: no root may map any frame of it (`stale-spte`).
+    ///
+    /// Remote TLB flushes (``TLBFlushCause/unmap``): one before each yield that follows a zap, and
+    /// one when the range is done, if anything was zapped since the last (`kvm_handle_hva_range`).
     @discardableResult
     public func unmapRange(_ frames: Range<UInt64>) -> OperationOutcome {
         let start = monotonicNanoseconds()
+        let flushMark = ThreadTLBFlushes.count
         let slot = activity.claim(.unmap, actor: "VM thread")
         defer { finishOperation(slot) }
         var zapped = 0
+        var flush = PendingTLBFlush(.unmap)
         lockMMU(.exclusive, telling: slot)
         invalidationsInProgress.wrappingIncrement(ordering: .releasing)
         for root in rootsToVisit() where getRoot(root) {
-            zapped += zapRange(frames, of: root)
+            zapped += zapRange(frames, of: root, &flush)
             zapped += putRoot(root, mode: .exclusive)
         }
+        flush.flushIfPending(self)
         auditUnmapped(frames, in: roots)
         invalidationsInProgress.wrappingDecrement(ordering: .releasing)
         mmuLock.unlockExclusive()
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// `zap_gfn_range` under the write lock: the highest entry covering each frame that lies wholly
     /// inside the range (or is a leaf) is zapped as one step, its subtree with it. The path is
     /// read from the root for every entry, so a yield between steps never leaves a stale pointer.
-    private func zapRange(_ frames: Range<UInt64>, of root: Root) -> Int {
+    private func zapRange(_ frames: Range<UInt64>, of root: Root, _ flush: inout PendingTLBFlush) -> Int {
         guard rootTableIsIntact(root, "an unmap reached a root whose table was already freed") else { return 0 }
-        var walk = ZapWalk(vm: self, root: root, mode: .exclusive, yieldable: true)
+        var walk = ZapWalk(vm: self, root: root, mode: .exclusive, yieldable: true, flushCause: .unmap, flush: flush)
+        defer { flush = walk.flush! }
         walk.checkReferenced()
         var gfn = frames.lowerBound
         while gfn < frames.upperBound {

@@ -6,6 +6,9 @@ enum MapResult {
     case alreadyMapped
     /// Met a frozen entry: retry the fault from the root.
     case retry(installed: Int)
+    /// Replaced a huge leaf in the way with nothing (then a table, on the retry), issuing this
+    /// many remote TLB flushes: retry the fault from the root.
+    case replacedHugeLeaf(tlbFlushes: Int)
     /// No page for an intermediate table.
     case outOfTableMemory
 }
@@ -57,9 +60,12 @@ extension VirtualMachine {
                 counters.hugePagesSplit.wrappingIncrement(ordering: .relaxed)
                 // Remote TLBs are flushed here in the kernel while the entry stays frozen: the
                 // window in which any other walker meets REMOVED_SPTE. Then the entry is free to link.
+                // (From v6.2, `preserve`'s kernel splits the page in place instead, with no flush.)
+                let flushes = policy == .preserve ? 0 : 1
+                if flushes > 0 { flushRemoteTLBs(.largeSPTEReplace) }
                 chaos?.pass(.faultWalk)
                 table.store(index, .nonPresent)
-                return (nil, .retry(installed: 0))
+                return (nil, .replacedHugeLeaf(tlbFlushes: flushes))
             }
             chaos?.pass(.faultWalk)
             table = pool.table(PageIndex(rawValue: UInt32(truncatingIfNeeded: entry.frame)))

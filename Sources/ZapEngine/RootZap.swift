@@ -18,14 +18,30 @@ extension VirtualMachine {
     /// A `yieldable` zap gives `mmu_lock` up at a step boundary when someone waits for it, but
     /// only after it made progress since its last yield (`tdp_mmu_iter_cond_resched`).
     /// - Returns: leaf SPTEs zapped.
+    ///
+    /// Remote TLB flushes (``TLBFlushCause/rootZap``): under `sync` (v5.17's `zap_gfn_range`) a
+    /// zap under the read lock flushes for every top-level entry it zaps
+    /// (`tdp_mmu_zap_spte_atomic`), and one under the write lock owes a flush in `flush`, paid
+    /// before it yields and by the caller at the end. From v5.18 a whole-root zap flushes nothing.
     @discardableResult
     func zapRoot(_ root: Root, mode: MMULockMode, yieldable: Bool) -> Int {
+        var noFlush: PendingTLBFlush?
+        return zapRoot(root, mode: mode, yieldable: yieldable, flush: &noFlush)
+    }
+
+    /// ``zapRoot(_:mode:yieldable:)`` carrying the flush the caller owes (nil: none is owed).
+    @discardableResult
+    func zapRoot(_ root: Root, mode: MMULockMode, yieldable: Bool, flush: inout PendingTLBFlush?) -> Int {
         counters.rootZaps.wrappingIncrement(ordering: .relaxed)
         // Judged on the pool's generation before the first entry is read: a freed table may
         // already hold another table's entries, whose frames lead anywhere.
         guard rootTableIsIntact(root, "zap of a root whose table was already freed") else { return 0 }
         let start = monotonicNanoseconds()
-        var walk = ZapWalk(vm: self, root: root, mode: mode, yieldable: yieldable)
+        let cpuStart = CPUAccounting.threadCPUNanoseconds()
+        zapCPUTime.zapStarted()
+        defer { zapCPUTime.zapEnded(cpuNanoseconds: Int(truncatingIfNeeded: CPUAccounting.threadCPUNanoseconds() &- cpuStart)) }
+        let flushesEachTopLevelEntry = policy == .sync && mode == .shared
+        var walk = ZapWalk(vm: self, root: root, mode: mode, yieldable: yieldable, flush: flush)
         walk.checkReferenced()
         let rootTable = pool.table(root.table)
         // Pass 1: each 1 GiB entry under each root entry.
@@ -50,10 +66,11 @@ extension VirtualMachine {
         }
         // Pass 2: the root's own entries.
         for rootIndex in 0..<PagingGeometry.entriesPerTable {
-            walk.zapEntry(rootTable, rootIndex, level: 4)
+            if walk.zapEntry(rootTable, rootIndex, level: 4) && flushesEachTopLevelEntry { flushRemoteTLBs(.rootZap) }
             _ = walk.finishStep()
         }
         let zapped = walk.finish()
+        flush = walk.flush
         configuration.observer?.rootZapped(rootID: root.id, sptes: zapped, nanoseconds: monotonicNanoseconds() &- start)
         return zapped
     }
@@ -75,9 +92,21 @@ struct ZapWalk {
     private var retired: [PageIndex] = []
     private var progressSinceYield = false
     private var starvationReported = false
+    /// The flush owed for zapped SPTEs, paid before each yield (nil: this zap owes none).
+    private(set) var flush: PendingTLBFlush?
+    /// What the walk's remote TLB flushes count as.
+    let flushCause: TLBFlushCause
+    /// v5.17 (`sync`): `handle_removed_tdp_mmu_page` flushed for every table it removed
+    /// (dropped in v5.18 by bb95dfb9e2df). Not for collapsible zaps, which v5.17 made leaf by
+    /// leaf, removing no table.
+    private let flushesPerRemovedTable: Bool
 
-    init(vm: VirtualMachine, root: Root, mode: MMULockMode, yieldable: Bool) {
+    init(vm: VirtualMachine, root: Root, mode: MMULockMode, yieldable: Bool,
+         flushCause: TLBFlushCause = .rootZap, flush: PendingTLBFlush? = nil) {
         self.vm = vm
+        self.flush = flush
+        self.flushCause = flushCause
+        flushesPerRemovedTable = vm.policy == .sync && flushCause != .collapsibleZap
         self.root = root
         self.mode = mode
         self.yieldable = yieldable
@@ -96,28 +125,34 @@ struct ZapWalk {
     }
 
     /// `tdp_mmu_zap_spte_atomic` (shared) or `tdp_mmu_set_spte` (exclusive) on one entry at
-    /// `level`, then the teardown of the subtree it pointed to.
-    mutating func zapEntry(_ table: PageTable, _ index: Int, level: Int) {
+    /// `level`, then the teardown of the subtree it pointed to. Returns whether this call zapped
+    /// a present entry.
+    @discardableResult
+    mutating func zapEntry(_ table: PageTable, _ index: Int, level: Int) -> Bool {
         switch mode {
         case .shared:
             while true {
                 let old = table.load(index)
                 // Non-present, or frozen by another zapper that owns it now.
-                guard old.isPresent else { return }
+                guard old.isPresent else { return false }
                 // Freeze the entry first, so no fault can install under it while its subtree
                 // is torn down; on a lost race, re-read and retry.
                 guard table.compareExchange(index, expected: old, desired: .removed).exchanged else { continue }
                 handleRemovedEntry(old, level: level)
                 table.store(index, .nonPresent)
-                return
+                return true
             }
         case .exclusive:
             let old = table.load(index)
-            guard old.isPresent else { return }
+            guard old.isPresent else { return false }
             table.storeExclusive(index, .nonPresent)
             handleRemovedEntry(old, level: level)
+            return true
         }
     }
+
+    /// Leaf SPTEs zapped in the step under way (not yet accounted by ``finishStep()``).
+    var leavesInStep: Int { step.leaves }
 
     private mutating func handleRemovedEntry(_ old: SPTE, level: Int) {
         if old.isLeaf(atLevel: level) {
@@ -234,7 +269,9 @@ struct ZapWalk {
             vm.counters.sptesZapped.wrappingIncrement(by: step.leaves, ordering: .relaxed)
             vm.counters.accessedZapped.wrappingIncrement(by: step.accessed, ordering: .relaxed)
             vm.counters.dirtyZapped.wrappingIncrement(by: step.dirty, ordering: .relaxed)
+            if flushesPerRemovedTable && step.tables > 0 { vm.flushRemoteTLBs(flushCause, count: step.tables) }
             step = ZapTally()
+            flush?.noteZapped()
             progressSinceYield = true
             vm.mmuLock.noteProgress()
             if !retired.isEmpty {
@@ -260,6 +297,8 @@ struct ZapWalk {
         var handedOver = false
         if yieldable && vm.injectsNoYield { vm.noteInjectedPath(.noYield) }
         if yields {
+            // `tdp_mmu_iter_cond_resched(…, flush, …)`: what was zapped is flushed before the lock goes.
+            flush?.flushIfPending(vm)
             handedOver = yieldLock()
             progressSinceYield = false
             checkReferenced()

@@ -63,6 +63,7 @@ public final class VCPU: @unchecked Sendable {
     @discardableResult
     public func reset() -> OperationOutcome {
         let start = monotonicNanoseconds()
+        let flushMark = ThreadTLBFlushes.count
         activity.begin(.reset)
         defer { finishOperation() }
         var zapped = 0
@@ -72,7 +73,8 @@ public final class VCPU: @unchecked Sendable {
             zapped = vm.putRoot(root, mode: .exclusive)
             vm.mmuLock.unlockExclusive()
         }
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     private func finishOperation() {
@@ -94,10 +96,13 @@ public final class VCPU: @unchecked Sendable {
     ///
     /// With `replacingHugePages` (dirty logging or NX forcing `size`), a larger leaf in the way is
     /// zapped and replaced by a table; otherwise the fault finds the page already mapped.
+    /// While dirty logging is on, a write fault replaces huge leaves too: the memslot may map only
+    /// 4 KiB pages writable (under `sync`, with no eager split, this is where huge pages split).
     public func fault(gfn: UInt64, size: PageSize = .size4K, write: Bool = true, replacingHugePages: Bool = false) -> OperationOutcome {
         let vm = self.vm
+        let replacing = replacingHugePages || (write && size == .size4K && vm.dirtyLogging.load(ordering: .relaxed))
         return faultLoop { root in
-            vm.mapFrame(root, gfn: gfn, size: size, writable: true, dirty: write, replacingHugePages: replacingHugePages)
+            vm.mapFrame(root, gfn: gfn, size: size, writable: true, dirty: write, replacingHugePages: replacing)
         }
     }
 
@@ -148,13 +153,18 @@ public final class VCPU: @unchecked Sendable {
         let vm = self.vm
         var installed = 0
         var zapped = 0
+        var flushes = 0
         vm.counters.faults.wrappingIncrement(ordering: .relaxed)
         activity.begin(.fault)
         defer { activity.end() }
         attempts: while true {
             if loaded == nil || loaded!.isInvalid || loaded!.role.addressSpace != addressSpace {
                 lockExclusive()
+                // Rare (a root load), so the thread's flush tally is cheap here: a put of the old
+                // root may zap it (`sync`) and flush.
+                let flushMark = ThreadTLBFlushes.count
                 zapped += loadRootLocked()
+                flushes += ThreadTLBFlushes.count &- flushMark
                 vm.mmuLock.unlockExclusive()
                 guard loaded != nil else { break attempts }
             }
@@ -195,6 +205,9 @@ public final class VCPU: @unchecked Sendable {
             case .alreadyMapped:
                 vm.counters.spuriousFaults.wrappingIncrement(ordering: .relaxed)
                 break attempts
+            case .replacedHugeLeaf(let tlbFlushes):
+                flushes += tlbFlushes
+                continue attempts
             case .retry(let count):
                 installed += count
                 vm.counters.faultRetries.wrappingIncrement(ordering: .relaxed)
@@ -207,6 +220,6 @@ public final class VCPU: @unchecked Sendable {
         }
         if installed > 0 { vm.counters.sptesInstalled.wrappingIncrement(by: installed, ordering: .relaxed) }
         return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start,
-                                sptesZappedInline: zapped, sptesInstalled: installed)
+                                sptesZappedInline: zapped, sptesInstalled: installed, tlbFlushes: flushes)
     }
 }

@@ -10,6 +10,7 @@ extension VirtualMachine {
     @discardableResult
     public func fastZap() -> OperationOutcome {
         let start = monotonicNanoseconds()
+        let flushMark = ThreadTLBFlushes.count
         counters.fastZaps.wrappingIncrement(ordering: .relaxed)
         let slot = activity.claim(.fastZap, actor: "VM thread")
         defer { finishOperation(slot) }
@@ -17,6 +18,9 @@ extension VirtualMachine {
         slotsLock.lock()
         lockMMU(.exclusive, telling: slot)
         let invalidated = invalidateAllRoots()
+        // `kvm_make_all_cpus_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)`, under the lock: every vCPU
+        // drops its obsolete root and flushes as it loads a new one.
+        flushRemoteTLBs(.obsoleteRoots)
         // Every root listed now was there before this invalidation: none may map anything when
         // the call returns, whatever the zap code believes it did.
         let listedAtInvalidation = roots
@@ -49,31 +53,39 @@ extension VirtualMachine {
         }
         mmuLock.withShared { auditEmpty(listedAtInvalidation, after: "a fast zap") }
         slotsLock.unlock()
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// `kvm_mmu_zap_all` (MMU notifier release): with `mmu_lock` held for write, zaps every
     /// root of every address space without invalidating it, holding a reference meanwhile
     /// (`for_each_tdp_mmu_root_yield_safe`).
     @discardableResult
+    ///
+    /// Remote TLB flushes: v5.17 (`sync`) flushed before each yield and once at the end; later
+    /// kernels none (`KVM_RUN` can no longer run when everything is zapped).
     public func fullZap() -> OperationOutcome {
         let start = monotonicNanoseconds()
+        let flushMark = ThreadTLBFlushes.count
         counters.fullZaps.wrappingIncrement(ordering: .relaxed)
         let slot = activity.claim(.fullZap, actor: "VM thread")
         defer { finishOperation(slot) }
         var zapped = 0
+        var flush: PendingTLBFlush? = policy == .sync ? PendingTLBFlush(.rootZap) : nil
         lockMMU(.exclusive, telling: slot)
         // `mmu_invalidate_in_progress`: faults that get the lock while this zap yields must not
         // map anything behind it.
         invalidationsInProgress.wrappingIncrement(ordering: .releasing)
         for root in rootsToVisit() where getRoot(root) {
-            zapped += zapRoot(root, mode: .exclusive, yieldable: true)
+            zapped += zapRoot(root, mode: .exclusive, yieldable: true, flush: &flush)
             zapped += putRoot(root, mode: .exclusive)
         }
+        flush?.flushIfPending(self)
         auditEmpty(roots, after: "a full zap")
         invalidationsInProgress.wrappingDecrement(ordering: .releasing)
         mmuLock.unlockExclusive()
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// VM destruction in the kernel's order (`kvm_destroy_vm`): the NX recovery thread is stopped
@@ -88,6 +100,7 @@ extension VirtualMachine {
     @discardableResult
     public func teardown() -> OperationOutcome {
         let start = monotonicNanoseconds()
+        let flushMark = ThreadTLBFlushes.count
         guard markTornDown() else { return OperationOutcome(blockedNanoseconds: 0) }
         let slot = activity.claim(.teardown, actor: "VM thread")
         defer {
@@ -133,7 +146,8 @@ extension VirtualMachine {
         if installed != removed {
             checker.record(.sptesLeaked, "\(installed) leaf SPTEs installed but \(removed) zapped at teardown")
         }
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped)
+        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// Takes `mmu_lock` in `mode`, telling the watchdog through `slot` while it waits.

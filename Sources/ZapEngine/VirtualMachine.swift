@@ -56,12 +56,16 @@ public struct OperationOutcome: Sendable, Equatable {
     public var sptesZappedInline: Int
     /// Leaf SPTEs this call installed.
     public var sptesInstalled: Int
+    /// Remote TLB flushes the modelled kernel would issue while the caller waits
+    /// (``TLBFlushCause``): the projection adds a cost for each.
+    public var tlbFlushes: Int
 
     /// An outcome.
-    public init(blockedNanoseconds: UInt64, sptesZappedInline: Int = 0, sptesInstalled: Int = 0) {
+    public init(blockedNanoseconds: UInt64, sptesZappedInline: Int = 0, sptesInstalled: Int = 0, tlbFlushes: Int = 0) {
         self.blockedNanoseconds = blockedNanoseconds
         self.sptesZappedInline = sptesZappedInline
         self.sptesInstalled = sptesInstalled
+        self.tlbFlushes = tlbFlushes
     }
 }
 
@@ -88,12 +92,17 @@ public final class VirtualMachine: @unchecked Sendable {
     /// `kvm->arch.tdp_mmu_zap_wq` (`async` only).
     let zapQueue: WorkQueue?
     let counters = EngineCounters()
+    /// CPU time of whole-root zaps by CPU (``zapCPUNanoseconds``).
+    let zapCPUTime = ZapCPUTime()
     private let nextRootID = ManagedAtomic<Int>(1)
     private let vcpuListLock = PThreadMutex()
     private var vcpus: [VCPU] = []
     private let tornDown = ManagedAtomic<Bool>(false)
     /// `kvm->mmu_invalidate_in_progress`: while non-zero, faults install nothing.
     let invalidationsInProgress = ManagedAtomic<Int>(0)
+    /// Dirty logging is on (``enableDirtyLog()`` to ``zapCollapsibleSPTEs()``): huge pages may not
+    /// be mapped writable, so write faults map 4 KiB pages (`kvm_mmu_max_mapping_level`).
+    let dirtyLogging = ManagedAtomic<Bool>(false)
     /// Who is doing what, for the watchdog's report.
     let activity = ActivityBoard()
     /// Delays at the race windows, if the configuration asks for them.

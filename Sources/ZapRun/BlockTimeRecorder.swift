@@ -2,7 +2,8 @@ import Histogram
 import ZapEngine
 
 /// Block-time histograms of one thread (or, merged, of a whole run): for each operation the
-/// measured time, and the kernel projection of the SPTEs the call zapped itself.
+/// measured time, and the kernel projection of the SPTEs the call zapped itself and the remote
+/// TLB flushes it issued.
 ///
 /// Each vCPU thread records into its own recorder, without locks; recorders are merged exactly
 /// (bucket by bucket) when the threads are joined.
@@ -10,12 +11,15 @@ public struct BlockTimeRecorder: Sendable {
     /// Measured block times, indexed by ``MeasuredOperation/rawValue``.
     public private(set) var measured: [LatencyHistogram]
     /// Projected kernel block times above zero: SPTEs zapped while the caller waited × the
-    /// per-SPTE cost. Most operations zap nothing; their zeros are counted in `zeroProjections`
-    /// and added when the histogram is read, so that the common sample costs one record.
+    /// per-SPTE cost, plus remote TLB flushes issued meanwhile × the per-flush cost. Most
+    /// operations do neither; their zeros are counted in `zeroProjections` and added when the
+    /// histogram is read, so that the common sample costs one record.
     private var projected: [LatencyHistogram]
     private var zeroProjections: [UInt64]
     /// The per-SPTE kernel cost used for projections, in nanoseconds.
     public let kernelNanosecondsPerSPTE: Double
+    /// The per-flush kernel cost used for projections, in nanoseconds.
+    public let kernelNanosecondsPerFlush: Double
     /// Whether samples are recorded at all (off only to measure the measurement's overhead).
     public let enabled: Bool
     /// The longest block recorded (any operation but root lifetimes).
@@ -28,6 +32,7 @@ public struct BlockTimeRecorder: Sendable {
 
     private init(kernelNanosecondsPerSPTE: Double, enabled: Bool, allocate: Bool) {
         self.kernelNanosecondsPerSPTE = kernelNanosecondsPerSPTE
+        kernelNanosecondsPerFlush = 0
         self.enabled = enabled
         measured = []
         projected = []
@@ -35,8 +40,9 @@ public struct BlockTimeRecorder: Sendable {
     }
 
     /// Empty histograms.
-    public init(kernelNanosecondsPerSPTE: Double, enabled: Bool = true) {
+    public init(kernelNanosecondsPerSPTE: Double, kernelNanosecondsPerFlush: Double = 0, enabled: Bool = true) {
         self.kernelNanosecondsPerSPTE = kernelNanosecondsPerSPTE
+        self.kernelNanosecondsPerFlush = kernelNanosecondsPerFlush
         self.enabled = enabled
         let count = MeasuredOperation.allCases.count
         measured = (0..<count).map { _ in .makeLatency() }
@@ -58,10 +64,11 @@ public struct BlockTimeRecorder: Sendable {
         } else {
             _ = measured[operation.rawValue].record(value)
         }
-        if outcome.sptesZappedInline == 0 {
+        if outcome.sptesZappedInline == 0 && outcome.tlbFlushes == 0 {
             zeroProjections[operation.rawValue] &+= 1
         } else {
-            let kernel = min(Double(outcome.sptesZappedInline) * kernelNanosecondsPerSPTE,
+            let kernel = min(Double(outcome.sptesZappedInline) * kernelNanosecondsPerSPTE
+                                + Double(outcome.tlbFlushes) * kernelNanosecondsPerFlush,
                              Double(LatencyHistogram.highestTrackableNanoseconds))
             _ = projected[operation.rawValue].record(UInt64(kernel))
         }

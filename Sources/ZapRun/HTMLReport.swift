@@ -1,4 +1,5 @@
 import Foundation
+import ZapEngine
 import ZapScenario
 
 /// `report.html`: one self-contained page (inline SVG and CSS, no script, no fetch) that shows a
@@ -111,13 +112,34 @@ public enum HTMLReport {
     }
 
     private static func projectionTable(_ report: RunReport) -> String {
-        var html = "<h2>Measured beside the kernel projection</h2><p class=\"muted\">Projection: the SPTEs each caller zapped while it waited × \(report.kernelNsPerSpte) ns, the kernel's cost per SPTE.</p>"
+        let flushCost = report.kernelNsPerTlbFlush ?? 0
+        var html = "<h2>Measured beside the kernel projection</h2><p class=\"muted\">Projection: the SPTEs each caller zapped while it waited × \(report.kernelNsPerSpte) ns, the kernel's cost per SPTE"
+            + (flushCost > 0 ? ", plus the remote TLB flushes it issued × \(format(ns: flushCost)) (the scenario's <code>tlb_flush_cost</code>)" : "") + ".</p>"
         html += "<table><tr><th>longest block</th>" + report.policies.map { "<th>\(escape($0.policy)) measured</th><th>projected</th>" }.joined() + "</tr>\n"
-        for operation in ["reset", "fast_zap", "full_zap", "teardown", "vcpu_block"] {
+        for operation in ["reset", "fault", "fast_zap", "full_zap", "unmap", "dirty_log", "teardown", "vcpu_block"] {
+            guard report.policies.contains(where: { ($0.operations[operation]?.measured.count ?? 0) > 0 }) else { continue }
             html += "<tr><td>\(operation)</td>" + report.policies.map { policy in
                 let report = policy.operations[operation]
                 return "<td>\(format(ns: Double(report?.measured.maxNs ?? 0)))</td><td>\(format(ns: Double(report?.projected.maxNs ?? 0)))</td>"
             }.joined() + "</tr>\n"
+        }
+        let flushes = report.policies.map(\.tlbFlushes)
+        if flushes.contains(where: { ($0?.total ?? 0) > 0 }) {
+            html += "</table><h2>Remote TLB flushes</h2><p class=\"muted\">Counted as the kernel each policy models issues and batches them (README, \"TLB flushes\"); projected at \(format(ns: flushCost)) each.</p>"
+            html += "<table><tr><th>cause</th>" + report.policies.map { "<th>\(escape($0.policy))</th>" }.joined() + "</tr>\n"
+            for cause in TLBFlushCause.allCases where flushes.contains(where: { ($0?.byCause[cause] ?? 0) > 0 }) {
+                html += "<tr><td>\(cause.name)</td>" + flushes.map { "<td>\($0.map { "\($0.byCause[cause])" } ?? "–")</td>" }.joined() + "</tr>\n"
+            }
+            html += "<tr><td><b>total</b></td>" + flushes.map { "<td><b>\($0.map { "\($0.total)" } ?? "–")</b></td>" }.joined() + "</tr>\n"
+            html += "<tr><td>projected</td>" + flushes.map { "<td>\($0.map { format(ns: $0.projectedSeconds * 1e9) } ?? "–")</td>" }.joined() + "</tr>\n"
+        }
+        let interference = report.policies.map(\.cpuInterference)
+        if interference.contains(where: { $0 != nil }) {
+            html += "</table><h2>CPU interference</h2><p class=\"muted\">While the VM zapped, each vCPU ran guest work on a thread pinned to one CPU; lost time is time it was runnable but not running (README, \"CPU interference\").</p>"
+            html += "<table><tr><th></th>" + report.policies.map { "<th>\(escape($0.policy))</th>" }.joined() + "</tr>\n"
+            for row in InterferenceRows.rows(interference) {
+                html += "<tr><td>\(escape(row[0].trimmingCharacters(in: .whitespaces)))</td>" + row.dropFirst().map { "<td>\(escape($0))</td>" }.joined() + "</tr>\n"
+            }
         }
         if let fleet = report.fleet, !fleet.wholeVm.isEmpty {
             html += "</table><h2>Whole VM, per event</h2><table><tr><th>policy</th><th>step</th><th>event</th><th>measured</th><th>projected</th></tr>\n"

@@ -1,3 +1,4 @@
+import ZapEngine
 import ZapScenario
 
 /// The side-by-side text table `zapfleet run` prints: one column per policy.
@@ -21,14 +22,30 @@ public enum ReportTable {
                 })
             }
         }
-        section("kernel projection (SPTEs zapped while the caller waited × \(Quantities.rounded(report.kernelNsPerSpte, 1)) ns)")
-        for operation in ["reset", "fast_zap", "full_zap", "unmap", "dirty_log", "teardown"] {
+        let flushCost = report.kernelNsPerTlbFlush ?? 0
+        section("kernel projection (SPTEs zapped while the caller waited × \(Quantities.rounded(report.kernelNsPerSpte, 1)) ns"
+                + (flushCost > 0 ? ", + its remote TLB flushes × \(Quantities.formatDuration(flushCost)))" : ")"))
+        for operation in ["reset", "fault", "fast_fault", "fast_zap", "full_zap", "unmap", "dirty_log", "teardown"] {
             let summaries = report.policies.map { $0.operations[operation]?.projected }
             guard summaries.contains(where: { ($0?.count ?? 0) > 0 }) else { continue }
             row("  \(operation) max", summaries.map { summary in
                 guard let summary, summary.count > 0 else { return "-" }
                 return Quantities.formatDuration(Double(summary.maxNs))
             })
+        }
+        let flushes = report.policies.map(\.tlbFlushes)
+        if flushes.contains(where: { ($0?.total ?? 0) > 0 }) {
+            section("remote TLB flushes (as the policy's kernel batches them)")
+            for cause in TLBFlushCause.allCases where flushes.contains(where: { ($0?.byCause[cause] ?? 0) > 0 }) {
+                row("  \(cause.name)", flushes.map { $0.map { "\($0.byCause[cause])" } ?? "-" })
+            }
+            row("  total", flushes.map { $0.map { "\($0.total)" } ?? "-" })
+            row("  × \(Quantities.formatDuration(flushCost))", flushes.map { $0.map { Quantities.formatDuration($0.projectedSeconds * 1e9) } ?? "-" })
+        }
+        let interference = report.policies.map(\.cpuInterference)
+        if interference.contains(where: { $0 != nil }) {
+            section("CPU interference (guest work on pinned vCPUs while the VM zapped)")
+            for row in InterferenceRows.rows(interference) { rows.append(row) }
         }
         section("counters")
         let counterRows: [(String, (PolicyReport) -> String)] = [
@@ -110,4 +127,34 @@ public enum ReportTable {
 
 extension String {
     fileprivate func padding(to width: Int) -> String { self + String(repeating: " ", count: max(0, width - count)) }
+}
+
+/// The rows of the CPU-interference section, shared by the table and `report.html`.
+enum InterferenceRows {
+    /// One label and one cell per column (`-` where a column has no figures).
+    static func rows(_ columns: [CPUInterference?]) -> [[String]] {
+        func cells(_ value: (CPUInterference) -> String) -> [String] { columns.map { $0.map(value) ?? "-" } }
+        func duration(_ nanoseconds: UInt64) -> String { Quantities.formatDuration(Double(nanoseconds)) }
+        var rows: [[String]] = []
+        rows.append(["  guest time lost"] + cells { i in
+            "\(duration(i.vcpus.reduce(0) { $0 &+ $1.lostNs })) of \(duration(i.vcpus.reduce(0) { $0 &+ $1.guestNs })) (\(Quantities.rounded(i.lostPercent, 1))%)"
+        })
+        rows.append(["  quiet baseline"] + cells { "\(Quantities.rounded($0.quietLostPercent, 1))% lost" })
+        let vcpuCount = columns.compactMap { $0?.vcpus.count }.max() ?? 0
+        for vcpu in 0..<vcpuCount {
+            rows.append(["    vCPU \(vcpu)"] + cells { i in
+                guard let share = i.vcpus.first(where: { $0.vcpu == vcpu }) else { return "-" }
+                return "cpu \(share.cpu < 0 ? "?" : String(share.cpu)): \(duration(share.lostNs)) lost"
+            })
+        }
+        rows.append(["  zap CPU time by CPU"] + cells { i in
+            i.zapCpuNs.isEmpty ? "none" : i.zapCpuNs.sorted { (Int($0.key) ?? 0) < (Int($1.key) ?? 0) }.map { "cpu\($0.key) \(duration($0.value))" }.joined(separator: ", ")
+        })
+        if columns.contains(where: { ($0?.memslotDeletions ?? 0) > 0 }) {
+            rows.append(["  memslot deletion"] + cells { i in
+                i.memslotDeletions == 0 ? "-" : "\(i.memslotDeletions)×: zap CPU ≤ \(duration(i.deletionZapCpuNsMax)), ≤ \(i.deletionParallelZapsMax) zap(s) at once on ≤ \(i.deletionCpusMax) CPU(s)"
+            })
+        }
+        return rows
+    }
 }

@@ -94,6 +94,30 @@ public struct PolicyReport: Sendable, Codable, Equatable {
     /// True for a real kernel's column (an agent's, or `run --kvm`'s): measured block times only,
     /// no engine counters, no checker, no projection. Absent for the simulated policies.
     public var external: Bool?
+    /// Remote TLB flushes the policy's kernel would have issued; absent for a real kernel's column.
+    public var tlbFlushes: TLBFlushReport?
+    /// Guest run time lost to zap work (scenarios with `workload.guest_work`).
+    public var cpuInterference: CPUInterference?
+}
+
+/// The remote TLB flushes of one policy's run (``TLBFlushCause``), and what they project to.
+public struct TLBFlushReport: Sendable, Codable, Equatable {
+    /// Flushes by cause (`obsolete_roots`, `root_zap`, `unmap`, `large_spte_replace`,
+    /// `write_protect`, `clear_dirty`, `collapsible_zap`, `nx_recovery`); causes with none left out.
+    public var byCause: TLBFlushCounts
+    /// Every flush.
+    public var total: Int
+    /// `total` × the per-flush cost (`kernel_ns_per_tlb_flush`), in seconds: CPU time of the
+    /// flushing threads, whether a caller waited for them (those are in the operations'
+    /// projections) or not (a worker's, a vCPU's own).
+    public var projectedSeconds: Double
+
+    /// The report of `counts` at `nanosecondsPerFlush` each.
+    public init(_ counts: TLBFlushCounts, nanosecondsPerFlush: Double) {
+        byCause = counts
+        total = counts.total
+        projectedSeconds = Double(counts.total) * nanosecondsPerFlush / 1e9
+    }
 }
 
 /// One objective's verdict.
@@ -160,6 +184,8 @@ public struct RunReport: Sendable, Codable, Equatable {
     public var slice: MemorySlice
     /// Kernel cost per SPTE used for projections.
     public var kernelNsPerSpte: Double
+    /// The per-flush cost of the projection (the scenario's `tlb_flush_cost`), in nanoseconds.
+    public var kernelNsPerTlbFlush: Double?
     /// When the run started (ISO 8601).
     public var startedAt: String
     /// Wall time of the whole run.
@@ -190,11 +216,13 @@ public struct RunReport: Sendable, Codable, Equatable {
         scenarioYaml = ScenarioWriter.yaml(scenario)
         self.slice = slice
         kernelNsPerSpte = kernelNanosecondsPerSPTE
+        kernelNsPerTlbFlush = scenario.tlbFlushCostNanoseconds
         self.startedAt = ISO8601DateFormatter().string(from: startedAt)
         wallSeconds = Double(wallNanoseconds) / 1e9
         complete = runs.allSatisfy(\.complete) && runs.count == scenario.policies.count
         // Real kernels' measurements, if any, stand beside the simulated policies and face the same objectives.
-        policies = runs.map(PolicyReport.init(run:)) + external.map(PolicyReport.init(external:))
+        policies = runs.map { PolicyReport(run: $0, nanosecondsPerFlush: scenario.tlbFlushCostNanoseconds) }
+            + external.map(PolicyReport.init(external:))
         objectives = Self.evaluate(scenario.objectives, on: policies)
         let violations = policies.reduce(0) { $0 + $1.violations }
         let missed = objectives.filter { !$0.met }.count
@@ -236,8 +264,8 @@ public struct RunReport: Sendable, Codable, Equatable {
 }
 
 extension PolicyReport {
-    /// The report of one policy's run.
-    public init(run: PolicyRun) {
+    /// The report of one policy's run, its flushes projected at `nanosecondsPerFlush` each.
+    public init(run: PolicyRun, nanosecondsPerFlush: Double = Scenario.defaultTLBFlushCostNanoseconds) {
         policy = run.policy.rawValue
         kernels = run.policy.kernels
         complete = run.complete
@@ -258,6 +286,8 @@ extension PolicyReport {
         violationExamples = run.violations.prefix(10).map(\.description)
         steps = run.steps
         injectedPathRuns = run.injectedPathRuns.isEmpty ? nil : Dictionary(uniqueKeysWithValues: run.injectedPathRuns.map { ($0.key.rawValue, $0.value) })
+        tlbFlushes = TLBFlushReport(run.tlbFlushes, nanosecondsPerFlush: nanosecondsPerFlush)
+        cpuInterference = run.interference
     }
 
     /// The value an objective's metric names, if this report has it. A real kernel's column has
@@ -280,6 +310,7 @@ extension PolicyReport {
             case "tables_leaked": return Double(counters.tablesLive)
             case "work_items_rejected": return Double(counters.workItemsRejected)
             case "yields": return Double(counters.yields)
+            case "tlb_flushes": return tlbFlushes.map { Double($0.total) }
             default: return nil
             }
         }

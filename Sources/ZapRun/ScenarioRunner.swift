@@ -108,12 +108,19 @@ public struct PolicyRun: Sendable {
     public var zapThroughput: Double
     /// How often each injected bug's broken path ran (only injected bugs appear).
     public var injectedPathRuns: [InjectedBug: Int]
+    /// Remote TLB flushes the policy's kernel would have issued, by cause.
+    public var tlbFlushes: TLBFlushCounts
+    /// Guest run time lost to zap work (scenarios with `guest_work`), else nil.
+    public var interference: CPUInterference?
 
     /// A policy's run, as measured here or decoded from a worker's result.
     public init(policy: ZapPolicy, recorder: BlockTimeRecorder, statistics: EngineStatistics, violations: [Violation],
                 violationCounts: [Violation.Kind: Int], steps: [StepTiming], wallNanoseconds: UInt64, complete: Bool,
-                zapThroughput: Double, injectedPathRuns: [InjectedBug: Int] = [:]) {
+                zapThroughput: Double, injectedPathRuns: [InjectedBug: Int] = [:], tlbFlushes: TLBFlushCounts = TLBFlushCounts(),
+                interference: CPUInterference? = nil) {
         self.injectedPathRuns = injectedPathRuns
+        self.tlbFlushes = tlbFlushes
+        self.interference = interference
         self.policy = policy
         self.recorder = recorder
         self.statistics = statistics
@@ -158,7 +165,7 @@ public final class ScenarioRunner: Sendable {
             chaos: scenario.chaos, nxRecovery: scenario.nxRecovery))
         let vcpus = (0..<scenario.workload.vcpus).map { _ in vm.makeVCPU() }
         var deleted = [Bool](repeating: false, count: slice.slotCount)
-        var recorder = BlockTimeRecorder(kernelNanosecondsPerSPTE: options.kernelNanosecondsPerSPTE, enabled: options.measure)
+        var recorder = emptyRecorder()
         var timings: [StepTiming] = []
         let steps = expandedTimeline
         let start = monotonicNanoseconds()
@@ -166,6 +173,7 @@ public final class ScenarioRunner: Sendable {
         let monitor = progressMonitor(vm: vm, policy: policy, steps: steps, currentStep: currentStep, start: start,
                                       sptesPerPopulation: Int(sliceBytes >> 12))
         var complete = true
+        var interference = scenario.workload.guestWork ? CPUInterference() : nil
         // Threads the watchdog found stuck inside the VM and the run left behind. After that the
         // timeline stops, and the VM is not torn down under them.
         var abandoned = 0
@@ -179,8 +187,9 @@ public final class ScenarioRunner: Sendable {
                 continue
             }
             currentStep.store(index, ordering: .relaxed)
+            let guestWork = interference != nil && step.zaps ? startGuestWork(&interference!) : nil
             let stepStart = monotonicNanoseconds()
-            var stepRecorder = BlockTimeRecorder(kernelNanosecondsPerSPTE: options.kernelNanosecondsPerSPTE, enabled: options.measure)
+            var stepRecorder = emptyRecorder()
             switch step {
             case .populate:
                 let deletedNow = deleted
@@ -206,7 +215,12 @@ public final class ScenarioRunner: Sendable {
                     let pick = chosen + Int(generator.next() % UInt64(live.count - chosen))
                     live.swapAt(chosen, pick)
                     deleted[live[chosen]] = true
+                    let zapCPUBefore = interference != nil ? vm.zapCPUNanoseconds : []
+                    if interference != nil { vm.resetZapConcurrencyPeak() }
                     stepRecorder.record(.fastZap, vm.fastZap())
+                    if interference != nil {
+                        interference!.addDeletion(before: zapCPUBefore, after: vm.zapCPUNanoseconds, parallelZaps: vm.zapConcurrencyPeak)
+                    }
                 }
             case .fullZap:
                 stepRecorder.record(.fullZap, vm.fullZap())
@@ -231,12 +245,18 @@ public final class ScenarioRunner: Sendable {
                 stepRecorder = onEveryVCPU(vcpus, vm: vm, step: index, abandoned: &abandoned) { vcpu, id, recorder, seed in
                     self.fault(vcpu, id: id, count: faults, seed: seed, layout: layout, deleted: deletedNow, fast: true, into: &recorder)
                 }
+            case .dirtyMemory:
+                let deletedNow = deleted
+                stepRecorder = onEveryVCPU(vcpus, vm: vm, step: index, abandoned: &abandoned) { vcpu, id, recorder, _ in
+                    self.dirtyMemory(vcpu, id: id, layout: layout, deleted: deletedNow, into: &recorder)
+                }
             case .workout(let operations):
                 stepRecorder = workout(vm: vm, vcpus: vcpus, operations: operations, step: index, layout: layout,
                                        deleted: deleted, abandoned: &abandoned)
             case .teardown:
                 stepRecorder.record(.teardown, vm.teardown())
             }
+            if let guestWork { interference!.addGuestWork(guestWork.stop()) }
             recorder.merge(stepRecorder)
             timings.append(StepTiming(name: step.name, nanoseconds: monotonicNanoseconds() &- stepStart,
                                       longestBlockNanoseconds: stepRecorder.longestBlock,
@@ -245,16 +265,42 @@ public final class ScenarioRunner: Sendable {
         monitor?.stop()
         if abandoned > 0 { vm.keepAliveForStuckThreads() }
         recorder.merge(observer.lifetimes)
+        if interference != nil {
+            for (cpu, nanoseconds) in vm.zapCPUNanoseconds.enumerated() where nanoseconds > 0 {
+                interference!.zapCpuNs[String(cpu)] = UInt64(nanoseconds)
+            }
+        }
         let throughput = observer.zapThroughput
         return PolicyRun(
             policy: policy, recorder: recorder, statistics: vm.statistics,
             violations: vm.checker.violations, violationCounts: vm.checker.countsByKind,
             steps: timings, wallNanoseconds: monotonicNanoseconds() &- start, complete: complete,
             zapThroughput: throughput.nanoseconds == 0 ? 0 : Double(throughput.sptes) * 1e9 / Double(throughput.nanoseconds),
-            injectedPathRuns: vm.injectedPathRuns)
+            injectedPathRuns: vm.injectedPathRuns, tlbFlushes: vm.tlbFlushes, interference: interference)
+    }
+
+    /// Guest work on every vCPU for a step in which the VM zaps. The first time, guest work runs
+    /// alone for a quiet window first: the machine's own share of lost time.
+    private func startGuestWork(_ interference: inout CPUInterference) -> GuestWork {
+        if interference.quietGuestNs == 0 {
+            let quiet = GuestWork(vcpus: scenario.workload.vcpus)
+            sleepNanoseconds(50_000_000)
+            for share in quiet.stop() {
+                interference.quietGuestNs &+= share.guestNs
+                interference.quietLostNs &+= share.lostNs
+            }
+        }
+        return GuestWork(vcpus: scenario.workload.vcpus)
     }
 
     // MARK: - Steps
+
+    /// A recorder with the run's projection costs: per SPTE (the options) and per remote TLB
+    /// flush (the scenario).
+    private func emptyRecorder() -> BlockTimeRecorder {
+        BlockTimeRecorder(kernelNanosecondsPerSPTE: options.kernelNanosecondsPerSPTE,
+                          kernelNanosecondsPerFlush: scenario.tlbFlushCostNanoseconds, enabled: options.measure)
+    }
 
     /// Runs `body` for every vCPU on its own thread, each with its own recorder, and merges them.
     /// Threads still stuck in the VM after the watchdog reported it are left behind and counted
@@ -264,18 +310,16 @@ public final class ScenarioRunner: Sendable {
         _ body: @escaping @Sendable (VCPU, Int, inout BlockTimeRecorder, UInt64) -> Void
     ) -> BlockTimeRecorder {
         let results = RecorderSlots(count: vcpus.count)
-        let cost = options.kernelNanosecondsPerSPTE
-        let measure = options.measure
         let seed = scenario.seed
         let threads = vcpus.enumerated().map { id, vcpu in
             OSThread(name: "vcpu\(id)") {
-                var recorder = BlockTimeRecorder(kernelNanosecondsPerSPTE: cost, enabled: measure)
+                var recorder = self.emptyRecorder()
                 body(vcpu, id, &recorder, seed ^ (UInt64(step) << 32) ^ UInt64(id))
                 results.store(id, recorder)
             }
         }
         for thread in threads where !thread.join(giveUpWhen: { vm.shouldAbandonThreads() }) { abandoned += 1 }
-        return results.merged(kernelNanosecondsPerSPTE: cost, enabled: measure)
+        return results.merged(orEmpty: emptyRecorder())
     }
 
     /// Faults in the vCPU's part of memory, region by region, as the page mix says; then, for a
@@ -340,6 +384,19 @@ public final class ScenarioRunner: Sendable {
         }
     }
 
+    /// `dirty_log_perf_test`'s guest: a write to every 4 KiB page of the vCPU's part, in order, each
+    /// through the fast page fault path (which falls back to the slow path to map a missing page,
+    /// or, under dirty logging, to replace a write-protected huge page).
+    private func dirtyMemory(_ vcpu: VCPU, id: Int, layout: GuestLayout, deleted: [Bool], into recorder: inout BlockTimeRecorder) {
+        if vcpu.addressSpace != .normal { recorder.record(.reset, vcpu.switchAddressSpace(to: .normal)) }
+        for region in layout.part(of: id) {
+            if options.cancellation.isCancelled { return }
+            guard !deleted[layout.slot(ofRegion: region) - slice.firstSlot], layout.pageSize(ofRegion: region) != nil else { continue }
+            let first = UInt64(region) << 9
+            for frame in first..<first + 512 { recorder.record(.fastFault, vcpu.fastFault(gfn: frame, write: true)) }
+        }
+    }
+
     /// Everything at once: each vCPU thread performs `operations` random operations in its part
     /// of memory (slow and fast faults, 2 MiB populations, resets, SMM switches) while a VM thread
     /// runs fast zaps (no memslot deleted), unmaps of single memslots, dirty logging and the odd
@@ -348,15 +405,13 @@ public final class ScenarioRunner: Sendable {
                          deleted: [Bool], abandoned: inout Int) -> BlockTimeRecorder {
         let done = ManagedAtomic<Bool>(false)
         let vmRecorder = RecorderSlots(count: 1)
-        let cost = options.kernelNanosecondsPerSPTE
-        let measure = options.measure
         let seed = scenario.seed ^ (UInt64(step) << 40)
         let slots = slice.slotCount
         let firstSlot = slice.firstSlot
         let cancellation = options.cancellation
         let vmThread = OSThread(name: "vm-workout") {
             var generator = SplitMix64(seed: seed)
-            var recorder = BlockTimeRecorder(kernelNanosecondsPerSPTE: cost, enabled: measure)
+            var recorder = self.emptyRecorder()
             while !done.load(ordering: .relaxed) && !vm.isStalled && !cancellation.isCancelled {
                 sleepNanoseconds(200_000 + generator.next() % 1_000_000)
                 switch generator.next() % 10 {
@@ -401,7 +456,7 @@ public final class ScenarioRunner: Sendable {
         }
         done.store(true, ordering: .relaxed)
         if vmThread.join(giveUpWhen: { vm.shouldAbandonThreads() }) {
-            merged.merge(vmRecorder.merged(kernelNanosecondsPerSPTE: cost, enabled: measure))
+            merged.merge(vmRecorder.merged(orEmpty: emptyRecorder()))
         } else {
             abandoned += 1
         }
@@ -458,12 +513,10 @@ private final class RecorderSlots: @unchecked Sendable {
 
     func store(_ index: Int, _ recorder: BlockTimeRecorder) { mutex.withLock { slots[index] = recorder } }
 
-    func merged(kernelNanosecondsPerSPTE: Double, enabled: Bool) -> BlockTimeRecorder {
+    func merged(orEmpty empty: BlockTimeRecorder) -> BlockTimeRecorder {
         mutex.withLock {
             let filled = slots.compactMap { $0 }
-            guard var total = filled.first else {
-                return BlockTimeRecorder(kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, enabled: enabled)
-            }
+            guard var total = filled.first else { return empty }
             for recorder in filled.dropFirst() { total.merge(recorder) }
             return total
         }

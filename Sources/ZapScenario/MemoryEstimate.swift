@@ -10,7 +10,9 @@ public struct MemoryEstimate: Sendable, Equatable {
     /// 4 KiB-mapped memory, 1/262144 of 2 MiB-mapped memory, plus the upper levels.
     public static func estimate(_ scenario: Scenario, bytes: UInt64? = nil) -> MemoryEstimate {
         let memory = Double(bytes ?? scenario.vm.memoryBytes) * scenario.workload.touched
-        let mix = scenario.vm.effectivePageMix
+        // Dirty logging splits huge pages into 4 KiB ones (eagerly, or by the writes that follow).
+        let logsDirtyPages = scenario.timeline.contains(.dirtyLog(.enable))
+        let mix = logsDirtyPages ? PageMix(fraction4K: 1, fraction2M: 0, fraction1G: 0) : scenario.vm.effectivePageMix
         let levelOne = memory * mix.fraction4K / 512
         let levelTwo = memory * (mix.fraction4K + mix.fraction2M) / (512 * 512)
         let upper = memory / (512 * 512 * 512) + 2 * 4096
@@ -25,7 +27,7 @@ public struct MemoryEstimate: Sendable, Equatable {
         for step in scenario.timeline {
             switch step {
             case .resetVCPUs, .deleteMemslots, .unmap, .dirtyLog, .workout: sawReset = true
-            case .populate, .run, .fastFaults: if sawReset { repopulates = true }
+            case .populate, .run, .fastFaults, .dirtyMemory: if sawReset { repopulates = true }
             default: break
             }
         }

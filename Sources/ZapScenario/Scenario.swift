@@ -29,6 +29,15 @@ public struct Scenario: Sendable, Equatable {
     public var chaos: ChaosConfiguration? = nil
     /// The NX huge-page recovery thread (the `nx_recovery:` section); nil for none.
     public var nxRecovery: NXRecoveryConfiguration? = nil
+    /// What the kernel projection charges for one remote TLB flush, in nanoseconds
+    /// (`tlb_flush_cost:`); ``Scenario/defaultTLBFlushCostNanoseconds`` unless given.
+    public var tlbFlushCostNanoseconds: Double = Scenario.defaultTLBFlushCostNanoseconds
+
+    /// 72.8 µs: the flush cost implied by the figures issue #16 quotes for David Matlack's eager
+    /// page splitting, `dirty_log_perf_test -s anonymous_hugetlb_2mb -v 64 -e -b 4g`: 14.33 s with
+    /// 131,072 flushes against 4.79 s with 76, so (14.33 − 4.79) s / (131,072 − 76) flushes, at
+    /// 64 vCPUs faulting at once. It includes the faults that issued them (README, "TLB flushes").
+    public static let defaultTLBFlushCostNanoseconds: Double = ((14.33 - 4.79) / Double(131_072 - 76) * 1e9).rounded()
 
     /// Memslots in the VM.
     public var memslotCount: Int { Int(vm.memoryBytes / vm.memslotBytes) }
@@ -87,6 +96,9 @@ public struct Workload: Sendable, Equatable {
     public var touched: Double
     /// How fast vCPUs fault during `run` steps.
     public var pacing: Pacing
+    /// While the VM zaps (memslot deletion, unmap, full zap, dirty logging), each vCPU runs guest
+    /// work on a thread pinned to its own CPU and counts the run time it loses (CPU interference).
+    public var guestWork: Bool = false
 }
 
 /// Order of coverage.
@@ -125,12 +137,24 @@ public enum TimelineStep: Sendable, Equatable {
     /// Every vCPU takes this many faults through the lockless fast path (writes to present
     /// pages set their dirty bits; missing pages take the slow path).
     case fastFaults(faults: Int)
+    /// Every vCPU writes every 4 KiB page of its part once, in order, as `dirty_log_perf_test`'s
+    /// guest does: each write faults through the fast path (slow when it must map or split).
+    case dirtyMemory
     /// Everything at once: each vCPU performs this many random operations (faults slow and fast,
     /// resets, SMM switches) while the VM thread runs fast zaps, full zaps, unmaps and dirty
     /// logging against them.
     case workout(operations: Int)
     /// The VM is destroyed and checked.
     case teardown
+
+    /// Whether the VM zaps in this step while the vCPUs could be running the guest (the steps
+    /// during which `guest_work` measures interference).
+    public var zaps: Bool {
+        switch self {
+        case .deleteMemslots, .fullZap, .unmap, .dirtyLog: true
+        default: false
+        }
+    }
 
     /// The step's name in YAML.
     public var name: String {
@@ -143,6 +167,7 @@ public enum TimelineStep: Sendable, Equatable {
         case .unmap: "unmap"
         case .dirtyLog: "dirty_log"
         case .fastFaults: "fast_faults"
+        case .dirtyMemory: "dirty_memory"
         case .workout: "workout"
         case .teardown: "teardown"
         }

@@ -50,7 +50,7 @@ struct ScenarioReader {
     func scenario(_ root: Node) throws(ScenarioError) -> Scenario {
         let top = try mapping(root, key: nil, allowed: [
             "name", "description", "vm", "workload", "timeline", "repeat", "policies",
-            "workqueue_width", "seed", "slos", "inject", "chaos", "nx_recovery",
+            "workqueue_width", "seed", "slos", "inject", "chaos", "nx_recovery", "tlb_flush_cost",
         ])
         let vmNode = try required(top, "vm", in: root, path: nil)
         let workloadNode = try required(top, "workload", in: root, path: nil)
@@ -129,6 +129,13 @@ struct ScenarioReader {
             injectedBugs: bugs)
         scenario.chaos = try top["chaos"].flatMap { node throws(ScenarioError) in try chaos(node, seed: seed) }
         scenario.nxRecovery = try top["nx_recovery"].map { node throws(ScenarioError) in try nxRecovery(node) }
+        if let node = top["tlb_flush_cost"] {
+            let text = try string(node, key: "tlb_flush_cost")
+            guard let cost = Quantities.parseDuration(text), cost <= 1e9 else {
+                throw error(.badValue, node, "tlb_flush_cost", "'\(text)' is not a duration from 0 ns to 1 s (e.g. 72.8us, or 0ns to leave flushes out of the projection)")
+            }
+            scenario.tlbFlushCostNanoseconds = cost
+        }
         return scenario
     }
 
@@ -211,7 +218,7 @@ struct ScenarioReader {
     }
 
     private func workload(_ node: Node) throws(ScenarioError) -> Workload {
-        let map = try mapping(node, key: "workload", allowed: ["vcpus", "coverage", "touched", "pacing"])
+        let map = try mapping(node, key: "workload", allowed: ["vcpus", "coverage", "touched", "pacing", "guest_work"])
         let vcpus = try integer(try required(map, "vcpus", in: node, path: "workload"), key: "workload.vcpus", default: 1, range: 1...4096)
         var coverage = Coverage.sequential
         if let coverageNode = map["coverage"] {
@@ -234,17 +241,20 @@ struct ScenarioReader {
         }
         let touched = try fraction(map["touched"], key: "workload.touched", default: 1)
         guard touched > 0 else { throw error(.badValue, map["touched"]!, "workload.touched", "touch more than nothing: use a fraction above 0") }
-        return Workload(vcpus: vcpus, coverage: coverage, touched: touched, pacing: pacing)
+        var workload = Workload(vcpus: vcpus, coverage: coverage, touched: touched, pacing: pacing)
+        workload.guestWork = try boolean(map["guest_work"], key: "workload.guest_work", default: false)
+        return workload
     }
 
     private func timeline(_ node: Node) throws(ScenarioError) -> [TimelineStep] {
         let items = try list(node, key: "timeline")
         guard !items.isEmpty else { throw error(.badValue, node, "timeline", "the timeline is empty; list steps such as populate, reset_vcpus, teardown") }
-        let names = "populate, run, reset_vcpus, delete_memslots, full_zap, unmap, dirty_log, fast_faults, workout, teardown"
+        let names = "populate, run, reset_vcpus, delete_memslots, full_zap, unmap, dirty_log, fast_faults, dirty_memory, workout, teardown"
         return try items.map { item throws(ScenarioError) -> TimelineStep in
             if let name = item.scalar?.string {
                 switch name {
                 case "populate": return .populate
+                case "dirty_memory": return .dirtyMemory
                 case "reset_vcpus": return .resetVCPUs
                 case "full_zap": return .fullZap
                 case "teardown": return .teardown

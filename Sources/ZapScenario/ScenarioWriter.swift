@@ -21,6 +21,7 @@ public enum ScenarioWriter {
         lines.append("  vcpus: \(workload.vcpus)")
         lines.append("  coverage: \(workload.coverage.rawValue)")
         lines.append("  touched: \(workload.touched)")
+        if workload.guestWork { lines.append("  guest_work: true") }
         switch workload.pacing {
         case .unpaced: lines.append("  pacing: max")
         case .faultsPerSecond(let rate): lines.append("  pacing: \(rate)/s")
@@ -50,6 +51,9 @@ public enum ScenarioWriter {
         }
         if let nx = scenario.nxRecovery {
             lines.append("nx_recovery: {period: \(nx.periodNanoseconds)ns, ratio: \(nx.ratio)}")
+        }
+        if scenario.tlbFlushCostNanoseconds != Scenario.defaultTLBFlushCostNanoseconds {
+            lines.append("tlb_flush_cost: \(scenario.tlbFlushCostNanoseconds)ns")
         }
         if !scenario.objectives.isEmpty {
             lines.append("slos:")

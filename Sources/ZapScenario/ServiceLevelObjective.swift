@@ -21,7 +21,7 @@ public enum MetricCatalog {
     public static let statistics: [String] = ["count", "min", "mean", "max", "p50", "p90", "p99", "p99.9", "p99.99"]
     /// Counters an objective may name.
     public static let counters: [String] = [
-        "violations", "sptes_installed", "sptes_zapped", "tables_leaked", "work_items_rejected", "yields",
+        "violations", "sptes_installed", "sptes_zapped", "tables_leaked", "work_items_rejected", "yields", "tlb_flushes",
     ]
 }
 

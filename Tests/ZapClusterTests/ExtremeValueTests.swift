@@ -45,6 +45,8 @@ struct ExtremeValueTests {
                 result.policies[0].violations = [record]
             }),
             ("policies[0].histograms[0] bucket count", { $0.policies[0].histograms[0].hdrV2 = Data(HistogramFixture.encoded(value: 1000, count: $1)) }),
+            ("policies[0].tlb_flushes[root_zap]", { $0.policies[0].tlbFlushes["root_zap"] = $1 }),
+            ("policies[1].tlb_flushes[obsolete_roots]", { $0.policies[1].tlbFlushes["obsolete_roots"] = $1 }),
         ]
         let counters: [(String, WritableKeyPath<Zapfleet_V1_Counters, UInt64>)] = [
             ("sptes_installed", \.sptesInstalled), ("sptes_zapped", \.sptesZapped), ("accessed_zapped", \.accessedZapped),
@@ -115,5 +117,93 @@ struct ExtremeValueTests {
         }
         #expect(refused > 0 && accepted > 0, "both sides are exercised: \(refused) refused, \(accepted) accepted")
         print("extreme values: \(Self.mutations().count) fields × \(Self.extremes.count) values: \(refused) refused with a reason, \(accepted) merged, reported, journaled and reloaded")
+    }
+
+    @Test("a result's remote TLB flushes travel by cause and are summed over shards; an unknown cause, or more obsolete-roots requests than fast zaps, refuses the result")
+    func tlbFlushesOnTheWire() throws {
+        let scenario = try ScenarioParser.parse(Self.scenario, file: "extreme")
+        let shard = Shard(id: 0, slice: MemorySlice(firstSlot: 0, slotCount: 1), of: scenario)
+        var assignment = Zapfleet_V1_Assignment()
+        assignment.runID = "run"
+        assignment.scenarioYaml = Self.scenario
+        assignment.firstSlot = 0
+        assignment.slotCount = 1
+        assignment.attempt = 1
+        assignment.kernelNsPerSpte = 52
+        let honest = try ShardComputation.result(of: assignment)
+        #expect(Coordinator.check(honest, shard: shard, scenario: scenario).verdict == .plausible)
+        // The scenario's timeline reaches a fast zap and a reset: something to flush for.
+        let sync = try ResultCoding.decodeValidated(honest.policies[0])
+        let async = try ResultCoding.decodeValidated(honest.policies[1])
+        // One fast zap each; v5.17 flushes for the tables its zaps removed, v5.18 for none of them.
+        #expect(sync.tlbFlushes[.obsoleteRoots] == 1 && async.tlbFlushes[.obsoleteRoots] == 1)
+        #expect(sync.tlbFlushes[.rootZap] > 0 && async.tlbFlushes[.rootZap] == 0)
+
+        var totals = FleetTotals(kernelNanosecondsPerSPTE: 52)
+        totals.add([sync, async], of: honest, worker: "w", startSeconds: 0)
+        var second = honest
+        second.shardID = 1
+        totals.add([sync, async], of: second, worker: "w", startSeconds: 0)
+        let merged = totals.merged(scenario.policies)
+        #expect(merged[0].tlbFlushes[.rootZap] == 2 * sync.tlbFlushes[.rootZap])
+
+        var unknown = honest
+        unknown.policies[0].tlbFlushes["tlb_shootdown"] = 3
+        #expect(Coordinator.check(unknown, shard: shard, scenario: scenario).verdict != .plausible)
+        var tooMany = honest
+        tooMany.policies[1].tlbFlushes["obsolete_roots"] = 2
+        guard case .implausible(let reason) = Coordinator.check(tooMany, shard: shard, scenario: scenario).verdict else {
+            Issue.record("two obsolete-roots requests for one fast zap were accepted")
+            return
+        }
+        #expect(reason.contains("obsolete_roots"), "\(reason)")
+    }
+
+    @Test("CPU interference travels whole, and figures that cannot be (lost time beyond guest time, a vCPU twice, a vCPU the scenario lacks, interference without guest work) refuse the result")
+    func interferenceOnTheWire() throws {
+        var interference = CPUInterference()
+        interference.vcpus = [.init(vcpu: 0, cpu: 1, guestNs: 5_000, lostNs: 1_000, units: 9), .init(vcpu: 1, cpu: -1, guestNs: 4_000, lostNs: 0, units: 3)]
+        interference.quietGuestNs = 100
+        interference.quietLostNs = 1
+        interference.zapCpuNs = ["0": 12, "3": 4]
+        interference.memslotDeletions = 1
+        interference.deletionZapCpuNs = 16
+        interference.deletionZapCpuNsMax = 16
+        interference.deletionCpusMax = 2
+        let wire = InterferenceCoding.encode(interference)
+        #expect(try InterferenceCoding.decode(wire) == interference)
+
+        var lostTooMuch = wire
+        lostTooMuch.vcpus[0].lostNs = lostTooMuch.vcpus[0].guestNs + 1
+        #expect(throws: ProtocolViolation.self) { try InterferenceCoding.decode(lostTooMuch) }
+        var twice = wire
+        twice.vcpus[1].vcpu = 0
+        #expect(throws: ProtocolViolation.self) { try InterferenceCoding.decode(twice) }
+
+        // Through the coordinator's check: the extreme scenario has 2 vCPUs and no guest work.
+        let scenario = try ScenarioParser.parse(Self.scenario, file: "extreme")
+        let shard = Shard(id: 0, slice: MemorySlice(firstSlot: 0, slotCount: 1), of: scenario)
+        var assignment = Zapfleet_V1_Assignment()
+        assignment.runID = "run"
+        assignment.scenarioYaml = Self.scenario
+        assignment.slotCount = 1
+        assignment.attempt = 1
+        assignment.kernelNsPerSpte = 52
+        var result = try ShardComputation.result(of: assignment)
+        result.policies[0].cpuInterference = wire
+        guard case .implausible(let reason) = Coordinator.check(result, shard: shard, scenario: scenario).verdict else {
+            Issue.record("interference from a scenario without guest work was accepted")
+            return
+        }
+        #expect(reason.contains("guest_work"), "\(reason)")
+        let guestScenarioYAML = Self.scenario.replacingOccurrences(of: "workload: {vcpus: 2}", with: "workload: {vcpus: 2, guest_work: true}")
+        let guestScenario = try ScenarioParser.parse(guestScenarioYAML, file: "guest")
+        var unknownVCPU = result
+        unknownVCPU.policies[0].cpuInterference.vcpus[1].vcpu = 2
+        guard case .implausible(let vcpuReason) = Coordinator.check(unknownVCPU, shard: shard, scenario: guestScenario).verdict else {
+            Issue.record("a share of vCPU 2 in a 2-vCPU scenario was accepted")
+            return
+        }
+        #expect(vcpuReason.contains("vcpu 2"), "\(vcpuReason)")
     }
 }

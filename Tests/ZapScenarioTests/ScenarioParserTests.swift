@@ -277,10 +277,27 @@ extension ScenarioParserTests {
             ("nx_recovery: {period: 2ms, ratio: 0}", "nx_recovery.ratio"),
             ("nx_recovery: {period: 2ms, ratio: 1e9}", "nx_recovery.ratio"),
             ("nx_recovery: 2ms", "nx_recovery"),
+            ("tlb_flush_cost: 5", "tlb_flush_cost"),
+            ("tlb_flush_cost: 2s", "tlb_flush_cost"),
+            ("tlb_flush_cost: -1us", "tlb_flush_cost"),
+            ("tlb_flush_cost: [1us]", "tlb_flush_cost"),
           ])
     func badChaos(line: String, key: String) throws {
         let error = try #require(failure(replacing: 6, with: "\(line)\ntimeline:"))
         #expect(error.key == key, "\(error)")
+    }
+
+    @Test("`tlb_flush_cost` sets the projection's cost per remote TLB flush, and a `dirty_memory` step parses; both survive a rewrite")
+    func flushCostAndDirtyMemory() throws {
+        let text = Self.valid.replacingOccurrences(of: "  - populate\n  - teardown", with: "  - populate\n  - dirty_log: enable\n  - dirty_memory\n  - teardown")
+            + "tlb_flush_cost: 12.5us\n"
+        let scenario = try ScenarioParser.parse(text, file: "flush.yaml")
+        #expect(scenario.tlbFlushCostNanoseconds == 12_500)
+        #expect(scenario.timeline == [.populate, .dirtyLog(.enable), .dirtyMemory, .teardown])
+        #expect(try ScenarioParser.parse(ScenarioWriter.yaml(scenario), file: "again") == scenario)
+        let plain = try ScenarioParser.parse(Self.valid, file: "plain.yaml")
+        #expect(plain.tlbFlushCostNanoseconds == Scenario.defaultTLBFlushCostNanoseconds)
+        #expect(abs(Scenario.defaultTLBFlushCostNanoseconds - 72_827) < 1, "(14.33 − 4.79) s / (131,072 − 76) flushes")
     }
 
     @Test("a dirty-log step names its three actions when given another")

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 import ZapfleetTestSupport
+import ZapEngine
+import ZapScenario
 @testable import ZapRun
 
 /// `zapfleet` as a user runs it: a subprocess, its exit code, its output and its files.
@@ -30,6 +32,53 @@ struct RunCommandTests {
         #expect(files.contains("scenario.yaml"))
         #expect(files.contains("async-reset.hgrm"))
         #expect(files.contains("sync-reset.projected.hgrm"))
+    }
+
+    @Test("`zapfleet run dirty-log` counts each policy's remote TLB flushes as its kernel batches them, and the table, report.json and report.html show them")
+    func dirtyLogFlushes() throws {
+        let directory = TestPaths.temporaryDirectory()
+        let result = try ZapfleetBinary.run(["run", "dirty-log", "--size", "1GiB", "--vcpus", "2", "--out", directory])
+        #expect(result.status == 0, "\(result.out)\n\(result.err)")
+        #expect(result.out.contains("remote TLB flushes"))
+        let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
+        let hugePages = 512  // 1 GiB of 2 MiB pages
+        func flushes(_ policy: String) throws -> TLBFlushReport { try #require(report.policies.first { $0.policy == policy }?.tlbFlushes) }
+        let sync = try flushes("sync"), async = try flushes("async"), preserve = try flushes("preserve")
+        // v5.17: no eager split, so every huge page is replaced by the guest's first write to it, with a flush.
+        #expect(sync.byCause[.largeSPTEReplace] == hugePages)
+        #expect(async.byCause[.largeSPTEReplace] == 0 && preserve.byCause[.largeSPTEReplace] == 0)
+        for policy in [sync, async, preserve] {
+            #expect(policy.byCause[.writeProtect] == 1 && policy.byCause[.clearDirty] == 1)
+            #expect(abs(policy.projectedSeconds - Double(policy.total) * Scenario.defaultTLBFlushCostNanoseconds / 1e9) < 1e-6)
+        }
+        // Disabling dirty logging: a flush per 4 KiB leaf up to v5.18, per table from v5.19.
+        #expect(sync.byCause[.collapsibleZap] == hugePages * 512 && async.byCause[.collapsibleZap] == hugePages * 512)
+        #expect(preserve.byCause[.collapsibleZap] == hugePages)
+        #expect(report.kernelNsPerTlbFlush == Scenario.defaultTLBFlushCostNanoseconds)
+        let html = try String(contentsOfFile: directory + "/report.html", encoding: .utf8)
+        #expect(html.contains("Remote TLB flushes") && html.contains("collapsible_zap"))
+    }
+
+    @Test("`zapfleet run memslot-delete` measures, per policy, the guest time pinned vCPUs lost while memslots were deleted and the CPUs the zap work ran on: preserve on the deleting thread's one CPU")
+    func memslotDeleteInterference() throws {
+        let directory = TestPaths.temporaryDirectory()
+        let result = try ZapfleetBinary.run(["run", "memslot-delete", "--size", "8GiB", "--out", directory])
+        #expect(result.status == 0, "\(result.out)\n\(result.err)")
+        #expect(result.out.contains("CPU interference") && result.out.contains("guest time lost"))
+        let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
+        #expect(report.policies.map(\.policy) == ["async", "preserve"])
+        for policy in report.policies {
+            let interference = try #require(policy.cpuInterference, "\(policy.policy)")
+            #expect(interference.memslotDeletions == 4, "\(policy.policy): one deletion per repeat")
+            #expect(interference.vcpus.map(\.vcpu) == [0, 1] && interference.vcpus.allSatisfy { $0.guestNs > 0 && $0.lostNs <= $0.guestNs })
+            #expect(interference.quietGuestNs > 0)
+            #expect(interference.deletionZapCpuNs > 0 && interference.zapCpuNs.values.reduce(0, +) >= interference.deletionZapCpuNs)
+        }
+        let preserve = try #require(report.policies.last?.cpuInterference)
+        #expect(preserve.deletionParallelZapsMax == 1, "preserve zaps in the deleting thread, one root at a time")
+        #expect(report.policies.first?.cpuInterference?.deletionParallelZapsMax ?? 0 >= 1)
+        let html = try String(contentsOfFile: directory + "/report.html", encoding: .utf8)
+        #expect(html.contains("CPU interference"))
     }
 
     @Test("`zapfleet run races` reaches the double-queue race with its own race amplification: clean it exits 0, with the bug 2")

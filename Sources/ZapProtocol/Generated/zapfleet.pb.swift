@@ -594,50 +594,155 @@ public nonisolated struct Zapfleet_V1_StepRecord: Sendable {
 }
 
 /// What one policy's run of a shard measured.
-public nonisolated struct Zapfleet_V1_PolicyResult: Sendable {
+public nonisolated struct Zapfleet_V1_PolicyResult: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var policy: String = String()
+  public var policy: String {
+    get {_storage._policy}
+    set {_uniqueStorage()._policy = newValue}
+  }
 
-  public var histograms: [Zapfleet_V1_EncodedHistogram] = []
+  public var histograms: [Zapfleet_V1_EncodedHistogram] {
+    get {_storage._histograms}
+    set {_uniqueStorage()._histograms = newValue}
+  }
 
   public var counters: Zapfleet_V1_Counters {
-    get {_counters ?? Zapfleet_V1_Counters()}
-    set {_counters = newValue}
+    get {_storage._counters ?? Zapfleet_V1_Counters()}
+    set {_uniqueStorage()._counters = newValue}
   }
   /// Returns true if `counters` has been explicitly set.
-  public var hasCounters: Bool {self._counters != nil}
+  public var hasCounters: Bool {_storage._counters != nil}
   /// Clears the value of `counters`. Subsequent reads from it will return its default value.
-  public mutating func clearCounters() {self._counters = nil}
+  public mutating func clearCounters() {_uniqueStorage()._counters = nil}
 
   /// Up to ten violations in full.
-  public var violations: [Zapfleet_V1_ViolationRecord] = []
+  public var violations: [Zapfleet_V1_ViolationRecord] {
+    get {_storage._violations}
+    set {_uniqueStorage()._violations = newValue}
+  }
 
   /// Every violation, counted by kind.
-  public var violationCounts: Dictionary<String,UInt64> = [:]
+  public var violationCounts: Dictionary<String,UInt64> {
+    get {_storage._violationCounts}
+    set {_uniqueStorage()._violationCounts = newValue}
+  }
 
-  public var steps: [Zapfleet_V1_StepRecord] = []
+  public var steps: [Zapfleet_V1_StepRecord] {
+    get {_storage._steps}
+    set {_uniqueStorage()._steps = newValue}
+  }
 
   /// False if the run stopped early.
-  public var complete: Bool = false
+  public var complete: Bool {
+    get {_storage._complete}
+    set {_uniqueStorage()._complete = newValue}
+  }
 
   /// SPTEs zapped per second of zap wall time.
-  public var zapThroughput: Double = 0
+  public var zapThroughput: Double {
+    get {_storage._zapThroughput}
+    set {_uniqueStorage()._zapThroughput = newValue}
+  }
 
   /// Wall time of the policy's run.
-  public var wallNs: UInt64 = 0
+  public var wallNs: UInt64 {
+    get {_storage._wallNs}
+    set {_uniqueStorage()._wallNs = newValue}
+  }
 
   /// For each bug injected with --inject (zapfleet's names, e.g. "double-queue"): how often its
   /// broken path ran. An injection whose path never ran proves nothing about the checker.
-  public var injectedPathRuns: Dictionary<String,UInt64> = [:]
+  public var injectedPathRuns: Dictionary<String,UInt64> {
+    get {_storage._injectedPathRuns}
+    set {_uniqueStorage()._injectedPathRuns = newValue}
+  }
+
+  /// Remote TLB flushes the kernel the policy models would have issued for this shard's work, by
+  /// cause: obsolete_roots, root_zap, unmap, large_spte_replace, write_protect, clear_dirty,
+  /// collapsible_zap, nx_recovery (README, "TLB flushes"). Causes with none may be left out.
+  public var tlbFlushes: Dictionary<String,UInt64> {
+    get {_storage._tlbFlushes}
+    set {_uniqueStorage()._tlbFlushes = newValue}
+  }
+
+  /// Guest run time lost to zap work, for scenarios with workload.guest_work; absent otherwise.
+  public var cpuInterference: Zapfleet_V1_CpuInterference {
+    get {_storage._cpuInterference ?? Zapfleet_V1_CpuInterference()}
+    set {_uniqueStorage()._cpuInterference = newValue}
+  }
+  /// Returns true if `cpuInterference` has been explicitly set.
+  public var hasCpuInterference: Bool {_storage._cpuInterference != nil}
+  /// Clears the value of `cpuInterference`. Subsequent reads from it will return its default value.
+  public mutating func clearCpuInterference() {_uniqueStorage()._cpuInterference = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _counters: Zapfleet_V1_Counters? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// While the VM zapped, each vCPU ran guest work on a thread pinned to one CPU (README, "CPU
+/// interference"). Times in nanoseconds.
+public nonisolated struct Zapfleet_V1_CpuInterference: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var vcpus: [Zapfleet_V1_CpuInterference.VcpuShare] = []
+
+  /// Guest work alone before the first zap (the machine's own noise).
+  public var quietGuestNs: UInt64 = 0
+
+  public var quietLostNs: UInt64 = 0
+
+  /// CPU time of whole-root zaps by CPU number (the worker host's numbering).
+  public var zapCpuNs: Dictionary<UInt32,UInt64> = [:]
+
+  /// Memslot deletions measured, the zap CPU time they waited for (total, most in one), and the
+  /// most CPUs that did zap work during one.
+  public var memslotDeletions: UInt32 = 0
+
+  public var deletionZapCpuNs: UInt64 = 0
+
+  public var deletionZapCpuNsMax: UInt64 = 0
+
+  public var deletionCpusMax: UInt32 = 0
+
+  /// The most whole-root zaps that ran at once during one deletion.
+  public var deletionParallelZapsMax: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated struct VcpuShare: Sendable {
+    // SwiftProtobuf.Message conformance is added in an extension below. See the
+    // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+    // methods supported on all messages.
+
+    /// The vCPU (0 to vcpus - 1); at most one share per vCPU.
+    public var vcpu: UInt32 = 0
+
+    /// The CPU its thread was pinned to, plus one (0: pinning was refused).
+    public var cpuPlusOne: UInt32 = 0
+
+    /// Wall time it ran guest work.
+    public var guestNs: UInt64 = 0
+
+    /// Of that, time it was runnable but not running (wall - its CPU time); at most guest_ns.
+    public var lostNs: UInt64 = 0
+
+    /// Units of guest work done.
+    public var units: UInt64 = 0
+
+    public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+    public init() {}
+  }
+
+  public init() {}
 }
 
 /// Worker -> coordinator: a finished shard.
@@ -1709,7 +1814,154 @@ nonisolated extension Zapfleet_V1_StepRecord: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Zapfleet_V1_PolicyResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PolicyResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}histograms\0\u{1}counters\0\u{1}violations\0\u{3}violation_counts\0\u{1}steps\0\u{1}complete\0\u{3}zap_throughput\0\u{3}wall_ns\0\u{3}injected_path_runs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}histograms\0\u{1}counters\0\u{1}violations\0\u{3}violation_counts\0\u{1}steps\0\u{1}complete\0\u{3}zap_throughput\0\u{3}wall_ns\0\u{3}injected_path_runs\0\u{3}tlb_flushes\0\u{3}cpu_interference\0")
+
+  fileprivate class _StorageClass {
+    var _policy: String = String()
+    var _histograms: [Zapfleet_V1_EncodedHistogram] = []
+    var _counters: Zapfleet_V1_Counters? = nil
+    var _violations: [Zapfleet_V1_ViolationRecord] = []
+    var _violationCounts: Dictionary<String,UInt64> = [:]
+    var _steps: [Zapfleet_V1_StepRecord] = []
+    var _complete: Bool = false
+    var _zapThroughput: Double = 0
+    var _wallNs: UInt64 = 0
+    var _injectedPathRuns: Dictionary<String,UInt64> = [:]
+    var _tlbFlushes: Dictionary<String,UInt64> = [:]
+    var _cpuInterference: Zapfleet_V1_CpuInterference? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _policy = source._policy
+      _histograms = source._histograms
+      _counters = source._counters
+      _violations = source._violations
+      _violationCounts = source._violationCounts
+      _steps = source._steps
+      _complete = source._complete
+      _zapThroughput = source._zapThroughput
+      _wallNs = source._wallNs
+      _injectedPathRuns = source._injectedPathRuns
+      _tlbFlushes = source._tlbFlushes
+      _cpuInterference = source._cpuInterference
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._policy) }()
+        case 2: try { try decoder.decodeRepeatedMessageField(value: &_storage._histograms) }()
+        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._counters) }()
+        case 4: try { try decoder.decodeRepeatedMessageField(value: &_storage._violations) }()
+        case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &_storage._violationCounts) }()
+        case 6: try { try decoder.decodeRepeatedMessageField(value: &_storage._steps) }()
+        case 7: try { try decoder.decodeSingularBoolField(value: &_storage._complete) }()
+        case 8: try { try decoder.decodeSingularDoubleField(value: &_storage._zapThroughput) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._wallNs) }()
+        case 10: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &_storage._injectedPathRuns) }()
+        case 11: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &_storage._tlbFlushes) }()
+        case 12: try { try decoder.decodeSingularMessageField(value: &_storage._cpuInterference) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._policy.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._policy, fieldNumber: 1)
+      }
+      if !_storage._histograms.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._histograms, fieldNumber: 2)
+      }
+      try { if let v = _storage._counters {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+      } }()
+      if !_storage._violations.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._violations, fieldNumber: 4)
+      }
+      if !_storage._violationCounts.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: _storage._violationCounts, fieldNumber: 5)
+      }
+      if !_storage._steps.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._steps, fieldNumber: 6)
+      }
+      if _storage._complete != false {
+        try visitor.visitSingularBoolField(value: _storage._complete, fieldNumber: 7)
+      }
+      if _storage._zapThroughput.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._zapThroughput, fieldNumber: 8)
+      }
+      if _storage._wallNs != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._wallNs, fieldNumber: 9)
+      }
+      if !_storage._injectedPathRuns.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: _storage._injectedPathRuns, fieldNumber: 10)
+      }
+      if !_storage._tlbFlushes.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: _storage._tlbFlushes, fieldNumber: 11)
+      }
+      try { if let v = _storage._cpuInterference {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      } }()
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Zapfleet_V1_PolicyResult, rhs: Zapfleet_V1_PolicyResult) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._policy != rhs_storage._policy {return false}
+        if _storage._histograms != rhs_storage._histograms {return false}
+        if _storage._counters != rhs_storage._counters {return false}
+        if _storage._violations != rhs_storage._violations {return false}
+        if _storage._violationCounts != rhs_storage._violationCounts {return false}
+        if _storage._steps != rhs_storage._steps {return false}
+        if _storage._complete != rhs_storage._complete {return false}
+        if _storage._zapThroughput != rhs_storage._zapThroughput {return false}
+        if _storage._wallNs != rhs_storage._wallNs {return false}
+        if _storage._injectedPathRuns != rhs_storage._injectedPathRuns {return false}
+        if _storage._tlbFlushes != rhs_storage._tlbFlushes {return false}
+        if _storage._cpuInterference != rhs_storage._cpuInterference {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Zapfleet_V1_CpuInterference: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CpuInterference"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vcpus\0\u{3}quiet_guest_ns\0\u{3}quiet_lost_ns\0\u{3}zap_cpu_ns\0\u{3}memslot_deletions\0\u{3}deletion_zap_cpu_ns\0\u{3}deletion_zap_cpu_ns_max\0\u{3}deletion_cpus_max\0\u{3}deletion_parallel_zaps_max\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1717,70 +1969,111 @@ nonisolated extension Zapfleet_V1_PolicyResult: SwiftProtobuf.Message, SwiftProt
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.policy) }()
-      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.histograms) }()
-      case 3: try { try decoder.decodeSingularMessageField(value: &self._counters) }()
-      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.violations) }()
-      case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.violationCounts) }()
-      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.steps) }()
-      case 7: try { try decoder.decodeSingularBoolField(value: &self.complete) }()
-      case 8: try { try decoder.decodeSingularDoubleField(value: &self.zapThroughput) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.wallNs) }()
-      case 10: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.injectedPathRuns) }()
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.vcpus) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.quietGuestNs) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.quietLostNs) }()
+      case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufUInt32,SwiftProtobuf.ProtobufUInt64>.self, value: &self.zapCpuNs) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.memslotDeletions) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.deletionZapCpuNs) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.deletionZapCpuNsMax) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.deletionCpusMax) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.deletionParallelZapsMax) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.policy.isEmpty {
-      try visitor.visitSingularStringField(value: self.policy, fieldNumber: 1)
+    if !self.vcpus.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.vcpus, fieldNumber: 1)
     }
-    if !self.histograms.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.histograms, fieldNumber: 2)
+    if self.quietGuestNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.quietGuestNs, fieldNumber: 2)
     }
-    try { if let v = self._counters {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
-    } }()
-    if !self.violations.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.violations, fieldNumber: 4)
+    if self.quietLostNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.quietLostNs, fieldNumber: 3)
     }
-    if !self.violationCounts.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.violationCounts, fieldNumber: 5)
+    if !self.zapCpuNs.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufUInt32,SwiftProtobuf.ProtobufUInt64>.self, value: self.zapCpuNs, fieldNumber: 4)
     }
-    if !self.steps.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.steps, fieldNumber: 6)
+    if self.memslotDeletions != 0 {
+      try visitor.visitSingularUInt32Field(value: self.memslotDeletions, fieldNumber: 5)
     }
-    if self.complete != false {
-      try visitor.visitSingularBoolField(value: self.complete, fieldNumber: 7)
+    if self.deletionZapCpuNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.deletionZapCpuNs, fieldNumber: 6)
     }
-    if self.zapThroughput.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.zapThroughput, fieldNumber: 8)
+    if self.deletionZapCpuNsMax != 0 {
+      try visitor.visitSingularUInt64Field(value: self.deletionZapCpuNsMax, fieldNumber: 7)
     }
-    if self.wallNs != 0 {
-      try visitor.visitSingularUInt64Field(value: self.wallNs, fieldNumber: 9)
+    if self.deletionCpusMax != 0 {
+      try visitor.visitSingularUInt32Field(value: self.deletionCpusMax, fieldNumber: 8)
     }
-    if !self.injectedPathRuns.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.injectedPathRuns, fieldNumber: 10)
+    if self.deletionParallelZapsMax != 0 {
+      try visitor.visitSingularUInt32Field(value: self.deletionParallelZapsMax, fieldNumber: 9)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Zapfleet_V1_PolicyResult, rhs: Zapfleet_V1_PolicyResult) -> Bool {
-    if lhs.policy != rhs.policy {return false}
-    if lhs.histograms != rhs.histograms {return false}
-    if lhs._counters != rhs._counters {return false}
-    if lhs.violations != rhs.violations {return false}
-    if lhs.violationCounts != rhs.violationCounts {return false}
-    if lhs.steps != rhs.steps {return false}
-    if lhs.complete != rhs.complete {return false}
-    if lhs.zapThroughput != rhs.zapThroughput {return false}
-    if lhs.wallNs != rhs.wallNs {return false}
-    if lhs.injectedPathRuns != rhs.injectedPathRuns {return false}
+  public static func ==(lhs: Zapfleet_V1_CpuInterference, rhs: Zapfleet_V1_CpuInterference) -> Bool {
+    if lhs.vcpus != rhs.vcpus {return false}
+    if lhs.quietGuestNs != rhs.quietGuestNs {return false}
+    if lhs.quietLostNs != rhs.quietLostNs {return false}
+    if lhs.zapCpuNs != rhs.zapCpuNs {return false}
+    if lhs.memslotDeletions != rhs.memslotDeletions {return false}
+    if lhs.deletionZapCpuNs != rhs.deletionZapCpuNs {return false}
+    if lhs.deletionZapCpuNsMax != rhs.deletionZapCpuNsMax {return false}
+    if lhs.deletionCpusMax != rhs.deletionCpusMax {return false}
+    if lhs.deletionParallelZapsMax != rhs.deletionParallelZapsMax {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Zapfleet_V1_CpuInterference.VcpuShare: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Zapfleet_V1_CpuInterference.protoMessageName + ".VcpuShare"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vcpu\0\u{3}cpu_plus_one\0\u{3}guest_ns\0\u{3}lost_ns\0\u{1}units\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.vcpu) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.cpuPlusOne) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.guestNs) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.lostNs) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.units) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.vcpu != 0 {
+      try visitor.visitSingularUInt32Field(value: self.vcpu, fieldNumber: 1)
+    }
+    if self.cpuPlusOne != 0 {
+      try visitor.visitSingularUInt32Field(value: self.cpuPlusOne, fieldNumber: 2)
+    }
+    if self.guestNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.guestNs, fieldNumber: 3)
+    }
+    if self.lostNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.lostNs, fieldNumber: 4)
+    }
+    if self.units != 0 {
+      try visitor.visitSingularUInt64Field(value: self.units, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Zapfleet_V1_CpuInterference.VcpuShare, rhs: Zapfleet_V1_CpuInterference.VcpuShare) -> Bool {
+    if lhs.vcpu != rhs.vcpu {return false}
+    if lhs.cpuPlusOne != rhs.cpuPlusOne {return false}
+    if lhs.guestNs != rhs.guestNs {return false}
+    if lhs.lostNs != rhs.lostNs {return false}
+    if lhs.units != rhs.units {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

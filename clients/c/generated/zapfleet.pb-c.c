@@ -514,6 +514,12 @@ void   zapfleet__v1__policy_result__injected_path_runs_entry__init
   static const Zapfleet__V1__PolicyResult__InjectedPathRunsEntry init_value = ZAPFLEET__V1__POLICY_RESULT__INJECTED_PATH_RUNS_ENTRY__INIT;
   *message = init_value;
 }
+void   zapfleet__v1__policy_result__tlb_flushes_entry__init
+                     (Zapfleet__V1__PolicyResult__TlbFlushesEntry         *message)
+{
+  static const Zapfleet__V1__PolicyResult__TlbFlushesEntry init_value = ZAPFLEET__V1__POLICY_RESULT__TLB_FLUSHES_ENTRY__INIT;
+  *message = init_value;
+}
 void   zapfleet__v1__policy_result__init
                      (Zapfleet__V1__PolicyResult         *message)
 {
@@ -557,6 +563,63 @@ void   zapfleet__v1__policy_result__free_unpacked
   if(!message)
     return;
   assert(message->base.descriptor == &zapfleet__v1__policy_result__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   zapfleet__v1__cpu_interference__vcpu_share__init
+                     (Zapfleet__V1__CpuInterference__VcpuShare         *message)
+{
+  static const Zapfleet__V1__CpuInterference__VcpuShare init_value = ZAPFLEET__V1__CPU_INTERFERENCE__VCPU_SHARE__INIT;
+  *message = init_value;
+}
+void   zapfleet__v1__cpu_interference__zap_cpu_ns_entry__init
+                     (Zapfleet__V1__CpuInterference__ZapCpuNsEntry         *message)
+{
+  static const Zapfleet__V1__CpuInterference__ZapCpuNsEntry init_value = ZAPFLEET__V1__CPU_INTERFERENCE__ZAP_CPU_NS_ENTRY__INIT;
+  *message = init_value;
+}
+void   zapfleet__v1__cpu_interference__init
+                     (Zapfleet__V1__CpuInterference         *message)
+{
+  static const Zapfleet__V1__CpuInterference init_value = ZAPFLEET__V1__CPU_INTERFERENCE__INIT;
+  *message = init_value;
+}
+size_t zapfleet__v1__cpu_interference__get_packed_size
+                     (const Zapfleet__V1__CpuInterference *message)
+{
+  assert(message->base.descriptor == &zapfleet__v1__cpu_interference__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t zapfleet__v1__cpu_interference__pack
+                     (const Zapfleet__V1__CpuInterference *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &zapfleet__v1__cpu_interference__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t zapfleet__v1__cpu_interference__pack_to_buffer
+                     (const Zapfleet__V1__CpuInterference *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &zapfleet__v1__cpu_interference__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Zapfleet__V1__CpuInterference *
+       zapfleet__v1__cpu_interference__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Zapfleet__V1__CpuInterference *)
+     protobuf_c_message_unpack (&zapfleet__v1__cpu_interference__descriptor,
+                                allocator, len, data);
+}
+void   zapfleet__v1__cpu_interference__free_unpacked
+                     (Zapfleet__V1__CpuInterference *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &zapfleet__v1__cpu_interference__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
 void   zapfleet__v1__shard_result__init
@@ -2259,7 +2322,58 @@ const ProtobufCMessageDescriptor zapfleet__v1__policy_result__injected_path_runs
   (ProtobufCMessageInit) zapfleet__v1__policy_result__injected_path_runs_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor zapfleet__v1__policy_result__field_descriptors[10] =
+static const ProtobufCFieldDescriptor zapfleet__v1__policy_result__tlb_flushes_entry__field_descriptors[2] =
+{
+  {
+    "key",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__PolicyResult__TlbFlushesEntry, key),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "value",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__PolicyResult__TlbFlushesEntry, value),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned zapfleet__v1__policy_result__tlb_flushes_entry__field_indices_by_name[] = {
+  0,   /* field[0] = key */
+  1,   /* field[1] = value */
+};
+static const ProtobufCIntRange zapfleet__v1__policy_result__tlb_flushes_entry__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor zapfleet__v1__policy_result__tlb_flushes_entry__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "zapfleet.v1.PolicyResult.TlbFlushesEntry",
+  "TlbFlushesEntry",
+  "Zapfleet__V1__PolicyResult__TlbFlushesEntry",
+  "zapfleet.v1",
+  sizeof(Zapfleet__V1__PolicyResult__TlbFlushesEntry),
+  2,
+  zapfleet__v1__policy_result__tlb_flushes_entry__field_descriptors,
+  zapfleet__v1__policy_result__tlb_flushes_entry__field_indices_by_name,
+  1,  zapfleet__v1__policy_result__tlb_flushes_entry__number_ranges,
+  (ProtobufCMessageInit) zapfleet__v1__policy_result__tlb_flushes_entry__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor zapfleet__v1__policy_result__field_descriptors[12] =
 {
   {
     "policy",
@@ -2381,14 +2495,40 @@ static const ProtobufCFieldDescriptor zapfleet__v1__policy_result__field_descrip
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "tlb_flushes",
+    11,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Zapfleet__V1__PolicyResult, n_tlb_flushes),
+    offsetof(Zapfleet__V1__PolicyResult, tlb_flushes),
+    &zapfleet__v1__policy_result__tlb_flushes_entry__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "cpu_interference",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__PolicyResult, cpu_interference),
+    &zapfleet__v1__cpu_interference__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned zapfleet__v1__policy_result__field_indices_by_name[] = {
   6,   /* field[6] = complete */
   2,   /* field[2] = counters */
+  11,   /* field[11] = cpu_interference */
   1,   /* field[1] = histograms */
   9,   /* field[9] = injected_path_runs */
   0,   /* field[0] = policy */
   5,   /* field[5] = steps */
+  10,   /* field[10] = tlb_flushes */
   4,   /* field[4] = violation_counts */
   3,   /* field[3] = violations */
   8,   /* field[8] = wall_ns */
@@ -2397,7 +2537,7 @@ static const unsigned zapfleet__v1__policy_result__field_indices_by_name[] = {
 static const ProtobufCIntRange zapfleet__v1__policy_result__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor zapfleet__v1__policy_result__descriptor =
 {
@@ -2407,11 +2547,294 @@ const ProtobufCMessageDescriptor zapfleet__v1__policy_result__descriptor =
   "Zapfleet__V1__PolicyResult",
   "zapfleet.v1",
   sizeof(Zapfleet__V1__PolicyResult),
-  10,
+  12,
   zapfleet__v1__policy_result__field_descriptors,
   zapfleet__v1__policy_result__field_indices_by_name,
   1,  zapfleet__v1__policy_result__number_ranges,
   (ProtobufCMessageInit) zapfleet__v1__policy_result__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor zapfleet__v1__cpu_interference__vcpu_share__field_descriptors[5] =
+{
+  {
+    "vcpu",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference__VcpuShare, vcpu),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "cpu_plus_one",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference__VcpuShare, cpu_plus_one),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "guest_ns",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference__VcpuShare, guest_ns),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "lost_ns",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference__VcpuShare, lost_ns),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "units",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference__VcpuShare, units),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned zapfleet__v1__cpu_interference__vcpu_share__field_indices_by_name[] = {
+  1,   /* field[1] = cpu_plus_one */
+  2,   /* field[2] = guest_ns */
+  3,   /* field[3] = lost_ns */
+  4,   /* field[4] = units */
+  0,   /* field[0] = vcpu */
+};
+static const ProtobufCIntRange zapfleet__v1__cpu_interference__vcpu_share__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor zapfleet__v1__cpu_interference__vcpu_share__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "zapfleet.v1.CpuInterference.VcpuShare",
+  "VcpuShare",
+  "Zapfleet__V1__CpuInterference__VcpuShare",
+  "zapfleet.v1",
+  sizeof(Zapfleet__V1__CpuInterference__VcpuShare),
+  5,
+  zapfleet__v1__cpu_interference__vcpu_share__field_descriptors,
+  zapfleet__v1__cpu_interference__vcpu_share__field_indices_by_name,
+  1,  zapfleet__v1__cpu_interference__vcpu_share__number_ranges,
+  (ProtobufCMessageInit) zapfleet__v1__cpu_interference__vcpu_share__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor zapfleet__v1__cpu_interference__zap_cpu_ns_entry__field_descriptors[2] =
+{
+  {
+    "key",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference__ZapCpuNsEntry, key),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "value",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference__ZapCpuNsEntry, value),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned zapfleet__v1__cpu_interference__zap_cpu_ns_entry__field_indices_by_name[] = {
+  0,   /* field[0] = key */
+  1,   /* field[1] = value */
+};
+static const ProtobufCIntRange zapfleet__v1__cpu_interference__zap_cpu_ns_entry__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor zapfleet__v1__cpu_interference__zap_cpu_ns_entry__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "zapfleet.v1.CpuInterference.ZapCpuNsEntry",
+  "ZapCpuNsEntry",
+  "Zapfleet__V1__CpuInterference__ZapCpuNsEntry",
+  "zapfleet.v1",
+  sizeof(Zapfleet__V1__CpuInterference__ZapCpuNsEntry),
+  2,
+  zapfleet__v1__cpu_interference__zap_cpu_ns_entry__field_descriptors,
+  zapfleet__v1__cpu_interference__zap_cpu_ns_entry__field_indices_by_name,
+  1,  zapfleet__v1__cpu_interference__zap_cpu_ns_entry__number_ranges,
+  (ProtobufCMessageInit) zapfleet__v1__cpu_interference__zap_cpu_ns_entry__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor zapfleet__v1__cpu_interference__field_descriptors[9] =
+{
+  {
+    "vcpus",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Zapfleet__V1__CpuInterference, n_vcpus),
+    offsetof(Zapfleet__V1__CpuInterference, vcpus),
+    &zapfleet__v1__cpu_interference__vcpu_share__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "quiet_guest_ns",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference, quiet_guest_ns),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "quiet_lost_ns",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference, quiet_lost_ns),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "zap_cpu_ns",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Zapfleet__V1__CpuInterference, n_zap_cpu_ns),
+    offsetof(Zapfleet__V1__CpuInterference, zap_cpu_ns),
+    &zapfleet__v1__cpu_interference__zap_cpu_ns_entry__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "memslot_deletions",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference, memslot_deletions),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "deletion_zap_cpu_ns",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference, deletion_zap_cpu_ns),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "deletion_zap_cpu_ns_max",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference, deletion_zap_cpu_ns_max),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "deletion_cpus_max",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference, deletion_cpus_max),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "deletion_parallel_zaps_max",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Zapfleet__V1__CpuInterference, deletion_parallel_zaps_max),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned zapfleet__v1__cpu_interference__field_indices_by_name[] = {
+  7,   /* field[7] = deletion_cpus_max */
+  8,   /* field[8] = deletion_parallel_zaps_max */
+  5,   /* field[5] = deletion_zap_cpu_ns */
+  6,   /* field[6] = deletion_zap_cpu_ns_max */
+  4,   /* field[4] = memslot_deletions */
+  1,   /* field[1] = quiet_guest_ns */
+  2,   /* field[2] = quiet_lost_ns */
+  0,   /* field[0] = vcpus */
+  3,   /* field[3] = zap_cpu_ns */
+};
+static const ProtobufCIntRange zapfleet__v1__cpu_interference__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 9 }
+};
+const ProtobufCMessageDescriptor zapfleet__v1__cpu_interference__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "zapfleet.v1.CpuInterference",
+  "CpuInterference",
+  "Zapfleet__V1__CpuInterference",
+  "zapfleet.v1",
+  sizeof(Zapfleet__V1__CpuInterference),
+  9,
+  zapfleet__v1__cpu_interference__field_descriptors,
+  zapfleet__v1__cpu_interference__field_indices_by_name,
+  1,  zapfleet__v1__cpu_interference__number_ranges,
+  (ProtobufCMessageInit) zapfleet__v1__cpu_interference__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor zapfleet__v1__shard_result__field_descriptors[5] =

@@ -29,6 +29,10 @@ typedef struct Zapfleet__V1__StepRecord Zapfleet__V1__StepRecord;
 typedef struct Zapfleet__V1__PolicyResult Zapfleet__V1__PolicyResult;
 typedef struct Zapfleet__V1__PolicyResult__ViolationCountsEntry Zapfleet__V1__PolicyResult__ViolationCountsEntry;
 typedef struct Zapfleet__V1__PolicyResult__InjectedPathRunsEntry Zapfleet__V1__PolicyResult__InjectedPathRunsEntry;
+typedef struct Zapfleet__V1__PolicyResult__TlbFlushesEntry Zapfleet__V1__PolicyResult__TlbFlushesEntry;
+typedef struct Zapfleet__V1__CpuInterference Zapfleet__V1__CpuInterference;
+typedef struct Zapfleet__V1__CpuInterference__VcpuShare Zapfleet__V1__CpuInterference__VcpuShare;
+typedef struct Zapfleet__V1__CpuInterference__ZapCpuNsEntry Zapfleet__V1__CpuInterference__ZapCpuNsEntry;
 typedef struct Zapfleet__V1__ShardResult Zapfleet__V1__ShardResult;
 typedef struct Zapfleet__V1__ResultAck Zapfleet__V1__ResultAck;
 typedef struct Zapfleet__V1__ShardAbandoned Zapfleet__V1__ShardAbandoned;
@@ -441,6 +445,17 @@ struct  Zapfleet__V1__PolicyResult__InjectedPathRunsEntry
     , (char *)protobuf_c_empty_string, 0 }
 
 
+struct  Zapfleet__V1__PolicyResult__TlbFlushesEntry
+{
+  ProtobufCMessage base;
+  char *key;
+  uint64_t value;
+};
+#define ZAPFLEET__V1__POLICY_RESULT__TLB_FLUSHES_ENTRY__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__policy_result__tlb_flushes_entry__descriptor) \
+    , (char *)protobuf_c_empty_string, 0 }
+
+
 /*
  * What one policy's run of a shard measured.
  */
@@ -481,10 +496,98 @@ struct  Zapfleet__V1__PolicyResult
    */
   size_t n_injected_path_runs;
   Zapfleet__V1__PolicyResult__InjectedPathRunsEntry **injected_path_runs;
+  /*
+   * Remote TLB flushes the kernel the policy models would have issued for this shard's work, by
+   * cause: obsolete_roots, root_zap, unmap, large_spte_replace, write_protect, clear_dirty,
+   * collapsible_zap, nx_recovery (README, "TLB flushes"). Causes with none may be left out.
+   */
+  size_t n_tlb_flushes;
+  Zapfleet__V1__PolicyResult__TlbFlushesEntry **tlb_flushes;
+  /*
+   * Guest run time lost to zap work, for scenarios with workload.guest_work; absent otherwise.
+   */
+  Zapfleet__V1__CpuInterference *cpu_interference;
 };
 #define ZAPFLEET__V1__POLICY_RESULT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__policy_result__descriptor) \
-    , (char *)protobuf_c_empty_string, 0,NULL, NULL, 0,NULL, 0,NULL, 0,NULL, 0, 0, 0, 0,NULL }
+    , (char *)protobuf_c_empty_string, 0,NULL, NULL, 0,NULL, 0,NULL, 0,NULL, 0, 0, 0, 0,NULL, 0,NULL, NULL }
+
+
+struct  Zapfleet__V1__CpuInterference__VcpuShare
+{
+  ProtobufCMessage base;
+  /*
+   * The vCPU (0 to vcpus - 1); at most one share per vCPU.
+   */
+  uint32_t vcpu;
+  /*
+   * The CPU its thread was pinned to, plus one (0: pinning was refused).
+   */
+  uint32_t cpu_plus_one;
+  /*
+   * Wall time it ran guest work.
+   */
+  uint64_t guest_ns;
+  /*
+   * Of that, time it was runnable but not running (wall - its CPU time); at most guest_ns.
+   */
+  uint64_t lost_ns;
+  /*
+   * Units of guest work done.
+   */
+  uint64_t units;
+};
+#define ZAPFLEET__V1__CPU_INTERFERENCE__VCPU_SHARE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__cpu_interference__vcpu_share__descriptor) \
+    , 0, 0, 0, 0, 0 }
+
+
+struct  Zapfleet__V1__CpuInterference__ZapCpuNsEntry
+{
+  ProtobufCMessage base;
+  uint32_t key;
+  uint64_t value;
+};
+#define ZAPFLEET__V1__CPU_INTERFERENCE__ZAP_CPU_NS_ENTRY__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__cpu_interference__zap_cpu_ns_entry__descriptor) \
+    , 0, 0 }
+
+
+/*
+ * While the VM zapped, each vCPU ran guest work on a thread pinned to one CPU (README, "CPU
+ * interference"). Times in nanoseconds.
+ */
+struct  Zapfleet__V1__CpuInterference
+{
+  ProtobufCMessage base;
+  size_t n_vcpus;
+  Zapfleet__V1__CpuInterference__VcpuShare **vcpus;
+  /*
+   * Guest work alone before the first zap (the machine's own noise).
+   */
+  uint64_t quiet_guest_ns;
+  uint64_t quiet_lost_ns;
+  /*
+   * CPU time of whole-root zaps by CPU number (the worker host's numbering).
+   */
+  size_t n_zap_cpu_ns;
+  Zapfleet__V1__CpuInterference__ZapCpuNsEntry **zap_cpu_ns;
+  /*
+   * Memslot deletions measured, the zap CPU time they waited for (total, most in one), and the
+   * most CPUs that did zap work during one.
+   */
+  uint32_t memslot_deletions;
+  uint64_t deletion_zap_cpu_ns;
+  uint64_t deletion_zap_cpu_ns_max;
+  uint32_t deletion_cpus_max;
+  /*
+   * The most whole-root zaps that ran at once during one deletion.
+   */
+  uint32_t deletion_parallel_zaps_max;
+};
+#define ZAPFLEET__V1__CPU_INTERFERENCE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&zapfleet__v1__cpu_interference__descriptor) \
+    , 0,NULL, 0, 0, 0,NULL, 0, 0, 0, 0, 0 }
 
 
 /*
@@ -896,6 +999,9 @@ void   zapfleet__v1__policy_result__violation_counts_entry__init
 /* Zapfleet__V1__PolicyResult__InjectedPathRunsEntry methods */
 void   zapfleet__v1__policy_result__injected_path_runs_entry__init
                      (Zapfleet__V1__PolicyResult__InjectedPathRunsEntry         *message);
+/* Zapfleet__V1__PolicyResult__TlbFlushesEntry methods */
+void   zapfleet__v1__policy_result__tlb_flushes_entry__init
+                     (Zapfleet__V1__PolicyResult__TlbFlushesEntry         *message);
 /* Zapfleet__V1__PolicyResult methods */
 void   zapfleet__v1__policy_result__init
                      (Zapfleet__V1__PolicyResult         *message);
@@ -914,6 +1020,31 @@ Zapfleet__V1__PolicyResult *
                       const uint8_t       *data);
 void   zapfleet__v1__policy_result__free_unpacked
                      (Zapfleet__V1__PolicyResult *message,
+                      ProtobufCAllocator *allocator);
+/* Zapfleet__V1__CpuInterference__VcpuShare methods */
+void   zapfleet__v1__cpu_interference__vcpu_share__init
+                     (Zapfleet__V1__CpuInterference__VcpuShare         *message);
+/* Zapfleet__V1__CpuInterference__ZapCpuNsEntry methods */
+void   zapfleet__v1__cpu_interference__zap_cpu_ns_entry__init
+                     (Zapfleet__V1__CpuInterference__ZapCpuNsEntry         *message);
+/* Zapfleet__V1__CpuInterference methods */
+void   zapfleet__v1__cpu_interference__init
+                     (Zapfleet__V1__CpuInterference         *message);
+size_t zapfleet__v1__cpu_interference__get_packed_size
+                     (const Zapfleet__V1__CpuInterference   *message);
+size_t zapfleet__v1__cpu_interference__pack
+                     (const Zapfleet__V1__CpuInterference   *message,
+                      uint8_t             *out);
+size_t zapfleet__v1__cpu_interference__pack_to_buffer
+                     (const Zapfleet__V1__CpuInterference   *message,
+                      ProtobufCBuffer     *buffer);
+Zapfleet__V1__CpuInterference *
+       zapfleet__v1__cpu_interference__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   zapfleet__v1__cpu_interference__free_unpacked
+                     (Zapfleet__V1__CpuInterference *message,
                       ProtobufCAllocator *allocator);
 /* Zapfleet__V1__ShardResult methods */
 void   zapfleet__v1__shard_result__init
@@ -1089,8 +1220,20 @@ typedef void (*Zapfleet__V1__PolicyResult__ViolationCountsEntry_Closure)
 typedef void (*Zapfleet__V1__PolicyResult__InjectedPathRunsEntry_Closure)
                  (const Zapfleet__V1__PolicyResult__InjectedPathRunsEntry *message,
                   void *closure_data);
+typedef void (*Zapfleet__V1__PolicyResult__TlbFlushesEntry_Closure)
+                 (const Zapfleet__V1__PolicyResult__TlbFlushesEntry *message,
+                  void *closure_data);
 typedef void (*Zapfleet__V1__PolicyResult_Closure)
                  (const Zapfleet__V1__PolicyResult *message,
+                  void *closure_data);
+typedef void (*Zapfleet__V1__CpuInterference__VcpuShare_Closure)
+                 (const Zapfleet__V1__CpuInterference__VcpuShare *message,
+                  void *closure_data);
+typedef void (*Zapfleet__V1__CpuInterference__ZapCpuNsEntry_Closure)
+                 (const Zapfleet__V1__CpuInterference__ZapCpuNsEntry *message,
+                  void *closure_data);
+typedef void (*Zapfleet__V1__CpuInterference_Closure)
+                 (const Zapfleet__V1__CpuInterference *message,
                   void *closure_data);
 typedef void (*Zapfleet__V1__ShardResult_Closure)
                  (const Zapfleet__V1__ShardResult *message,
@@ -1134,6 +1277,10 @@ extern const ProtobufCMessageDescriptor zapfleet__v1__step_record__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__policy_result__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__policy_result__violation_counts_entry__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__policy_result__injected_path_runs_entry__descriptor;
+extern const ProtobufCMessageDescriptor zapfleet__v1__policy_result__tlb_flushes_entry__descriptor;
+extern const ProtobufCMessageDescriptor zapfleet__v1__cpu_interference__descriptor;
+extern const ProtobufCMessageDescriptor zapfleet__v1__cpu_interference__vcpu_share__descriptor;
+extern const ProtobufCMessageDescriptor zapfleet__v1__cpu_interference__zap_cpu_ns_entry__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__shard_result__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__result_ack__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__shard_abandoned__descriptor;
