@@ -22,6 +22,20 @@ struct ExtremeValueTests {
 
         """
 
+    /// The scenario, its one shard, and the result an honest worker computes for it.
+    static func honestShard() throws -> (Scenario, Shard, Zapfleet_V1_ShardResult) {
+        let scenario = try ScenarioParser.parse(Self.scenario, file: "extreme")
+        var assignment = Zapfleet_V1_Assignment()
+        assignment.runID = "run"
+        assignment.scenarioYaml = Self.scenario
+        assignment.firstSlot = 0
+        assignment.slotCount = 1
+        assignment.attempt = 1
+        assignment.kernelNsPerSpte = 52
+        return (scenario, Shard(id: 0, slice: MemorySlice(firstSlot: 0, slotCount: 1), of: scenario),
+                try ShardComputation.result(of: assignment))
+    }
+
     static let extremes: [UInt64] = [0, 1, UInt64(UInt32.max), 1 << 40, (1 << 50) - 1, UInt64(Int64.max), .max]
 
     /// Every numeric field of a result, as a way to set it.
@@ -65,16 +79,7 @@ struct ExtremeValueTests {
 
     @Test("every numeric field at its extremes: refused with a reason, or merged, reported, journaled and resumed; never a trap")
     func extremes() throws {
-        let scenario = try ScenarioParser.parse(Self.scenario, file: "extreme")
-        let shard = Shard(id: 0, slice: MemorySlice(firstSlot: 0, slotCount: 1), of: scenario)
-        var assignment = Zapfleet_V1_Assignment()
-        assignment.runID = "run"
-        assignment.scenarioYaml = Self.scenario
-        assignment.firstSlot = 0
-        assignment.slotCount = 1
-        assignment.attempt = 1
-        assignment.kernelNsPerSpte = 52
-        let honest = try ShardComputation.result(of: assignment)
+        let (scenario, shard, honest) = try Self.honestShard()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("zapfleet-extremes-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -121,16 +126,7 @@ struct ExtremeValueTests {
 
     @Test("a result's remote TLB flushes travel by cause and are summed over shards; an unknown cause, or more obsolete-roots requests than fast zaps, refuses the result")
     func tlbFlushesOnTheWire() throws {
-        let scenario = try ScenarioParser.parse(Self.scenario, file: "extreme")
-        let shard = Shard(id: 0, slice: MemorySlice(firstSlot: 0, slotCount: 1), of: scenario)
-        var assignment = Zapfleet_V1_Assignment()
-        assignment.runID = "run"
-        assignment.scenarioYaml = Self.scenario
-        assignment.firstSlot = 0
-        assignment.slotCount = 1
-        assignment.attempt = 1
-        assignment.kernelNsPerSpte = 52
-        let honest = try ShardComputation.result(of: assignment)
+        let (scenario, shard, honest) = try Self.honestShard()
         #expect(Coordinator.check(honest, shard: shard, scenario: scenario).verdict == .plausible)
         // The scenario's timeline reaches a fast zap and a reset: something to flush for.
         let sync = try ResultCoding.decodeValidated(honest.policies[0])
@@ -181,15 +177,8 @@ struct ExtremeValueTests {
         #expect(throws: ProtocolViolation.self) { try InterferenceCoding.decode(twice) }
 
         // Through the coordinator's check: the extreme scenario has 2 vCPUs and no guest work.
-        let scenario = try ScenarioParser.parse(Self.scenario, file: "extreme")
-        let shard = Shard(id: 0, slice: MemorySlice(firstSlot: 0, slotCount: 1), of: scenario)
-        var assignment = Zapfleet_V1_Assignment()
-        assignment.runID = "run"
-        assignment.scenarioYaml = Self.scenario
-        assignment.slotCount = 1
-        assignment.attempt = 1
-        assignment.kernelNsPerSpte = 52
-        var result = try ShardComputation.result(of: assignment)
+        let (scenario, shard, honest) = try Self.honestShard()
+        var result = honest
         result.policies[0].cpuInterference = wire
         guard case .implausible(let reason) = Coordinator.check(result, shard: shard, scenario: scenario).verdict else {
             Issue.record("interference from a scenario without guest work was accepted")
