@@ -20,7 +20,7 @@ let package = Package(
         // The simulation of KVM's TDP MMU root lifecycle. Knows nothing of networks or CLIs.
         .target(
             name: "ZapEngine",
-            dependencies: ["CLinuxScheduling", .product(name: "Atomics", package: "swift-atomics")]
+            dependencies: ["ZapPlatform", .product(name: "Atomics", package: "swift-atomics")]
         ),
         // Scenario files: the schema, strict YAML parsing with located errors, built-ins, SLOs.
         .target(
@@ -32,13 +32,16 @@ let package = Package(
         .target(
             name: "ZapRun",
             dependencies: [
-                "ZapEngine", "ZapScenario",
+                "ZapEngine", "ZapScenario", "ZapPlatform",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
         // sched_getcpu and sched_setaffinity, which glibc declares only under _GNU_SOURCE.
         .target(name: "CLinuxScheduling"),
+        // The platform under everything: OS threads, pthread mutexes and conditions, the monotonic
+        // and thread-CPU clocks, CPU affinity. Used by the engine, the fleet and the CLI alike.
+        .target(name: "ZapPlatform", dependencies: ["CLinuxScheduling"]),
         // zlib, from Debian's zlib1g-dev.
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         // HdrHistogram's V2 encoding (compressed and plain, base64), which hdrhistogram-swift lacks.
@@ -60,7 +63,7 @@ let package = Package(
         .target(
             name: "ZapCluster",
             dependencies: [
-                "ZapEngine", "ZapScenario", "ZapRun", "ZapProtocol", "ZeroMQ", "HistogramCodec", "CZlib",
+                "ZapEngine", "ZapScenario", "ZapRun", "ZapProtocol", "ZeroMQ", "HistogramCodec", "CZlib", "ZapPlatform",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
@@ -74,6 +77,7 @@ let package = Package(
                 "ZapScenario",
                 "ZapRun",
                 "ZapCluster",
+                "ZapPlatform",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -82,7 +86,7 @@ let package = Package(
         .executableTarget(
             name: "zapfleet-bench",
             dependencies: [
-                "ZapEngine", "ZapScenario", "ZapRun", "ZapCluster", "ZapProtocol", "ZeroMQ",
+                "ZapEngine", "ZapScenario", "ZapRun", "ZapCluster", "ZapProtocol", "ZeroMQ", "ZapPlatform",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -93,13 +97,13 @@ let package = Package(
         .target(
             name: "ZapfleetTestSupport",
             dependencies: ["ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "HistogramCodec", "CZlib",
-                           .product(name: "Histogram", package: "hdrhistogram-swift")],
+                           "ZapPlatform", .product(name: "Histogram", package: "hdrhistogram-swift")],
             path: "Tests/ZapfleetTestSupport"
         ),
-        .testTarget(name: "ZapEngineTests", dependencies: ["ZapEngine"]),
+        .testTarget(name: "ZapEngineTests", dependencies: ["ZapEngine", "ZapPlatform"]),
         .testTarget(name: "ZapScenarioTests", dependencies: ["ZapScenario"]),
         .testTarget(name: "ZapRunTests", dependencies: [
-            "ZapRun", "ZapScenario", "ZapEngine", "HistogramCodec", .product(name: "Histogram", package: "hdrhistogram-swift"),
+            "ZapRun", "ZapScenario", "ZapEngine", "ZapPlatform", "HistogramCodec", .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
         .testTarget(
             name: "HistogramCodecTests",
@@ -108,12 +112,12 @@ let package = Package(
         ),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "ZapClusterTests", dependencies: [
-            "ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "ZapfleetTestSupport",
+            "ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "ZapfleetTestSupport", "ZapPlatform",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // End-to-end tests of the built executable, run as a subprocess.
         .testTarget(name: "ZapfleetCLITests", dependencies: [
-            "ZapRun", "ZapCluster", "ZapEngine", "ZapProtocol", "ZeroMQ", "ZapfleetTestSupport",
+            "ZapRun", "ZapCluster", "ZapEngine", "ZapProtocol", "ZeroMQ", "ZapfleetTestSupport", "ZapPlatform",
             .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
     ]

@@ -7,6 +7,7 @@ import ZapProtocol
 import ZapRun
 import ZapScenario
 import ZeroMQ
+import ZapPlatform
 
 /// Coordinator capacity: many lightweight workers over loopback TCP, heartbeating and
 /// streaming results as fast as the coordinator hands out shards.

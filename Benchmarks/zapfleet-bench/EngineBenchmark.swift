@@ -2,6 +2,7 @@ import ArgumentParser
 import Atomics
 import Foundation
 import ZapEngine
+import ZapPlatform
 
 /// Zap and populate cost per SPTE against raw sweeps over a plain array of the same size.
 struct EngineBenchmark: ParsableCommand {

@@ -5,6 +5,7 @@ import ZapEngine
 import ZapProtocol
 import ZapRun
 import ZapScenario
+import ZapPlatform
 
 /// The cost of durability: appending accepted results to the coordinator's journal and syncing them.
 struct JournalBenchmark: ParsableCommand {

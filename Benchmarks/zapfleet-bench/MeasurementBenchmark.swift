@@ -3,6 +3,7 @@ import Foundation
 import ZapEngine
 import ZapRun
 import ZapScenario
+import ZapPlatform
 
 /// The cost of measuring: one block-time sample, and a whole `quick` run with and without it.
 struct MeasurementBenchmark: ParsableCommand {

@@ -3,6 +3,7 @@ import ZapEngine
 import ZapProtocol
 import ZapRun
 import ZapScenario
+import ZapPlatform
 
 extension Coordinator {
     /// Takes up a journaled run: its plan, every result it holds that passes the live checks, and

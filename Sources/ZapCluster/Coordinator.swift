@@ -5,6 +5,7 @@ import ZapProtocol
 import ZapRun
 import ZapScenario
 import ZeroMQ
+import ZapPlatform
 
 /// The coordinator's socket loop: binds a ROUTER socket, turns every frame into a
 /// ``FleetScheduler/Input`` and carries out the ``FleetScheduler/Action``s that come back

@@ -1,6 +1,7 @@
 import Foundation
 import ZapEngine
 import ZapProtocol
+import ZapPlatform
 
 extension PeerIntroduction {
     /// What a hello says, with proto3's unset values read as the protocol defines them.

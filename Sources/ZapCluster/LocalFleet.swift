@@ -4,6 +4,7 @@ import ZapEngine
 import ZapRun
 import ZapScenario
 import ZeroMQ
+import ZapPlatform
 
 /// `zapfleet run`'s fleet: a coordinator and in-process workers over `inproc://` sockets of
 /// one context, so that a local run takes exactly the path of a fleet run.

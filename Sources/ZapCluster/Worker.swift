@@ -5,6 +5,7 @@ import ZapProtocol
 import ZapRun
 import ZapScenario
 import ZeroMQ
+import ZapPlatform
 
 /// How a worker runs.
 public struct WorkerConfiguration: Sendable {

@@ -1,3 +1,4 @@
+import ZapPlatform
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -1,4 +1,5 @@
 import Atomics
+import ZapPlatform
 
 /// The engine's stand-in for RCU: defers freeing a page table (or running a root's free
 /// callback) until every walker that might still see it has left its read-side section.

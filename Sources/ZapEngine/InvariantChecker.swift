@@ -1,3 +1,4 @@
+import ZapPlatform
 /// One broken invariant, recorded instead of crashing.
 public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
     /// Which invariant broke. Each kind names the docs/model.md bug class it reveals.

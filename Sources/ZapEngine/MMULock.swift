@@ -1,4 +1,5 @@
 import Atomics
+import ZapPlatform
 
 /// `kvm->mmu_lock`: a reader/writer lock that prefers writers and lets a holder see who waits.
 ///

@@ -1,3 +1,4 @@
+import ZapPlatform
 /// The MMU notifier's unmap: host memory behind a guest range goes away (`munmap`, migration,
 /// reclaim), and every mapping of it must go first.
 extension VirtualMachine {

@@ -1,4 +1,5 @@
 import Atomics
+import ZapPlatform
 
 /// The guest address space a root translates: KVM keeps separate roots for SMM.
 public enum AddressSpace: Int, CaseIterable, Sendable, Codable, CustomStringConvertible {

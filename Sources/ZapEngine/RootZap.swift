@@ -1,3 +1,4 @@
+import ZapPlatform
 /// What one zap step removed.
 struct ZapTally {
     var leaves = 0

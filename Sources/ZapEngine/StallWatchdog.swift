@@ -1,4 +1,5 @@
 import Atomics
+import ZapPlatform
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

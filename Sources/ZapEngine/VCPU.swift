@@ -1,3 +1,4 @@
+import ZapPlatform
 /// A virtual CPU: loads a root for its address space, faults through it, and drops it on reset.
 ///
 /// A vCPU is driven by one thread at a time, as a real vCPU is by its own task. Each operation

@@ -1,3 +1,4 @@
+import ZapPlatform
 /// Operations of the VM as a whole: memslot deletion, notifier release and teardown.
 extension VirtualMachine {
     /// `kvm_mmu_zap_all_fast` (deleting a memslot): under `slots_lock`, invalidate every root

@@ -1,4 +1,5 @@
 import Atomics
+import ZapPlatform
 
 /// How to build a ``VirtualMachine``.
 public struct VMConfiguration: Sendable {

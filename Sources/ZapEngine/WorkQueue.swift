@@ -1,4 +1,5 @@
 import Atomics
+import ZapPlatform
 
 /// One unit of deferred work, like the kernel's `struct work_struct`: it can be pending at
 /// most once, and never runs on two workers at the same time.

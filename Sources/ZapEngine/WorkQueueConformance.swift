@@ -1,4 +1,5 @@
 import Atomics
+import ZapPlatform
 
 /// The kernel's workqueue rules (docs/model.md, "Workqueue semantics"), checked on a scratch
 /// ``WorkQueue`` of the same code and width as a VM's.

@@ -1,5 +1,6 @@
 import Atomics
 import ZapEngine
+import ZapPlatform
 #if canImport(Glibc)
 import Glibc
 #endif

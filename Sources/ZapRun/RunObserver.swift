@@ -1,4 +1,5 @@
 import ZapEngine
+import ZapPlatform
 
 /// Collects the engine's per-root events during one policy's run: root lifetimes and zap
 /// throughput. Called from any thread; events are rare.

@@ -1,6 +1,7 @@
 import Atomics
 import ZapEngine
 import ZapScenario
+import ZapPlatform
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -6,6 +6,7 @@ import ZapEngine
 import ZapRun
 import ZapScenario
 import ZeroMQ
+import ZapPlatform
 
 /// `zapfleet coordinator`: cuts a scenario into shards and runs them on workers over ZeroMQ.
 struct CoordinatorCommand: ParsableCommand {

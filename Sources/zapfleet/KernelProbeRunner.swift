@@ -2,6 +2,7 @@ import Foundation
 import ZapEngine
 import ZapRun
 import ZapScenario
+import ZapPlatform
 
 /// Finds and runs `zapfleet-kvm-probe` (clients/c) for `run --kvm`: the scenario's shape scaled to
 /// the host's allowance, its JSON decoded into the report's `kvm:HOST` column.

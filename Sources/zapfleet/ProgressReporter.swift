@@ -4,6 +4,7 @@ import Logging
 import ZapEngine
 import ZapRun
 import ZapScenario
+import ZapPlatform
 
 /// Progress on standard error: a live line on a terminal, log lines otherwise.
 final class ProgressReporter: @unchecked Sendable {

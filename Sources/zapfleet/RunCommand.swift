@@ -6,6 +6,7 @@ import ZapCluster
 import ZapEngine
 import ZapRun
 import ZapScenario
+import ZapPlatform
 
 /// `zapfleet run`: runs a scenario on this machine, every policy side by side, and reports.
 struct RunCommand: ParsableCommand {

@@ -6,6 +6,7 @@ import ZapEngine
 import ZapRun
 import ZapScenario
 import ZeroMQ
+import ZapPlatform
 
 /// `zapfleet sweep`: a scaling experiment, one local run per cell of a matrix.
 struct SweepCommand: ParsableCommand {

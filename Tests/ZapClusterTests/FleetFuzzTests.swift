@@ -7,6 +7,7 @@ import ZapProtocol
 import ZapRun
 import ZapScenario
 import ZeroMQ
+import ZapPlatform
 
 /// Hostile peers against a coordinator in the middle of real runs: random bytes, truncated,
 /// mutated and oversized Protobuf, valid messages in the wrong order, and raw TCP garbage as a

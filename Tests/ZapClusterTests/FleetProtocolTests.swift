@@ -7,6 +7,7 @@ import ZapProtocol
 import ZapRun
 import ZapScenario
 import ZeroMQ
+import ZapPlatform
 
 /// The coordinator and workers over real libzmq sockets, with real Protobuf frames.
 @Suite("Fleet protocol", .serialized, .timeLimit(.minutes(3)))

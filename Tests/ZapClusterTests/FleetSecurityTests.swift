@@ -6,6 +6,7 @@ import ZapRun
 import ZapProtocol
 import ZapScenario
 import ZeroMQ
+import ZapPlatform
 
 /// CURVE between coordinator and workers: who gets in, who is refused, and how keys are kept.
 @Suite("Fleet security", .serialized, .timeLimit(.minutes(3)))

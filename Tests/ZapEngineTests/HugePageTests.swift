@@ -1,5 +1,6 @@
 import Testing
 @testable import ZapEngine
+import ZapPlatform
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,6 @@
 import Testing
 @testable import ZapEngine
+import ZapPlatform
 
 /// Each bug class of docs/model.md, re-created on purpose, is caught by the checker. The same
 /// scenario without the injection is clean, so each test shows the checker can tell them apart.

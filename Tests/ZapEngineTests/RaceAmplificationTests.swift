@@ -1,5 +1,6 @@
 import Testing
 @testable import ZapEngine
+import ZapPlatform
 
 /// Race amplification makes rare interleavings happen within a short run.
 @Suite("Race amplification")

@@ -1,5 +1,6 @@
 import Testing
 @testable import ZapEngine
+import ZapPlatform
 
 /// A root's life under each policy: creation, sharing, invalidation, zap, unlink, free.
 @Suite("Root lifecycle", .timeLimit(.minutes(1)))

@@ -1,6 +1,7 @@
 import Testing
 import ZapEngine
 @testable import ZapRun
+import ZapPlatform
 #if canImport(Glibc)
 import Glibc
 #endif

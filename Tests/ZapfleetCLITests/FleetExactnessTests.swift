@@ -6,6 +6,7 @@ import ZapProtocol
 import ZapRun
 import ZapfleetTestSupport
 import ZeroMQ
+import ZapPlatform
 
 /// The fleet's totals and verdict under faults, with real processes: a `zapfleet coordinator`,
 /// real workers, and hostile peers that speak the protocol by hand. Each test is one way a run
