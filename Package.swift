@@ -64,9 +64,8 @@ let package = Package(
             name: "ZapCluster",
             dependencies: [
                 "ZapEngine", "ZapScenario", "ZapRun", "ZapProtocol", "ZeroMQ", "HistogramCodec", "CZlib", "ZapPlatform",
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
         // The command-line tool: parses arguments and wires the other targets together.
@@ -97,11 +96,11 @@ let package = Package(
         .target(
             name: "ZapfleetTestSupport",
             dependencies: ["ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "HistogramCodec", "CZlib",
-                           "ZapPlatform", .product(name: "Histogram", package: "hdrhistogram-swift")],
+                           "ZapPlatform"],
             path: "Tests/ZapfleetTestSupport"
         ),
         .testTarget(name: "ZapEngineTests", dependencies: ["ZapEngine", "ZapPlatform"]),
-        .testTarget(name: "ZapScenarioTests", dependencies: ["ZapScenario"]),
+        .testTarget(name: "ZapScenarioTests", dependencies: ["ZapScenario", "ZapEngine"]),
         .testTarget(name: "ZapRunTests", dependencies: [
             "ZapRun", "ZapScenario", "ZapEngine", "ZapPlatform", "HistogramCodec", .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
@@ -117,7 +116,7 @@ let package = Package(
         ]),
         // End-to-end tests of the built executable, run as a subprocess.
         .testTarget(name: "ZapfleetCLITests", dependencies: [
-            "ZapRun", "ZapCluster", "ZapEngine", "ZapProtocol", "ZeroMQ", "ZapfleetTestSupport", "ZapPlatform",
+            "ZapRun", "ZapCluster", "ZapEngine", "ZapScenario", "ZapProtocol", "ZeroMQ", "ZapfleetTestSupport", "ZapPlatform",
             .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
     ]

@@ -5,7 +5,6 @@ import ZapCluster
 import ZapEngine
 import ZapRun
 import ZapScenario
-import ZeroMQ
 import ZapPlatform
 
 /// `zapfleet coordinator`: cuts a scenario into shards and runs them on workers over ZeroMQ.
@@ -157,10 +156,8 @@ struct CoordinatorCommand: ParsableCommand {
         let start = monotonicNanoseconds()
         let outcome: FleetRunOutcome
         do {
-            let context = try ZeroMQContext()
-            outcome = try Coordinator(scenario: resolved, configuration: configuration, context: context, logger: logger,
-                                      cancellation: cancellation).run()
-        } catch let error as ZeroMQError {
+            outcome = try Coordinator.run(scenario: resolved, configuration: configuration, logger: logger, cancellation: cancellation)
+        } catch let error as FleetTransportError {
             printError("cannot run the coordinator: \(error); check --bind")
             throw ZapfleetExitCode.badInput
         }

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import ZapCluster
-import ZeroMQ
 
 /// `zapfleet keygen`: writes a CURVE key pair for a coordinator or a worker.
 struct KeygenCommand: ParsableCommand {
@@ -34,7 +33,7 @@ struct KeygenCommand: ParsableCommand {
         guard !name.isEmpty, !name.contains("/"), !name.hasPrefix(".") else {
             throw ValidationError("NAME '\(name)' must be a plain file name, e.g. w1")
         }
-        guard curveAvailable else { throw ValidationError("this libzmq has no CURVE support (built without libsodium); install Debian's libzmq5") }
+        guard KeyFiles.curveAvailable else { throw ValidationError("this libzmq has no CURVE support (built without libsodium); install Debian's libzmq5") }
     }
 
     func run() throws {

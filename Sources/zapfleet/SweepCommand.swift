@@ -5,7 +5,6 @@ import ZapCluster
 import ZapEngine
 import ZapRun
 import ZapScenario
-import ZeroMQ
 import ZapPlatform
 
 /// `zapfleet sweep`: a scaling experiment, one local run per cell of a matrix.
@@ -145,9 +144,9 @@ struct SweepCommand: ParsableCommand {
                     kernelNanosecondsPerSPTE: kernelSpteNs, shardBytes: shardBytes, security: fleetSecurity)
                 configuration.useWorkers = cell.workers
                 do {
-                    outcome = try Coordinator(scenario: cell.scenario, configuration: configuration, context: try ZeroMQContext(),
-                                              logger: quiet, cancellation: cancellation).run()
-                } catch let error as ZeroMQError {
+                    outcome = try Coordinator.run(scenario: cell.scenario, configuration: configuration, logger: quiet,
+                                                  cancellation: cancellation)
+                } catch let error as FleetTransportError {
                     printError("cannot run the coordinator of cell \(cell.name): \(error); check --bind")
                     throw ZapfleetExitCode.badInput
                 }

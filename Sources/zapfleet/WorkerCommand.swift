@@ -4,7 +4,6 @@ import Logging
 import ZapCluster
 import ZapRun
 import ZapScenario
-import ZeroMQ
 
 /// `zapfleet worker`: connects to a coordinator and runs the shards it hands out.
 struct WorkerCommand: ParsableCommand {
@@ -89,9 +88,8 @@ struct WorkerCommand: ParsableCommand {
             security: security)
         let exit: WorkerExit
         do {
-            exit = try Worker(configuration: configuration, context: try ZeroMQContext(), logger: logger,
-                              cancellation: cancellation).run()
-        } catch let error as ZeroMQError {
+            exit = try Worker.run(configuration: configuration, logger: logger, cancellation: cancellation)
+        } catch let error as FleetTransportError {
             printError("cannot connect: \(error); check --connect")
             throw ZapfleetExitCode.badInput
         }
