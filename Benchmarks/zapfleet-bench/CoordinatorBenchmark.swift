@@ -99,7 +99,7 @@ struct CoordinatorBenchmark: ParsableCommand {
         print("  joined and ran in \(Quantities.rounded(wall, 2)) s; from plan to last result \(Quantities.rounded(dispatch, 2)) s")
         print("  merged \(Int(Double(results) / dispatch)) results/s = \(Int(Double(results * histogramsPerResult) / dispatch)) histograms/s (target >= 10000)")
         print("  coordinator thread CPU \(Quantities.rounded(outcome.fleet.coordinatorCpuSeconds, 2)) s over \(Quantities.rounded(wall, 2)) s wall = \(Quantities.rounded(outcome.fleet.coordinatorCpuSeconds / wall, 2)) cores (target < 1)")
-        print("  merged totals: \(outcome.runs.map { "\($0.policy) \($0.statistics.sptesZapped) SPTEs zapped" }.joined(separator: ", ")); failure: \(outcome.failure ?? "none")")
+        print("  merged totals: \(outcome.runs.map { "\($0.policy) \($0.statistics.sptesZapped) SPTEs zapped" }.joined(separator: ", ")); failure: \(outcome.failure?.description ?? "none")")
     }
 
     /// Runs `range` lightweight workers on this thread: hello, heartbeats, instant results.

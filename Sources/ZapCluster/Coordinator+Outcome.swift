@@ -40,7 +40,7 @@ extension Coordinator {
             + scheduler.shards.compactMap { totals.shards[$0.shard.id] }.flatMap(\.intervalLog)).joined(separator: "\n") + "\n"
         var failure = scheduler.failure
         if failure == nil && !scheduler.interrupted && !scheduler.complete {
-            failure = "the run ended with \(scheduler.shards.count - scheduler.completedShards) of \(scheduler.shards.count) shard(s) without a result"
+            failure = FleetFailure(.shardsWithoutResult, "the run ended with \(scheduler.shards.count - scheduler.completedShards) of \(scheduler.shards.count) shard(s) without a result")
         }
         let complete = scheduler.complete && merged.allSatisfy(\.complete)
         var outcome = FleetRunOutcome(runs: merged, fleet: fleet, intervalLog: log, failure: failure, complete: complete,

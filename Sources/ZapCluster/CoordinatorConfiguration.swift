@@ -75,7 +75,7 @@ public struct FleetRunOutcome: Sendable {
     /// The run's id (a resumed run keeps its journal's).
     public var runID: String = ""
     /// Why the run failed, if it did (a shard out of attempts, no workers).
-    public var failure: String?
+    public var failure: FleetFailure?
     /// False if the run was stopped before every shard had a result.
     public var complete: Bool
     /// External agents' measurements, one per agent that reported.

@@ -43,7 +43,7 @@ public enum LocalFleet {
             for thread in threads { thread.join() }
         }
         var outcome = try coordinator.run()
-        if outcome.failure == nil, let failure = failures.first { outcome.failure = failure }
+        if outcome.failure == nil, let failure = failures.first { outcome.failure = FleetFailure(.localWorker, failure) }
         return outcome
     }
 }

@@ -13,7 +13,7 @@ enum ReportOutput {
                                  kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
         print("zapfleet \(scenario.name): \(Quantities.formatSize(scenario.vm.memoryBytes)), \(scenario.workload.vcpus) vCPUs, seed \(scenario.seed)")
         print(ReportTable.render(report, fleetDetail: fleetDetail), terminator: "")
-        if let failure = outcome.failure { printError(failure) }
+        if let failure = outcome.failure { printError(failure.description) }
         if let out {
             do {
                 let files = try ReportFiles.write(report, runs: outcome.runs, to: out,
@@ -42,7 +42,7 @@ enum ReportOutput {
         var report = RunReport(scenario: scenario, runs: outcome.runs, slice: .whole(scenario),
                                kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, startedAt: started,
                                wallNanoseconds: wallNanoseconds, version: ZapfleetVersion.current,
-                               fleet: outcome.fleet, failure: outcome.failure, external: outcome.external)
+                               fleet: outcome.fleet, failure: outcome.failure.map { "\($0.description) [\($0.code.rawValue)]" }, external: outcome.external)
         if !outcome.complete && report.complete {
             report.complete = false
             if [RunExitCode.met, .objectiveMissed, .inconclusive].map(\.rawValue).contains(report.verdict.exitCode) {

@@ -205,7 +205,7 @@ struct FleetFuzzTests {
             let outcome = try running.finish()
             for (thread, _) in workers { thread.join() }
             runs += 1
-            #expect(outcome.failure == nil, "run \(runs): \(outcome.failure ?? "")")
+            #expect(outcome.failure == nil, "run \(runs): \(outcome.failure?.description ?? "")")
             #expect(outcome.complete, "run \(runs)")
             let shards = outcome.fleet.shards.count
             for run in outcome.runs {

@@ -67,7 +67,7 @@ struct FleetProtocolTests {
         }
         #expect(reason.contains("protocol version \(zapfleetProtocolVersion + 1)"))
         let outcome = try running.finish()
-        #expect(outcome.failure?.contains("no worker joined") == true)
+        #expect(outcome.failure?.code == .noWorkerJoined && outcome.failure?.description.contains("no worker joined") == true)
         #expect(outcome.fleet.workers.first?.state == "refused")
     }
 
@@ -336,7 +336,7 @@ struct FleetProtocolTests {
         guard case .assignment? = try peer.next() else { Issue.record("no assignment"); return }
         // Silent from here on: missing, then dead, then no worker is left.
         let outcome = try running.finish()
-        #expect(outcome.failure?.contains("no live worker can make progress") == true, "\(outcome.failure ?? "no failure")")
+        #expect(outcome.failure?.code == .noWorkerCanProgress && outcome.failure?.description.contains("no live worker can make progress") == true, "\(outcome.failure?.description ?? "no failure")")
         #expect(!outcome.complete)
         #expect(outcome.fleet.workers.first?.state == "dead")
     }

@@ -79,7 +79,7 @@ struct FleetSecurityTests {
         cancellation.cancel()
         plain.join()
         misled.join()
-        #expect(outcome.failure?.contains("no worker joined") == true)
+        #expect(outcome.failure?.code == .noWorkerJoined)
         #expect(outcome.fleet.workers.isEmpty)
         #expect(outcome.fleet.shards.isEmpty)
     }
@@ -160,6 +160,6 @@ extension FleetSecurityTests {
         RawTCP.send(descriptor, bytes)
         let outcome = try running.finish()
         #expect(outcome.fleet.workers.isEmpty, "the legacy peer never reached the coordinator: \(outcome.fleet.workers.map(\.name))")
-        #expect(outcome.failure?.contains("no worker joined") == true)
+        #expect(outcome.failure?.code == .noWorkerJoined)
     }
 }

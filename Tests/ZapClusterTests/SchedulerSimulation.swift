@@ -115,7 +115,7 @@ final class SchedulerSimulation {
     /// How an incomplete run ended, in a few words.
     var endReason: String {
         guard let failure = scheduler.failure else { return scheduler.interrupted ? "stopped" : "?" }
-        return String(failure.prefix { !$0.isNumber && $0 != "(" && $0 != ";" }.prefix(50))
+        return failure.code.rawValue
     }
 
     init(seed: UInt64, events: [Event], shardCount: Int, maxFailedAttempts: UInt32) {
@@ -462,10 +462,10 @@ final class SchedulerSimulation {
             peer.kind == .honest && peer.steady && (peer.alive || peer.leftOnStop)
                 && scheduler.peers[peer.id].map { $0.benched == nil && $0.introduction != nil } == true
         }
-        let outOfAttempts = scheduler.failure?.contains("came to nothing") == true
-        let journalFailed = scheduler.failure?.contains("journal failed") == true
+        let outOfAttempts = scheduler.failure?.code == .shardOutOfAttempts
+        let journalFailed = scheduler.failure?.code == .journal
         if steady && !endedOnPurpose && !outOfAttempts && !journalFailed {
-            throw fail("a healthy worker stayed, yet the run failed: \(scheduler.failure ?? "interrupted")")
+            throw fail("a healthy worker stayed, yet the run failed: \(scheduler.failure?.description ?? "interrupted")")
         }
     }
 

@@ -22,7 +22,7 @@ extension FleetScheduler {
         }
         guard !able.isEmpty else {
             let need = smallest.map { "one \(Quantities.formatSize($0.bytes)) memslot, which needs \(Quantities.describeSize(Double($0.estimatedTableBytes))) of page tables" } ?? "one memslot"
-            fail("no worker can take \(need); give workers more --memory", now: now, into: &actions)
+            fail(FleetFailure(.noWorkerCanProgress, "no worker can take \(need); give workers more --memory"), now: now, into: &actions)
             return
         }
         let capacities = able.map { peer in
@@ -31,7 +31,7 @@ extension FleetScheduler {
         }
         switch planner(capacities) {
         case .failure(let error):
-            fail(error.message, now: now, into: &actions)
+            fail(FleetFailure(.planning, error.message), now: now, into: &actions)
         case .success(let plan):
             shards = plan.map { ShardRecord(shard: $0) }
             pending = ShardQueue(plan.map(\.id))
@@ -90,7 +90,7 @@ extension FleetScheduler {
         if failed {
             shards[index].failedAttempts += 1
             if shards[index].failedAttempts >= configuration.maxFailedAttempts {
-                fail("shard \(id) (\(shards[index].shard.slice)) came to nothing in \(shards[index].failedAttempts) attempts (last: \(why)); the run cannot complete (--max-attempts)", now: now, into: &actions)
+                fail(FleetFailure(.shardOutOfAttempts, "shard \(id) (\(shards[index].shard.slice)) came to nothing in \(shards[index].failedAttempts) attempts (last: \(why)); the run cannot complete (--max-attempts)"), now: now, into: &actions)
                 return
             }
         }
@@ -235,7 +235,7 @@ extension FleetScheduler {
         if waiting { return false }
         if externalDelivered >= configuration.expectAgents { return true }
         guard now &- start > configuration.waitNanoseconds else { return false }
-        fail("\(configuration.expectAgents) external agent(s) expected, \(externalDelivered) reported; check the agents' --connect and their command", now: now, into: &actions)
+        fail(FleetFailure(.agentsMissing, "\(configuration.expectAgents) external agent(s) expected, \(externalDelivered) reported; check the agents' --connect and their command"), now: now, into: &actions)
         return false
     }
 

@@ -154,7 +154,7 @@ public struct FleetScheduler: Sendable {
     /// The run's phase.
     public internal(set) var phase: Phase
     /// Why the run failed, if it did.
-    public internal(set) var failure: String?
+    public internal(set) var failure: FleetFailure?
     /// Whether a stop was asked for.
     public internal(set) var interrupted = false
     /// Every peer seen, by routing id.
@@ -246,7 +246,7 @@ public struct FleetScheduler: Sendable {
             resultIsDurable(claim, into: &actions)
         case .journalFailed(let reason):
             journalFailed = true
-            fail("the journal failed: \(reason)", now: now, into: &actions)
+            fail(FleetFailure(.journal, "the journal failed: \(reason)"), now: now, into: &actions)
         case .gaveBack(let id, let claim, let reason, let busyWith):
             receiveGiveBack(id, claim, reason: reason, busyWith: busyWith, now: now, into: &actions)
         case .externalResult(let id, let job, let verdict):
@@ -279,7 +279,7 @@ public struct FleetScheduler: Sendable {
             if ready.count >= configuration.expectWorkers || (now > deadline && !ready.isEmpty) {
                 makePlan(for: ready, now: now, into: &actions)
             } else if now > deadline {
-                fail("no worker joined within \(configuration.waitNanoseconds / 1_000_000_000) s (expected \(configuration.expectWorkers)); check the workers' --connect address and the network", now: now, into: &actions)
+                fail(FleetFailure(.noWorkerJoined, "no worker joined within \(configuration.waitNanoseconds / 1_000_000_000) s (expected \(configuration.expectWorkers)); check the workers' --connect address and the network"), now: now, into: &actions)
             }
         case .running:
             if completedShards == shards.count && agentsSettled(now: now, into: &actions) {
@@ -307,11 +307,11 @@ public struct FleetScheduler: Sendable {
     }
 
     /// Fails the run: workers are told to stop, and the report names `reason`.
-    mutating func fail(_ reason: String, now: UInt64, into actions: inout [Action]) {
-        guard failure == nil, phase != .finished else { return }
-        failure = reason
-        actions.append(.log(.error, reason))
-        beginStopping(reason, now: now, into: &actions)
+    mutating func fail(_ failure: FleetFailure, now: UInt64, into actions: inout [Action]) {
+        guard self.failure == nil, phase != .finished else { return }
+        self.failure = failure
+        actions.append(.log(.error, failure.description))
+        beginStopping(failure.description, now: now, into: &actions)
     }
 
     private mutating func beginStopping(_ reason: String, now: UInt64, into actions: inout [Action]) {
@@ -357,7 +357,7 @@ public struct FleetScheduler: Sendable {
         }
         if !benched.isEmpty { reason += "; \(benched.count) worker(s) get no shards: " + benched.prefix(3).map { "\($0.name) (\($0.benched!))" }.joined(separator: ", ") }
         reason += "; start workers that can take them (zapfleet worker --connect … --memory …) or check the network"
-        fail(reason, now: now, into: &actions)
+        fail(FleetFailure(.noWorkerCanProgress, reason), now: now, into: &actions)
     }
 }
 
