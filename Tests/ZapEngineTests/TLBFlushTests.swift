@@ -18,17 +18,19 @@ struct TLBFlushTests {
         return vm.fastPageFault(root, gfn: gfn, write: true)
     }
 
-    /// Four 2 MiB regions of 4 KiB leaves: one table at each of levels 3 and 2, four at level 1.
-    private func populateFourRegions(_ vcpu: VCPU) {
+    /// A VM under `policy` whose one vCPU mapped four 2 MiB regions of 4 KiB leaves: one table
+    /// at each of levels 3 and 2, four at level 1.
+    private func populatedVM(_ policy: ZapPolicy) throws -> (VirtualMachine, VCPU) {
+        let vm = try makeVM(policy)
+        let vcpu = vm.makeVCPU()
         for region: UInt64 in 0..<4 { vcpu.populate2MRegion(firstFrame: region << 9) }
+        return (vm, vcpu)
     }
 
     @Test("a fast zap sends one obsolete-roots request under every policy; v5.17 (sync) also flushes per top-level entry and per table it removes, later kernels never for a whole-root zap",
           arguments: ZapPolicy.allCases)
     func fastZap(policy: ZapPolicy) throws {
-        let vm = try makeVM(policy)
-        let vcpu = vm.makeVCPU()
-        populateFourRegions(vcpu)
+        let (vm, _) = try populatedVM(policy)
         let outcome = vm.fastZap()
         #expect(vm.tlbFlushes[.obsoleteRoots] == 1)
         // sync: the root's one top-level entry, then its tables: 1 at level 3, 1 at level 2, 4 at level 1.
@@ -43,9 +45,7 @@ struct TLBFlushTests {
     @Test("a vCPU reset under sync pays v5.17's flush for every table its put removes; async and preserve zap elsewhere, without flushes",
           arguments: ZapPolicy.allCases)
     func resetPut(policy: ZapPolicy) throws {
-        let vm = try makeVM(policy)
-        let vcpu = vm.makeVCPU()
-        populateFourRegions(vcpu)
+        let (vm, vcpu) = try populatedVM(policy)
         let outcome = vcpu.reset()
         #expect(outcome.tlbFlushes == (policy == .sync ? 6 : 0))
         vm.teardown()
@@ -56,9 +56,7 @@ struct TLBFlushTests {
     @Test("an MMU-notifier unmap flushes once when it ends (v5.17: also once per table removed); an unmap that zaps nothing flushes nothing",
           arguments: ZapPolicy.allCases)
     func unmap(policy: ZapPolicy) throws {
-        let vm = try makeVM(policy)
-        let vcpu = vm.makeVCPU()
-        populateFourRegions(vcpu)
+        let (vm, _) = try populatedVM(policy)
         // Two whole 2 MiB entries: each zapped at level 2 with its table of leaves.
         let outcome = vm.unmapRange(0..<1024)
         #expect(outcome.sptesZappedInline == 1024)
@@ -72,9 +70,7 @@ struct TLBFlushTests {
     @Test("a full zap flushes before yielding and once at the end under v5.17; from v5.18 not at all (KVM_RUN can no longer run)",
           arguments: ZapPolicy.allCases)
     func fullZap(policy: ZapPolicy) throws {
-        let vm = try makeVM(policy)
-        let vcpu = vm.makeVCPU()
-        populateFourRegions(vcpu)
+        let (vm, _) = try populatedVM(policy)
         let outcome = vm.fullZap()
         // sync: 6 tables removed, and the zap-all's closing flush.
         #expect(outcome.tlbFlushes == (policy == .sync ? 6 + 1 : 0))
@@ -134,9 +130,7 @@ struct TLBFlushTests {
     @Test("NX recovery flushes once at the end of a pass that zapped (v5.17: also per table removed), none for a pass that found nothing",
           arguments: ZapPolicy.allCases)
     func nxRecovery(policy: ZapPolicy) throws {
-        let vm = try makeVM(policy)
-        let vcpu = vm.makeVCPU()
-        populateFourRegions(vcpu)
+        let (vm, _) = try populatedVM(policy)
         // Ratio 1: every table of 4 KiB leaves goes.
         let pass = vm.recoverNXHugePages(ratio: 1)
         #expect(pass.sptesZappedInline == 2048)
