@@ -17,3 +17,27 @@ int zf_pin_calling_thread(int cpu) {
     CPU_SET(cpu, &set);
     return sched_setaffinity(0, sizeof set, &set);
 }
+
+// The process's CPUs as it started: read before main, while the main thread is the only one.
+static cpu_set_t process_cpus;
+static int process_cpus_known;
+
+__attribute__((constructor)) static void zf_record_process_cpus(void) {
+    CPU_ZERO(&process_cpus);
+    process_cpus_known = sched_getaffinity(0, sizeof process_cpus, &process_cpus) == 0;
+}
+
+int zf_unpin_calling_thread(void) {
+    if (!process_cpus_known) {
+        errno = ENOSYS;
+        return -1;
+    }
+    return sched_setaffinity(0, sizeof process_cpus, &process_cpus);
+}
+
+int zf_allowed_cpu_count(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
+    return CPU_COUNT(&set);
+}

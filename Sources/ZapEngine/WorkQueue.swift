@@ -169,6 +169,9 @@ public final class WorkQueue: @unchecked Sendable {
     }
 
     private func workerLoop() {
+        // WQ_UNBOUND: the worker runs on any CPU, whatever the thread that queued the work (and
+        // so started this thread) was pinned to.
+        CPUAccounting.unpinCallingThread()
         mutex.lock()
         var wokeLate = false
         while true {

@@ -28,4 +28,14 @@ public enum CPUAccounting {
         guard let cpu = Int32(exactly: cpu) else { return false }
         return zf_pin_calling_thread(cpu) == 0
     }
+
+    /// How many CPUs the calling thread may run on now (`sched_getaffinity`), or -1.
+    public static func allowedCPUCount() -> Int { Int(zf_allowed_cpu_count()) }
+
+    /// Lets the calling thread run on every CPU the process started with. A thread inherits its
+    /// creator's affinity; a worker that models an unbound kernel worker calls this first.
+    @discardableResult
+    public static func unpinCallingThread() -> Bool {
+        zf_unpin_calling_thread() == 0
+    }
 }

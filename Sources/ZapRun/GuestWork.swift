@@ -121,6 +121,10 @@ final class GuestWork: @unchecked Sendable {
     private let vcpus: Int
     private let sink = ManagedAtomic<UInt64>(0)
 
+    /// The CPU the VM's own thread (the VMM task) is pinned to while guest work runs: the last.
+    /// vCPUs fill CPUs from the first, so with fewer vCPUs than CPUs it is a CPU of its own.
+    static var vmmCPU: Int { CPUAccounting.onlineCPUs - 1 }
+
     /// Starts guest work on `vcpus` vCPUs and returns once every thread runs.
     init(vcpus: Int) {
         self.vcpus = vcpus

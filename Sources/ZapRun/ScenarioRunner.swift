@@ -189,6 +189,10 @@ public final class ScenarioRunner: Sendable {
             }
             currentStep.store(index, ordering: .relaxed)
             let guestWork = interference != nil && step.zaps ? startGuestWork(&interference!) : nil
+            // The VM thread is the VMM task that issues the ioctl: its cpuset holds the zaps it
+            // runs itself (sync, preserve); an unbound worker escapes it (the v6.6 story).
+            if guestWork != nil { CPUAccounting.pinCallingThread(to: GuestWork.vmmCPU) }
+            defer { if guestWork != nil { CPUAccounting.unpinCallingThread() } }
             let stepStart = monotonicNanoseconds()
             var stepRecorder = emptyRecorder()
             switch step {

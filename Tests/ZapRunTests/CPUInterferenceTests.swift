@@ -45,6 +45,30 @@ struct CPUInterferenceTests {
         vm.teardown()
     }
 
+    @Test("an unbound worker started by a pinned thread may run on every CPU (WQ_UNBOUND), not the queuer's")
+    func workersAreUnbound() {
+        let everyCPU = ManagedCPU()
+        OSThread(name: "unpinned") {
+            CPUAccounting.unpinCallingThread()
+            everyCPU.cpu = CPUAccounting.allowedCPUCount()
+        }.join()
+        let worker = ManagedCPU()
+        let queue = WorkQueue(name: "kvm-test", maxActive: 2)
+        let done = Flag()
+        OSThread(name: "queuer") {
+            CPUAccounting.pinCallingThread(to: 0)
+            worker.pinned = CPUAccounting.allowedCPUCount() == 1
+            queue.queue(WorkItem(label: "where") {
+                worker.cpu = CPUAccounting.allowedCPUCount()
+                done.set()
+            })
+        }.join()
+        while !done.isSet { sched_yield() }
+        queue.destroy()
+        #expect(worker.pinned, "the queuing thread was pinned to one CPU")
+        #expect(everyCPU.cpu >= 1 && worker.cpu == everyCPU.cpu, "the worker may use \(worker.cpu) CPUs of \(everyCPU.cpu)")
+    }
+
     @Test("guest work sharing its CPU with a thread that spins loses run time; the lost time never exceeds the guest time")
     func guestWorkLosesTimeToACompetitor() {
         // A competitor pinned to vCPU 0's CPU for the whole window: the scheduler must share that CPU.

@@ -76,6 +76,9 @@ struct RunCommandTests {
         }
         let preserve = try #require(report.policies.last?.cpuInterference)
         #expect(preserve.deletionParallelZapsMax == 1, "preserve zaps in the deleting thread, one root at a time")
+        // The deleting thread is the VMM task, pinned to the last CPU: preserve's zaps stay there.
+        let vmmCPU = String(ProcessInfo.processInfo.activeProcessorCount - 1)
+        #expect(preserve.deletionCpusMax == 1 && preserve.zapCpuNs.keys.allSatisfy { $0 == vmmCPU }, "\(preserve.zapCpuNs)")
         #expect(report.policies.first?.cpuInterference?.deletionParallelZapsMax ?? 0 >= 1)
         let html = try String(contentsOfFile: directory + "/report.html", encoding: .utf8)
         #expect(html.contains("CPU interference"))

@@ -1,5 +1,6 @@
 // The Linux scheduler calls that glibc declares only under _GNU_SOURCE, which Swift's Glibc
-// module does not define: the calling thread's CPU, and pinning it to one CPU.
+// module does not define: the calling thread's CPU, pinning it to one CPU, and letting it run
+// on any CPU the process started with again.
 #ifndef ZAPFLEET_C_LINUX_SCHEDULING_H
 #define ZAPFLEET_C_LINUX_SCHEDULING_H
 
@@ -8,5 +9,13 @@ int zf_current_cpu(void);
 
 /// Pins the calling thread to `cpu` (sched_setaffinity); 0 on success, -1 with errno set.
 int zf_pin_calling_thread(int cpu);
+
+/// Lets the calling thread run on every CPU the process was allowed when it started (its main
+/// thread's affinity before main): a thread created by a pinned thread inherits the pin, which
+/// an unbound kernel worker does not. 0 on success, -1 with errno set.
+int zf_unpin_calling_thread(void);
+
+/// How many CPUs the calling thread may run on (sched_getaffinity), or -1 with errno set.
+int zf_allowed_cpu_count(void);
 
 #endif
