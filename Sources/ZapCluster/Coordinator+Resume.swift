@@ -22,7 +22,8 @@ extension Coordinator {
             // The same checks as a live result: a journal is peer data written down.
             guard id < UInt64(plan.count), !done.contains(where: { $0.shard == id }), entry.result.runID == runID || entry.result.runID.isEmpty,
                   case let (runs, .plausible) = Self.check(entry.result, shard: plan[Int(id)], scenario: scenario) else {
-                logger.warning("journal: skipped a record for shard \(id) (a duplicate, implausible, or not this plan's)")
+                record(FleetEvent(.journalRecordSkipped, .warning, "journal: skipped a record for shard \(id) (a duplicate, implausible, or not this plan's)",
+                                  ["shard": .number(id)]))
                 continue
             }
             totals.add(runs, of: entry.result, worker: entry.worker, startSeconds: 0)
@@ -32,6 +33,8 @@ extension Coordinator {
                                    handouts: contents.handouts, planner: scheduler.planner)
         if let path = configuration.journalPath { journal = try ResultJournal.reopen(at: path, contents: contents) }
         let torn = contents.tornBytes > 0 ? "; ignored a torn last record of \(contents.tornBytes) bytes" : ""
-        logger.info("resumed run \(runID): \(done.count) of \(plan.count) shard results from the journal\(torn); \(plan.count - done.count) shard(s) to run")
+        record(FleetEvent(.resumed, .info,
+            "resumed run \(runID): \(done.count) of \(plan.count) shard results from the journal\(torn); \(plan.count - done.count) shard(s) to run",
+            ["run_id": .string(runID), "done": .number(done.count), "shards": .number(plan.count), "torn_bytes": .number(contents.tornBytes)]))
     }
 }

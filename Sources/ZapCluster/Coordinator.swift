@@ -112,7 +112,10 @@ public final class Coordinator: @unchecked Sendable {
         let endpoint = (try? router.lastEndpoint()) ?? configuration.bind
         boundEndpoint.set(endpoint)
         let security = configuration.security.map { "CURVE, \($0.allowedWorkers.count) worker key(s) allowed, coordinator \($0.keys)" } ?? "no keys (plain text)"
-        logger.info("coordinator \(runID) listening on \(endpoint) [\(security)]; waiting up to \(configuration.waitSeconds) s for \(configuration.expectWorkers) worker(s)")
+        record(FleetEvent(.listening, .info,
+            "coordinator \(runID) listening on \(endpoint) [\(security)]; waiting up to \(configuration.waitSeconds) s for \(configuration.expectWorkers) worker(s)",
+            ["run_id": .string(runID), "endpoint": .string(endpoint), "curve": .boolean(configuration.security != nil),
+             "expect_workers": .number(configuration.expectWorkers), "scenario": .string(scenario.name)]))
         defer {
             router.close()
             zap.socket.close()
@@ -196,7 +199,11 @@ public final class Coordinator: @unchecked Sendable {
                                                      wallNanoseconds: result.wallNs, exitStatus: result.exitStatus)
                 verdict = .plausible
                 let count = result.operations.reduce(0) { $0 + $1.nanoseconds.count }
-                logger.info("external result from \(scheduler.peers[id]?.name ?? "?"): \(count) sample(s), command exit \(result.exitStatus), \(result.linesRejected) line(s) rejected")
+                let agent = scheduler.peers[id]?.name ?? "?"
+                record(FleetEvent(.externalResult, .info,
+                    "external result from \(agent): \(count) sample(s), command exit \(result.exitStatus), \(result.linesRejected) line(s) rejected",
+                    ["agent": .string(agent), "job": .number(result.jobID), "samples": .number(count), "exit_status": .number(result.exitStatus),
+                     "lines_rejected": .number(result.linesRejected)]))
             case .failure(let violation):
                 verdict = .implausible(violation.reason)
             }
@@ -294,19 +301,20 @@ public final class Coordinator: @unchecked Sendable {
             case .acknowledge(let id, let acknowledgement):
                 pendingAcks.append((id, acknowledgement))
             case .stop(let id, let reason):
+                // Results accepted before the end are acknowledged before the stop: a worker that
+                // exits on stop must not leave believing its last result was never taken.
+                acknowledgeDurably()
                 var stop = Zapfleet_V1_Stop()
                 stop.reason = reason
                 transmit(.stop(stop), to: id)
-            case .log(let level, let message):
-                switch level {
-                case .debug: logger.debug("\(message)")
-                case .info: logger.info("\(message)")
-                case .warning: logger.warning("\(message)")
-                case .error: logger.error("\(message)")
-                }
+            case .log(let event):
+                record(event)
             }
         }
     }
+
+    /// Logs `event` and appends it to `--events`.
+    func record(_ event: FleetEvent) { logger.record(event, events: configuration.events) }
 
     /// Starts the journal with the plan just made.
     private func startJournal() {

@@ -39,6 +39,8 @@ public struct CoordinatorConfiguration: Sendable {
     public var security: CoordinatorSecurity?
     /// Where to journal accepted results (see ``ResultJournal``); nil keeps none.
     public var journalPath: String?
+    /// Where every event of the run goes as a JSON line (`--events`); nil writes none.
+    public var events: FleetEventLog?
     /// A loaded journal to resume from: its plan replaces planning, its results count as
     /// accepted, and new results are appended to it at `journalPath`.
     public var resume: JournalContents?

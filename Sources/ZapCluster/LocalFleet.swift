@@ -13,24 +13,25 @@ public enum LocalFleet {
     /// page tables, in shards of at most `shardBytes` (nil: as large as the budget allows), and
     /// returns the coordinator's outcome.
     public static func run(scenario: Scenario, workers: Int, memoryBudgetBytes: UInt64, kernelNanosecondsPerSPTE: Double,
-                           logger: Logger, cancellation: CancellationFlag,
+                           events: FleetEventLog? = nil, logger: Logger, cancellation: CancellationFlag,
                            progress: (@Sendable (String, RunProgress) -> Void)? = nil,
                            heartbeatIntervalMilliseconds: Int = 1000, shardBytes: UInt64? = nil) throws -> FleetRunOutcome {
         let context = try ZeroMQContext()
         let endpoint = "inproc://zapfleet-local-\(UUID().uuidString)"
+        var coordinatorConfiguration = CoordinatorConfiguration(
+            bind: endpoint, expectWorkers: workers, waitSeconds: 30, heartbeatIntervalMilliseconds: heartbeatIntervalMilliseconds,
+            kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, shardBytes: shardBytes)
+        coordinatorConfiguration.events = events
         let coordinator = Coordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(bind: endpoint, expectWorkers: workers, waitSeconds: 30,
-                                                    heartbeatIntervalMilliseconds: heartbeatIntervalMilliseconds,
-                                                    kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, shardBytes: shardBytes),
-            context: context, logger: logger, cancellation: cancellation, progress: progress)
+            scenario: scenario, configuration: coordinatorConfiguration, context: context, logger: logger, cancellation: cancellation, progress: progress)
         let workerCancellation = CancellationFlag()
         var threads: [OSThread] = []
         let failures = WorkerFailures()
         for index in 0..<workers {
-            let configuration = WorkerConfiguration(connect: endpoint, name: "local-\(index)", memoryBudgetBytes: memoryBudgetBytes,
+            var configuration = WorkerConfiguration(connect: endpoint, name: "local-\(index)", memoryBudgetBytes: memoryBudgetBytes,
                                                     cores: 1, progressInterval: 500_000_000)
-            threads.append(OSThread(name: "worker\(index)") {
+            configuration.events = events
+            threads.append(OSThread(name: "worker\(index)") { [configuration] in
                 do {
                     _ = try Worker(configuration: configuration, context: context, logger: logger, cancellation: workerCancellation).run()
                 } catch {

@@ -36,6 +36,8 @@ public struct WorkerConfiguration: Sendable {
     public var progressInterval: UInt64
     /// CURVE keys; nil connects in plain text (to a coordinator without keys).
     public var security: WorkerSecurity?
+    /// Where this worker's events go as JSON lines (`--events`); nil writes none.
+    public var events: FleetEventLog?
 
     /// A configuration with the defaults of `zapfleet worker`.
     public init(connect: String, name: String, memoryBudgetBytes: UInt64, largestShardBytes: UInt64 = .max, largestShardSlots: Int = 0,
@@ -150,7 +152,8 @@ public final class Worker: @unchecked Sendable {
                 case .result(let key, let bytes):
                     // A result of another run than the one this worker is in now is of no use to anyone.
                     guard key.runID == runID else {
-                        logger.info("dropped the result of shard \(key.shard) of run \(key.runID): this worker is now in run \(runID ?? "none")")
+                        note(.resultDropped, .info, "dropped the result of shard \(key.shard) of run \(key.runID): this worker is now in run \(runID ?? "none")",
+                             ["shard": .number(key.shard), "run_id": .string(key.runID)])
                         continue
                     }
                     unacknowledged[key] = bytes
@@ -176,7 +179,8 @@ public final class Worker: @unchecked Sendable {
             let now = monotonicNanoseconds()
             // Paranoid Pirate: a silent coordinator is presumed gone; start over with a new socket.
             if now &- lastHeard > interval * liveness {
-                logger.warning("coordinator silent for \((now &- lastHeard) / 1_000_000) ms; reconnecting in \(backoff) ms")
+                note(.coordinatorSilent, .warning, "coordinator silent for \((now &- lastHeard) / 1_000_000) ms; reconnecting in \(backoff) ms",
+                     ["silent_ms": .number((now &- lastHeard) / 1_000_000), "backoff_ms": .number(backoff)])
                 monitor.close()
                 socket.close()
                 sleep(milliseconds: backoff)
@@ -201,14 +205,14 @@ public final class Worker: @unchecked Sendable {
                     case .authenticationRefused(let status):
                         let key = configuration.security.map { "key \($0.keys.publicKey)" } ?? "plain-text connection"
                         let reason = "the coordinator's authentication refused this worker's \(key) (ZAP status \(status)); ask its operator to add this worker's .pub file to --allow-keys"
-                        logger.error("\(reason)")
+                        note(.refusedByCoordinator, .error, reason, ["reason": .string(reason)])
                         return .refused(reason: reason)
                     case .disconnected where welcomed:
                         // libzmq reconnects by itself; the coordinator on the other side may be a
                         // new one (restarted with --resume), so say hello again once it is back.
                         welcomed = false
                         connectionLost = true
-                        logger.warning("lost the connection to the coordinator; reconnecting")
+                        note(.connectionLost, .warning, "lost the connection to the coordinator; reconnecting")
                     case .handshakeSucceeded where connectionLost:
                         connectionLost = false
                         transmit(helloFrame())
@@ -226,18 +230,18 @@ public final class Worker: @unchecked Sendable {
             guard ready[0] else { continue }
             while let message = try socket.receive(dontWait: true, maximumFrames: 2) {
                 guard message.frames.count == 1, let envelope = Messages.decode(message.frames[0]) else {
-                    logger.warning("dropped a malformed frame from the coordinator")
+                    note(.coordinatorFrameDropped, .warning, "dropped a malformed frame from the coordinator", ["reason": .string("malformed")])
                     continue
                 }
                 lastHeard = monotonicNanoseconds()
                 if case .refusal(let refusal) = envelope.body {
-                    logger.error("refused by the coordinator: \(refusal.reason)")
+                    note(.refusedByCoordinator, .error, "refused by the coordinator: \(refusal.reason)", ["reason": .string(refusal.reason)])
                     return .refused(reason: refusal.reason)
                 }
                 // Another protocol version would be misread: say both and leave (exit 3).
                 guard envelope.protocolVersion == configuration.protocolVersion else {
                     let reason = "the coordinator at \(configuration.connect) speaks protocol version \(envelope.protocolVersion), this worker \(configuration.protocolVersion); run the same zapfleet version on coordinator and workers"
-                    logger.error("\(reason)")
+                    note(.refusedByCoordinator, .error, reason, ["reason": .string(reason)])
                     return .refused(reason: reason)
                 }
                 switch envelope.body {
@@ -248,17 +252,25 @@ public final class Worker: @unchecked Sendable {
                     interval = UInt64(min(max(10, welcome.heartbeatIntervalMs), 3_600_000)) * 1_000_000
                     liveness = UInt64(min(max(2, welcome.heartbeatLiveness), 1000))
                     // Hellos are repeated until one is answered: several welcomes can come back.
-                    if welcome.runID != runID { logger.info("joined run \(welcome.runID) at \(configuration.connect)") }
+                    if welcome.runID != runID {
+                        note(.joinedRun, .info, "joined run \(welcome.runID) at \(configuration.connect)",
+                             ["run_id": .string(welcome.runID), "coordinator": .string(configuration.connect)])
+                    }
                     join(run: welcome.runID)
                     for bytes in unacknowledged.values { transmit(bytes) }
                 case .assignment(let assignment):
                     start(assignment, transmit: transmit)
                 case .resultAck(let ack):
                     unacknowledged[ResultKey(runID: ack.runID, shard: ack.shardID)] = nil
-                    if ack.duplicate { logger.info("shard \(ack.shardID): the coordinator already had a result; ours was dropped") }
-                    if ack.rejected { logger.warning("shard \(ack.shardID) attempt \(ack.attempt): the coordinator refused our result: \(ack.reason.prefix(300))") }
+                    let outcome = ack.rejected ? "refused" : ack.duplicate ? "duplicate" : "accepted"
+                    let message = ack.rejected ? "shard \(ack.shardID) attempt \(ack.attempt): the coordinator refused our result: \(ack.reason.prefix(300))"
+                        : ack.duplicate ? "shard \(ack.shardID): the coordinator already had a result; ours was dropped"
+                        : "shard \(ack.shardID) attempt \(ack.attempt): result accepted"
+                    var fields: [String: FleetEvent.Value] = ["shard": .number(ack.shardID), "attempt": .number(ack.attempt), "outcome": .string(outcome)]
+                    if ack.rejected { fields["reason"] = .string(String(ack.reason.prefix(300))) }
+                    note(.resultAcknowledged, ack.rejected ? .warning : ack.duplicate ? .info : .debug, message, fields)
                 case .stop(let stop):
-                    logger.info("coordinator says stop: \(stop.reason)")
+                    note(.stopped, .info, "coordinator says stop: \(stop.reason)", ["reason": .string(stop.reason)])
                     if configuration.exitOnStop || stop.reason != "run complete" {
                         // A shard cut short is given back, never reported: its part-measurement
                         // would make the totals differ from an uninterrupted run's.
@@ -276,7 +288,8 @@ public final class Worker: @unchecked Sendable {
                 case .heartbeat:
                     break
                 default:
-                    logger.warning("dropped an unexpected \(Messages.name(envelope.body)) from the coordinator")
+                    note(.coordinatorFrameDropped, .warning, "dropped an unexpected \(Messages.name(envelope.body)) from the coordinator",
+                         ["reason": .string("unexpected \(Messages.name(envelope.body))")])
                 }
             }
         }
@@ -341,18 +354,27 @@ public final class Worker: @unchecked Sendable {
         return frame(.hello(hello))
     }
 
+    /// Logs an event of this worker (its name added) and appends it to `--events`.
+    private func note(_ name: FleetEvent.Name, _ level: FleetEvent.Level, _ message: String, _ fields: [String: FleetEvent.Value] = [:]) {
+        var fields = fields
+        fields["worker"] = .string(configuration.name)
+        logger.record(FleetEvent(name, level, message, fields), events: configuration.events)
+    }
+
     /// Welcomed into `run`: results and a running shard of any other run are dropped.
     private func join(run: String) {
         runID = run
         let stale = unacknowledged.keys.filter { $0.runID != run }
         for key in stale {
             unacknowledged[key] = nil
-            logger.info("dropped the unacknowledged result of shard \(key.shard) of run \(key.runID): this worker is now in run \(run)")
+            note(.resultDropped, .info, "dropped the unacknowledged result of shard \(key.shard) of run \(key.runID): this worker is now in run \(run)",
+                 ["shard": .number(key.shard), "run_id": .string(key.runID)])
         }
         if let running = currentShard, running.runID != run {
             // Its result would be dropped: stop it. The coordinator counts this worker busy with
             // it until the hello that follows its end (``drainOutbox``).
-            logger.info("stopping shard \(running.shard) of run \(running.runID): this worker is now in run \(run)")
+            note(.shardStopped, .info, "stopping shard \(running.shard) of run \(running.runID): this worker is now in run \(run)",
+                 ["shard": .number(running.shard), "attempt": .number(running.attempt), "run_id": .string(running.runID)])
             shardCancellation?.cancel()
         }
     }
@@ -361,7 +383,8 @@ public final class Worker: @unchecked Sendable {
     private func start(_ assignment: Zapfleet_V1_Assignment, transmit: ([UInt8]) -> Void) {
         let claim = AttemptClaim(runID: assignment.runID, shard: assignment.shardID, attempt: assignment.attempt)
         func abandon(_ reason: String) {
-            logger.warning("refusing shard \(assignment.shardID): \(reason)")
+            note(.shardRefusedByWorker, .warning, "refusing shard \(assignment.shardID): \(reason)",
+                 ["shard": .number(assignment.shardID), "attempt": .number(assignment.attempt), "reason": .string(reason)])
             transmit(frame(Self.abandoned(claim, reason: reason, busyWith: currentShard)))
         }
         guard currentShard == nil else { return abandon("busy with shard \(currentShard!.shard)") }
@@ -408,7 +431,11 @@ public final class Worker: @unchecked Sendable {
             return Worker.frame(.progress(report), version: configuration.protocolVersion)
         }
         let resultVersion = configuration.protocolVersion
-        logger.info("running shard \(assignment.shardID) attempt \(assignment.attempt): \(slice) of \(scenario.name)")
+        note(.shardStarted, .info, "running shard \(assignment.shardID) attempt \(assignment.attempt): \(slice) of \(scenario.name)",
+             ["shard": .number(assignment.shardID), "attempt": .number(assignment.attempt), "first_slot": .number(slice.firstSlot),
+              "slots": .number(slice.slotCount)])
+        let events = configuration.events
+        let workerName = configuration.name
         shardThread = OSThread(name: "shard") {
             let start = monotonicNanoseconds()
             let runner = ScenarioRunner(scenario: scenario, options: RunOptions(
@@ -427,19 +454,24 @@ public final class Worker: @unchecked Sendable {
                     let run = try runner.run(policy: policy)
                     // Cut short (the run or the worker stopping): given back, so that it runs again in full.
                     guard run.complete, !flag.isCancelled else {
-                        shardLogger.info("shard \(assignment.shardID) stopped before its end; giving it back")
+                        shardLogger.record(FleetEvent(.shardStopped, .info, "shard \(assignment.shardID) stopped before its end; giving it back",
+                            ["worker": .string(workerName), "shard": .number(assignment.shardID), "attempt": .number(assignment.attempt)]), events: events)
                         return giveBack("stopped before the shard's end")
                     }
                     result.policies.append(ResultCoding.encode(run))
                 }
             } catch {
-                shardLogger.error("shard \(assignment.shardID) failed: \(error)")
+                shardLogger.record(FleetEvent(.shardFailed, .error, "shard \(assignment.shardID) failed: \(error)",
+                    ["worker": .string(workerName), "shard": .number(assignment.shardID), "attempt": .number(assignment.attempt),
+                     "reason": .string("\(error)")]), events: events)
                 return giveBack("the engine failed: \(error)")
             }
             result.wallNs = monotonicNanoseconds() - start
             outbox.push(.result(ResultKey(runID: assignment.runID, shard: assignment.shardID), Worker.frame(.result(result), version: resultVersion)))
             outbox.push(.finished)
-            shardLogger.info("shard \(assignment.shardID) finished in \(Quantities.formatDuration(Double(result.wallNs)))")
+            shardLogger.record(FleetEvent(.shardFinished, .info, "shard \(assignment.shardID) finished in \(Quantities.formatDuration(Double(result.wallNs)))",
+                ["worker": .string(workerName), "shard": .number(assignment.shardID), "attempt": .number(assignment.attempt),
+                 "wall_ns": .number(result.wallNs)]), events: events)
         }
     }
 

@@ -88,6 +88,8 @@ struct CoordinatorCommand: ParsableCommand {
     @OptionGroup(title: "Security")
     var security: CoordinatorSecurityOptions
 
+    @OptionGroup var eventsOption: EventsOption
+
     func validate() throws {
         try EndpointCheck.validate(bind, option: "--bind", binding: true)
         _ = try OptionChecks.duration(wait, option: "--wait", within: 0...OptionChecks.week, example: "60s")
@@ -113,6 +115,7 @@ struct CoordinatorCommand: ParsableCommand {
         let out = self.out ?? resume
         // Before any worker is waited for: a run whose files cannot be written is not started.
         try OutputError.checkOutputs(out: out, junit: junit)
+        let events = try eventsOption.open()
         do {
             if let resume {
                 let contents = try ResultJournal.load(ResultJournal.path(inRunDirectory: resume))
@@ -152,6 +155,7 @@ struct CoordinatorCommand: ParsableCommand {
         configuration.expectAgents = expectAgents
         configuration.progressDeadlineIntervals = progressDeadline
         configuration.giveBackLimit = giveBackLimit
+        configuration.events = events
         let started = Date()
         let start = monotonicNanoseconds()
         let outcome: FleetRunOutcome
@@ -163,7 +167,7 @@ struct CoordinatorCommand: ParsableCommand {
         }
         let code = try ReportOutput.emit(scenario: resolved, outcome: outcome, started: started,
                                          wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelCost,
-                                         out: out, fleetDetail: true, junit: junit)
+                                         out: out, fleetDetail: true, junit: junit, events: events)
         if code != 0 { throw ExitCode(code) }
     }
 }

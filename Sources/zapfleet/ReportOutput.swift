@@ -8,7 +8,8 @@ enum ReportOutput {
     /// Prints the report of `outcome`, writes its files into `out` if given, and returns the
     /// exit code its verdict calls for.
     static func emit(scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
-                     kernelNanosecondsPerSPTE: Double, out: String?, fleetDetail: Bool, junit: String? = nil) throws -> Int32 {
+                     kernelNanosecondsPerSPTE: Double, out: String?, fleetDetail: Bool, junit: String? = nil,
+                     events: FleetEventLog? = nil) throws -> Int32 {
         let report = self.report(scenario: scenario, outcome: outcome, started: started, wallNanoseconds: wallNanoseconds,
                                  kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
         print("zapfleet \(scenario.name): \(Quantities.formatSize(scenario.vm.memoryBytes)), \(scenario.workload.vcpus) vCPUs, seed \(scenario.seed)")
@@ -32,6 +33,12 @@ enum ReportOutput {
                 return ZapfleetExitCode.internalError.rawValue
             }
         }
+        var fields: [String: FleetEvent.Value] = [
+            "exit_code": .number(report.verdict.exitCode), "verdict": .string(report.verdict.summary), "complete": .boolean(report.complete),
+            "scenario": .string(scenario.name)]
+        if let failure = outcome.failure { fields["failure"] = .string(failure.code.rawValue) }
+        if let out { fields["out"] = .string(out) }
+        events?.record(FleetEvent(.runFinished, .info, "verdict: \(report.verdict.summary) (exit \(report.verdict.exitCode))", fields))
         return report.verdict.exitCode
     }
 

@@ -83,6 +83,8 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "No progress output.")
     var quiet = false
 
+    @OptionGroup var eventsOption: EventsOption
+
     func validate() throws {
         if let vcpus { try OptionChecks.count(vcpus, option: "--vcpus", within: 1...4096) }
         // A 4-level root maps 256 TiB.
@@ -101,6 +103,7 @@ struct RunCommand: ParsableCommand {
     func run() throws {
         let logger = Logger(label: "zapfleet.run")
         try OutputError.checkOutputs(out: out, junit: junit)
+        let events = try eventsOption.open()
         let resolved: Scenario
         do {
             resolved = try applyOverrides(to: try ScenarioCatalog.load(scenario))
@@ -156,7 +159,7 @@ struct RunCommand: ParsableCommand {
                 scenario: resolved, workers: workerCount,
                 // Sharded, the workers run at once, so each gets its share of the limit.
                 memoryBudgetBytes: estimate.peakBytes > limit ? limit / UInt64(workerCount) : limit,
-                kernelNanosecondsPerSPTE: kernelSpteNs,
+                kernelNanosecondsPerSPTE: kernelSpteNs, events: events,
                 logger: quiet ? Logger(label: "zapfleet.quiet", factory: { _ in SwiftLogNoOpLogHandler() }) : clusterLogger,
                 cancellation: cancellation,
                 progress: progress.map { reporter in { @Sendable _, update in reporter.update(update) } })
@@ -174,7 +177,7 @@ struct RunCommand: ParsableCommand {
         }
         let code = try ReportOutput.emit(scenario: resolved, outcome: outcome, started: started,
                                          wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
-                                         out: out, fleetDetail: estimate.peakBytes > limit, junit: junit)
+                                         out: out, fleetDetail: estimate.peakBytes > limit, junit: junit, events: events)
         if code != 0 { throw ExitCode(code) }
     }
 

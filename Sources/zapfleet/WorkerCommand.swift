@@ -67,8 +67,11 @@ struct WorkerCommand: ParsableCommand {
         }
     }
 
+    @OptionGroup var eventsOption: EventsOption
+
     func run() throws {
         let logger = Logger(label: "zapfleet.worker")
+        let events = try eventsOption.open()
         var security: WorkerSecurity?
         if let key, let coordinatorKey {
             do {
@@ -81,11 +84,12 @@ struct WorkerCommand: ParsableCommand {
         let cancellation = CancellationFlag()
         let interrupt = InterruptHandler { cancellation.cancel() }
         defer { interrupt.cancel() }
-        let configuration = WorkerConfiguration(
+        var configuration = WorkerConfiguration(
             connect: connect, name: name ?? Self.defaultName,
             memoryBudgetBytes: memory.flatMap(Quantities.parseSize) ?? SystemMemory.defaultLimit,
             largestShardSlots: slots ?? 0, buildVersion: ZapfleetVersion.current, exitOnStop: !keepRunning,
             security: security)
+        configuration.events = events
         let exit: WorkerExit
         do {
             exit = try Worker.run(configuration: configuration, logger: logger, cancellation: cancellation)

@@ -128,7 +128,7 @@ struct FleetSchedulerTests {
 
 extension FleetSchedulerTests {
     static func logs(_ actions: [FleetScheduler.Action]) -> [String] {
-        actions.compactMap { if case .log(_, let message) = $0 { message } else { nil } }
+        actions.compactMap { if case .log(let event) = $0 { event.message } else { nil } }
     }
 
     @Test("a routing id that is not printable is logged as hex, never as raw bytes; a ban is logged with its last reason")

@@ -12,29 +12,35 @@ struct GracefulStopTests {
         let scenario = directory + "/long.yaml"
         try ClusterTests.longScenario.write(toFile: scenario, atomically: true, encoding: .utf8)
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
-        let coordinatorLog = directory + "/coordinator.log"
+        let coordinatorEvents = directory + "/coordinator.events"
         let coordinator = try ZapfleetBinary.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2",
-                                                 "--heartbeat-interval", "300ms", "--out", directory + "/run"], log: coordinatorLog)
+                                                 "--heartbeat-interval", "300ms", "--out", directory + "/run", "--events", coordinatorEvents],
+                                                log: directory + "/coordinator.log")
         let workers = try ["a", "b"].map { name in
-            try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", name, "--slots", "2", "--memory", "2GiB"], log: directory + "/\(name).log")
+            try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", name, "--slots", "2", "--memory", "2GiB",
+                                      "--events", directory + "/\(name).events"], log: directory + "/\(name).log")
         }
         defer { for process in workers + [coordinator] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
 
-        try #require(TestPaths.waitFor("-> a\n", in: coordinatorLog), "worker a got a shard")
+        let assigned = try #require(EventLines.waitFor("shard_assigned", in: coordinatorEvents, where: ["worker": "a"]), "worker a got a shard")
+        let shard = "\(assigned["shard"]!)"
         kill(workers[0].processIdentifier, SIGTERM)
         workers[0].waitUntilExit()
         #expect(workers[0].terminationStatus == 130)
-        #expect(TestPaths.waitFor("worker a gave up shard", in: coordinatorLog, seconds: 10), "the coordinator heard the shard was given back")
-        #expect(TestPaths.waitFor("requeued", in: coordinatorLog, seconds: 10))
+        #expect(EventLines.waitFor("shard_given_back", in: coordinatorEvents, where: ["worker": "a", "shard": shard], seconds: 10) != nil,
+                "the coordinator heard the shard was given back")
+        #expect(EventLines.waitFor("shard_requeued", in: coordinatorEvents, where: ["shard": shard], seconds: 10) != nil)
 
-        try #require(TestPaths.waitFor("-> b\n", in: coordinatorLog))
+        try #require(EventLines.waitFor("shard_assigned", in: coordinatorEvents, where: ["worker": "b"]) != nil)
         kill(coordinator.processIdentifier, SIGTERM)
         coordinator.waitUntilExit()
         workers[1].waitUntilExit()
         #expect(coordinator.terminationStatus == 130)
         #expect(workers[1].terminationStatus == 0, "worker b was told to stop")
-        let workerLog = try String(contentsOfFile: directory + "/b.log", encoding: .utf8)
-        #expect(workerLog.contains("coordinator says stop: interrupted"))
+        let workerEvents = try EventLines.read(directory + "/b.events")
+        #expect(workerEvents.contains { $0["event"] as? String == "stopped" && $0["reason"] as? String == "interrupted" })
+        let coordinatorLast = try EventLines.read(coordinatorEvents).last
+        #expect(coordinatorLast?["event"] as? String == "run_finished" && coordinatorLast?["exit_code"] as? Int == 130)
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/run/report.json")))
         #expect(report.verdict.exitCode == 130)
         #expect(report.complete == false, "marked incomplete")

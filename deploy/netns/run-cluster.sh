@@ -140,39 +140,38 @@ done
 
 run_on coord "$binary" coordinator --scenario "$scenario" --bind "$bind" --expect-workers "$workers" \
     --key "$keys/coordinator.key" --allow-keys "$keys/workers" \
-    --wait 60s --heartbeat-interval 500ms --out "$out" > "$logs/coordinator.out" 2> "$logs/coordinator.err" &
+    --wait 60s --heartbeat-interval 500ms --out "$out" --events "$logs/coordinator.events" \
+    > "$logs/coordinator.out" 2> "$logs/coordinator.err" &
 coordinator=$!
 pids+=("$coordinator")
 worker_pids=()
 for k in $(seq 1 "$workers"); do
     run_on "w$k" "$binary" worker --connect "$endpoint" --name "w$k" --slots "$slots" --memory 4GiB \
-        --key "$keys/w$k.key" --coordinator-key "$keys/coordinator.pub" \
+        --key "$keys/w$k.key" --coordinator-key "$keys/coordinator.pub" --events "$logs/w$k.events" \
         > "$logs/w$k.out" 2> "$logs/w$k.err" &
     worker_pids+=($!)
     pids+=($!)
 done
 
-if [ "$kill_one" = 1 ]; then
-    # Wait until worker 1 has a shard, then kill it without warning.
+# wait_for PATTERN: until the coordinator's events (--events, one JSON object per line) have a
+# line matching PATTERN (at most 60 s); prints that line.
+wait_for() {
     for _ in $(seq 1 600); do
-        grep -q -- "-> w1$" "$logs/coordinator.err" 2>/dev/null && break
+        if line=$(grep -m1 -E -- "$1" "$logs/coordinator.events" 2>/dev/null); then echo "$line"; return 0; fi
         sleep 0.1
     done
+    echo "run-cluster: gave up waiting for '$1' in the coordinator's events" >&2
+    return 1
+}
+
+if [ "$kill_one" = 1 ]; then
+    # Wait until worker 1 has a shard, then kill it without warning.
+    wait_for '"event":"shard_assigned",.*"worker":"w1"' > /dev/null
     sleep 0.3
     kill -9 "${worker_pids[0]}"
     echo "killed worker w1 (pid ${worker_pids[0]}) with SIGKILL mid-shard"
 fi
 
-# wait_for PATTERN: until the coordinator's log has a line matching PATTERN (at most 60 s);
-# prints that line.
-wait_for() {
-    for _ in $(seq 1 600); do
-        if line=$(grep -m1 -E -- "$1" "$logs/coordinator.err" 2>/dev/null); then echo "$line"; return 0; fi
-        sleep 0.1
-    done
-    echo "run-cluster: gave up waiting for '$1' in the coordinator's log" >&2
-    return 1
-}
 
 if [ "$stop_one" = 1 ] || [ "$partition_one" = 1 ]; then
     if [ "$partition_one" = 1 ] && [ "$use_netns" != 1 ]; then
@@ -180,7 +179,7 @@ if [ "$stop_one" = 1 ] || [ "$partition_one" = 1 ]; then
         exit 1
     fi
     # The first shard worker 1 takes, then the moment another worker has finished it.
-    shard=$(wait_for "-> w1$" | sed -E 's/.*shard ([0-9]+) attempt.*/\1/')
+    shard=$(wait_for '"event":"shard_assigned",.*"worker":"w1"' | sed -E 's/.*"shard":([0-9]+),.*/\1/')
     sleep 0.1
     if [ "$stop_one" = 1 ]; then
         kill -STOP "${worker_pids[0]}"
@@ -189,7 +188,7 @@ if [ "$stop_one" = 1 ] || [ "$partition_one" = 1 ]; then
         ip -n "$prefix-w1" link set eth0 down
         echo "partitioned worker w1: its link is down during shard $shard"
     fi
-    wait_for "shard $shard done by w[0-9]+ " > /dev/null
+    wait_for "\"event\":\"shard_done\",.*\"shard\":$shard," > /dev/null
     if [ "$stop_one" = 1 ]; then
         kill -CONT "${worker_pids[0]}"
         echo "continued worker w1 with SIGCONT after shard $shard was done elsewhere"

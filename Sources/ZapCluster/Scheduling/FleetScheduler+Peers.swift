@@ -26,7 +26,7 @@ extension FleetScheduler {
         case .missing(let holding):
             peers[id]!.state = holding.map { .busy($0) } ?? .ready
             dispatchNeeded = true
-            actions.append(.log(.info, "worker \(peer.name) is back"))
+            actions.append(.log(FleetEvent(.workerBack, .info, "worker \(peer.name) is back", ["worker": .string(peer.name)])))
         case .ready, .busy:
             break
         }
@@ -96,11 +96,14 @@ extension FleetScheduler {
         send(.welcome(id), to: id, now: now, into: &actions)
         let capacity = "\(introduction.cores) cores, budget \(Quantities.describeSize(Double(introduction.memoryBudgetBytes))), build \(introduction.build.prefix(32))"
         if !reconnect {
-            actions.append(.log(.info, "worker \(introduction.name) joined from \(introduction.host.prefix(64)): \(capacity)"))
+            actions.append(.log(FleetEvent(.workerJoined, .info, "worker \(introduction.name) joined from \(introduction.host.prefix(64)): \(capacity)", [
+                "worker": .string(introduction.name), "host": .string(String(introduction.host.prefix(64))), "cores": .number(introduction.cores),
+                "memory_budget_bytes": .number(introduction.memoryBudgetBytes), "agent": .boolean(introduction.isAgent)])))
         } else if wasLost {
-            actions.append(.log(.info, "worker \(introduction.name) reconnected from \(introduction.host.prefix(64))"))
+            actions.append(.log(FleetEvent(.workerReconnected, .info, "worker \(introduction.name) reconnected from \(introduction.host.prefix(64))",
+                                           ["worker": .string(introduction.name), "host": .string(String(introduction.host.prefix(64)))])))
         } else {
-            actions.append(.log(.debug, "worker \(introduction.name) said hello again"))
+            actions.append(.log(FleetEvent(.workerHelloAgain, .debug, "worker \(introduction.name) said hello again", ["worker": .string(introduction.name)])))
         }
         if introduction.isAgent { sendJob(to: id, now: now, into: &actions) }
         dispatchNeeded = true
@@ -109,7 +112,7 @@ extension FleetScheduler {
     /// A holder of a name that a new worker took over: it is dead, and its attempt requeued.
     private mutating func replace(_ id: PeerID, now: UInt64, into actions: inout [Action]) {
         let peer = peers[id]!
-        actions.append(.log(.warning, "worker \(peer.name) was replaced by a new worker of the same name"))
+        actions.append(.log(FleetEvent(.workerReplaced, .warning, "worker \(peer.name) was replaced by a new worker of the same name", ["worker": .string(peer.name)])))
         peers[id]!.state = .dead
         switch peer.state {
         case .busy(let claim), .missing(holding: .some(let claim)):
@@ -122,7 +125,8 @@ extension FleetScheduler {
     mutating func refuse(_ id: PeerID, _ reason: String, now: UInt64, into actions: inout [Action]) {
         guard let peer = peers[id] else { return }
         actions.append(.refuse(id, reason))
-        actions.append(.log(.error, "refused \(peer.introduction?.name ?? PeerRecord.printableName(id)): \(reason)"))
+        let name = peer.introduction?.name ?? PeerRecord.printableName(id)
+        actions.append(.log(FleetEvent(.workerRefused, .error, "refused \(name): \(reason)", ["worker": .string(name), "reason": .string(reason)])))
         peers[id]!.state = .refused(reason)
         releaseAttempt(of: peer, why: "its worker was refused", now: now, into: &actions)
     }
@@ -150,9 +154,13 @@ extension FleetScheduler {
         guard peer.state != .banned else { return }
         peers[id]!.badFrames += 1
         let count = peers[id]!.badFrames
-        if count <= 3 { actions.append(.log(.warning, "dropped a frame from \(peer.name): \(reason)")) }
+        if count <= 3 {
+            actions.append(.log(FleetEvent(.frameDropped, .warning, "dropped a frame from \(peer.name): \(reason)",
+                                           ["worker": .string(peer.name), "reason": .string(reason), "count": .number(count)])))
+        }
         if count >= configuration.badFrameLimit {
-            actions.append(.log(.error, "banned \(peer.name): \(count) bad frames, the last \(reason); everything it sends is dropped from now on"))
+            actions.append(.log(FleetEvent(.workerBanned, .error, "banned \(peer.name): \(count) bad frames, the last \(reason); everything it sends is dropped from now on",
+                                           ["worker": .string(peer.name), "reason": .string(reason), "count": .number(count)])))
             releaseAttempt(of: peer, why: "its worker was ignored for bad frames", now: now, into: &actions)
             peers[id]!.state = .banned
         }
@@ -177,10 +185,10 @@ extension FleetScheduler {
             switch peer.state {
             case .ready where silence > missingAfter:
                 peers[peer.id]!.state = .missing(holding: nil)
-                actions.append(.log(.warning, "worker \(peer.name) missing: silent for \(silence / 1_000_000) ms"))
+                actions.append(.log(missingEvent(peer, silence: silence)))
             case .busy(let claim) where silence > missingAfter:
                 peers[peer.id]!.state = .missing(holding: claim)
-                actions.append(.log(.warning, "worker \(peer.name) missing: silent for \(silence / 1_000_000) ms"))
+                actions.append(.log(missingEvent(peer, silence: silence)))
                 if !peer.introduction!.isAgent {
                     requeue(attempt: claim, why: "\(peer.name) went missing", failed: true, now: now, into: &actions)
                 }
@@ -191,7 +199,10 @@ extension FleetScheduler {
             case .busy(let claim) where now &- peer.lastProgress > configuration.progressDeadline:
                 // Heartbeats say it lives, but its attempt stopped moving: the attempt no longer
                 // counts (a late result of it is dropped), and the shard goes to another.
-                actions.append(.log(.warning, "worker \(peer.name) made no progress on shard \(claim.shard) for \((now &- peer.lastProgress) / 1_000_000_000) s (the deadline is \(configuration.progressDeadlineIntervals) heartbeat intervals); the attempt is revoked"))
+                let stalled = (now &- peer.lastProgress) / 1_000_000_000
+                actions.append(.log(FleetEvent(.workerStalled, .warning,
+                    "worker \(peer.name) made no progress on shard \(claim.shard) for \(stalled) s (the deadline is \(configuration.progressDeadlineIntervals) heartbeat intervals); the attempt is revoked",
+                    ["worker": .string(peer.name), "shard": .number(claim.shard), "attempt": .number(claim.attempt), "stalled_seconds": .number(stalled)])))
                 revoke(claim)
                 peers[peer.id]!.state = .ready
                 dispatchNeeded = true
@@ -200,7 +211,8 @@ extension FleetScheduler {
                 requeue(attempt: claim, why: "\(peer.name) missed the progress deadline", failed: true, now: now, into: &actions)
             case .missing where silence > configuration.deadAfter:
                 peers[peer.id]!.state = .dead
-                actions.append(.log(.warning, "worker \(peer.name) dead: silent for \(silence / 1_000_000_000) s"))
+                actions.append(.log(FleetEvent(.workerDead, .warning, "worker \(peer.name) dead: silent for \(silence / 1_000_000_000) s",
+                                               ["worker": .string(peer.name), "silent_ms": .number(silence / 1_000_000)])))
             default:
                 break
             }
@@ -226,8 +238,19 @@ extension FleetScheduler {
         let count = peers[id]!.givenBackInARow
         if count >= configuration.giveBackLimit && peers[id]!.benched == nil {
             peers[id]!.benched = "gave back \(count) assignments in a row (last: \(reason.prefix(160)))"
-            actions.append(.log(.warning, "worker \(peers[id]!.name) gets no more shards: \(peers[id]!.benched!)"))
+            actions.append(.log(FleetEvent(.workerBenched, .warning, "worker \(peers[id]!.name) gets no more shards: \(peers[id]!.benched!)",
+                                           ["worker": .string(peers[id]!.name), "reason": .string(peers[id]!.benched!)])))
         }
+    }
+
+    /// A peer fell silent for longer than the liveness allows.
+    private func missingEvent(_ peer: PeerRecord, silence: UInt64) -> FleetEvent {
+        var fields: [String: FleetEvent.Value] = ["worker": .string(peer.name), "silent_ms": .number(silence / 1_000_000)]
+        if case .busy(let claim) = peer.state {
+            fields["shard"] = .number(claim.shard)
+            fields["attempt"] = .number(claim.attempt)
+        }
+        return FleetEvent(.workerMissing, .warning, "worker \(peer.name) missing: silent for \(silence / 1_000_000) ms", fields)
     }
 }
 

@@ -10,7 +10,9 @@ extension FleetScheduler {
         var able = ready.sorted { $0.joinOrder < $1.joinOrder }.filter { peer in
             guard let introduction = peer.introduction else { return false }
             if let smallest, !introduction.canTake(smallest) {
-                actions.append(.log(.warning, "worker \(peer.name) cannot take one \(Quantities.formatSize(smallest.bytes)) memslot (budget \(Quantities.describeSize(Double(introduction.memoryBudgetBytes))), largest shard \(introduction.shardByteLimit) bytes); it gets no shard"))
+                actions.append(.log(FleetEvent(.workerLeftOut, .warning,
+                    "worker \(peer.name) cannot take one \(Quantities.formatSize(smallest.bytes)) memslot (budget \(Quantities.describeSize(Double(introduction.memoryBudgetBytes))), largest shard \(introduction.shardByteLimit) bytes); it gets no shard",
+                    ["worker": .string(peer.name), "memslot_bytes": .number(smallest.bytes), "memory_budget_bytes": .number(introduction.memoryBudgetBytes)])))
                 return false
             }
             return true
@@ -40,7 +42,8 @@ extension FleetScheduler {
             dispatchNeeded = true
             lastLiveWorker = now
             actions.append(.planned)
-            actions.append(.log(.info, "planned \(plan.count) shard(s) of up to \(Quantities.formatSize(plan.map(\.bytes).max() ?? 0)) for \(able.count) worker(s)"))
+            actions.append(.log(FleetEvent(.planned, .info, "planned \(plan.count) shard(s) of up to \(Quantities.formatSize(plan.map(\.bytes).max() ?? 0)) for \(able.count) worker(s)",
+                                           ["shards": .number(plan.count), "workers": .number(able.count), "largest_shard_bytes": .number(plan.map(\.bytes).max() ?? 0)])))
         }
     }
 
@@ -65,7 +68,9 @@ extension FleetScheduler {
             peers[peer.id]!.state = .busy(claim)
             peers[peer.id]!.lastProgress = now
             send(.assign(peer.id, shards[index].shard, claim), to: peer.id, now: now, into: &actions)
-            actions.append(.log(.info, "shard \(id) attempt \(claim.attempt) (\(shards[index].shard.slice)) -> \(peer.name)"))
+            actions.append(.log(FleetEvent(.shardAssigned, .info, "shard \(id) attempt \(claim.attempt) (\(shards[index].shard.slice)) -> \(peer.name)", [
+                "shard": .number(id), "attempt": .number(claim.attempt), "worker": .string(peer.name), "bytes": .number(shards[index].shard.bytes),
+                "first_slot": .number(shards[index].shard.slice.firstSlot), "slots": .number(shards[index].shard.slice.slotCount)])))
         }
         forgiveExclusions(idle: idle)
     }
@@ -99,7 +104,7 @@ extension FleetScheduler {
         requeues += 1
         pending.pushFront(id)
         dispatchNeeded = true
-        actions.append(.log(.warning, "shard \(id) requeued (\(why))"))
+        actions.append(.log(FleetEvent(.shardRequeued, .warning, "shard \(id) requeued (\(why))", ["shard": .number(id), "reason": .string(why)])))
     }
 
     /// Requeues the shard of `claim`, if the claim is of this run (a peer may still be busy with another run's).
@@ -142,7 +147,8 @@ extension FleetScheduler {
         func reject(_ reason: String, hostile: Bool) {
             rejectedResults += 1
             peers[id]!.rejectedResults += 1
-            actions.append(.log(.warning, "refused a result from \(name) for \(claim): \(reason)"))
+            actions.append(.log(FleetEvent(.resultRefused, .warning, "refused a result from \(name) for \(claim): \(reason)", [
+                "worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt), "reason": .string(reason), "hostile": .boolean(hostile)])))
             send(.acknowledge(id, Acknowledgement(claim: claim, outcome: .rejected(reason))), to: id, now: now, into: &actions)
             if hostile { rejectFrame(id, "result for \(claim): \(reason)", now: now, into: &actions) }
         }
@@ -159,7 +165,9 @@ extension FleetScheduler {
         case .done(let attempt, let worker):
             duplicates += 1
             peers[id]!.duplicates += 1
-            actions.append(.log(.info, "dropped a duplicate result for shard \(claim.shard) (attempt \(claim.attempt) from \(name)); attempt \(attempt) from \(worker) was first"))
+            actions.append(.log(FleetEvent(.resultDuplicate, .info,
+                "dropped a duplicate result for shard \(claim.shard) (attempt \(claim.attempt) from \(name)); attempt \(attempt) from \(worker) was first",
+                ["worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt), "first_attempt": .number(attempt), "first_worker": .string(worker)])))
             send(.acknowledge(id, Acknowledgement(claim: claim, outcome: .duplicate)), to: id, now: now, into: &actions)
             return
         case .journaling:
@@ -196,7 +204,9 @@ extension FleetScheduler {
         peers[id]?.givenBackInARow = 0
         actions.append(.merge(id, claim))
         actions.append(.acknowledge(id, Acknowledgement(claim: claim, outcome: .accepted)))
-        actions.append(.log(.info, "shard \(claim.shard) done by \(name) (\(completedShards)/\(shards.count))"))
+        actions.append(.log(FleetEvent(.shardDone, .info, "shard \(claim.shard) done by \(name) (\(completedShards)/\(shards.count))", [
+            "shard": .number(claim.shard), "attempt": .number(claim.attempt), "worker": .string(name),
+            "done": .number(completedShards), "shards": .number(shards.count)])))
     }
 
     mutating func receiveGiveBack(_ id: PeerID, _ claim: AttemptClaim, reason: String, busyWith: AttemptClaim?, now: UInt64,
@@ -211,14 +221,17 @@ extension FleetScheduler {
         if let busyWith, busyWith != claim {
             // Refused only because it still runs another attempt (handed out before a reconnect or
             // a restart): it is busy with that one, and this shard lost nothing.
-            actions.append(.log(.info, "worker \(name) is still running shard \(busyWith.shard); shard \(claim.shard) goes back to the queue"))
+            actions.append(.log(FleetEvent(.shardGivenBack, .info, "worker \(name) is still running shard \(busyWith.shard); shard \(claim.shard) goes back to the queue", [
+                "worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt), "busy_with_shard": .number(busyWith.shard),
+                "reason": .string("busy")])))
             // Busy only with an attempt of this run: another run's shard is the worker's to drop.
             peers[id]!.state = .busy(busyWith)
             peers[id]!.lastProgress = now
             requeue(claim.shard, why: "\(name) is busy", failed: false, now: now, into: &actions)
             return
         }
-        actions.append(.log(.warning, "worker \(name) gave up shard \(claim.shard): \(reason.prefix(200))"))
+        actions.append(.log(FleetEvent(.shardGivenBack, .warning, "worker \(name) gave up shard \(claim.shard): \(reason.prefix(200))", [
+            "worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt), "reason": .string(String(reason.prefix(200)))])))
         peers[id]!.state = .ready
         if claim.shard < UInt64(shards.count) { shards[Int(claim.shard)].excluded.insert(id) }
         dispatchNeeded = true
@@ -245,7 +258,7 @@ extension FleetScheduler {
         if peer.agentJob == nil { nextAgentJob &+= 1 }
         peers[id]!.agentJob = job
         send(.sendJob(id, job), to: id, now: now, into: &actions)
-        actions.append(.log(.info, "external job \(job) -> agent \(peer.name)"))
+        actions.append(.log(FleetEvent(.jobAssigned, .info, "external job \(job) -> agent \(peer.name)", ["job": .number(job), "agent": .string(peer.name)])))
     }
 
     mutating func receiveExternalResult(_ id: PeerID, job: UInt32, _ verdict: ResultVerdict, now: UInt64, into actions: inout [Action]) {

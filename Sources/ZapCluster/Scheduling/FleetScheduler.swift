@@ -130,8 +130,8 @@ public struct FleetScheduler: Sendable {
         case acknowledge(PeerID, Acknowledgement)
         /// Tell the peer the run is over.
         case stop(PeerID, String)
-        /// Say what happened.
-        case log(LogLevel, String)
+        /// Say what happened: a log line, and an event for `--events`.
+        case log(FleetEvent)
     }
 
     /// A result acknowledgement.
@@ -145,9 +145,6 @@ public struct FleetScheduler: Sendable {
             case rejected(String)
         }
     }
-
-    /// How loud a log line is.
-    public enum LogLevel: Sendable, Equatable { case debug, info, warning, error }
 
     public let configuration: Configuration
     let planner: Planner
@@ -310,7 +307,7 @@ public struct FleetScheduler: Sendable {
     mutating func fail(_ failure: FleetFailure, now: UInt64, into actions: inout [Action]) {
         guard self.failure == nil, phase != .finished else { return }
         self.failure = failure
-        actions.append(.log(.error, failure.description))
+        actions.append(.log(FleetEvent(.runFailed, .error, failure.description, ["code": .string(failure.code.rawValue)])))
         beginStopping(failure.description, now: now, into: &actions)
     }
 
