@@ -76,14 +76,8 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Largest shard, e.g. 2TiB (default: as large as the smallest worker budget allows).")
     var shardSize: String?
 
-    @Option(help: "Directory for report.json, .hgrm files, shards.hlog, scenario.yaml and the journal of accepted results (journal.zfj, which --resume reads).")
-    var out: String?
-
-    @Option(help: "Also write JUnit XML here: one test case per objective and per invariant, for CI systems.")
-    var junit: String?
-
-    @Option(help: "Kernel cost of zapping one SPTE for the projection: nanoseconds (the seed's 52), or a calibration file from `zapfleet calibrate`.")
-    var kernelSpteNs: String = "52"
+    @OptionGroup(title: "Report")
+    var report: ReportOptions
 
     @OptionGroup(title: "Security")
     var security: CoordinatorSecurityOptions
@@ -101,7 +95,6 @@ struct CoordinatorCommand: ParsableCommand {
         try OptionChecks.count(liveness, option: "--liveness", within: 2...1000)
         try OptionChecks.count(progressDeadline, option: "--progress-deadline", within: 2...1_000_000)
         try OptionChecks.count(giveBackLimit, option: "--give-back-limit", within: 1...1000)
-        _ = try OptionChecks.kernelCost(kernelSpteNs)
         if let shardSize { _ = try OptionChecks.size(shardSize, option: "--shard-size", within: (2 << 20)...(1 << 48), example: "2TiB") }
         if resume != nil && scenario != nil {
             throw ValidationError("--resume takes the scenario from the run's journal; drop --scenario")
@@ -112,7 +105,7 @@ struct CoordinatorCommand: ParsableCommand {
         let logger = Logger(label: "zapfleet.coordinator")
         let resolved: Scenario
         var resumed: JournalContents?
-        let out = self.out ?? resume
+        let out = report.out ?? resume, junit = report.junit
         // Before any worker is waited for: a run whose files cannot be written is not started.
         try OutputError.checkOutputs(out: out, junit: junit)
         let events = try eventsOption.open()
@@ -143,7 +136,7 @@ struct CoordinatorCommand: ParsableCommand {
         }
         let security = try self.security.resolve(bind: bind, logger: logger)
         // A resumed run keeps the projection it started with.
-        let kernelCost = try resumed?.plan.kernelNanosecondsPerSPTE ?? OptionChecks.kernelCost(kernelSpteNs)
+        let kernelCost = try resumed?.plan.kernelNanosecondsPerSPTE ?? report.kernelCost() ?? 52
         let cancellation = CancellationFlag()
         let interrupt = InterruptHandler { cancellation.cancel() }
         defer { interrupt.cancel() }

@@ -56,14 +56,8 @@ struct RunCommand: ParsableCommand {
         discussion: "A seeded delay (uniform up to MAX-DELAY, default 100us) at each pass through a race window (\(RaceWindow.allCases.map(\.rawValue).joined(separator: ", "))) with the given probability; the scenario's seed fixes every delay."))
     var chaos: String?
 
-    @Option(help: "Directory to write report.json, .hgrm files and scenario.yaml into.")
-    var out: String?
-
-    @Option(help: "Also write JUnit XML here: one test case per objective and per invariant, for CI systems.")
-    var junit: String?
-
-    @Option(help: "Kernel cost of zapping one SPTE for the projection column: nanoseconds, or a calibration file from `zapfleet calibrate` (default 52, the seed's 900 s / 2^34; with --kvm, this host's calibrated figure).")
-    var kernelSpteNs: String?
+    @OptionGroup(title: "Report")
+    var report: ReportOptions
 
     @Option(help: ArgumentHelp(
         "Also run the scenario's timeline on this host's real KVM, with this much guest memory (e.g. 1GiB), and show it as the column kvm:HOST.",
@@ -90,7 +84,6 @@ struct RunCommand: ParsableCommand {
         // A 4-level root maps 256 TiB.
         if let size { _ = try OptionChecks.size(size, option: "--size", within: (2 << 20)...(1 << 48), example: "64GiB") }
         if let maxMemory { _ = try OptionChecks.size(maxMemory, option: "--max-memory", within: (1 << 20)...(1 << 60), example: "16GiB") }
-        if let kernelSpteNs { _ = try OptionChecks.kernelCost(kernelSpteNs) }
         if let kvm { _ = try OptionChecks.size(kvm, option: "--kvm", within: (16 << 20)...(64 << 30), example: "1GiB") }
         if let workers { try OptionChecks.count(workers, option: "--workers", within: 1...256) }
         // Scenario files carry seeds up to 2^63 - 1, and the run is re-run from its scenario.yaml.
@@ -102,6 +95,7 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         let logger = Logger(label: "zapfleet.run")
+        let out = report.out, junit = report.junit
         try OutputError.checkOutputs(out: out, junit: junit)
         let events = try eventsOption.open()
         let resolved: Scenario
@@ -137,7 +131,8 @@ struct RunCommand: ParsableCommand {
             }
         }
         // The projection's cost: as given, else the host's calibration, else the seed's 52 ns.
-        let kernelSpteNs = try self.kernelSpteNs.map(OptionChecks.kernelCost) ?? realKernel?.result.calibration?.nanosecondsPerSPTE ?? 52
+        let given = try report.kernelCost()
+        let kernelSpteNs = given ?? realKernel?.result.calibration?.nanosecondsPerSPTE ?? 52
 
         let cancellation = CancellationFlag()
         let interrupt = InterruptHandler { cancellation.cancel() }
@@ -171,7 +166,7 @@ struct RunCommand: ParsableCommand {
         if let realKernel {
             outcome.external.append(realKernel.column)
             print("real kernel: \(realKernel.column.name) is \(realKernel.column.source)")
-            if self.kernelSpteNs == nil, let calibration = realKernel.result.calibration {
+            if given == nil, let calibration = realKernel.result.calibration {
                 print("projection: \(Quantities.rounded(calibration.nanosecondsPerSPTE, 1)) ns per SPTE, this host's calibration (the seed's figure is 52 ns)")
             }
         }
