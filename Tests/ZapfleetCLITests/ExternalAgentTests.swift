@@ -109,6 +109,61 @@ struct ExternalAgentTests {
         #expect(coordinator.terminationStatus == 70, "no worker joined")
     }
 
+    @Test("--max-samples and --protocol-version take whole numbers in range, or exit 64 naming the option and the range")
+    func strictNumbers() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.agent))
+        for (option, value) in [("--max-samples", "-1"), ("--max-samples", "0"), ("--max-samples", "7x"), ("--max-samples", " 7"),
+                                ("--max-samples", "1e3"), ("--max-samples", "18446744073709551616"), ("--protocol-version", "4294967296"),
+                                ("--protocol-version", "-2"), ("--protocol-version", ""), ("--protocol-version", "0x2")] {
+            let (status, output) = try Self.runAgent(["--connect", "tcp://127.0.0.1:1", option, value, "--", "/bin/true"])
+            #expect(status == 64, "\(option) '\(value)': \(output)")
+            #expect(output.contains("\(option) '\(value)' must be a whole number from"), "\(option) '\(value)': \(output)")
+        }
+    }
+
+    @Test("the agent's operations are Proto/'s enum Operation: every one is taken, and the refusal of another lists them")
+    func operationsFromProto() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.agent))
+        let (status, output) = try Self.runAgent(["--connect", "tcp://127.0.0.1:1", "--operation", "nonsense", "--", "/bin/true"])
+        #expect(status == 64)
+        #expect(output.contains("(" + MeasuredOperation.allCases.map(\.name).joined(separator: ", ") + ")"), "\(output)")
+    }
+
+    @Test("SIGTERM to an agent whose command ignores SIGTERM: the command is killed after the grace period and the agent exits 130, not waiting for it")
+    func commandIgnoringTerm() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.agent))
+        let directory = TestPaths.temporaryDirectory()
+        let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
+        let scenario = directory + "/small.yaml"
+        try ClusterTests.scenario.write(toFile: scenario, atomically: true, encoding: .utf8)
+        let coordinator = try ZapfleetBinary.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "1",
+                                                 "--expect-agents", "1", "--wait", "20s", "--events", directory + "/events"],
+                                                log: directory + "/coordinator.log")
+        let worker = try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", "w"], log: directory + "/w.log")
+        defer { for process in [coordinator, worker] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        // The command prints one sample, then ignores SIGTERM for a minute; it writes its pid first.
+        let command = directory + "/stubborn.sh"
+        try "#!/bin/sh\necho $$ > \(directory)/command.pid\necho 1000\ntrap '' TERM\nexec sleep 60\n"
+            .write(toFile: command, atomically: true, encoding: .utf8)
+        chmod(command, 0o755)
+        let agent = try Subprocess.start(Self.agent, ["--connect", endpoint, "--name", "stubborn", "--", command], log: directory + "/agent.log")
+        defer { if agent.isRunning { kill(agent.processIdentifier, SIGKILL) } }
+        try #require(TestPaths.waitFor("running", in: directory + "/agent.log", seconds: 60), "the agent got its job")
+        try #require(TestPaths.waitFor("\n", in: directory + "/command.pid", seconds: 30))
+        let commandPid = try #require(Int32(String(contentsOfFile: directory + "/command.pid", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)))
+        kill(agent.processIdentifier, SIGTERM)
+        // Not a timing assertion: the command would hold the agent for 60 s; 30 s tells the two apart on any machine.
+        let deadline = Date().addingTimeInterval(30)
+        while agent.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
+        #expect(!agent.isRunning, "the agent waited for a command that ignores SIGTERM")
+        agent.waitUntilExit()
+        #expect(agent.terminationStatus == 130)
+        #expect(kill(commandPid, 0) != 0, "the command was killed")
+        let log = try String(contentsOfFile: directory + "/agent.log", encoding: .utf8)
+        #expect(log.contains("ignored SIGTERM"), "\(log)")
+    }
+
     @Test("bad usage exits 64 and says how to call it")
     func usage() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.agent))

@@ -105,6 +105,134 @@ public nonisolated enum Zapfleet_V1_WorkerRole: SwiftProtobuf.Enum, Swift.CaseIt
 
 }
 
+/// This file's protocol version: Envelope.protocol_version in every frame.
+public nonisolated enum Zapfleet_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+  case current // = 2
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 2: self = .current
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .current: return 2
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Zapfleet_V1_ProtocolVersion] = [
+    .unspecified,
+    .current,
+  ]
+
+}
+
+/// The operations whose block times are measured, by the names that EncodedHistogram.operation
+/// and OperationSamples.operation carry: the value's name without "OPERATION_", in lower case
+/// (OPERATION_FAST_ZAP is "fast_zap").
+public nonisolated enum Zapfleet_V1_Operation: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+
+  /// A single-page fault.
+  case fault // = 1
+
+  /// A 2 MiB batch of 4 KiB faults while populating.
+  case populate // = 2
+
+  /// A vCPU reset (root unload).
+  case reset // = 3
+
+  /// A fast zap (memslot deletion) as its caller saw it.
+  case fastZap // = 4
+
+  /// A full zap (MMU-notifier release).
+  case fullZap // = 5
+
+  /// VM teardown.
+  case teardown // = 6
+
+  /// Per root: invalidation to reclamation.
+  case rootLifetime // = 7
+
+  /// An MMU-notifier unmap of one memslot.
+  case unmap // = 8
+
+  /// A dirty-logging operation (clearing dirty bits, zapping collapsible tables).
+  case dirtyLog // = 9
+
+  /// A fault through the lockless fast path.
+  case fastFault // = 10
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .fault
+    case 2: self = .populate
+    case 3: self = .reset
+    case 4: self = .fastZap
+    case 5: self = .fullZap
+    case 6: self = .teardown
+    case 7: self = .rootLifetime
+    case 8: self = .unmap
+    case 9: self = .dirtyLog
+    case 10: self = .fastFault
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .fault: return 1
+    case .populate: return 2
+    case .reset: return 3
+    case .fastZap: return 4
+    case .fullZap: return 5
+    case .teardown: return 6
+    case .rootLifetime: return 7
+    case .unmap: return 8
+    case .dirtyLog: return 9
+    case .fastFault: return 10
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Zapfleet_V1_Operation] = [
+    .unspecified,
+    .fault,
+    .populate,
+    .reset,
+    .fastZap,
+    .fullZap,
+    .teardown,
+    .rootLifetime,
+    .unmap,
+    .dirtyLog,
+    .fastFault,
+  ]
+
+}
+
 /// The one message type on the wire.
 public nonisolated struct Zapfleet_V1_Envelope: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -921,6 +1049,14 @@ fileprivate nonisolated let _protobuf_package = "zapfleet.v1"
 
 nonisolated extension Zapfleet_V1_WorkerRole: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0WORKER_ROLE_UNSPECIFIED\0\u{1}WORKER_ROLE_SIMULATOR\0\u{1}WORKER_ROLE_EXTERNAL_AGENT\0")
+}
+
+nonisolated extension Zapfleet_V1_ProtocolVersion: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PROTOCOL_VERSION_UNSPECIFIED\0\u{2}\u{2}PROTOCOL_VERSION_CURRENT\0")
+}
+
+nonisolated extension Zapfleet_V1_Operation: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OPERATION_UNSPECIFIED\0\u{1}OPERATION_FAULT\0\u{1}OPERATION_POPULATE\0\u{1}OPERATION_RESET\0\u{1}OPERATION_FAST_ZAP\0\u{1}OPERATION_FULL_ZAP\0\u{1}OPERATION_TEARDOWN\0\u{1}OPERATION_ROOT_LIFETIME\0\u{1}OPERATION_UNMAP\0\u{1}OPERATION_DIRTY_LOG\0\u{1}OPERATION_FAST_FAULT\0")
 }
 
 nonisolated extension Zapfleet_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -3432,3 +3432,77 @@ const ProtobufCEnumDescriptor zapfleet__v1__worker_role__descriptor =
   zapfleet__v1__worker_role__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
+static const ProtobufCEnumValue zapfleet__v1__protocol_version__enum_values_by_number[2] =
+{
+  { "PROTOCOL_VERSION_UNSPECIFIED", "ZAPFLEET__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_UNSPECIFIED", 0 },
+  { "PROTOCOL_VERSION_CURRENT", "ZAPFLEET__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT", 2 },
+};
+static const ProtobufCIntRange zapfleet__v1__protocol_version__value_ranges[] = {
+{0, 0},{2, 1},{0, 2}
+};
+static const ProtobufCEnumValueIndex zapfleet__v1__protocol_version__enum_values_by_name[2] =
+{
+  { "PROTOCOL_VERSION_CURRENT", 1 },
+  { "PROTOCOL_VERSION_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor zapfleet__v1__protocol_version__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "zapfleet.v1.ProtocolVersion",
+  "ProtocolVersion",
+  "Zapfleet__V1__ProtocolVersion",
+  "zapfleet.v1",
+  2,
+  zapfleet__v1__protocol_version__enum_values_by_number,
+  2,
+  zapfleet__v1__protocol_version__enum_values_by_name,
+  2,
+  zapfleet__v1__protocol_version__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue zapfleet__v1__operation__enum_values_by_number[11] =
+{
+  { "OPERATION_UNSPECIFIED", "ZAPFLEET__V1__OPERATION__OPERATION_UNSPECIFIED", 0 },
+  { "OPERATION_FAULT", "ZAPFLEET__V1__OPERATION__OPERATION_FAULT", 1 },
+  { "OPERATION_POPULATE", "ZAPFLEET__V1__OPERATION__OPERATION_POPULATE", 2 },
+  { "OPERATION_RESET", "ZAPFLEET__V1__OPERATION__OPERATION_RESET", 3 },
+  { "OPERATION_FAST_ZAP", "ZAPFLEET__V1__OPERATION__OPERATION_FAST_ZAP", 4 },
+  { "OPERATION_FULL_ZAP", "ZAPFLEET__V1__OPERATION__OPERATION_FULL_ZAP", 5 },
+  { "OPERATION_TEARDOWN", "ZAPFLEET__V1__OPERATION__OPERATION_TEARDOWN", 6 },
+  { "OPERATION_ROOT_LIFETIME", "ZAPFLEET__V1__OPERATION__OPERATION_ROOT_LIFETIME", 7 },
+  { "OPERATION_UNMAP", "ZAPFLEET__V1__OPERATION__OPERATION_UNMAP", 8 },
+  { "OPERATION_DIRTY_LOG", "ZAPFLEET__V1__OPERATION__OPERATION_DIRTY_LOG", 9 },
+  { "OPERATION_FAST_FAULT", "ZAPFLEET__V1__OPERATION__OPERATION_FAST_FAULT", 10 },
+};
+static const ProtobufCIntRange zapfleet__v1__operation__value_ranges[] = {
+{0, 0},{0, 11}
+};
+static const ProtobufCEnumValueIndex zapfleet__v1__operation__enum_values_by_name[11] =
+{
+  { "OPERATION_DIRTY_LOG", 9 },
+  { "OPERATION_FAST_FAULT", 10 },
+  { "OPERATION_FAST_ZAP", 4 },
+  { "OPERATION_FAULT", 1 },
+  { "OPERATION_FULL_ZAP", 5 },
+  { "OPERATION_POPULATE", 2 },
+  { "OPERATION_RESET", 3 },
+  { "OPERATION_ROOT_LIFETIME", 7 },
+  { "OPERATION_TEARDOWN", 6 },
+  { "OPERATION_UNMAP", 8 },
+  { "OPERATION_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor zapfleet__v1__operation__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "zapfleet.v1.Operation",
+  "Operation",
+  "Zapfleet__V1__Operation",
+  "zapfleet.v1",
+  11,
+  zapfleet__v1__operation__enum_values_by_number,
+  11,
+  zapfleet__v1__operation__enum_values_by_name,
+  1,
+  zapfleet__v1__operation__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};

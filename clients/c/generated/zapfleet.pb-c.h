@@ -59,6 +59,63 @@ typedef enum _Zapfleet__V1__WorkerRole {
   ZAPFLEET__V1__WORKER_ROLE__WORKER_ROLE_EXTERNAL_AGENT = 2
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(ZAPFLEET__V1__WORKER_ROLE)
 } Zapfleet__V1__WorkerRole;
+/*
+ * This file's protocol version: Envelope.protocol_version in every frame.
+ */
+typedef enum _Zapfleet__V1__ProtocolVersion {
+  ZAPFLEET__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_UNSPECIFIED = 0,
+  ZAPFLEET__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(ZAPFLEET__V1__PROTOCOL_VERSION)
+} Zapfleet__V1__ProtocolVersion;
+/*
+ * The operations whose block times are measured, by the names that EncodedHistogram.operation
+ * and OperationSamples.operation carry: the value's name without "OPERATION_", in lower case
+ * (OPERATION_FAST_ZAP is "fast_zap").
+ */
+typedef enum _Zapfleet__V1__Operation {
+  ZAPFLEET__V1__OPERATION__OPERATION_UNSPECIFIED = 0,
+  /*
+   * A single-page fault.
+   */
+  ZAPFLEET__V1__OPERATION__OPERATION_FAULT = 1,
+  /*
+   * A 2 MiB batch of 4 KiB faults while populating.
+   */
+  ZAPFLEET__V1__OPERATION__OPERATION_POPULATE = 2,
+  /*
+   * A vCPU reset (root unload).
+   */
+  ZAPFLEET__V1__OPERATION__OPERATION_RESET = 3,
+  /*
+   * A fast zap (memslot deletion) as its caller saw it.
+   */
+  ZAPFLEET__V1__OPERATION__OPERATION_FAST_ZAP = 4,
+  /*
+   * A full zap (MMU-notifier release).
+   */
+  ZAPFLEET__V1__OPERATION__OPERATION_FULL_ZAP = 5,
+  /*
+   * VM teardown.
+   */
+  ZAPFLEET__V1__OPERATION__OPERATION_TEARDOWN = 6,
+  /*
+   * Per root: invalidation to reclamation.
+   */
+  ZAPFLEET__V1__OPERATION__OPERATION_ROOT_LIFETIME = 7,
+  /*
+   * An MMU-notifier unmap of one memslot.
+   */
+  ZAPFLEET__V1__OPERATION__OPERATION_UNMAP = 8,
+  /*
+   * A dirty-logging operation (clearing dirty bits, zapping collapsible tables).
+   */
+  ZAPFLEET__V1__OPERATION__OPERATION_DIRTY_LOG = 9,
+  /*
+   * A fault through the lockless fast path.
+   */
+  ZAPFLEET__V1__OPERATION__OPERATION_FAST_FAULT = 10
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(ZAPFLEET__V1__OPERATION)
+} Zapfleet__V1__Operation;
 
 /* --- messages --- */
 
@@ -1263,6 +1320,8 @@ typedef void (*Zapfleet__V1__ExternalResult_Closure)
 /* --- descriptors --- */
 
 extern const ProtobufCEnumDescriptor    zapfleet__v1__worker_role__descriptor;
+extern const ProtobufCEnumDescriptor    zapfleet__v1__protocol_version__descriptor;
+extern const ProtobufCEnumDescriptor    zapfleet__v1__operation__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__envelope__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__hello__descriptor;
 extern const ProtobufCMessageDescriptor zapfleet__v1__welcome__descriptor;

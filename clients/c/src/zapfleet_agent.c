@@ -2,18 +2,19 @@
 #define _POSIX_C_SOURCE 200809L
 #include "zapfleet_agent.h"
 
+#include <ctype.h>
 #include <errno.h>
-#include <stdarg.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "zapfleet.pb-c.h"
+#include "zf_internal.h"
 
-/* The largest frame accepted from the coordinator (as the Swift worker). */
+/* The largest frame a coordinator takes by default, and the largest accepted from it (as the Swift worker). */
 #define ZF_MAXIMUM_MESSAGE (64LL << 20)
 
 struct zf_agent {
@@ -27,63 +28,107 @@ struct zf_agent {
     uint64_t liveness;      /* silent intervals before the coordinator is presumed gone */
     uint64_t last_sent;
     uint64_t last_heard;
+    char reason[512];       /* the last stop or refusal reason */
+    uint8_t *pending;       /* the packed result envelope, kept until acknowledged */
+    size_t pending_size;
+    uint64_t pending_sent;  /* when it last went out (0: not yet) */
 };
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+/* --- Errors ------------------------------------------------------------------------------- */
 
-static void say(char *out, size_t size, const char *format, ...) {
-    if (out == NULL || size == 0) return;
-    va_list arguments;
-    va_start(arguments, format);
-    vsnprintf(out, size, format, arguments);
-    va_end(arguments);
-}
-
-/* Reads the first line of a key file that is not a comment: a 40-character Z85 key. */
-static int read_key(const char *path, char key[41], char *error, size_t error_size) {
-    FILE *file = fopen(path, "r");
-    if (file == NULL) {
-        say(error, error_size, "%s: cannot read the key file (%s)", path, strerror(errno));
-        return -1;
+const char *zf_strerror(int errnum) {
+    switch (errnum) {
+    case ZF_EBADKEY: return "not a CURVE key file: no 40-character Z85 key in it (make one with `zapfleet keygen`)";
+    case ZF_EPROTO: return "refused by the coordinator";
+    default: return zmq_strerror(errnum); /* libzmq's own codes, and strerror for the system's */
     }
-    char line[512];
-    int found = -1;
-    while (fgets(line, sizeof line, file) != NULL) {
-        size_t length = strcspn(line, "\r\n");
-        line[length] = '\0';
-        if (length == 0 || line[0] == '#') continue;
-        if (length == 40) {
-            memcpy(key, line, 41);
-            found = 0;
-        }
-        break;
-    }
-    fclose(file);
-    if (found != 0) say(error, error_size, "%s: no 40-character Z85 key in it; make one with `zapfleet keygen`", path);
-    return found;
 }
 
-/* Packs an envelope around body and sends it as one frame. */
-static int send_envelope(zf_agent *agent, Zapfleet__V1__Envelope *envelope) {
+/* --- What Proto/ defines ------------------------------------------------------------------ */
+
+uint32_t zf_protocol_version(void) { return (uint32_t)ZAPFLEET__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT; }
+
+#define ZF_MAXIMUM_OPERATIONS 64
+static char operation_names[ZF_MAXIMUM_OPERATIONS][32];
+static size_t operation_total;
+static pthread_once_t operations_once = PTHREAD_ONCE_INIT;
+
+/* The names of enum Operation's values after OPERATION_UNSPECIFIED: "OPERATION_FAST_ZAP" is "fast_zap". */
+static void load_operation_names(void) {
+    const ProtobufCEnumDescriptor *descriptor = &zapfleet__v1__operation__descriptor;
+    const char *prefix = "OPERATION_";
+    for (unsigned index = 0; index < descriptor->n_values && operation_total < ZF_MAXIMUM_OPERATIONS; index++) {
+        const char *name = descriptor->values[index].name;
+        if (descriptor->values[index].value == 0 || strncmp(name, prefix, strlen(prefix)) != 0) continue;
+        name += strlen(prefix);
+        size_t length = 0;
+        for (; name[length] != '\0' && length + 1 < sizeof operation_names[0]; length++)
+            operation_names[operation_total][length] = (char)tolower((unsigned char)name[length]);
+        operation_names[operation_total][length] = '\0';
+        operation_total++;
+    }
+}
+
+size_t zf_operation_count(void) {
+    pthread_once(&operations_once, load_operation_names);
+    return operation_total;
+}
+
+const char *zf_operation_name(size_t index) {
+    if (index >= zf_operation_count()) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return operation_names[index];
+}
+
+int zf_operation_index(const char *name) {
+    for (size_t index = 0; name != NULL && index < zf_operation_count(); index++)
+        if (strcmp(name, operation_names[index]) == 0) return (int)index;
+    errno = EINVAL;
+    return -1;
+}
+
+/* --- Sending ------------------------------------------------------------------------------ */
+
+/* Packs an envelope into a new buffer (the caller frees it). NULL with errno EMSGSIZE or ENOMEM. */
+static uint8_t *pack(zf_agent *agent, Zapfleet__V1__Envelope *envelope, size_t *size) {
     envelope->protocol_version = agent->protocol_version;
-    size_t size = zapfleet__v1__envelope__get_packed_size(envelope);
-    uint8_t *buffer = malloc(size > 0 ? size : 1);
-    if (buffer == NULL) return -1;
+    *size = zapfleet__v1__envelope__get_packed_size(envelope);
+    if (*size > (size_t)ZF_MAXIMUM_MESSAGE) {
+        errno = EMSGSIZE;
+        return NULL;
+    }
+    uint8_t *buffer = malloc(*size > 0 ? *size : 1);
+    if (buffer == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
     zapfleet__v1__envelope__pack(envelope, buffer);
-    int sent = zmq_send(agent->socket, buffer, size, ZMQ_DONTWAIT);
-    free(buffer);
-    if (sent < 0) return -1;
-    agent->last_sent = now_ns();
+    return buffer;
+}
+
+/* Sends packed bytes as one frame. 0, or -1 with libzmq's errno (EAGAIN: nowhere to send now). */
+static int send_bytes(zf_agent *agent, const uint8_t *bytes, size_t size) {
+    if (zmq_send(agent->socket, bytes, size, ZMQ_DONTWAIT) < 0) return -1;
+    agent->last_sent = zf_now_ns();
     return 0;
+}
+
+static int send_envelope(zf_agent *agent, Zapfleet__V1__Envelope *envelope) {
+    size_t size;
+    uint8_t *buffer = pack(agent, envelope, &size);
+    if (buffer == NULL) return -1;
+    int status = send_bytes(agent, buffer, size);
+    int saved = errno;
+    free(buffer);
+    errno = saved;
+    return status;
 }
 
 static int send_hello(zf_agent *agent) {
     Zapfleet__V1__Hello hello = ZAPFLEET__V1__HELLO__INIT;
-    hello.build_version = "zapfleet-agent-c 0.1.0";
+    hello.build_version = "zapfleet-agent-c 0.2.0";
     hello.host_name = agent->host;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     hello.cores = cores > 0 ? (uint32_t)cores : 1;
@@ -105,89 +150,121 @@ static int send_heartbeat(zf_agent *agent) {
     return send_envelope(agent, &envelope);
 }
 
-zf_agent *zf_agent_connect(const zf_agent_options *options, char *error, size_t error_size) {
-    if (options == NULL || options->endpoint == NULL || options->name == NULL || options->name[0] == '\0') {
-        say(error, error_size, "an endpoint and a name are required");
-        return NULL;
+/* Sends the result that waits for its acknowledgement, if any. A send that cannot go now is tried again later. */
+static void send_pending(zf_agent *agent) {
+    if (agent->pending != NULL && send_bytes(agent, agent->pending, agent->pending_size) == 0) agent->pending_sent = zf_now_ns();
+}
+
+/* --- Connecting ---------------------------------------------------------------------------- */
+
+/* Reads the first line of a key file that is not a comment: a 40-character Z85 key. 0, or -1 with errno. */
+static int read_key(const char *path, char key[41]) {
+    FILE *file = fopen(path, "r");
+    if (file == NULL) return -1;
+    char line[512];
+    int found = -1;
+    while (fgets(line, sizeof line, file) != NULL) {
+        size_t length = strcspn(line, "\r\n");
+        line[length] = '\0';
+        if (length == 0 || line[0] == '#') continue;
+        if (length == 40) {
+            memcpy(key, line, 41);
+            found = 0;
+        }
+        break;
     }
-    if ((options->coordinator_key_file == NULL) != (options->secret_key_file == NULL)) {
-        say(error, error_size, "the coordinator's public key and this agent's secret key go together");
+    fclose(file);
+    if (found != 0) errno = ZF_EBADKEY;
+    return found;
+}
+
+/* Sets a socket option, or fails the connect: every option is checked. */
+#define SET_OPTION(agent, option, value, size) \
+    do { if (zmq_setsockopt((agent)->socket, (option), (value), (size)) != 0) goto failed; } while (0)
+
+zf_agent *zf_agent_connect(const zf_agent_options *options) {
+    if (options == NULL || options->endpoint == NULL || options->name == NULL || options->name[0] == '\0'
+        || (options->coordinator_key_file == NULL) != (options->secret_key_file == NULL)) {
+        errno = EINVAL;
         return NULL;
     }
     zf_agent *agent = calloc(1, sizeof *agent);
     if (agent == NULL) {
-        say(error, error_size, "out of memory");
+        errno = ENOMEM;
         return NULL;
     }
+    char secret[41] = {0};
     agent->name = strdup(options->name);
-    agent->protocol_version = options->protocol_version != 0 ? options->protocol_version : ZF_PROTOCOL_VERSION;
+    agent->protocol_version = options->protocol_version != 0 ? options->protocol_version : zf_protocol_version();
     agent->interval_ns = 1000000000u;
     agent->liveness = 3;
     if (gethostname(agent->host, sizeof agent->host - 1) != 0) strcpy(agent->host, "?");
-    agent->context = zmq_ctx_new();
-    agent->socket = agent->context != NULL ? zmq_socket(agent->context, ZMQ_DEALER) : NULL;
-    if (agent->name == NULL || agent->socket == NULL) {
-        say(error, error_size, "cannot create a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
-        zf_agent_close(agent);
-        return NULL;
+    if (agent->name == NULL) {
+        errno = ENOMEM;
+        goto failed;
     }
+    agent->context = zmq_ctx_new();
+    if (agent->context == NULL) goto failed;
+    agent->socket = zmq_socket(agent->context, ZMQ_DEALER);
+    if (agent->socket == NULL) goto failed;
     int linger = 2000;
     int64_t maximum = ZF_MAXIMUM_MESSAGE;
-    zmq_setsockopt(agent->socket, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(agent->socket, ZMQ_MAXMSGSIZE, &maximum, sizeof maximum);
-    zmq_setsockopt(agent->socket, ZMQ_ROUTING_ID, agent->name, strlen(agent->name));
+    SET_OPTION(agent, ZMQ_LINGER, &linger, sizeof linger);
+    SET_OPTION(agent, ZMQ_MAXMSGSIZE, &maximum, sizeof maximum);
+    SET_OPTION(agent, ZMQ_ROUTING_ID, agent->name, strlen(agent->name));
     if (options->coordinator_key_file != NULL) {
-        char server[41], secret[41], public_key[41];
-        if (read_key(options->coordinator_key_file, server, error, error_size) != 0
-            || read_key(options->secret_key_file, secret, error, error_size) != 0) {
-            zf_agent_close(agent);
-            return NULL;
-        }
-        if (zmq_curve_public(public_key, secret) != 0
-            || zmq_setsockopt(agent->socket, ZMQ_CURVE_SERVERKEY, server, 40) != 0
-            || zmq_setsockopt(agent->socket, ZMQ_CURVE_PUBLICKEY, public_key, 40) != 0
-            || zmq_setsockopt(agent->socket, ZMQ_CURVE_SECRETKEY, secret, 40) != 0) {
-            say(error, error_size, "cannot set up CURVE: %s", zmq_strerror(zmq_errno()));
-            memset(secret, 0, sizeof secret);
-            zf_agent_close(agent);
-            return NULL;
-        }
+        char server[41], public_key[41];
+        if (read_key(options->coordinator_key_file, server) != 0 || read_key(options->secret_key_file, secret) != 0) goto failed;
+        if (zmq_curve_public(public_key, secret) != 0) goto failed;
+        SET_OPTION(agent, ZMQ_CURVE_SERVERKEY, server, 40);
+        SET_OPTION(agent, ZMQ_CURVE_PUBLICKEY, public_key, 40);
+        SET_OPTION(agent, ZMQ_CURVE_SECRETKEY, secret, 40);
         memset(secret, 0, sizeof secret);
     }
-    if (zmq_connect(agent->socket, options->endpoint) != 0) {
-        say(error, error_size, "cannot connect to %s: %s", options->endpoint, zmq_strerror(zmq_errno()));
-        zf_agent_close(agent);
-        return NULL;
-    }
-    agent->last_heard = now_ns();
-    send_hello(agent);
+    if (zmq_connect(agent->socket, options->endpoint) != 0) goto failed;
+    agent->last_heard = zf_now_ns();
+    /* A DEALER queues the hello until the connection is up; EAGAIN here only means "later". */
+    if (send_hello(agent) != 0 && errno != EAGAIN) goto failed;
     return agent;
+failed:;
+    int saved = errno;
+    memset(secret, 0, sizeof secret);
+    zf_agent_close(agent);
+    errno = saved;
+    return NULL;
 }
+
+/* --- Receiving ----------------------------------------------------------------------------- */
 
 /* Copies a protobuf-c string (never NULL) into a new C string. */
 static char *copy(const char *text) { return strdup(text != NULL ? text : ""); }
 
 /* Handles one frame from the coordinator. */
-static zf_event handle_frame(zf_agent *agent, const uint8_t *data, size_t size, zf_job *job, char *reason, size_t reason_size) {
+static zf_event handle_frame(zf_agent *agent, const uint8_t *data, size_t size, zf_job *job) {
     Zapfleet__V1__Envelope *envelope = zapfleet__v1__envelope__unpack(NULL, size, data);
     if (envelope == NULL) return ZF_EVENT_NONE; /* not an envelope: dropped, as the Swift worker does */
-    agent->last_heard = now_ns();
+    agent->last_heard = zf_now_ns();
     zf_event event = ZF_EVENT_NONE;
     switch (envelope->body_case) {
     case ZAPFLEET__V1__ENVELOPE__BODY_WELCOME:
         agent->welcomed = 1;
         if (envelope->welcome->heartbeat_interval_ms >= 10) agent->interval_ns = (uint64_t)envelope->welcome->heartbeat_interval_ms * 1000000u;
         if (envelope->welcome->heartbeat_liveness >= 2) agent->liveness = envelope->welcome->heartbeat_liveness;
+        /* Welcomed again after a reconnect (maybe by a restarted coordinator): what it has not acknowledged goes again. */
+        send_pending(agent);
         break;
     case ZAPFLEET__V1__ENVELOPE__BODY_REFUSAL:
-        say(reason, reason_size, "%s", envelope->refusal->reason);
+        snprintf(agent->reason, sizeof agent->reason, "%s", envelope->refusal->reason);
         event = ZF_EVENT_REFUSED;
         break;
     case ZAPFLEET__V1__ENVELOPE__BODY_STOP:
-        say(reason, reason_size, "%s", envelope->stop->reason);
+        snprintf(agent->reason, sizeof agent->reason, "%s", envelope->stop->reason);
         event = ZF_EVENT_STOP;
         break;
     case ZAPFLEET__V1__ENVELOPE__BODY_RESULT_ACK:
+        free(agent->pending);
+        agent->pending = NULL;
+        agent->pending_size = 0;
         event = ZF_EVENT_ACK;
         break;
     case ZAPFLEET__V1__ENVELOPE__BODY_EXTERNAL_JOB:
@@ -207,36 +284,36 @@ static zf_event handle_frame(zf_agent *agent, const uint8_t *data, size_t size, 
     return event;
 }
 
-zf_event zf_agent_poll(zf_agent *agent, int timeout_ms, int extra_fd, int *extra_ready, zf_job *job,
-                       char *reason, size_t reason_size) {
+int zf_agent_poll(zf_agent *agent, int timeout_ms, int extra_fd, int *extra_ready, zf_job *job) {
     if (extra_ready != NULL) *extra_ready = 0;
-    uint64_t deadline = now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
+    uint64_t deadline = zf_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
     for (;;) {
-        uint64_t now = now_ns();
+        uint64_t now = zf_now_ns();
+        uint64_t silence_limit = agent->interval_ns * agent->liveness;
         /* A coordinator silent past its liveness may be a new one: say hello again. */
-        if (agent->welcomed && now - agent->last_heard > agent->interval_ns * agent->liveness) agent->welcomed = 0;
+        if (agent->welcomed && now - agent->last_heard > silence_limit) agent->welcomed = 0;
+        /* Failed sends are not errors here: a DEALER without a connection refuses (EAGAIN) until it is back. */
         if (now - agent->last_sent >= agent->interval_ns) {
             if (agent->welcomed) send_heartbeat(agent); else send_hello(agent);
         }
+        /* A result with no acknowledgement for a liveness period went astray: send it again (the coordinator drops duplicates). */
+        if (agent->pending != NULL && agent->welcomed && (agent->pending_sent == 0 || now - agent->pending_sent > silence_limit)) send_pending(agent);
         zmq_pollitem_t items[2] = {{agent->socket, 0, ZMQ_POLLIN, 0}, {NULL, extra_fd, ZMQ_POLLIN, 0}};
         uint64_t wait_ns = agent->interval_ns / 4;
         if (deadline > now && deadline - now < wait_ns) wait_ns = deadline - now;
         if (deadline <= now) wait_ns = 0;
         int ready = zmq_poll(items, extra_fd >= 0 ? 2 : 1, (long)(wait_ns / 1000000u));
-        if (ready < 0 && zmq_errno() != EINTR) {
-            say(reason, reason_size, "zmq_poll: %s", zmq_strerror(zmq_errno()));
-            return ZF_EVENT_ERROR;
-        }
+        if (ready < 0 && zmq_errno() != EINTR) return -1;
         if (ready > 0 && (items[0].revents & ZMQ_POLLIN)) {
             zmq_msg_t message;
             zmq_msg_init(&message);
             while (zmq_msg_recv(&message, agent->socket, ZMQ_DONTWAIT) >= 0) {
                 int more = zmq_msg_more(&message);
                 zf_event event = more ? ZF_EVENT_NONE  /* a multi-frame message is not ours: dropped */
-                    : handle_frame(agent, zmq_msg_data(&message), zmq_msg_size(&message), job, reason, reason_size);
+                    : handle_frame(agent, zmq_msg_data(&message), zmq_msg_size(&message), job);
                 if (event != ZF_EVENT_NONE) {
                     zmq_msg_close(&message);
-                    return event;
+                    return (int)event;
                 }
             }
             zmq_msg_close(&message);
@@ -246,9 +323,13 @@ zf_event zf_agent_poll(zf_agent *agent, int timeout_ms, int extra_fd, int *extra
             if (extra_ready != NULL) *extra_ready = 1;
             return ZF_EVENT_NONE;
         }
-        if (now_ns() >= deadline) return ZF_EVENT_NONE;
+        if (zf_now_ns() >= deadline) return ZF_EVENT_NONE;
     }
 }
+
+const char *zf_agent_reason(const zf_agent *agent) { return agent != NULL ? agent->reason : ""; }
+
+int zf_agent_result_pending(const zf_agent *agent) { return agent != NULL && agent->pending != NULL; }
 
 int zf_agent_send_progress(zf_agent *agent, uint32_t job_id, uint64_t samples, uint64_t elapsed_ns) {
     Zapfleet__V1__Progress progress = ZAPFLEET__V1__PROGRESS__INIT;
@@ -270,6 +351,7 @@ int zf_agent_send_result(zf_agent *agent, uint32_t job_id, const zf_samples *ope
     if (samples == NULL || pointers == NULL) {
         free(samples);
         free(pointers);
+        errno = ENOMEM;
         return -1;
     }
     for (size_t index = 0; index < operation_count; index++) {
@@ -289,10 +371,21 @@ int zf_agent_send_result(zf_agent *agent, uint32_t job_id, const zf_samples *ope
     Zapfleet__V1__Envelope envelope = ZAPFLEET__V1__ENVELOPE__INIT;
     envelope.body_case = ZAPFLEET__V1__ENVELOPE__BODY_EXTERNAL_RESULT;
     envelope.external_result = &result;
-    int status = send_envelope(agent, &envelope);
+    size_t size;
+    uint8_t *packed = pack(agent, &envelope, &size);
+    int saved = errno;
     free(samples);
     free(pointers);
-    return status;
+    if (packed == NULL) {
+        errno = saved;
+        return -1;
+    }
+    free(agent->pending);
+    agent->pending = packed;
+    agent->pending_size = size;
+    agent->pending_sent = 0;
+    if (agent->welcomed) send_pending(agent); /* otherwise at the next welcome */
+    return 0;
 }
 
 void zf_job_free(zf_job *job) {
@@ -307,6 +400,7 @@ void zf_agent_close(zf_agent *agent) {
     if (agent == NULL) return;
     if (agent->socket != NULL) zmq_close(agent->socket);
     if (agent->context != NULL) zmq_ctx_term(agent->context);
+    free(agent->pending);
     free(agent->name);
     free(agent);
 }

@@ -8,10 +8,11 @@
  * Exit status: 0 the coordinator ended the run; 3 refused (protocol version, key); 64 bad
  * usage; 70 an internal or libzmq error; 130 interrupted.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* asprintf */
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,12 +21,18 @@
 #include <unistd.h>
 
 #include "zapfleet_agent.h"
+#include "zf_internal.h"
 
-/* The operations a sample may name: the report's operation names. */
-static const char *const operation_names[] = {"fault", "populate", "reset", "fast_zap", "full_zap", "teardown", "root_lifetime"};
-#define OPERATION_COUNT (sizeof operation_names / sizeof operation_names[0])
+extern char **environ;
+
+/* The most operations Proto/'s enum Operation may grow to before this program needs a rebuild with a larger table. */
+#define OPERATION_LIMIT 64
 /* One hour, the longest block time a report's histograms track. */
 #define LONGEST_SAMPLE 3600000000000ull
+/* The most samples one result may carry (--max-samples); a result must also pack into 64 MiB. */
+#define MAXIMUM_SAMPLES 100000000ull
+/* How long a command gets to end after SIGTERM before SIGKILL. */
+#define TERMINATION_GRACE_NS 5000000000ull
 
 static volatile sig_atomic_t interrupted = 0;
 static void on_signal(int number) { (void)number; interrupted = 1; }
@@ -36,32 +43,11 @@ typedef struct samples {
 } samples;
 
 typedef struct measurement {
-    samples by_operation[OPERATION_COUNT];
+    samples by_operation[OPERATION_LIMIT];
     size_t total, limit;
     uint64_t rejected;
 } measurement;
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static int operation_index(const char *name) {
-    for (size_t index = 0; index < OPERATION_COUNT; index++)
-        if (strcmp(name, operation_names[index]) == 0) return (int)index;
-    return -1;
-}
-
-static int parse_value(const char *text, uint64_t *value) {
-    if (*text < '0' || *text > '9') return -1;
-    char *end = NULL;
-    errno = 0;
-    unsigned long long parsed = strtoull(text, &end, 10);
-    if (errno != 0 || *end != '\0' || parsed > LONGEST_SAMPLE) return -1;
-    *value = parsed;
-    return 0;
-}
 
 /* One line of the command's output: "VALUE" or "OPERATION VALUE". Anything else is rejected. */
 static void take_line(measurement *m, char *line, int default_operation) {
@@ -72,11 +58,12 @@ static void take_line(measurement *m, char *line, int default_operation) {
     int operation = default_operation;
     const char *number = first;
     if (second != NULL) {
-        operation = operation_index(first);
+        operation = zf_operation_index(first);
         number = second;
     }
     uint64_t value;
-    if (operation < 0 || strtok_r(NULL, " \t\r", &save) != NULL || parse_value(number, &value) != 0 || m->total >= m->limit) {
+    if (operation < 0 || strtok_r(NULL, " \t\r", &save) != NULL || zf_parse_u64(number, 0, LONGEST_SAMPLE, &value) != 0
+        || m->total >= m->limit) {
         m->rejected++;
         return;
     }
@@ -96,52 +83,137 @@ static void take_line(measurement *m, char *line, int default_operation) {
 }
 
 static void free_measurement(measurement *m) {
-    for (size_t index = 0; index < OPERATION_COUNT; index++) free(m->by_operation[index].values);
+    for (size_t index = 0; index < OPERATION_LIMIT; index++) free(m->by_operation[index].values);
     memset(m, 0, sizeof *m);
 }
 
-/* Starts the command with the job in its environment and its output on a pipe. */
+/* The environment with the job in it: this process's own, minus any ZAPFLEET_* it has, plus the job's. */
+static char **job_environment(const zf_job *job, const char *scenario_file) {
+    size_t inherited = 0;
+    while (environ[inherited] != NULL) inherited++;
+    char **environment = calloc(inherited + 6, sizeof *environment);
+    if (environment == NULL) return NULL;
+    size_t count = 0;
+    for (size_t index = 0; index < inherited; index++)
+        if (strncmp(environ[index], "ZAPFLEET_", 9) != 0) environment[count++] = environ[index];
+    char *own[5] = {NULL};
+    int failed = asprintf(&own[0], "ZAPFLEET_JOB_ID=%" PRIu32, job->job_id) < 0
+        || asprintf(&own[1], "ZAPFLEET_SCENARIO=%s", job->scenario_name) < 0
+        || asprintf(&own[2], "ZAPFLEET_SCENARIO_FILE=%s", scenario_file) < 0
+        || asprintf(&own[3], "ZAPFLEET_GUEST_MEMORY_BYTES=%" PRIu64, job->guest_memory_bytes) < 0
+        || asprintf(&own[4], "ZAPFLEET_VCPUS=%" PRIu32, job->vcpus) < 0;
+    for (size_t index = 0; index < 5; index++) environment[count++] = own[index];
+    if (failed) {
+        for (size_t index = 0; index < 5; index++) free(own[index]);
+        free(environment);
+        errno = ENOMEM;
+        return NULL;
+    }
+    return environment;
+}
+
+static void free_job_environment(char **environment) {
+    if (environment == NULL) return;
+    size_t count = 0;
+    while (environment[count] != NULL) count++;
+    for (size_t index = count - 5; index < count; index++) free(environment[index]); /* ours are the last five */
+    free(environment);
+}
+
+/*
+ * Starts the command with the job in its environment and its output on a pipe: posix_spawnp,
+ * so that nothing runs between fork and exec in this (libzmq-threaded) process. The pid, or -1
+ * with errno.
+ */
 static pid_t start_command(char *const command[], const zf_job *job, const char *scenario_file, int *output) {
     int pipe_fds[2];
     if (pipe(pipe_fds) != 0) return -1;
-    pid_t pid = fork();
-    if (pid < 0) {
+    char **environment = job_environment(job, scenario_file);
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attributes;
+    int error = environment == NULL ? ENOMEM : posix_spawn_file_actions_init(&actions);
+    int actions_ready = error == 0;
+    pid_t pid = -1;
+    if (error == 0 && (error = posix_spawnattr_init(&attributes)) == 0) {
+        /* The command starts with no signal blocked and SIGINT and SIGTERM at their defaults, whatever this process has. */
+        sigset_t none, defaults;
+        sigemptyset(&none);
+        sigemptyset(&defaults);
+        sigaddset(&defaults, SIGINT);
+        sigaddset(&defaults, SIGTERM);
+        error = posix_spawnattr_setsigmask(&attributes, &none);
+        if (error == 0) error = posix_spawnattr_setsigdefault(&attributes, &defaults);
+        if (error == 0) error = posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+        if (error == 0) error = posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
+        if (error == 0) error = posix_spawn_file_actions_addclose(&actions, pipe_fds[0]);
+        if (error == 0) error = posix_spawn_file_actions_addclose(&actions, pipe_fds[1]);
+        if (error == 0) error = posix_spawnp(&pid, command[0], &actions, &attributes, command, environment);
+        posix_spawnattr_destroy(&attributes);
+    }
+    if (actions_ready) posix_spawn_file_actions_destroy(&actions);
+    free_job_environment(environment);
+    close(pipe_fds[1]);
+    if (error != 0) {
         close(pipe_fds[0]);
-        close(pipe_fds[1]);
+        errno = error;
         return -1;
     }
-    if (pid == 0) {
-        char buffer[32];
-        dup2(pipe_fds[1], STDOUT_FILENO);
-        close(pipe_fds[0]);
-        close(pipe_fds[1]);
-        snprintf(buffer, sizeof buffer, "%" PRIu32, job->job_id);
-        setenv("ZAPFLEET_JOB_ID", buffer, 1);
-        setenv("ZAPFLEET_SCENARIO", job->scenario_name, 1);
-        setenv("ZAPFLEET_SCENARIO_FILE", scenario_file, 1);
-        snprintf(buffer, sizeof buffer, "%" PRIu64, job->guest_memory_bytes);
-        setenv("ZAPFLEET_GUEST_MEMORY_BYTES", buffer, 1);
-        snprintf(buffer, sizeof buffer, "%" PRIu32, job->vcpus);
-        setenv("ZAPFLEET_VCPUS", buffer, 1);
-        execvp(command[0], command);
-        fprintf(stderr, "zapfleet-agent-c: cannot run %s: %s\n", command[0], strerror(errno));
-        _exit(127);
-    }
-    close(pipe_fds[1]);
     *output = pipe_fds[0];
     return pid;
+}
+
+/* Whether the command has ended (1, *wait_status set) or not (0). */
+static int reaped(pid_t pid, int *wait_status) {
+    pid_t got;
+    while ((got = waitpid(pid, wait_status, WNOHANG)) < 0 && errno == EINTR) {}
+    return got == pid || got < 0;
+}
+
+/*
+ * Ends the command: SIGTERM, then SIGKILL if it has not ended within the grace period (a command
+ * that ignores SIGTERM must not hold the agent forever).
+ */
+static void terminate(pid_t pid, int *wait_status) {
+    if (reaped(pid, wait_status)) return;
+    kill(pid, SIGTERM);
+    uint64_t deadline = zf_now_ns() + TERMINATION_GRACE_NS;
+    while (zf_now_ns() < deadline) {
+        if (reaped(pid, wait_status)) return;
+        struct timespec pause = {0, 20000000};
+        nanosleep(&pause, NULL);
+    }
+    fprintf(stderr, "zapfleet-agent-c: the command ignored SIGTERM for %llu s; SIGKILL\n", TERMINATION_GRACE_NS / 1000000000ull);
+    kill(pid, SIGKILL);
+    while (waitpid(pid, wait_status, 0) < 0 && errno == EINTR) {}
 }
 
 /* run_job's answer when the coordinator ended the run during the job: leave, with exit 0. */
 #define JOB_RUN_ENDED (-1)
 
+/* What ends a job early: the coordinator's stop or refusal, a socket error. 0 to go on, else run_job's answer. */
+static int job_cut_short(int event) {
+    if (event == ZF_EVENT_STOP) return JOB_RUN_ENDED;
+    if (event == ZF_EVENT_REFUSED) return ZF_EXIT_REFUSED;
+    if (event < 0) return ZF_EXIT_INTERNAL_ERROR;
+    return 0;
+}
+
+static void say_cut_short(zf_agent *agent, int event) {
+    if (event < 0) fprintf(stderr, "zapfleet-agent-c: the connection failed during the job: %s\n", zf_strerror(errno));
+    else fprintf(stderr, "zapfleet-agent-c: the coordinator ended the run during the job: %s\n", zf_agent_reason(agent));
+}
+
 /* Runs one job: the command, its samples, the result. Returns 0 to go on, JOB_RUN_ENDED, or the exit status to leave with. */
 static int run_job(zf_agent *agent, const zf_job *job, char *const command[], int default_operation, size_t limit) {
     char scenario_file[] = "/tmp/zapfleet-agent-XXXXXX";
     int file = mkstemp(scenario_file);
-    if (file < 0 || write(file, job->scenario_yaml, strlen(job->scenario_yaml)) < 0) {
+    size_t length = strlen(job->scenario_yaml);
+    if (file < 0 || write(file, job->scenario_yaml, length) != (ssize_t)length) {
         fprintf(stderr, "zapfleet-agent-c: cannot write the scenario file: %s\n", strerror(errno));
-        if (file >= 0) close(file);
+        if (file >= 0) {
+            close(file);
+            unlink(scenario_file);
+        }
         return ZF_EXIT_INTERNAL_ERROR;
     }
     close(file);
@@ -149,31 +221,28 @@ static int run_job(zf_agent *agent, const zf_job *job, char *const command[], in
     memset(&m, 0, sizeof m);
     m.limit = limit;
     int output = -1;
-    uint64_t started = now_ns(), last_progress = started;
+    uint64_t started = zf_now_ns(), last_progress = started;
     pid_t pid = start_command(command, job, scenario_file, &output);
     if (pid < 0) {
-        fprintf(stderr, "zapfleet-agent-c: cannot start the command: %s\n", strerror(errno));
+        fprintf(stderr, "zapfleet-agent-c: cannot run %s: %s\n", command[0], strerror(errno));
         unlink(scenario_file);
         return ZF_EXIT_INTERNAL_ERROR;
     }
     fprintf(stderr, "zapfleet-agent-c: job %" PRIu32 " (%s): running %s\n", job->job_id, job->scenario_name, command[0]);
     char buffer[65536];
     size_t used = 0;
-    int open_output = 1, status = 0, discarding = 0;
+    int open_output = 1, status = 0, discarding = 0, wait_status = 0, ended = 0;
     while (open_output && !interrupted) {
         int readable = 0;
-        char reason[512];
-        zf_event event = zf_agent_poll(agent, 1000, output, &readable, NULL, reason, sizeof reason);
-        if (event == ZF_EVENT_STOP || event == ZF_EVENT_REFUSED || event == ZF_EVENT_ERROR) {
-            fprintf(stderr, "zapfleet-agent-c: the coordinator ended the run during the job: %s\n", reason);
-            kill(pid, SIGTERM);
+        int event = zf_agent_poll(agent, 1000, output, &readable, NULL);
+        if ((status = job_cut_short(event)) != 0) {
             /* Nothing is sent after a stop: the run is over, and the samples are partial. */
-            status = event == ZF_EVENT_STOP ? JOB_RUN_ENDED : event == ZF_EVENT_REFUSED ? ZF_EXIT_REFUSED : ZF_EXIT_INTERNAL_ERROR;
+            say_cut_short(agent, event);
             break;
         }
-        if (now_ns() - last_progress >= 1000000000u) {
-            zf_agent_send_progress(agent, job->job_id, m.total, now_ns() - started);
-            last_progress = now_ns();
+        if (zf_now_ns() - last_progress >= 1000000000u) {
+            zf_agent_send_progress(agent, job->job_id, m.total, zf_now_ns() - started); /* a lost progress report costs nothing */
+            last_progress = zf_now_ns();
         }
         if (!readable) continue;
         ssize_t got = read(output, buffer + used, sizeof buffer - 1 - used);
@@ -200,25 +269,29 @@ static int run_job(zf_agent *agent, const zf_job *job, char *const command[], in
             take_line(&m, buffer, default_operation);
         }
     }
-    if (interrupted) kill(pid, SIGTERM);
     close(output);
-    int wait_status = 0;
-    while (waitpid(pid, &wait_status, 0) < 0 && errno == EINTR) {}
+    /* The output is closed: wait for the command's end, keeping the connection alive meanwhile. */
+    while (status == 0 && !interrupted && !(ended = reaped(pid, &wait_status))) {
+        int event = zf_agent_poll(agent, 100, -1, NULL, NULL);
+        if ((status = job_cut_short(event)) != 0) say_cut_short(agent, event);
+    }
+    if (!ended) terminate(pid, &wait_status);
     unlink(scenario_file);
     int32_t exit_status = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : WIFSIGNALED(wait_status) ? -WTERMSIG(wait_status) : -1;
-    uint64_t wall = now_ns() - started;
+    uint64_t wall = zf_now_ns() - started;
     if (status == 0 && !interrupted) {
-        zf_samples operations[OPERATION_COUNT];
+        zf_samples operations[OPERATION_LIMIT];
         size_t count = 0;
-        for (size_t index = 0; index < OPERATION_COUNT; index++) {
+        for (size_t index = 0; index < zf_operation_count() && index < OPERATION_LIMIT; index++) {
             if (m.by_operation[index].count == 0) continue;
-            operations[count].operation = operation_names[index];
+            operations[count].operation = zf_operation_name(index);
             operations[count].nanoseconds = m.by_operation[index].values;
             operations[count].count = m.by_operation[index].count;
             count++;
         }
         if (zf_agent_send_result(agent, job->job_id, operations, count, wall, exit_status, m.rejected) != 0) {
-            fprintf(stderr, "zapfleet-agent-c: cannot send the result\n");
+            fprintf(stderr, "zapfleet-agent-c: cannot send the result of %zu sample(s): %s%s\n", m.total, zf_strerror(errno),
+                    errno == EMSGSIZE ? "; give a smaller --max-samples" : "");
             status = ZF_EXIT_INTERNAL_ERROR;
         } else {
             fprintf(stderr, "zapfleet-agent-c: job %" PRIu32 ": %zu sample(s) sent, %" PRIu64 " line(s) rejected, command exit %d\n",
@@ -261,12 +334,25 @@ int main(int argc, char **argv) {
         else if (strcmp(argument, "--operation") == 0) operation = value;
         else if (strcmp(argument, "--key") == 0) options.secret_key_file = value;
         else if (strcmp(argument, "--coordinator-key") == 0) options.coordinator_key_file = value;
-        else if (strcmp(argument, "--max-samples") == 0) limit = (size_t)strtoull(value, NULL, 10);
-        else if (strcmp(argument, "--protocol-version") == 0) options.protocol_version = (uint32_t)strtoul(value, NULL, 10);
+        else if (strcmp(argument, "--max-samples") == 0) {
+            uint64_t parsed;
+            if (zf_parse_u64(value, 1, MAXIMUM_SAMPLES, &parsed) != 0) {
+                fprintf(stderr, "zapfleet-agent-c: --max-samples '%s' must be a whole number from 1 to %llu\n", value, MAXIMUM_SAMPLES);
+                return ZF_EXIT_BAD_INPUT;
+            }
+            limit = (size_t)parsed;
+        } else if (strcmp(argument, "--protocol-version") == 0) {
+            uint64_t parsed;
+            if (zf_parse_u64(value, 1, UINT32_MAX, &parsed) != 0) {
+                fprintf(stderr, "zapfleet-agent-c: --protocol-version '%s' must be a whole number from 1 to %u\n", value, UINT32_MAX);
+                return ZF_EXIT_BAD_INPUT;
+            }
+            options.protocol_version = (uint32_t)parsed;
+        }
         else if (strcmp(argument, "--kvm") == 0) kvm = value;
         else { fprintf(stderr, "zapfleet-agent-c: unknown option %s\n", argument); usage(stderr); return ZF_EXIT_BAD_INPUT; }
     }
-    int default_operation = operation_index(operation);
+    int default_operation = zf_operation_index(operation);
     /* --kvm: the probe beside this program, its vCPUs from the job (ZAPFLEET_VCPUS). */
     char probe[4096];
     char *kvm_command[] = {probe, "--memory", (char *)kvm, NULL};
@@ -278,8 +364,12 @@ int main(int argc, char **argv) {
         char *slash = strrchr(probe, '/');
         strcpy(slash ? slash + 1 : probe, "zapfleet-kvm-probe");
     }
-    if (options.endpoint == NULL || (index >= argc && kvm == NULL) || default_operation < 0 || limit == 0) {
-        if (default_operation < 0) fprintf(stderr, "zapfleet-agent-c: --operation %s is not a report operation (reset, fault, fast_zap, ...)\n", operation);
+    if (options.endpoint == NULL || (index >= argc && kvm == NULL) || default_operation < 0) {
+        if (default_operation < 0) {
+            fprintf(stderr, "zapfleet-agent-c: --operation %s is not a report operation (", operation);
+            for (size_t known = 0; known < zf_operation_count(); known++) fprintf(stderr, "%s%s", known ? ", " : "", zf_operation_name(known));
+            fprintf(stderr, ")\n");
+        }
         usage(stderr);
         return ZF_EXIT_BAD_INPUT;
     }
@@ -290,18 +380,25 @@ int main(int argc, char **argv) {
     action.sa_handler = on_signal;
     sigaction(SIGINT, &action, NULL);
     sigaction(SIGTERM, &action, NULL);
+    /* A parent may start us with these blocked (a signal mask is inherited across exec): unblock them. */
+    sigset_t stops;
+    sigemptyset(&stops);
+    sigaddset(&stops, SIGINT);
+    sigaddset(&stops, SIGTERM);
+    sigprocmask(SIG_UNBLOCK, &stops, NULL);
 
-    char error[512];
-    zf_agent *agent = zf_agent_connect(&options, error, sizeof error);
+    zf_agent *agent = zf_agent_connect(&options);
     if (agent == NULL) {
-        fprintf(stderr, "zapfleet-agent-c: %s\n", error);
+        int error = errno;
+        const char *what = error == ZF_EBADKEY || error == ENOENT || error == EACCES ? " (--key, --coordinator-key)"
+            : error == EINVAL ? " (--connect, --name, and --key with --coordinator-key)" : "";
+        fprintf(stderr, "zapfleet-agent-c: cannot connect to %s: %s%s\n", options.endpoint, zf_strerror(error), what);
         return ZF_EXIT_BAD_INPUT;
     }
     int status = 0;
     while (!interrupted) {
         zf_job job = {0};
-        char reason[512] = "";
-        zf_event event = zf_agent_poll(agent, 1000, -1, NULL, &job, reason, sizeof reason);
+        int event = zf_agent_poll(agent, 1000, -1, NULL, &job);
         if (event == ZF_EVENT_JOB) {
             status = run_job(agent, &job, command, default_operation, limit);
             zf_job_free(&job);
@@ -313,14 +410,15 @@ int main(int argc, char **argv) {
         } else if (event == ZF_EVENT_ACK) {
             fprintf(stderr, "zapfleet-agent-c: the coordinator has the result\n");
         } else if (event == ZF_EVENT_STOP) {
-            fprintf(stderr, "zapfleet-agent-c: the coordinator says stop: %s\n", reason);
+            fprintf(stderr, "zapfleet-agent-c: the coordinator says stop: %s\n", zf_agent_reason(agent));
+            if (zf_agent_result_pending(agent)) fprintf(stderr, "zapfleet-agent-c: the run ended before the coordinator acknowledged the result\n");
             break;
         } else if (event == ZF_EVENT_REFUSED) {
-            fprintf(stderr, "zapfleet-agent-c: refused by the coordinator: %s\n", reason);
+            fprintf(stderr, "zapfleet-agent-c: refused by the coordinator: %s\n", zf_agent_reason(agent));
             status = ZF_EXIT_REFUSED;
             break;
-        } else if (event == ZF_EVENT_ERROR) {
-            fprintf(stderr, "zapfleet-agent-c: %s\n", reason);
+        } else if (event < 0) {
+            fprintf(stderr, "zapfleet-agent-c: the connection failed: %s\n", zf_strerror(errno));
             status = ZF_EXIT_INTERNAL_ERROR;
             break;
         }

@@ -48,6 +48,7 @@
 #include "kvm_probe_guest.h"
 #include "kvm_probe_stats.h"
 #include "zapfleet_agent.h"   /* ZF_EXIT_* */
+#include "zf_internal.h"      /* zf_now_ns, zf_parse_u64 */
 
 #define MAX_VCPUS 64
 #define MAX_SLOTS 512
@@ -60,12 +61,6 @@ static void fail(int code, const char *format, ...) {
     fputc('\n', stderr);
     va_end(arguments);
     exit(code);
-}
-
-static uint64_t now_ns(void) {
-    struct timespec time;
-    clock_gettime(CLOCK_MONOTONIC, &time);
-    return (uint64_t)time.tv_sec * 1000000000ULL + (uint64_t)time.tv_nsec;
 }
 
 /* "1GiB", "256MiB", "4096" (bytes). */
@@ -150,7 +145,7 @@ static void *run_pass(void *argument) {
     probe_vcpu *vcpu = argument;
     const char *failed = guest_start_pass(vcpu->fd, vcpu->first, vcpu->last);
     if (failed) fail(ZF_EXIT_INTERNAL_ERROR, "%s: %s", failed, strerror(errno));
-    uint64_t start = now_ns();
+    uint64_t start = zf_now_ns();
     int region = 0;
     for (;;) {
         if (ioctl(vcpu->fd, KVM_RUN, NULL) < 0) {
@@ -160,7 +155,7 @@ static void *run_pass(void *argument) {
             break;
         }
         if (vcpu->run->exit_reason == KVM_EXIT_IO && vcpu->run->io.port == REGION_PORT && region < vcpu->regions) {
-            uint64_t now = now_ns();
+            uint64_t now = zf_now_ns();
             vcpu->region_ns[region++] = now - start;
             start = now;
             continue;
@@ -340,9 +335,9 @@ static void reset_vcpus(probe_vm *vm) {
     snapshot(vm, &before);
     uint64_t samples[MAX_VCPUS];
     for (int index = 0; index < vm->vcpus; index++) {
-        uint64_t start = now_ns();
+        uint64_t start = zf_now_ns();
         enter_cpl3_long_mode(&vm->vcpu[index], 1);
-        samples[index] = now_ns() - start;
+        samples[index] = zf_now_ns() - start;
     }
     snapshot(vm, &after);
     report(vm, "reset", "reset", samples, vm->vcpus, &before, &after, 0);
@@ -356,9 +351,9 @@ static void delete_half_the_memslots(probe_vm *vm) {
     int count = 0;
     /* Every other memslot, as the selftest deletes them: the deleted ones spread over the VM. */
     for (int slot = 0; slot < vm->slots; slot += 2) {
-        uint64_t start = now_ns();
+        uint64_t start = zf_now_ns();
         set_memslot(vm, (uint32_t)slot + 1, DATA_GPA + (uint64_t)slot * vm->slot_bytes, 0, vm->data[slot]);
-        samples[count++] = now_ns() - start;
+        samples[count++] = zf_now_ns() - start;
         vm->slot_present[slot] = 0;
     }
     snapshot(vm, &after);
@@ -374,10 +369,10 @@ static void destroy_vm(probe_vm *vm) {
         if (vm->vcpu[index].stats.fd >= 0) close(vm->vcpu[index].stats.fd);
     }
     if (vm->stats.fd >= 0) close(vm->stats.fd);
-    uint64_t start = now_ns();
+    uint64_t start = zf_now_ns();
     for (int index = 0; index < vm->vcpus; index++) close(vm->vcpu[index].fd);
     close(vm->fd);   /* the last reference: kvm_destroy_vm runs here */
-    uint64_t sample = now_ns() - start;
+    uint64_t sample = zf_now_ns() - start;
     report(vm, "close", "teardown", &sample, 1, NULL, NULL, mapped);
     for (int slot = 0; slot < vm->slots; slot++) munmap(vm->data[slot], vm->slot_bytes);
     munmap(vm->system, SYSTEM_SLOT_BYTES);
@@ -395,7 +390,11 @@ int main(int argc, char **argv) {
     uint64_t memory = GIB, memslot = 0;
     /* Run as an agent's job (zapfleet-agent-c --kvm), the job gives the scenario's vCPUs. */
     const char *job_vcpus = getenv("ZAPFLEET_VCPUS");
-    int vcpus = job_vcpus ? atoi(job_vcpus) : 2;
+    uint64_t vcpus_given = 2;
+    if (job_vcpus != NULL && zf_parse_u64(job_vcpus, 1, UINT32_MAX, &vcpus_given) != 0)
+        fail(ZF_EXIT_BAD_INPUT, "ZAPFLEET_VCPUS '%s' is not a number of vCPUs (1 or more)", job_vcpus);
+    /* A job's vCPUs are clamped below to what the probe runs; --vcpus is taken exactly or refused. */
+    int vcpus = vcpus_given > MAX_VCPUS ? MAX_VCPUS : (int)vcpus_given;
     const char *json_path = NULL, *quirk = "both";
     for (int index = 1; index < argc; index++) {
         const char *argument = argv[index];
@@ -404,7 +403,11 @@ int main(int argc, char **argv) {
         const char *value = argv[++index];
         if (strcmp(argument, "--memory") == 0) memory = parse_size(value);
         else if (strcmp(argument, "--memslot") == 0) memslot = parse_size(value);
-        else if (strcmp(argument, "--vcpus") == 0) vcpus = atoi(value);
+        else if (strcmp(argument, "--vcpus") == 0) {
+            if (zf_parse_u64(value, 1, MAX_VCPUS, &vcpus_given) != 0)
+                fail(ZF_EXIT_BAD_INPUT, "--vcpus '%s' must be a whole number from 1 to %d", value, MAX_VCPUS);
+            vcpus = (int)vcpus_given;
+        }
         else if (strcmp(argument, "--json") == 0) json_path = value;
         else if (strcmp(argument, "--quirk") == 0) quirk = value;
         else { fprintf(stderr, "zapfleet-kvm-probe: unknown option %s\n", argument); usage(stderr); return ZF_EXIT_BAD_INPUT; }
