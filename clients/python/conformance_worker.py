@@ -26,8 +26,8 @@ from hdrh.histogram import HdrHistogram
 
 import zapfleet_pb2 as pb
 
-# Contract: Envelope.protocol_version of this protocol.
-PROTOCOL_VERSION = 2
+# Contract: Envelope.protocol_version of this protocol, the .proto's enum ProtocolVersion.
+PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
 # Contract: every histogram is lowest 1 ns, highest 1 h in ns, 3 significant digits.
 LOWEST, HIGHEST, DIGITS = 1, 3_600_000_000_000, 3
 
