@@ -6,7 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "zapfleet", targets: ["zapfleet"]),
-        .library(name: "ZapEngine", targets: ["ZapEngine"]),
+        .library(name: "ZapEngine", targets: ["ZapEngine"])
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -14,7 +14,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0")
     ],
     targets: [
         // The simulation of KVM's TDP MMU root lifecycle. Knows nothing of networks or CLIs.
@@ -34,7 +34,7 @@ let package = Package(
             dependencies: [
                 "ZapEngine", "ZapScenario", "ZapPlatform",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
-                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Atomics", package: "swift-atomics")
             ]
         ),
         // sched_getcpu and sched_setaffinity, which glibc declares only under _GNU_SOURCE.
@@ -65,7 +65,7 @@ let package = Package(
             dependencies: [
                 "ZapEngine", "ZapScenario", "ZapRun", "ZapProtocol", "ZeroMQ", "HistogramCodec", "CZlib", "ZapPlatform",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Logging", package: "swift-log")
             ]
         ),
         // The command-line tool: parses arguments and wires the other targets together.
@@ -78,7 +78,7 @@ let package = Package(
                 "ZapCluster",
                 "ZapPlatform",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Logging", package: "swift-log")
             ]
         ),
         // Release-mode micro-benchmarks of the engine's hot paths against raw memory sweeps.
@@ -88,36 +88,45 @@ let package = Package(
                 "ZapEngine", "ZapScenario", "ZapRun", "ZapCluster", "ZapProtocol", "ZeroMQ", "ZapPlatform",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Logging", package: "swift-log")
             ],
             path: "Benchmarks/zapfleet-bench"
         ),
         // What the tests share: a peer that speaks the protocol by hand, honest shard results to bend.
         .target(
             name: "ZapfleetTestSupport",
-            dependencies: ["ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "HistogramCodec", "CZlib",
-                           "ZapPlatform"],
+            dependencies: [
+                "ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "HistogramCodec", "CZlib",
+                "ZapPlatform"
+            ],
             path: "Tests/ZapfleetTestSupport"
         ),
         .testTarget(name: "ZapEngineTests", dependencies: ["ZapEngine", "ZapPlatform"]),
         .testTarget(name: "ZapScenarioTests", dependencies: ["ZapScenario", "ZapEngine"]),
-        .testTarget(name: "ZapRunTests", dependencies: [
-            "ZapRun", "ZapScenario", "ZapEngine", "ZapPlatform", "HistogramCodec", .product(name: "Histogram", package: "hdrhistogram-swift"),
-        ]),
+        .testTarget(
+            name: "ZapRunTests",
+            dependencies: [
+                "ZapRun", "ZapScenario", "ZapEngine", "ZapPlatform", "HistogramCodec",
+                .product(name: "Histogram", package: "hdrhistogram-swift")
+            ]),
         .testTarget(
             name: "HistogramCodecTests",
             dependencies: ["HistogramCodec", "CZlib", .product(name: "Histogram", package: "hdrhistogram-swift")],
             resources: [.copy("Vectors")]
         ),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
-        .testTarget(name: "ZapClusterTests", dependencies: [
-            "ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "ZapfleetTestSupport", "ZapPlatform",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .testTarget(
+            name: "ZapClusterTests",
+            dependencies: [
+                "ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "ZapfleetTestSupport", "ZapPlatform",
+                .product(name: "Logging", package: "swift-log")
+            ]),
         // End-to-end tests of the built executable, run as a subprocess.
-        .testTarget(name: "ZapfleetCLITests", dependencies: [
-            "ZapRun", "ZapCluster", "ZapEngine", "ZapScenario", "ZapProtocol", "ZeroMQ", "ZapfleetTestSupport", "ZapPlatform",
-            .product(name: "Histogram", package: "hdrhistogram-swift"),
-        ]),
+        .testTarget(
+            name: "ZapfleetCLITests",
+            dependencies: [
+                "ZapRun", "ZapCluster", "ZapEngine", "ZapScenario", "ZapProtocol", "ZeroMQ", "ZapfleetTestSupport", "ZapPlatform",
+                .product(name: "Histogram", package: "hdrhistogram-swift")
+            ])
     ]
 )

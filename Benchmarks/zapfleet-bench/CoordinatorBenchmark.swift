@@ -36,7 +36,8 @@ struct CoordinatorBenchmark: ParsableCommand {
     func run() throws {
         let logger = Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() })
         // One 2 MiB memslot per shard.
-        let scenario = try ScenarioParser.parse("""
+        let scenario = try ScenarioParser.parse(
+            """
             name: capacity
             vm: {memory: \(shards * 2)MiB, memslot: 2MiB}
             workload: {vcpus: 1}
@@ -68,8 +69,9 @@ struct CoordinatorBenchmark: ParsableCommand {
         try coordinatorContext.setMaximumSockets(Int32(workers + 64))
         let coordinator = Coordinator(
             scenario: scenario,
-            configuration: CoordinatorConfiguration(bind: "tcp://127.0.0.1:*", expectWorkers: workers, waitSeconds: 120,
-                                                    heartbeatIntervalMilliseconds: 1000, shardBytes: 2 << 20),
+            configuration: CoordinatorConfiguration(
+                bind: "tcp://127.0.0.1:*", expectWorkers: workers, waitSeconds: 120,
+                heartbeatIntervalMilliseconds: 1000, shardBytes: 2 << 20),
             context: coordinatorContext, logger: logger)
         final class Box: @unchecked Sendable { var outcome: Result<FleetRunOutcome, Error>? }
         let box = Box()
@@ -95,11 +97,19 @@ struct CoordinatorBenchmark: ParsableCommand {
         let outcome = try box.outcome!.get()
         let results = outcome.fleet.shards.count
         let dispatch = outcome.fleet.dispatchSeconds
-        print("coordinator capacity: \(workers) lightweight workers on loopback TCP, \(results) shard results of \(histogramsPerResult) histograms (\(templateBytes) bytes) each")
+        print(
+            "coordinator capacity: \(workers) lightweight workers on loopback TCP, \(results) shard results of \(histogramsPerResult) histograms (\(templateBytes) bytes) each"
+        )
         print("  joined and ran in \(Quantities.rounded(wall, 2)) s; from plan to last result \(Quantities.rounded(dispatch, 2)) s")
-        print("  merged \(Int(Double(results) / dispatch)) results/s = \(Int(Double(results * histogramsPerResult) / dispatch)) histograms/s (target >= 10000)")
-        print("  coordinator thread CPU \(Quantities.rounded(outcome.fleet.coordinatorCpuSeconds, 2)) s over \(Quantities.rounded(wall, 2)) s wall = \(Quantities.rounded(outcome.fleet.coordinatorCpuSeconds / wall, 2)) cores (target < 1)")
-        print("  merged totals: \(outcome.runs.map { "\($0.policy) \($0.statistics.sptesZapped) SPTEs zapped" }.joined(separator: ", ")); failure: \(outcome.failure?.description ?? "none")")
+        print(
+            "  merged \(Int(Double(results) / dispatch)) results/s = \(Int(Double(results * histogramsPerResult) / dispatch)) histograms/s (target >= 10000)"
+        )
+        print(
+            "  coordinator thread CPU \(Quantities.rounded(outcome.fleet.coordinatorCpuSeconds, 2)) s over \(Quantities.rounded(wall, 2)) s wall = \(Quantities.rounded(outcome.fleet.coordinatorCpuSeconds / wall, 2)) cores (target < 1)"
+        )
+        print(
+            "  merged totals: \(outcome.runs.map { "\($0.policy) \($0.statistics.sptesZapped) SPTEs zapped" }.joined(separator: ", ")); failure: \(outcome.failure?.description ?? "none")"
+        )
     }
 
     /// Runs `range` lightweight workers on this thread: hello, heartbeats, instant results.

@@ -39,14 +39,18 @@ struct EngineBenchmark: ParsableCommand {
         }
         let rows: [(String, Double, String)] = [
             ("raw compare-exchange sweep (0 -> leaf)", best.rawCompareExchange, ""),
-            ("engine populate (2 MiB batch faults)", best.populate,
-             ratio(best.populate, best.rawCompareExchange, target: 1.5)),
-            ("engine populate into existing tables", best.populateExisting,
-             ratio(best.populateExisting, best.rawCompareExchange, target: 1.5)),
+            (
+                "engine populate (2 MiB batch faults)", best.populate,
+                ratio(best.populate, best.rawCompareExchange, target: 1.5)
+            ),
+            (
+                "engine populate into existing tables", best.populateExisting,
+                ratio(best.populateExisting, best.rawCompareExchange, target: 1.5)
+            ),
             ("raw atomic exchange sweep (-> REMOVED_SPTE)", best.rawExchange, ""),
             ("engine zap, read lock (async worker)", best.zapShared, ratio(best.zapShared, best.rawExchange, target: 1.5)),
             ("raw plain read+write sweep", best.rawReadWrite, ""),
-            ("engine zap, write lock (sync put)", best.zapExclusive, ratio(best.zapExclusive, best.rawReadWrite, target: nil)),
+            ("engine zap, write lock (sync put)", best.zapExclusive, ratio(best.zapExclusive, best.rawReadWrite, target: nil))
         ]
         for (name, value, note) in rows {
             let padded = name.padding(toLength: 46, withPad: " ", startingAt: 0)
@@ -68,7 +72,10 @@ struct EngineBenchmark: ParsableCommand {
         for frame in 0..<UInt64(count) { vcpu.fault(gfn: frame) }
         let present = Double(monotonicNanoseconds() - start) / Double(count)
         vm.teardown()
-        print(String(format: "  single 4 KiB fault: %.0f ns installing, %.0f ns when already mapped (one thread, clock reads included)", install, present))
+        print(
+            String(
+                format: "  single 4 KiB fault: %.0f ns installing, %.0f ns when already mapped (one thread, clock reads included)", install,
+                present))
     }
 
     private func ratio(_ value: Double, _ bound: Double, target: Double?) -> String {
@@ -141,7 +148,8 @@ struct EngineBenchmark: ParsableCommand {
         // Raw sweeps over fresh memory of the same size, first touch included as for the pool.
         let bytes = entries * 8
         guard let region = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
-              region != MAP_FAILED else { throw ValidationError("cannot map \(bytes) bytes for the raw sweeps") }
+            region != MAP_FAILED
+        else { throw ValidationError("cannot map \(bytes) bytes for the raw sweeps") }
         defer { munmap(region, bytes) }
         let storage = region.bindMemory(to: UnsafeAtomic<UInt64>.Storage.self, capacity: entries)
         var sink: UInt64 = 0

@@ -36,7 +36,8 @@ struct JournalBenchmark: ParsableCommand {
         for batch in [1, 8, 64] {
             let path = (directory as NSString).appendingPathComponent("zapfleet-bench-\(UUID().uuidString).zfj")
             defer { try? FileManager.default.removeItem(atPath: path) }
-            let journal = try ResultJournal.create(at: path, plan: JournalPlan(runID: "bench", scenarioYAML: "", kernelNanosecondsPerSPTE: 52, shards: []))
+            let journal = try ResultJournal.create(
+                at: path, plan: JournalPlan(runID: "bench", scenarioYAML: "", kernelNanosecondsPerSPTE: 52, shards: []))
             let start = monotonicNanoseconds()
             for index in 0..<results {
                 sample.shardID = UInt64(index)
@@ -49,7 +50,10 @@ struct JournalBenchmark: ParsableCommand {
             guard loaded.results.count == results, loaded.tornBytes == 0 else {
                 throw ValidationError("the journal holds \(loaded.results.count) results, expected \(results)")
             }
-            print(String(format: "  one fsync per %2d result(s): %8.1f µs per durable result, %7.0f results/s", batch, elapsed / Double(results) / 1e3, Double(results) / (elapsed / 1e9)))
+            print(
+                String(
+                    format: "  one fsync per %2d result(s): %8.1f µs per durable result, %7.0f results/s", batch,
+                    elapsed / Double(results) / 1e3, Double(results) / (elapsed / 1e9)))
         }
     }
 }

@@ -57,7 +57,9 @@ struct MeasurementBenchmark: ParsableCommand {
             precondition(recorder.histogram(.fault).totalCount == UInt64(samples))
         }
         print("recording one block time (clock read + histogram record): \(Quantities.rounded(best, 1)) ns/sample (target <= 20 ns)")
-        print("  of which the clock read (CLOCK_MONOTONIC, vDSO): \(Quantities.rounded(clockOnly, 1)) ns; the record: \(Quantities.rounded(best - clockOnly, 1)) ns")
+        print(
+            "  of which the clock read (CLOCK_MONOTONIC, vDSO): \(Quantities.rounded(clockOnly, 1)) ns; the record: \(Quantities.rounded(best - clockOnly, 1)) ns"
+        )
 
         let resolved = try ScenarioCatalog.load(scenario)
         var on = UInt64.max, off = UInt64.max
@@ -71,6 +73,8 @@ struct MeasurementBenchmark: ParsableCommand {
             }
         }
         let overhead = (Double(on) / Double(off) - 1) * 100
-        print("\(scenario) run, best of \(runs): measurement on \(Quantities.formatDuration(Double(on))), off \(Quantities.formatDuration(Double(off))): overhead \(Quantities.rounded(overhead, 1))% (target <= 5%)")
+        print(
+            "\(scenario) run, best of \(runs): measurement on \(Quantities.formatDuration(Double(on))), off \(Quantities.formatDuration(Double(off))): overhead \(Quantities.rounded(overhead, 1))% (target <= 5%)"
+        )
     }
 }

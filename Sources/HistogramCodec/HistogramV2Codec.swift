@@ -57,16 +57,18 @@ public struct DecodedHistogram: Sendable, Equatable {
     @discardableResult
     public func add(into histogram: inout Histogram<UInt64>) -> Bool {
         guard histogram.lowestDiscernibleValue == lowestDiscernibleValue,
-              histogram.highestTrackableValue >= highestTrackableValue,
-              histogram.numberOfSignificantValueDigits == significantDigits else { return false }
+            histogram.highestTrackableValue >= highestTrackableValue,
+            histogram.numberOfSignificantValueDigits == significantDigits
+        else { return false }
         for bucket in buckets { _ = histogram.record(bucket.value, count: bucket.count) }
         return true
     }
 
     /// A histogram holding these samples.
     public var histogram: Histogram<UInt64> {
-        var histogram = Histogram<UInt64>(lowestDiscernibleValue: lowestDiscernibleValue, highestTrackableValue: highestTrackableValue,
-                                          numberOfSignificantValueDigits: significantDigits)
+        var histogram = Histogram<UInt64>(
+            lowestDiscernibleValue: lowestDiscernibleValue, highestTrackableValue: highestTrackableValue,
+            numberOfSignificantValueDigits: significantDigits)
         add(into: &histogram)
         return histogram
     }
@@ -226,7 +228,9 @@ public enum HistogramV2Codec {
         while position < bytes.count {
             let value = try readZigZag(bytes, &position)
             if value < 0 {
-                guard value > Int64.min, -value <= Int64(Int32.max) else { throw HistogramCodecError(.badCounts, "zero run \(value) out of range") }
+                guard value > Int64.min, -value <= Int64(Int32.max) else {
+                    throw HistogramCodecError(.badCounts, "zero run \(value) out of range")
+                }
                 index += Int(-value)
                 continue
             }
@@ -242,8 +246,9 @@ public enum HistogramV2Codec {
             }
             index += 1
         }
-        return DecodedHistogram(lowestDiscernibleValue: lowest, highestTrackableValue: highest,
-                                significantDigits: significant, buckets: buckets)
+        return DecodedHistogram(
+            lowestDiscernibleValue: lowest, highestTrackableValue: highest,
+            significantDigits: significant, buckets: buckets)
     }
 
     /// The bucket arithmetic shared by every HdrHistogram implementation.
@@ -306,8 +311,10 @@ public enum HistogramV2Codec {
             }
         }
         guard status == Z_OK else {
-            throw HistogramCodecError(.badCompression, status == Z_BUF_ERROR
-                ? "inflates past \(maximumPlainBytes) bytes" : "DEFLATE data is corrupt (zlib status \(status))")
+            throw HistogramCodecError(
+                .badCompression,
+                status == Z_BUF_ERROR
+                    ? "inflates past \(maximumPlainBytes) bytes" : "DEFLATE data is corrupt (zlib status \(status))")
         }
         return Array(output[0..<produced])
     }

@@ -16,9 +16,14 @@ extension Coordinator {
         // Logged in full at first, then sparsely: a flood of strangers must not flood the log.
         if keysRefused <= 10 || keysRefused % 100 == 0 {
             let key = request.clientKey.map { "public key \($0)" } ?? "no CURVE key (\(request.mechanism))"
-            record(FleetEvent(.workerRefused, .warning,
-                "refused a worker from \(request.address): \(key) is not on the allow-list (--allow-keys); refusals so far: \(keysRefused)",
-                ["address": .string(request.address), "reason": .string("public key not on the allow-list"), "count": .number(keysRefused)]))
+            record(
+                FleetEvent(
+                    .workerRefused, .warning,
+                    "refused a worker from \(request.address): \(key) is not on the allow-list (--allow-keys); refusals so far: \(keysRefused)",
+                    [
+                        "address": .string(request.address), "reason": .string("public key not on the allow-list"),
+                        "count": .number(keysRefused)
+                    ]))
         }
         return "public key not on the coordinator's allow-list"
     }

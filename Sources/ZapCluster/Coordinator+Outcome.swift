@@ -14,37 +14,44 @@ extension Coordinator {
             if case .refused = peer.state { return true }
             return peer.introduction != nil
         }
-            .sorted { $0.joinOrder < $1.joinOrder }.map { peer in
-                var note = peer.benched
-                if case .refused(let reason) = peer.state { note = reason }
-                return FleetSection.WorkerSummary(
-                    name: peer.name, host: peer.introduction?.host ?? "?", cores: peer.introduction?.cores ?? 0,
-                    memoryBudgetBytes: peer.introduction?.memoryBudgetBytes ?? 0, shardsCompleted: peer.completed,
-                    duplicatesDropped: peer.duplicates, badFrames: peer.badFrames, state: peer.state.name, note: note,
-                    resultsRefused: peer.rejectedResults)
-            }
+        .sorted { $0.joinOrder < $1.joinOrder }.map { peer in
+            var note = peer.benched
+            if case .refused(let reason) = peer.state { note = reason }
+            return FleetSection.WorkerSummary(
+                name: peer.name, host: peer.introduction?.host ?? "?", cores: peer.introduction?.cores ?? 0,
+                memoryBudgetBytes: peer.introduction?.memoryBudgetBytes ?? 0, shardsCompleted: peer.completed,
+                duplicatesDropped: peer.duplicates, badFrames: peer.badFrames, state: peer.state.name, note: note,
+                resultsRefused: peer.rejectedResults)
+        }
         let shardSummaries = scheduler.shards.compactMap { record -> FleetSection.ShardSummary? in
             guard let result = totals.shards[record.shard.id] else { return nil }
-            return FleetSection.ShardSummary(id: record.shard.id, slice: record.shard.slice, worker: result.worker,
-                                             attempts: Int(record.lastAttempt), wallSeconds: Double(result.wall) / 1e9,
-                                             sptesZapped: result.sptesZapped, violations: result.violations)
+            return FleetSection.ShardSummary(
+                id: record.shard.id, slice: record.shard.slice, worker: result.worker,
+                attempts: Int(record.lastAttempt), wallSeconds: Double(result.wall) / 1e9,
+                sptesZapped: result.sptesZapped, violations: result.violations)
         }
         let plannedAt = scheduler.plannedAt
         let fleet = FleetSection(
             workers: workers, shards: shardSummaries, requeues: scheduler.requeues, duplicatesDropped: scheduler.duplicates,
-            badFrames: scheduler.badFrames, wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: configuration.kernelNanosecondsPerSPTE),
+            badFrames: scheduler.badFrames,
+            wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: configuration.kernelNanosecondsPerSPTE),
             dispatchSeconds: finishedAt > plannedAt && plannedAt > 0 ? Double(finishedAt - plannedAt) / 1e9 : 0,
             coordinatorCpuSeconds: threadCPUSeconds(), keysRefused: keysRefused, resumedShards: scheduler.resumedShards,
             resultsRefused: scheduler.rejectedResults, attemptsRevoked: scheduler.revokedAttempts)
-        let log = (FleetAggregation.intervalLogHeader(started: startedAt)
+        let log =
+            (FleetAggregation.intervalLogHeader(started: startedAt)
             + scheduler.shards.compactMap { totals.shards[$0.shard.id] }.flatMap(\.intervalLog)).joined(separator: "\n") + "\n"
         var failure = scheduler.failure
         if failure == nil && !scheduler.interrupted && !scheduler.complete {
-            failure = FleetFailure(.shardsWithoutResult, "the run ended with \(scheduler.shards.count - scheduler.completedShards) of \(scheduler.shards.count) shard(s) without a result")
+            failure = FleetFailure(
+                .shardsWithoutResult,
+                "the run ended with \(scheduler.shards.count - scheduler.completedShards) of \(scheduler.shards.count) shard(s) without a result"
+            )
         }
         let complete = scheduler.complete && merged.allSatisfy(\.complete)
-        var outcome = FleetRunOutcome(runs: merged, fleet: fleet, intervalLog: log, failure: failure, complete: complete,
-                                      external: totals.externalMeasurements)
+        var outcome = FleetRunOutcome(
+            runs: merged, fleet: fleet, intervalLog: log, failure: failure, complete: complete,
+            external: totals.externalMeasurements)
         outcome.runID = runID
         return outcome
     }

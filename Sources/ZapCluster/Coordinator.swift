@@ -40,9 +40,11 @@ public final class Coordinator: @unchecked Sendable {
 
     /// A coordinator for `scenario`. `progress` receives workers' progress reports (worker name first).
     /// The coordinator binds its context's ZAP handler, so a context holds one coordinator at a time.
-    public init(scenario: Scenario, configuration: CoordinatorConfiguration, context: ZeroMQContext, logger: Logger,
-                cancellation: CancellationFlag = CancellationFlag(),
-                progress: (@Sendable (String, RunProgress) -> Void)? = nil) {
+    public init(
+        scenario: Scenario, configuration: CoordinatorConfiguration, context: ZeroMQContext, logger: Logger,
+        cancellation: CancellationFlag = CancellationFlag(),
+        progress: (@Sendable (String, RunProgress) -> Void)? = nil
+    ) {
         self.scenario = scenario
         self.scenarioYAML = ScenarioWriter.yaml(scenario)
         self.configuration = configuration
@@ -53,8 +55,9 @@ public final class Coordinator: @unchecked Sendable {
         runID = configuration.resume?.plan.runID ?? String(UUID().uuidString.prefix(8).lowercased())
         totals = FleetTotals(kernelNanosecondsPerSPTE: configuration.kernelNanosecondsPerSPTE)
         // A fresh run waits for its workers from now; a resumed one is replaced by its journal's in ``run()``.
-        scheduler = FleetScheduler(configuration: Self.schedulerConfiguration(configuration, runID: runID, scenario: scenario),
-                                   now: start, planner: Self.planner(configuration, scenario))
+        scheduler = FleetScheduler(
+            configuration: Self.schedulerConfiguration(configuration, runID: runID, scenario: scenario),
+            now: start, planner: Self.planner(configuration, scenario))
     }
 
     /// Cuts `scenario` into shards that the smallest of the workers at hand can take, within `--shard-size`.
@@ -72,7 +75,9 @@ public final class Coordinator: @unchecked Sendable {
     /// The endpoint actually bound (with the real port for `tcp://…:*`), once ``run()`` has bound it.
     public func waitForEndpoint() -> String { boundEndpoint.wait() }
 
-    static func schedulerConfiguration(_ configuration: CoordinatorConfiguration, runID: String, scenario: Scenario) -> FleetScheduler.Configuration {
+    static func schedulerConfiguration(
+        _ configuration: CoordinatorConfiguration, runID: String, scenario: Scenario
+    ) -> FleetScheduler.Configuration {
         var result = FleetScheduler.Configuration(runID: runID)
         result.expectWorkers = configuration.expectWorkers
         result.expectAgents = configuration.expectAgents
@@ -111,11 +116,17 @@ public final class Coordinator: @unchecked Sendable {
         socket = router
         let endpoint = (try? router.lastEndpoint()) ?? configuration.bind
         boundEndpoint.set(endpoint)
-        let security = configuration.security.map { "CURVE, \($0.allowedWorkers.count) worker key(s) allowed, coordinator \($0.keys)" } ?? "no keys (plain text)"
-        record(FleetEvent(.listening, .info,
-            "coordinator \(runID) listening on \(endpoint) [\(security)]; waiting up to \(configuration.waitSeconds) s for \(configuration.expectWorkers) worker(s)",
-            ["run_id": .string(runID), "endpoint": .string(endpoint), "curve": .boolean(configuration.security != nil),
-             "expect_workers": .number(configuration.expectWorkers), "scenario": .string(scenario.name)]))
+        let security =
+            configuration.security.map { "CURVE, \($0.allowedWorkers.count) worker key(s) allowed, coordinator \($0.keys)" }
+            ?? "no keys (plain text)"
+        record(
+            FleetEvent(
+                .listening, .info,
+                "coordinator \(runID) listening on \(endpoint) [\(security)]; waiting up to \(configuration.waitSeconds) s for \(configuration.expectWorkers) worker(s)",
+                [
+                    "run_id": .string(runID), "endpoint": .string(endpoint), "curve": .boolean(configuration.security != nil),
+                    "expect_workers": .number(configuration.expectWorkers), "scenario": .string(scenario.name)
+                ]))
         defer {
             router.close()
             zap.socket.close()
@@ -154,7 +165,9 @@ public final class Coordinator: @unchecked Sendable {
     private func handle(_ message: ReceivedMessage) {
         let now = monotonicNanoseconds()
         guard message.frames.count == 2, !message.truncated else {
-            perform(scheduler.process(.badFrame(message.frames.first, "\(message.frames.count) frames, expected an identity and one envelope"), now: now))
+            perform(
+                scheduler.process(
+                    .badFrame(message.frames.first, "\(message.frames.count) frames, expected an identity and one envelope"), now: now))
             return
         }
         let id = message.frames[0]
@@ -177,7 +190,9 @@ public final class Coordinator: @unchecked Sendable {
         case .heartbeat:
             input = .heartbeat(id)
         case .progress(let report) where scheduler.peers[id]?.introduction?.isAgent == true:
-            input = scheduler.peers[id]?.agentJob.map { UInt64($0) } == report.shardID ? .heartbeat(id) : .badFrame(id, "progress for a job it was not given")
+            input =
+                scheduler.peers[id]?.agentJob.map { UInt64($0) } == report.shardID
+                ? .heartbeat(id) : .badFrame(id, "progress for a job it was not given")
         case .progress(let report):
             let claim = AttemptClaim(runID: report.runID, shard: report.shardID, attempt: report.attempt)
             perform(scheduler.process(.progress(id, claim), now: now))
@@ -187,23 +202,31 @@ public final class Coordinator: @unchecked Sendable {
             receive(result, from: id, now: now)
             return
         case .abandoned(let abandoned):
-            let busyWith = abandoned.busyWithAttempt > 0
+            let busyWith =
+                abandoned.busyWithAttempt > 0
                 ? AttemptClaim(runID: abandoned.runID, shard: abandoned.busyWithShardID, attempt: abandoned.busyWithAttempt) : nil
-            input = .gaveBack(id, AttemptClaim(runID: abandoned.runID, shard: abandoned.shardID, attempt: abandoned.attempt),
-                              reason: abandoned.reason.printable(limit: 300), busyWith: busyWith)
+            input = .gaveBack(
+                id, AttemptClaim(runID: abandoned.runID, shard: abandoned.shardID, attempt: abandoned.attempt),
+                reason: abandoned.reason.printable(limit: 300), busyWith: busyWith)
         case .externalResult(let result):
             let verdict: ResultVerdict
             switch ExternalResultCheck.histograms(of: result) {
             case .success(let histograms):
-                externalAtHand = ExternalMeasurement(name: "external", source: "", histograms: histograms,
-                                                     wallNanoseconds: result.wallNs, exitStatus: result.exitStatus)
+                externalAtHand = ExternalMeasurement(
+                    name: "external", source: "", histograms: histograms,
+                    wallNanoseconds: result.wallNs, exitStatus: result.exitStatus)
                 verdict = .plausible
                 let count = result.operations.reduce(0) { $0 + $1.nanoseconds.count }
                 let agent = scheduler.peers[id]?.name ?? "?"
-                record(FleetEvent(.externalResult, .info,
-                    "external result from \(agent): \(count) sample(s), command exit \(result.exitStatus), \(result.linesRejected) line(s) rejected",
-                    ["agent": .string(agent), "job": .number(result.jobID), "samples": .number(count), "exit_status": .number(result.exitStatus),
-                     "lines_rejected": .number(result.linesRejected)]))
+                record(
+                    FleetEvent(
+                        .externalResult, .info,
+                        "external result from \(agent): \(count) sample(s), command exit \(result.exitStatus), \(result.linesRejected) line(s) rejected",
+                        [
+                            "agent": .string(agent), "job": .number(result.jobID), "samples": .number(count),
+                            "exit_status": .number(result.exitStatus),
+                            "lines_rejected": .number(result.linesRejected)
+                        ]))
             case .failure(let violation):
                 verdict = .implausible(violation.reason)
             }
@@ -228,7 +251,9 @@ public final class Coordinator: @unchecked Sendable {
 
     /// Decodes `result` and checks it against `shard`: the checks that need no scheduling state,
     /// for a live result and a journaled one alike. The runs are empty unless it decoded.
-    static func check(_ result: Zapfleet_V1_ShardResult, shard: Shard, scenario: Scenario) -> (runs: [DecodedPolicyResult], verdict: ResultVerdict) {
+    static func check(
+        _ result: Zapfleet_V1_ShardResult, shard: Shard, scenario: Scenario
+    ) -> (runs: [DecodedPolicyResult], verdict: ResultVerdict) {
         do {
             let runs = try result.policies.map { policy throws(ProtocolViolation) in try ResultCoding.decodeValidated(policy) }
             return (runs, ResultPlausibility.check(runs, wallNanoseconds: result.wallNs, shard: shard, scenario: scenario))
@@ -240,9 +265,11 @@ public final class Coordinator: @unchecked Sendable {
     /// A hello under a name a live peer holds: if a send to that peer fails, its connection is
     /// gone (a restart), and the scheduler hears so before it judges the newcomer.
     private func probeHolder(of introduction: PeerIntroduction, newcomer: PeerID, now: UInt64) {
-        guard let holder = scheduler.peers.values.first(where: {
-            $0.id != newcomer && $0.introduction?.name == introduction.name && $0.state.isLive
-        }) else { return }
+        guard
+            let holder = scheduler.peers.values.first(where: {
+                $0.id != newcomer && $0.introduction?.name == introduction.name && $0.state.isLive
+            })
+        else { return }
         if !transmit(.heartbeat(Zapfleet_V1_Heartbeat()), to: holder.id) {
             perform(scheduler.process(.unreachable(holder.id), now: now))
         }
@@ -250,11 +277,15 @@ public final class Coordinator: @unchecked Sendable {
 
     private func forwardProgress(_ report: Zapfleet_V1_Progress, claim: AttemptClaim, from id: PeerID) {
         guard let progress, let peer = scheduler.peers[id], peer.state == .busy(claim), let shard = scheduler.shard(claim.shard),
-              let policy = ZapPolicy(rawValue: report.policy), report.steps < 1_000_000 else { return }
-        progress(peer.name, RunProgress(policy: policy, step: Int(report.step), steps: Int(report.steps),
-                                        stepName: report.stepName.printable(limit: 40), sptesInstalled: Int(clamping: report.sptesInstalled),
-                                        sptesZapped: Int(clamping: report.sptesZapped), sptesPerPopulation: Int(shard.bytes >> 12),
-                                        elapsedNanoseconds: report.elapsedNs))
+            let policy = ZapPolicy(rawValue: report.policy), report.steps < 1_000_000
+        else { return }
+        progress(
+            peer.name,
+            RunProgress(
+                policy: policy, step: Int(report.step), steps: Int(report.steps),
+                stepName: report.stepName.printable(limit: 40), sptesInstalled: Int(clamping: report.sptesInstalled),
+                sptesZapped: Int(clamping: report.sptesZapped), sptesPerPopulation: Int(shard.bytes >> 12),
+                elapsedNanoseconds: report.elapsedNs))
     }
 
     // MARK: - Actions out
@@ -287,16 +318,20 @@ public final class Coordinator: @unchecked Sendable {
                 external.vcpus = UInt32(scenario.workload.vcpus)
                 transmit(.externalJob(external), to: id)
             case .heartbeat(let id):
-                if !transmit(.heartbeat(Zapfleet_V1_Heartbeat()), to: id) { perform(scheduler.process(.unreachable(id), now: monotonicNanoseconds())) }
+                if !transmit(.heartbeat(Zapfleet_V1_Heartbeat()), to: id) {
+                    perform(scheduler.process(.unreachable(id), now: monotonicNanoseconds()))
+                }
             case .journal(let id, let claim):
                 journalResult(claim, worker: scheduler.peers[id]?.name ?? "?")
             case .merge(let id, let claim):
                 guard let held = resultAtHand, held.claim == claim else { preconditionFailure("merge of \(claim) without its result") }
                 let started = scheduler.shards[Int(claim.shard)].startedAt
-                totals.add(held.runs, of: held.result, worker: scheduler.peers[id]?.name ?? "?", startSeconds: Double(started &- start) / 1e9)
+                totals.add(
+                    held.runs, of: held.result, worker: scheduler.peers[id]?.name ?? "?", startSeconds: Double(started &- start) / 1e9)
             case .mergeExternal(let id):
                 if let measurement = externalAtHand {
-                    totals.addExternal(measurement, agent: scheduler.peers[id]?.name ?? "?", host: scheduler.peers[id]?.introduction?.host ?? "?")
+                    totals.addExternal(
+                        measurement, agent: scheduler.peers[id]?.name ?? "?", host: scheduler.peers[id]?.introduction?.host ?? "?")
                 }
             case .acknowledge(let id, let acknowledgement):
                 pendingAcks.append((id, acknowledgement))
@@ -320,9 +355,13 @@ public final class Coordinator: @unchecked Sendable {
     private func startJournal() {
         guard let path = configuration.journalPath else { return }
         do {
-            journal = try ResultJournal.create(at: path, plan: JournalPlan(
-                runID: runID, scenarioYAML: scenarioYAML, kernelNanosecondsPerSPTE: configuration.kernelNanosecondsPerSPTE,
-                shards: scheduler.shards.map { JournalShard(id: $0.shard.id, firstSlot: $0.shard.slice.firstSlot, slotCount: $0.shard.slice.slotCount) }))
+            journal = try ResultJournal.create(
+                at: path,
+                plan: JournalPlan(
+                    runID: runID, scenarioYAML: scenarioYAML, kernelNanosecondsPerSPTE: configuration.kernelNanosecondsPerSPTE,
+                    shards: scheduler.shards.map {
+                        JournalShard(id: $0.shard.id, firstSlot: $0.shard.slice.firstSlot, slotCount: $0.shard.slice.slotCount)
+                    }))
         } catch {
             perform(scheduler.process(.journalFailed("\(error)"), now: monotonicNanoseconds()))
         }

@@ -46,10 +46,12 @@ public struct CoordinatorConfiguration: Sendable {
     public var resume: JournalContents?
 
     /// A configuration with the defaults of `zapfleet coordinator`.
-    public init(bind: String, expectWorkers: Int = 1, waitSeconds: Double = 60, heartbeatIntervalMilliseconds: Int = 1000,
-                heartbeatLiveness: Int = 3, maxAttempts: Int = 3, kernelNanosecondsPerSPTE: Double = 52,
-                maximumMessageBytes: Int64 = 64 << 20, shardBytes: UInt64? = nil, badFrameLimit: Int = 20,
-                security: CoordinatorSecurity? = nil, journalPath: String? = nil, resume: JournalContents? = nil) {
+    public init(
+        bind: String, expectWorkers: Int = 1, waitSeconds: Double = 60, heartbeatIntervalMilliseconds: Int = 1000,
+        heartbeatLiveness: Int = 3, maxAttempts: Int = 3, kernelNanosecondsPerSPTE: Double = 52,
+        maximumMessageBytes: Int64 = 64 << 20, shardBytes: UInt64? = nil, badFrameLimit: Int = 20,
+        security: CoordinatorSecurity? = nil, journalPath: String? = nil, resume: JournalContents? = nil
+    ) {
         self.journalPath = journalPath
         self.resume = resume
         self.bind = bind

@@ -8,11 +8,13 @@ extension PeerIntroduction {
     init(_ hello: Zapfleet_V1_Hello) {
         // The name is judged as sent (a hello with control characters in it is refused); host and
         // build only reach logs and the report, so they are made printable instead.
-        self.init(name: String(hello.workerName.prefix(255)), host: hello.hostName.printable(limit: 255), build: hello.buildVersion.printable(limit: 64),
-                  cores: Int(hello.cores), memoryBudgetBytes: hello.memoryBudgetBytes, shardByteLimit: hello.shardByteLimit,
-                  shardSlotLimit: Int(hello.largestShardSlots), isAgent: hello.role == .externalAgent,
-                  running: hello.runningAttempt > 0
-                      ? AttemptClaim(runID: hello.runningRunID, shard: hello.runningShardID, attempt: hello.runningAttempt) : nil)
+        self.init(
+            name: String(hello.workerName.prefix(255)), host: hello.hostName.printable(limit: 255),
+            build: hello.buildVersion.printable(limit: 64),
+            cores: Int(hello.cores), memoryBudgetBytes: hello.memoryBudgetBytes, shardByteLimit: hello.shardByteLimit,
+            shardSlotLimit: Int(hello.largestShardSlots), isAgent: hello.role == .externalAgent,
+            running: hello.runningAttempt > 0
+                ? AttemptClaim(runID: hello.runningRunID, shard: hello.runningShardID, attempt: hello.runningAttempt) : nil)
     }
 }
 

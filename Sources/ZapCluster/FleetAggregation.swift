@@ -42,11 +42,13 @@ public enum FleetAggregation {
             for histogram in decoded.histograms {
                 recorder.modify(histogram.operation, projected: histogram.projected) { histogram.buckets.add(into: &$0) }
             }
-            addCounters(PolicyRun(policy: decoded.policy, recorder: BlockTimeRecorder.empty, statistics: decoded.statistics,
-                                  violations: decoded.violations, violationCounts: decoded.violationCounts, steps: decoded.steps,
-                                  wallNanoseconds: decoded.wallNanoseconds, complete: decoded.complete,
-                                  zapThroughput: decoded.zapThroughput, injectedPathRuns: decoded.injectedPathRuns,
-                                  tlbFlushes: decoded.tlbFlushes, interference: decoded.interference))
+            addCounters(
+                PolicyRun(
+                    policy: decoded.policy, recorder: BlockTimeRecorder.empty, statistics: decoded.statistics,
+                    violations: decoded.violations, violationCounts: decoded.violationCounts, steps: decoded.steps,
+                    wallNanoseconds: decoded.wallNanoseconds, complete: decoded.complete,
+                    zapThroughput: decoded.zapThroughput, injectedPathRuns: decoded.injectedPathRuns,
+                    tlbFlushes: decoded.tlbFlushes, interference: decoded.interference))
         }
 
         private mutating func addCounters(_ run: PolicyRun) {
@@ -64,11 +66,12 @@ public enum FleetAggregation {
 
         /// The merged run.
         public var run: PolicyRun {
-            PolicyRun(policy: policy, recorder: recorder, statistics: statistics, violations: violations,
-                      violationCounts: counts, steps: composeSteps(shardSteps), wallNanoseconds: wall,
-                      complete: complete && !shardSteps.isEmpty,
-                      zapThroughput: zapSeconds > 0 ? Double(statistics.sptesZapped) / zapSeconds : 0,
-                      injectedPathRuns: injectedPathRuns, tlbFlushes: tlbFlushes, interference: interference)
+            PolicyRun(
+                policy: policy, recorder: recorder, statistics: statistics, violations: violations,
+                violationCounts: counts, steps: composeSteps(shardSteps), wallNanoseconds: wall,
+                complete: complete && !shardSteps.isEmpty,
+                zapThroughput: zapSeconds > 0 ? Double(statistics.sptesZapped) / zapSeconds : 0,
+                injectedPathRuns: injectedPathRuns, tlbFlushes: tlbFlushes, interference: interference)
         }
     }
 
@@ -81,12 +84,15 @@ public enum FleetAggregation {
             let slices = shards.compactMap { $0.indices.contains(index) ? $0[index] : nil }
             // Saturating: the values come from peers (bounded by ResultPlausibility, but a sum over many shards must not trap).
             let inline = slices.reduce(0) { $0.addingReportingOverflow($1.sptesZappedInline).overflow ? .max : $0 + $1.sptesZappedInline }
-            let longest = inline > 0 ? slices.reduce(UInt64(0)) { sum, slice in
-                let (value, overflow) = sum.addingReportingOverflow(slice.longestBlockNanoseconds)
-                return overflow ? .max : value
-            } : slices.map(\.longestBlockNanoseconds).max() ?? 0
-            return StepTiming(name: first[index].name, nanoseconds: slices.map(\.nanoseconds).max() ?? 0,
-                              longestBlockNanoseconds: longest, sptesZappedInline: inline)
+            let longest =
+                inline > 0
+                ? slices.reduce(UInt64(0)) { sum, slice in
+                    let (value, overflow) = sum.addingReportingOverflow(slice.longestBlockNanoseconds)
+                    return overflow ? .max : value
+                } : slices.map(\.longestBlockNanoseconds).max() ?? 0
+            return StepTiming(
+                name: first[index].name, nanoseconds: slices.map(\.nanoseconds).max() ?? 0,
+                longestBlockNanoseconds: longest, sptesZappedInline: inline)
         }
     }
 
@@ -113,15 +119,18 @@ public enum FleetAggregation {
             "#[zapfleet: one line per shard result, tagged POLICY.OPERATION; values in ns, Interval_Max in ms]",
             "#[StartTime: \(epochSeconds) (seconds since epoch), \(ISO8601DateFormatter().string(from: started))]",
             "#[BaseTime: \(epochSeconds) (seconds since epoch)]",
-            "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"",
+            "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\""
         ]
     }
 
     /// One `.hlog` line: a measured histogram of one shard, tagged `POLICY.OPERATION`, carried
     /// as the V2 compressed bytes the worker sent.
-    public static func intervalLogLine(policy: ZapPolicy, operation: MeasuredOperation, startSeconds: Double,
-                                       lengthSeconds: Double, maxNanoseconds: UInt64, encoded: [UInt8]) -> String {
-        String(format: "Tag=%@.%@,%.3f,%.3f,%.3f,", policy.rawValue, operation.name, startSeconds, lengthSeconds,
-               Double(maxNanoseconds) / 1e6) + Data(encoded).base64EncodedString()
+    public static func intervalLogLine(
+        policy: ZapPolicy, operation: MeasuredOperation, startSeconds: Double,
+        lengthSeconds: Double, maxNanoseconds: UInt64, encoded: [UInt8]
+    ) -> String {
+        String(
+            format: "Tag=%@.%@,%.3f,%.3f,%.3f,", policy.rawValue, operation.name, startSeconds, lengthSeconds,
+            Double(maxNanoseconds) / 1e6) + Data(encoded).base64EncodedString()
     }
 }

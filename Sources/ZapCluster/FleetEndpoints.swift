@@ -13,11 +13,15 @@ public struct FleetTransportError: Error, CustomStringConvertible {
 extension Coordinator {
     /// Runs a coordinator for `scenario` on a ZeroMQ context of its own, until the run ends.
     /// - Throws: ``FleetTransportError`` when the transport fails (e.g. `bind` is taken or invalid).
-    public static func run(scenario: Scenario, configuration: CoordinatorConfiguration, logger: Logger,
-                           cancellation: CancellationFlag = CancellationFlag()) throws -> FleetRunOutcome {
+    public static func run(
+        scenario: Scenario, configuration: CoordinatorConfiguration, logger: Logger,
+        cancellation: CancellationFlag = CancellationFlag()
+    ) throws -> FleetRunOutcome {
         do {
-            return try Coordinator(scenario: scenario, configuration: configuration, context: try ZeroMQContext(), logger: logger,
-                                   cancellation: cancellation).run()
+            return try Coordinator(
+                scenario: scenario, configuration: configuration, context: try ZeroMQContext(), logger: logger,
+                cancellation: cancellation
+            ).run()
         } catch let error as ZeroMQError {
             throw FleetTransportError(description: "\(error)")
         }
@@ -27,7 +31,9 @@ extension Coordinator {
 extension Worker {
     /// Runs a worker on a ZeroMQ context of its own, until it is stopped or leaves.
     /// - Throws: ``FleetTransportError`` when the transport fails (e.g. `connect` is invalid).
-    public static func run(configuration: WorkerConfiguration, logger: Logger, cancellation: CancellationFlag = CancellationFlag()) throws -> WorkerExit {
+    public static func run(
+        configuration: WorkerConfiguration, logger: Logger, cancellation: CancellationFlag = CancellationFlag()
+    ) throws -> WorkerExit {
         do {
             return try Worker(configuration: configuration, context: try ZeroMQContext(), logger: logger, cancellation: cancellation).run()
         } catch let error as ZeroMQError {

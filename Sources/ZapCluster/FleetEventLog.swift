@@ -42,7 +42,8 @@ public final class FleetEventLog: @unchecked Sendable {
                 if count < 0 && errno == EINTR { continue }
                 guard count > 0 else {
                     failed = true
-                    logger?.error("--events \(path): writing failed (\(String(cString: strerror(errno)))); no more events are written there")
+                    logger?.error(
+                        "--events \(path): writing failed (\(String(cString: strerror(errno)))); no more events are written there")
                     return
                 }
                 written += count
@@ -55,19 +56,22 @@ public final class FleetEventLog: @unchecked Sendable {
 public struct FleetEventLogError: Error, CustomStringConvertible {
     public var path: String
     public var reason: String
-    public var description: String { "--events \(path): cannot write there (\(reason)); give a path in a directory that exists and is writable" }
+    public var description: String {
+        "--events \(path): cannot write there (\(reason)); give a path in a directory that exists and is writable"
+    }
 }
 
 extension Logger {
     /// Logs `event`'s sentence at its level, with its name as metadata (`event=shard_done`), and
     /// appends it to `events` when there is one.
     func record(_ event: FleetEvent, events: FleetEventLog?) {
-        let level: Logger.Level = switch event.level {
-        case .debug: .debug
-        case .info: .info
-        case .warning: .warning
-        case .error: .error
-        }
+        let level: Logger.Level =
+            switch event.level {
+            case .debug: .debug
+            case .info: .info
+            case .warning: .warning
+            case .error: .error
+            }
         log(level: level, "\(event.message)", metadata: ["event": "\(event.name.rawValue)"])
         events?.record(event, logger: self)
     }

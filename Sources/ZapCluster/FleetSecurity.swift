@@ -66,12 +66,18 @@ public enum KeyFiles {
         let publicPath = (directory as NSString).appendingPathComponent("\(name).pub")
         if !overwrite {
             for path in [secretPath, publicPath] where FileManager.default.fileExists(atPath: path) {
-                throw FleetSecurityError(code: .keyExists, message: "\(path) exists; give another name, or --force to replace it (workers holding the old key will be refused)")
+                throw FleetSecurityError(
+                    code: .keyExists,
+                    message: "\(path) exists; give another name, or --force to replace it (workers holding the old key will be refused)")
             }
         }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try writePrivately(secretPath, "# zapfleet CURVE secret key '\(name)'. Keep it private: mode 0600, never in a log or on a command line.\n\(pair.secretKey.z85)\n")
-        try "# zapfleet CURVE public key '\(name)'. Share it: workers need the coordinator's, the coordinator's --allow-keys lists the workers'.\n\(pair.publicKey.z85)\n"
+        try writePrivately(
+            secretPath,
+            "# zapfleet CURVE secret key '\(name)'. Keep it private: mode 0600, never in a log or on a command line.\n\(pair.secretKey.z85)\n"
+        )
+        try
+            "# zapfleet CURVE public key '\(name)'. Share it: workers need the coordinator's, the coordinator's --allow-keys lists the workers'.\n\(pair.publicKey.z85)\n"
             .write(toFile: publicPath, atomically: true, encoding: .utf8)
         return (secretPath, publicPath)
     }
@@ -81,7 +87,9 @@ public enum KeyFiles {
         // stat, not lstat: a Kubernetes secret volume reaches its files through symlinks, which are 0777 themselves.
         var status = stat()
         if stat(path, &status) == 0, case let mode = Int(status.st_mode), mode & 0o077 != 0 {
-            throw FleetSecurityError(code: .exposedSecretKey, message: "\(path): a secret key that others may read (mode \(String(mode & 0o777, radix: 8))); run chmod 600 \(path)")
+            throw FleetSecurityError(
+                code: .exposedSecretKey,
+                message: "\(path): a secret key that others may read (mode \(String(mode & 0o777, radix: 8))); run chmod 600 \(path)")
         }
         let key = try readKey(path, what: "secret key")
         return try CurveKeyPair(secretKey: key)
@@ -95,7 +103,8 @@ public enum KeyFiles {
     public static func readAllowList(_ path: String) throws -> [CurveKey: String] {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw FleetSecurityError(code: .unreadableKeyFile, message: "\(path): no such allow-list; give a directory of workers' .pub files or a file of keys")
+            throw FleetSecurityError(
+                code: .unreadableKeyFile, message: "\(path): no such allow-list; give a directory of workers' .pub files or a file of keys")
         }
         var allowed: [CurveKey: String] = [:]
         if isDirectory.boolValue {
@@ -104,11 +113,17 @@ public enum KeyFiles {
                 allowed[try readPublicKey((path as NSString).appendingPathComponent(file))] = String(file.dropLast(4))
             }
         } else {
-            for (number, line) in try contents(path, what: "allow-list").split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            for (number, line) in try contents(path, what: "allow-list").split(separator: "\n", omittingEmptySubsequences: false)
+                .enumerated()
+            {
                 let fields = line.split(whereSeparator: \.isWhitespace)
                 guard let first = fields.first, !first.hasPrefix("#") else { continue }
                 guard let key = CurveKey(z85: String(first)) else {
-                    throw FleetSecurityError(code: .malformedKey, message: "\(path):\(number + 1): '\(first.prefix(12))…' is not a 40-character Z85 public key; copy the key line of a worker's .pub file")
+                    throw FleetSecurityError(
+                        code: .malformedKey,
+                        message:
+                            "\(path):\(number + 1): '\(first.prefix(12))…' is not a 40-character Z85 public key; copy the key line of a worker's .pub file"
+                    )
                 }
                 allowed[key] = fields.count > 1 ? fields[1...].joined(separator: " ") : "key \(key.z85.prefix(8))"
             }
@@ -126,21 +141,27 @@ public enum KeyFiles {
         let other = what == "secret key" ? "public key" : "secret key"
         if text.hasPrefix("# zapfleet CURVE \(other)") || (what == "secret key" && path.hasSuffix(".pub")) {
             let wanted = what == "secret key" ? "the secret key file (NAME.key, mode 0600)" : "the public key file (NAME.pub)"
-            throw FleetSecurityError(code: .malformedKey, message: "\(path): this is a \(other) file, where a \(what) is needed; give \(wanted)")
+            throw FleetSecurityError(
+                code: .malformedKey, message: "\(path): this is a \(other) file, where a \(what) is needed; give \(wanted)")
         }
         let lines = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
         guard let line = lines.first(where: { !$0.isEmpty && !$0.hasPrefix("#") }), let key = CurveKey(z85: line) else {
-            throw FleetSecurityError(code: .malformedKey, message: "\(path): no \(what) in it (one 40-character Z85 line); make one with `zapfleet keygen`")
+            throw FleetSecurityError(
+                code: .malformedKey, message: "\(path): no \(what) in it (one 40-character Z85 line); make one with `zapfleet keygen`")
         }
         return key
     }
 
     private static func contents(_ path: String, what: String) throws -> String {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw FleetSecurityError(code: .unreadableKeyFile, message: "\(path): cannot read this \(what) file; check the path and its permissions")
+            throw FleetSecurityError(
+                code: .unreadableKeyFile, message: "\(path): cannot read this \(what) file; check the path and its permissions")
         }
         guard data.count <= 1 << 20, let text = String(data: data, encoding: .utf8), !text.contains("\0") else {
-            throw FleetSecurityError(code: .malformedKey, message: "\(path): not a \(what) file (\(data.count) bytes that are not a short text); give a file that `zapfleet keygen` wrote")
+            throw FleetSecurityError(
+                code: .malformedKey,
+                message:
+                    "\(path): not a \(what) file (\(data.count) bytes that are not a short text); give a file that `zapfleet keygen` wrote")
         }
         return text
     }
@@ -149,7 +170,8 @@ public enum KeyFiles {
         // Created 0600 from the start: never readable by others, not even for a moment.
         let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         guard descriptor >= 0 else {
-            throw FleetSecurityError(code: .unreadableKeyFile, message: "\(path): cannot create (\(String(cString: strerror(errno)))); check the directory")
+            throw FleetSecurityError(
+                code: .unreadableKeyFile, message: "\(path): cannot create (\(String(cString: strerror(errno)))); check the directory")
         }
         defer { close(descriptor) }
         fchmod(descriptor, 0o600)
@@ -175,11 +197,13 @@ public enum BindPolicy {
     /// Refuses to bind a network address without CURVE unless `insecure` says so on purpose.
     public static func check(_ endpoint: String, secured: Bool, insecure: Bool) throws {
         guard !secured, !insecure, !isLocal(endpoint) else { return }
-        throw FleetSecurityError(code: .openBindWithoutKeys, message: """
-            refusing to bind \(endpoint) without CURVE keys: anyone who can reach it could join the run or feed it results.
-            Make keys with `zapfleet keygen coordinator` and `zapfleet keygen <worker>` on each worker host, then start the \
-            coordinator with --key coordinator.key --allow-keys DIR_OF_WORKER_PUBS and the workers with \
-            --key <worker>.key --coordinator-key coordinator.pub. On a network you trust, --insecure binds without keys.
-            """)
+        throw FleetSecurityError(
+            code: .openBindWithoutKeys,
+            message: """
+                refusing to bind \(endpoint) without CURVE keys: anyone who can reach it could join the run or feed it results.
+                Make keys with `zapfleet keygen coordinator` and `zapfleet keygen <worker>` on each worker host, then start the \
+                coordinator with --key coordinator.key --allow-keys DIR_OF_WORKER_PUBS and the workers with \
+                --key <worker>.key --coordinator-key coordinator.pub. On a network you trust, --insecure binds without keys.
+                """)
     }
 }

@@ -30,12 +30,15 @@ struct FleetTotals {
         precondition(shards[result.shardID] == nil, "shard \(result.shardID) merged twice")
         var lines: [String] = []
         for run in runs {
-            byPolicy[run.policy, default: FleetAggregation.Accumulator(policy: run.policy, kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)].add(run)
+            byPolicy[
+                run.policy, default: FleetAggregation.Accumulator(policy: run.policy, kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
+            ].add(run)
             for histogram in run.histograms where !histogram.projected {
-                lines.append(FleetAggregation.intervalLogLine(
-                    policy: run.policy, operation: histogram.operation, startSeconds: startSeconds,
-                    lengthSeconds: Double(result.wallNs) / 1e9, maxNanoseconds: histogram.buckets.maxBucketValue,
-                    encoded: histogram.encoded))
+                lines.append(
+                    FleetAggregation.intervalLogLine(
+                        policy: run.policy, operation: histogram.operation, startSeconds: startSeconds,
+                        lengthSeconds: Double(result.wallNs) / 1e9, maxNanoseconds: histogram.buckets.maxBucketValue,
+                        encoded: histogram.encoded))
             }
         }
         shards[result.shardID] = ShardOutcome(

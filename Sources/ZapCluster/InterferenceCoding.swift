@@ -16,7 +16,8 @@ enum InterferenceCoding {
         }
         message.quietGuestNs = interference.quietGuestNs
         message.quietLostNs = interference.quietLostNs
-        message.zapCpuNs = Dictionary(interference.zapCpuNs.compactMap { key, value in UInt32(key).map { ($0, value) } }, uniquingKeysWith: &+)
+        message.zapCpuNs = Dictionary(
+            interference.zapCpuNs.compactMap { key, value in UInt32(key).map { ($0, value) } }, uniquingKeysWith: &+)
         message.memslotDeletions = UInt32(interference.memslotDeletions)
         message.deletionZapCpuNs = interference.deletionZapCpuNs
         message.deletionZapCpuNsMax = interference.deletionZapCpuNsMax
@@ -38,25 +39,35 @@ enum InterferenceCoding {
                 throw ProtocolViolation("cpu_interference.vcpus: vcpu \(share.vcpu) or cpu_plus_one \(share.cpuPlusOne) out of range")
             }
             guard share.guestNs <= week, share.lostNs <= share.guestNs, share.units <= 1 << 50 else {
-                throw ProtocolViolation("cpu_interference.vcpus[vcpu \(share.vcpu)]: guest_ns \(share.guestNs), lost_ns \(share.lostNs), units \(share.units) out of range (lost at most guest, guest at most a week)")
+                throw ProtocolViolation(
+                    "cpu_interference.vcpus[vcpu \(share.vcpu)]: guest_ns \(share.guestNs), lost_ns \(share.lostNs), units \(share.units) out of range (lost at most guest, guest at most a week)"
+                )
             }
             guard !interference.vcpus.contains(where: { $0.vcpu == Int(share.vcpu) }) else {
                 throw ProtocolViolation("cpu_interference.vcpus: vcpu \(share.vcpu) twice")
             }
-            interference.vcpus.append(.init(vcpu: Int(share.vcpu), cpu: Int(share.cpuPlusOne) - 1, guestNs: share.guestNs,
-                                            lostNs: share.lostNs, units: share.units))
+            interference.vcpus.append(
+                .init(
+                    vcpu: Int(share.vcpu), cpu: Int(share.cpuPlusOne) - 1, guestNs: share.guestNs,
+                    lostNs: share.lostNs, units: share.units))
         }
         guard message.quietGuestNs <= week, message.quietLostNs <= message.quietGuestNs else {
-            throw ProtocolViolation("cpu_interference: quiet_lost_ns \(message.quietLostNs) is more than quiet_guest_ns \(message.quietGuestNs), or either is more than a week")
+            throw ProtocolViolation(
+                "cpu_interference: quiet_lost_ns \(message.quietLostNs) is more than quiet_guest_ns \(message.quietGuestNs), or either is more than a week"
+            )
         }
         for (cpu, nanoseconds) in message.zapCpuNs {
-            guard cpu < 4096, nanoseconds <= week else { throw ProtocolViolation("cpu_interference.zap_cpu_ns[\(cpu)] \(nanoseconds) out of range") }
+            guard cpu < 4096, nanoseconds <= week else {
+                throw ProtocolViolation("cpu_interference.zap_cpu_ns[\(cpu)] \(nanoseconds) out of range")
+            }
             interference.zapCpuNs[String(cpu)] = nanoseconds
         }
         guard message.memslotDeletions <= 1 << 30, message.deletionZapCpuNs <= week,
-              message.deletionZapCpuNsMax <= message.deletionZapCpuNs, message.deletionCpusMax <= 4096,
-              message.deletionParallelZapsMax <= 1 << 20 else {
-            throw ProtocolViolation("cpu_interference: deletion figures out of range (deletion_zap_cpu_ns_max at most deletion_zap_cpu_ns, at most a week)")
+            message.deletionZapCpuNsMax <= message.deletionZapCpuNs, message.deletionCpusMax <= 4096,
+            message.deletionParallelZapsMax <= 1 << 20
+        else {
+            throw ProtocolViolation(
+                "cpu_interference: deletion figures out of range (deletion_zap_cpu_ns_max at most deletion_zap_cpu_ns, at most a week)")
         }
         interference.quietGuestNs = message.quietGuestNs
         interference.quietLostNs = message.quietLostNs

@@ -12,10 +12,12 @@ public enum LocalFleet {
     /// Runs `scenario` on `workers` in-process workers, each allowed `memoryBudgetBytes` of
     /// page tables, in shards of at most `shardBytes` (nil: as large as the budget allows), and
     /// returns the coordinator's outcome.
-    public static func run(scenario: Scenario, workers: Int, memoryBudgetBytes: UInt64, kernelNanosecondsPerSPTE: Double,
-                           events: FleetEventLog? = nil, logger: Logger, cancellation: CancellationFlag,
-                           progress: (@Sendable (String, RunProgress) -> Void)? = nil,
-                           heartbeatIntervalMilliseconds: Int = 1000, shardBytes: UInt64? = nil) throws -> FleetRunOutcome {
+    public static func run(
+        scenario: Scenario, workers: Int, memoryBudgetBytes: UInt64, kernelNanosecondsPerSPTE: Double,
+        events: FleetEventLog? = nil, logger: Logger, cancellation: CancellationFlag,
+        progress: (@Sendable (String, RunProgress) -> Void)? = nil,
+        heartbeatIntervalMilliseconds: Int = 1000, shardBytes: UInt64? = nil
+    ) throws -> FleetRunOutcome {
         let context = try ZeroMQContext()
         let endpoint = "inproc://zapfleet-local-\(UUID().uuidString)"
         var coordinatorConfiguration = CoordinatorConfiguration(
@@ -23,21 +25,25 @@ public enum LocalFleet {
             kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, shardBytes: shardBytes)
         coordinatorConfiguration.events = events
         let coordinator = Coordinator(
-            scenario: scenario, configuration: coordinatorConfiguration, context: context, logger: logger, cancellation: cancellation, progress: progress)
+            scenario: scenario, configuration: coordinatorConfiguration, context: context, logger: logger, cancellation: cancellation,
+            progress: progress)
         let workerCancellation = CancellationFlag()
         var threads: [OSThread] = []
         let failures = WorkerFailures()
         for index in 0..<workers {
-            var configuration = WorkerConfiguration(connect: endpoint, name: "local-\(index)", memoryBudgetBytes: memoryBudgetBytes,
-                                                    cores: 1, progressInterval: 500_000_000)
+            var configuration = WorkerConfiguration(
+                connect: endpoint, name: "local-\(index)", memoryBudgetBytes: memoryBudgetBytes,
+                cores: 1, progressInterval: 500_000_000)
             configuration.events = events
-            threads.append(OSThread(name: "worker\(index)") { [configuration] in
-                do {
-                    _ = try Worker(configuration: configuration, context: context, logger: logger, cancellation: workerCancellation).run()
-                } catch {
-                    failures.record("worker local-\(index): \(error)")
-                }
-            })
+            threads.append(
+                OSThread(name: "worker\(index)") { [configuration] in
+                    do {
+                        _ = try Worker(configuration: configuration, context: context, logger: logger, cancellation: workerCancellation)
+                            .run()
+                    } catch {
+                        failures.record("worker local-\(index): \(error)")
+                    }
+                })
         }
         defer {
             workerCancellation.cancel()

@@ -64,7 +64,9 @@ public enum ResultCoding {
 
     /// The same validation, keeping the histograms as decoded buckets (cheap to add into a total).
     public static func decodeValidated(_ result: Zapfleet_V1_PolicyResult) throws(ProtocolViolation) -> DecodedPolicyResult {
-        guard let policy = ZapPolicy(rawValue: result.policy) else { throw ProtocolViolation("unknown policy '\(result.policy.printable(limit: 40))'") }
+        guard let policy = ZapPolicy(rawValue: result.policy) else {
+            throw ProtocolViolation("unknown policy '\(result.policy.printable(limit: 40))'")
+        }
         guard result.histograms.count <= MeasuredOperation.allCases.count * 2 else {
             throw ProtocolViolation("\(result.histograms.count) histograms, more than a run has")
         }
@@ -83,39 +85,51 @@ public enum ResultCoding {
                 throw ProtocolViolation("histogram \(operation.name): \(error)")
             }
             guard decoded.lowestDiscernibleValue == 1,
-                  decoded.highestTrackableValue == LatencyHistogram.highestTrackableNanoseconds,
-                  decoded.significantDigits == .three else {
+                decoded.highestTrackableValue == LatencyHistogram.highestTrackableNanoseconds,
+                decoded.significantDigits == .three
+            else {
                 throw ProtocolViolation("histogram \(operation.name) has parameters other than the run's (1 ns, 1 h, 3 digits)")
             }
-            histograms.append(DecodedPolicyResult.Histogram(operation: operation, projected: encoded.projected, buckets: decoded,
-                                                            encoded: [UInt8](encoded.hdrV2)))
+            histograms.append(
+                DecodedPolicyResult.Histogram(
+                    operation: operation, projected: encoded.projected, buckets: decoded,
+                    encoded: [UInt8](encoded.hdrV2)))
         }
         var counts: [Violation.Kind: Int] = [:]
         for (name, count) in result.violationCounts {
-            guard let kind = Violation.Kind(rawValue: name) else { throw ProtocolViolation("unknown violation kind '\(name.printable(limit: 40))'") }
+            guard let kind = Violation.Kind(rawValue: name) else {
+                throw ProtocolViolation("unknown violation kind '\(name.printable(limit: 40))'")
+            }
             guard count <= UInt64(Int32.max) else { throw ProtocolViolation("violation count \(count) out of range") }
             counts[kind] = Int(count)
         }
         let violations = try result.violations.prefix(10).map { record throws(ProtocolViolation) in
-            guard let kind = Violation.Kind(rawValue: record.kind) else { throw ProtocolViolation("unknown violation kind '\(record.kind.printable(limit: 40))'") }
+            guard let kind = Violation.Kind(rawValue: record.kind) else {
+                throw ProtocolViolation("unknown violation kind '\(record.kind.printable(limit: 40))'")
+            }
             return Violation(kind: kind, rootID: record.rootID < 0 ? nil : Int(record.rootID), detail: record.detail.printable(limit: 500))
         }
         var injected: [InjectedBug: Int] = [:]
         for (name, count) in result.injectedPathRuns {
-            guard let bug = InjectedBug(rawValue: name) else { throw ProtocolViolation("unknown injected bug '\(name.printable(limit: 40))'") }
+            guard let bug = InjectedBug(rawValue: name) else {
+                throw ProtocolViolation("unknown injected bug '\(name.printable(limit: 40))'")
+            }
             guard count <= UInt64(Int32.max) else { throw ProtocolViolation("injected_path_runs[\(name)] \(count) out of range") }
             injected[bug] = Int(count)
         }
         var flushes: [TLBFlushCause: Int] = [:]
         for (name, count) in result.tlbFlushes {
-            guard let cause = TLBFlushCause(name: name) else { throw ProtocolViolation("unknown TLB flush cause '\(name.printable(limit: 40))'") }
+            guard let cause = TLBFlushCause(name: name) else {
+                throw ProtocolViolation("unknown TLB flush cause '\(name.printable(limit: 40))'")
+            }
             guard count <= UInt64(1) << 50 else { throw ProtocolViolation("tlb_flushes[\(name)] \(count) out of range") }
             flushes[cause] = Int(count)
         }
         guard result.steps.count <= 100_000 else { throw ProtocolViolation("\(result.steps.count) steps") }
         let steps = result.steps.map {
-            StepTiming(name: $0.name.printable(limit: 40), nanoseconds: $0.wallNs, longestBlockNanoseconds: $0.longestBlockNs,
-                       sptesZappedInline: Int(clamping: $0.sptesZappedInline))
+            StepTiming(
+                name: $0.name.printable(limit: 40), nanoseconds: $0.wallNs, longestBlockNanoseconds: $0.longestBlockNs,
+                sptesZappedInline: Int(clamping: $0.sptesZappedInline))
         }
         return DecodedPolicyResult(
             policy: policy, histograms: histograms, statistics: try decode(result.counters), violations: violations,
@@ -153,11 +167,13 @@ public enum ResultCoding {
     }
 
     static func decode(_ counters: Zapfleet_V1_Counters) throws(ProtocolViolation) -> EngineStatistics {
-        let values = [counters.sptesInstalled, counters.sptesZapped, counters.accessedZapped, counters.dirtyZapped,
-                      counters.tablesAllocated, counters.tablesFreed, counters.tablesLive, counters.tablesPeak,
-                      counters.faults, counters.faultRetries, counters.spuriousFaults, counters.yields, counters.zapSteps,
-                      counters.largestStepTables, counters.rootsCreated, counters.rootsReused, counters.rootsFreed,
-                      counters.rootZaps, counters.workItemsQueued, counters.workItemsRejected, counters.fastZaps, counters.fullZaps]
+        let values = [
+            counters.sptesInstalled, counters.sptesZapped, counters.accessedZapped, counters.dirtyZapped,
+            counters.tablesAllocated, counters.tablesFreed, counters.tablesLive, counters.tablesPeak,
+            counters.faults, counters.faultRetries, counters.spuriousFaults, counters.yields, counters.zapSteps,
+            counters.largestStepTables, counters.rootsCreated, counters.rootsReused, counters.rootsFreed,
+            counters.rootZaps, counters.workItemsQueued, counters.workItemsRejected, counters.fastZaps, counters.fullZaps
+        ]
         // 2^50 leaves is 4096 TiB of 4 KiB pages: more than any root maps.
         guard values.allSatisfy({ $0 < 1 << 50 }) else { throw ProtocolViolation("a counter is out of range") }
         let v = values.map { Int($0) }
@@ -214,9 +230,10 @@ public struct DecodedPolicyResult: Sendable {
         for histogram in histograms {
             recorder.modify(histogram.operation, projected: histogram.projected) { histogram.buckets.add(into: &$0) }
         }
-        return PolicyRun(policy: policy, recorder: recorder, statistics: statistics, violations: violations,
-                         violationCounts: violationCounts, steps: steps, wallNanoseconds: wallNanoseconds,
-                         complete: complete, zapThroughput: zapThroughput, injectedPathRuns: injectedPathRuns,
-                         tlbFlushes: tlbFlushes, interference: interference)
+        return PolicyRun(
+            policy: policy, recorder: recorder, statistics: statistics, violations: violations,
+            violationCounts: violationCounts, steps: steps, wallNanoseconds: wallNanoseconds,
+            complete: complete, zapThroughput: zapThroughput, injectedPathRuns: injectedPathRuns,
+            tlbFlushes: tlbFlushes, interference: interference)
     }
 }

@@ -118,7 +118,10 @@ public final class ResultJournal {
     /// Starts a new journal at `path` (replacing any there) for `plan`, synced before it returns.
     public static func create(at path: String, plan: JournalPlan) throws -> ResultJournal {
         let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard descriptor >= 0 else { throw JournalError(code: .unwritable, message: "\(path): cannot create the journal (\(String(cString: strerror(errno)))); check --out") }
+        guard descriptor >= 0 else {
+            throw JournalError(
+                code: .unwritable, message: "\(path): cannot create the journal (\(String(cString: strerror(errno)))); check --out")
+        }
         let journal = ResultJournal(path: path, descriptor: descriptor)
         try journal.write(magic)
         let encoder = JSONEncoder()
@@ -138,8 +141,10 @@ public final class ResultJournal {
     public static func reopen(at path: String, contents: JournalContents) throws -> ResultJournal {
         let descriptor = open(path, O_WRONLY | O_CLOEXEC)
         guard descriptor >= 0, ftruncate(descriptor, off_t(contents.validLength)) == 0,
-              lseek(descriptor, off_t(contents.validLength), SEEK_SET) >= 0 else {
-            throw JournalError(code: .unwritable, message: "\(path): cannot reopen the journal for appending (\(String(cString: strerror(errno))))")
+            lseek(descriptor, off_t(contents.validLength), SEEK_SET) >= 0
+        else {
+            throw JournalError(
+                code: .unwritable, message: "\(path): cannot reopen the journal for appending (\(String(cString: strerror(errno))))")
         }
         return ResultJournal(path: path, descriptor: descriptor)
     }
@@ -165,7 +170,8 @@ public final class ResultJournal {
     public func sync() throws {
         guard unsynced else { return }
         guard fsync(descriptor) == 0 else {
-            throw JournalError(code: .unwritable, message: "\(path): fsync failed (\(String(cString: strerror(errno)))); results cannot be made durable")
+            throw JournalError(
+                code: .unwritable, message: "\(path): fsync failed (\(String(cString: strerror(errno)))); results cannot be made durable")
         }
         unsynced = false
     }
@@ -173,7 +179,8 @@ public final class ResultJournal {
     /// Reads a journal: its plan, its intact results, and how many torn bytes end it.
     public static func load(_ path: String) throws -> JournalContents {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw JournalError(code: .unreadable, message: "\(path): no journal there; --resume takes the --out directory of a coordinator run")
+            throw JournalError(
+                code: .unreadable, message: "\(path): no journal there; --resume takes the --out directory of a coordinator run")
         }
         let bytes = [UInt8](data)
         guard bytes.count >= magic.count, Array(bytes[0..<magic.count]) == magic else {
@@ -197,7 +204,8 @@ public final class ResultJournal {
             } else if kind == resultKind, plan != nil, payload.count >= 2 {
                 let nameLength = Int(payload[0]) | Int(payload[1]) << 8
                 guard payload.count >= 2 + nameLength,
-                      let result = try? Zapfleet_V1_ShardResult(serializedBytes: Array(payload[(2 + nameLength)...])) else { break }
+                    let result = try? Zapfleet_V1_ShardResult(serializedBytes: Array(payload[(2 + nameLength)...]))
+                else { break }
                 results.append(JournalResult(worker: String(decoding: payload[2..<(2 + nameLength)], as: UTF8.self), result: result))
             } else if kind == handoutKind, plan != nil, payload.count >= 12 {
                 let shard = UInt64(readUInt32(payload, 0)) | UInt64(readUInt32(payload, 4)) << 32
@@ -208,7 +216,8 @@ public final class ResultJournal {
             offset += 8 + length
         }
         guard let plan else {
-            throw JournalError(code: .unreadable, message: "\(path): the journal holds no intact plan; the run cannot be resumed, start it again")
+            throw JournalError(
+                code: .unreadable, message: "\(path): the journal holds no intact plan; the run cannot be resumed, start it again")
         }
         return JournalContents(plan: plan, results: results, handouts: handouts, tornBytes: bytes.count - offset, validLength: offset)
     }
@@ -230,7 +239,8 @@ public final class ResultJournal {
             let result = bytes[written...].withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
             if result < 0 && errno == EINTR { continue }
             guard result > 0 else {
-                throw JournalError(code: .unwritable, message: "\(path): write failed (\(String(cString: strerror(errno)))); is the disk full?")
+                throw JournalError(
+                    code: .unwritable, message: "\(path): write failed (\(String(cString: strerror(errno)))); is the disk full?")
             }
             written += result
         }

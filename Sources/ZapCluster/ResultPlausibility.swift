@@ -47,8 +47,10 @@ public enum ResultPlausibility {
             sptes = Self.saturating([pages, vcpus, addressSpaces, rebuilds])
             // Each step: a sample per 4 KiB page at most (populate and fault), the run step's
             // faults on every vCPU, a reset per vCPU, a fast zap per memslot, a lifetime per root.
-            let perStep = Self.saturatingSum([pages, Self.saturating([faultsPerStep, vcpus]), vcpus,
-                                              UInt64(shard.slice.slotCount), Self.saturating([vcpus, addressSpaces, 4]), 64])
+            let perStep = Self.saturatingSum([
+                pages, Self.saturating([faultsPerStep, vcpus]), vcpus,
+                UInt64(shard.slice.slotCount), Self.saturating([vcpus, addressSpaces, 4]), 64
+            ])
             samples = Self.saturating([perStep, rebuilds])
         }
 
@@ -87,7 +89,8 @@ public enum ResultPlausibility {
         guard run.complete else { return "complete is false: a shard cut short is given back, not reported" }
         let counters = run.statistics
         guard UInt64(counters.sptesInstalled) <= bounds.sptes else {
-            return "counters.sptes_installed \(counters.sptesInstalled) is more than the shard's \(bounds.sptes) (\(bounds.pagesPerRoot) pages per root)"
+            return
+                "counters.sptes_installed \(counters.sptesInstalled) is more than the shard's \(bounds.sptes) (\(bounds.pagesPerRoot) pages per root)"
         }
         guard counters.sptesZapped <= counters.sptesInstalled else {
             return "counters.sptes_zapped \(counters.sptesZapped) is more than sptes_installed \(counters.sptesInstalled)"
@@ -102,7 +105,7 @@ public enum ResultPlausibility {
             ("largest_step_tables", counters.largestStepTables), ("roots_created", counters.rootsCreated),
             ("roots_reused", counters.rootsReused), ("roots_freed", counters.rootsFreed), ("root_zaps", counters.rootZaps),
             ("work_items_queued", counters.workItemsQueued), ("work_items_rejected", counters.workItemsRejected),
-            ("fast_zaps", counters.fastZaps), ("full_zaps", counters.fullZaps),
+            ("fast_zaps", counters.fastZaps), ("full_zaps", counters.fullZaps)
         ]
         let counterBound = max(bounds.sptes, bounds.samples)
         for (name, value) in otherCounters where UInt64(value) > counterBound {
@@ -110,7 +113,8 @@ public enum ResultPlausibility {
         }
         // One request per fast zap; every other flush follows at least one SPTE changed or a step.
         guard run.tlbFlushes[.obsoleteRoots] <= counters.fastZaps else {
-            return "tlb_flushes[obsolete_roots] \(run.tlbFlushes[.obsoleteRoots]) is more than fast_zaps \(counters.fastZaps) (one request each)"
+            return
+                "tlb_flushes[obsolete_roots] \(run.tlbFlushes[.obsoleteRoots]) is more than fast_zaps \(counters.fastZaps) (one request each)"
         }
         for (name, value) in run.tlbFlushes.byCause where UInt64(value) > counterBound {
             return "tlb_flushes[\(name)] \(value) is more than the shard can produce (\(counterBound))"
@@ -135,7 +139,8 @@ public enum ResultPlausibility {
             }
             let kind = histogram.projected ? "projected " : ""
             guard total <= bounds.samples else {
-                return "\(kind)histogram \(histogram.operation.name) holds \(total) samples, more than the shard can produce (\(bounds.samples))"
+                return
+                    "\(kind)histogram \(histogram.operation.name) holds \(total) samples, more than the shard can produce (\(bounds.samples))"
             }
             if histogram.projected { projected[histogram.operation] = total } else { measured[histogram.operation] = total }
         }
@@ -145,15 +150,19 @@ public enum ResultPlausibility {
         }
         let violations = run.violationCounts.values.reduce(UInt64(0)) { $0 &+ UInt64($1) }
         guard violations <= bounds.samples else { return "violation_counts sum to \(violations), more than the shard can produce" }
-        guard run.steps.count <= bounds.steps else { return "\(run.steps.count) step records, where the timeline has \(bounds.steps) steps" }
+        guard run.steps.count <= bounds.steps else {
+            return "\(run.steps.count) step records, where the timeline has \(bounds.steps) steps"
+        }
         guard run.wallNanoseconds <= bounds.nanoseconds else { return "wall_ns \(run.wallNanoseconds) is more than a week" }
         for (index, step) in run.steps.enumerated() {
             // The whole-VM view adds step i of every shard into the timeline's step i.
             guard index < bounds.stepNames.count, step.name == bounds.stepNames[index] else {
-                return "steps[\(index)] is '\(step.name.printable(limit: 40))', where the timeline's step \(index + 1) is '\(index < bounds.stepNames.count ? bounds.stepNames[index] : "none")'"
+                return
+                    "steps[\(index)] is '\(step.name.printable(limit: 40))', where the timeline's step \(index + 1) is '\(index < bounds.stepNames.count ? bounds.stepNames[index] : "none")'"
             }
             guard step.nanoseconds <= bounds.nanoseconds, step.longestBlockNanoseconds <= bounds.nanoseconds else {
-                return "steps[\(index)] claims more than a week (wall_ns \(step.nanoseconds), longest_block_ns \(step.longestBlockNanoseconds))"
+                return
+                    "steps[\(index)] claims more than a week (wall_ns \(step.nanoseconds), longest_block_ns \(step.longestBlockNanoseconds))"
             }
             guard step.sptesZappedInline <= counters.sptesZapped else {
                 return "steps[\(index)].sptes_zapped_inline \(step.sptesZappedInline) is more than sptes_zapped \(counters.sptesZapped)"

@@ -27,8 +27,10 @@ public enum ShardPlanner {
     /// large as possible such that each one's page tables fit `budgetBytes` and its guest memory
     /// does not exceed `largestShardBytes`. Memslot boundaries are never split.
     /// - Throws: ``PlanError`` if not even one memslot fits.
-    public static func plan(_ scenario: Scenario, budgetBytes: UInt64, largestShardBytes: UInt64 = .max,
-                            largestShardSlots: Int = .max) throws(PlanError) -> [Shard] {
+    public static func plan(
+        _ scenario: Scenario, budgetBytes: UInt64, largestShardBytes: UInt64 = .max,
+        largestShardSlots: Int = .max
+    ) throws(PlanError) -> [Shard] {
         let slotBytes = scenario.vm.memslotBytes
         let slots = scenario.memslotCount
         func fits(_ count: Int) -> Bool {
@@ -38,7 +40,10 @@ public enum ShardPlanner {
         }
         guard fits(1) else {
             let need = MemoryEstimate.estimate(scenario, bytes: slotBytes).peakBytes
-            throw PlanError(message: "one \(Quantities.formatSize(slotBytes)) memslot needs \(Quantities.describeSize(Double(need))) of page tables, more than the smallest worker budget (\(Quantities.describeSize(Double(budgetBytes)))) or shard limit allows; give workers more --memory")
+            throw PlanError(
+                message:
+                    "one \(Quantities.formatSize(slotBytes)) memslot needs \(Quantities.describeSize(Double(need))) of page tables, more than the smallest worker budget (\(Quantities.describeSize(Double(budgetBytes)))) or shard limit allows; give workers more --memory"
+            )
         }
         // The largest count that fits: estimates grow with size, so a binary search finds it.
         var low = 1, high = slots

@@ -40,11 +40,13 @@ public struct WorkerConfiguration: Sendable {
     public var events: FleetEventLog?
 
     /// A configuration with the defaults of `zapfleet worker`.
-    public init(connect: String, name: String, memoryBudgetBytes: UInt64, largestShardBytes: UInt64 = .max, largestShardSlots: Int = 0,
-                cores: Int = ProcessInfo.processInfo.activeProcessorCount, reconnectInitialMilliseconds: Int = 250,
-                reconnectMaximumMilliseconds: Int = 8000, buildVersion: String = "dev",
-                protocolVersion: UInt32 = zapfleetProtocolVersion, exitOnStop: Bool = true,
-                progressInterval: UInt64 = 1_000_000_000, security: WorkerSecurity? = nil) {
+    public init(
+        connect: String, name: String, memoryBudgetBytes: UInt64, largestShardBytes: UInt64 = .max, largestShardSlots: Int = 0,
+        cores: Int = ProcessInfo.processInfo.activeProcessorCount, reconnectInitialMilliseconds: Int = 250,
+        reconnectMaximumMilliseconds: Int = 8000, buildVersion: String = "dev",
+        protocolVersion: UInt32 = zapfleetProtocolVersion, exitOnStop: Bool = true,
+        progressInterval: UInt64 = 1_000_000_000, security: WorkerSecurity? = nil
+    ) {
         self.security = security
         self.connect = connect
         self.name = name
@@ -97,8 +99,10 @@ public final class Worker: @unchecked Sendable {
     private var liveness: UInt64 = 3
 
     /// A worker with `configuration`.
-    public init(configuration: WorkerConfiguration, context: ZeroMQContext, logger: Logger,
-                cancellation: CancellationFlag = CancellationFlag()) {
+    public init(
+        configuration: WorkerConfiguration, context: ZeroMQContext, logger: Logger,
+        cancellation: CancellationFlag = CancellationFlag()
+    ) {
         self.configuration = configuration
         self.context = context
         self.logger = logger
@@ -152,8 +156,10 @@ public final class Worker: @unchecked Sendable {
                 case .result(let key, let bytes):
                     // A result of another run than the one this worker is in now is of no use to anyone.
                     guard key.runID == runID else {
-                        note(.resultDropped, .info, "dropped the result of shard \(key.shard) of run \(key.runID): this worker is now in run \(runID ?? "none")",
-                             ["shard": .number(key.shard), "run_id": .string(key.runID)])
+                        note(
+                            .resultDropped, .info,
+                            "dropped the result of shard \(key.shard) of run \(key.runID): this worker is now in run \(runID ?? "none")",
+                            ["shard": .number(key.shard), "run_id": .string(key.runID)])
                         continue
                     }
                     unacknowledged[key] = bytes
@@ -179,8 +185,10 @@ public final class Worker: @unchecked Sendable {
             let now = monotonicNanoseconds()
             // Paranoid Pirate: a silent coordinator is presumed gone; start over with a new socket.
             if now &- lastHeard > interval * liveness {
-                note(.coordinatorSilent, .warning, "coordinator silent for \((now &- lastHeard) / 1_000_000) ms; reconnecting in \(backoff) ms",
-                     ["silent_ms": .number((now &- lastHeard) / 1_000_000), "backoff_ms": .number(backoff)])
+                note(
+                    .coordinatorSilent, .warning,
+                    "coordinator silent for \((now &- lastHeard) / 1_000_000) ms; reconnecting in \(backoff) ms",
+                    ["silent_ms": .number((now &- lastHeard) / 1_000_000), "backoff_ms": .number(backoff)])
                 monitor.close()
                 socket.close()
                 sleep(milliseconds: backoff)
@@ -204,7 +212,8 @@ public final class Worker: @unchecked Sendable {
                     switch event {
                     case .authenticationRefused(let status):
                         let key = configuration.security.map { "key \($0.keys.publicKey)" } ?? "plain-text connection"
-                        let reason = "the coordinator's authentication refused this worker's \(key) (ZAP status \(status)); ask its operator to add this worker's .pub file to --allow-keys"
+                        let reason =
+                            "the coordinator's authentication refused this worker's \(key) (ZAP status \(status)); ask its operator to add this worker's .pub file to --allow-keys"
                         note(.refusedByCoordinator, .error, reason, ["reason": .string(reason)])
                         return .refused(reason: reason)
                     case .disconnected where welcomed:
@@ -221,7 +230,9 @@ public final class Worker: @unchecked Sendable {
                         // without a word; say once what usually causes it.
                         guard !welcomed && !handshakeHint else { continue }
                         handshakeHint = true
-                        logger.warning("the connection to \(configuration.connect) closed during the handshake: do the coordinator and this worker agree on CURVE (--key, --coordinator-key)? Retrying.")
+                        logger.warning(
+                            "the connection to \(configuration.connect) closed during the handshake: do the coordinator and this worker agree on CURVE (--key, --coordinator-key)? Retrying."
+                        )
                     default:
                         break
                     }
@@ -230,17 +241,21 @@ public final class Worker: @unchecked Sendable {
             guard ready[0] else { continue }
             while let message = try socket.receive(dontWait: true, maximumFrames: 2) {
                 guard message.frames.count == 1, let envelope = Messages.decode(message.frames[0]) else {
-                    note(.coordinatorFrameDropped, .warning, "dropped a malformed frame from the coordinator", ["reason": .string("malformed")])
+                    note(
+                        .coordinatorFrameDropped, .warning, "dropped a malformed frame from the coordinator",
+                        ["reason": .string("malformed")])
                     continue
                 }
                 lastHeard = monotonicNanoseconds()
                 if case .refusal(let refusal) = envelope.body {
-                    note(.refusedByCoordinator, .error, "refused by the coordinator: \(refusal.reason)", ["reason": .string(refusal.reason)])
+                    note(
+                        .refusedByCoordinator, .error, "refused by the coordinator: \(refusal.reason)", ["reason": .string(refusal.reason)])
                     return .refused(reason: refusal.reason)
                 }
                 // Another protocol version would be misread: say both and leave (exit 3).
                 guard envelope.protocolVersion == configuration.protocolVersion else {
-                    let reason = "the coordinator at \(configuration.connect) speaks protocol version \(envelope.protocolVersion), this worker \(configuration.protocolVersion); run the same zapfleet version on coordinator and workers"
+                    let reason =
+                        "the coordinator at \(configuration.connect) speaks protocol version \(envelope.protocolVersion), this worker \(configuration.protocolVersion); run the same zapfleet version on coordinator and workers"
                     note(.refusedByCoordinator, .error, reason, ["reason": .string(reason)])
                     return .refused(reason: reason)
                 }
@@ -253,8 +268,9 @@ public final class Worker: @unchecked Sendable {
                     liveness = UInt64(min(max(2, welcome.heartbeatLiveness), 1000))
                     // Hellos are repeated until one is answered: several welcomes can come back.
                     if welcome.runID != runID {
-                        note(.joinedRun, .info, "joined run \(welcome.runID) at \(configuration.connect)",
-                             ["run_id": .string(welcome.runID), "coordinator": .string(configuration.connect)])
+                        note(
+                            .joinedRun, .info, "joined run \(welcome.runID) at \(configuration.connect)",
+                            ["run_id": .string(welcome.runID), "coordinator": .string(configuration.connect)])
                     }
                     join(run: welcome.runID)
                     for bytes in unacknowledged.values { transmit(bytes) }
@@ -263,10 +279,15 @@ public final class Worker: @unchecked Sendable {
                 case .resultAck(let ack):
                     unacknowledged[ResultKey(runID: ack.runID, shard: ack.shardID)] = nil
                     let outcome = ack.rejected ? "refused" : ack.duplicate ? "duplicate" : "accepted"
-                    let message = ack.rejected ? "shard \(ack.shardID) attempt \(ack.attempt): the coordinator refused our result: \(ack.reason.prefix(300))"
-                        : ack.duplicate ? "shard \(ack.shardID): the coordinator already had a result; ours was dropped"
-                        : "shard \(ack.shardID) attempt \(ack.attempt): result accepted"
-                    var fields: [String: FleetEvent.Value] = ["shard": .number(ack.shardID), "attempt": .number(ack.attempt), "outcome": .string(outcome)]
+                    let message =
+                        ack.rejected
+                        ? "shard \(ack.shardID) attempt \(ack.attempt): the coordinator refused our result: \(ack.reason.prefix(300))"
+                        : ack.duplicate
+                            ? "shard \(ack.shardID): the coordinator already had a result; ours was dropped"
+                            : "shard \(ack.shardID) attempt \(ack.attempt): result accepted"
+                    var fields: [String: FleetEvent.Value] = [
+                        "shard": .number(ack.shardID), "attempt": .number(ack.attempt), "outcome": .string(outcome)
+                    ]
                     if ack.rejected { fields["reason"] = .string(String(ack.reason.prefix(300))) }
                     note(.resultAcknowledged, ack.rejected ? .warning : ack.duplicate ? .info : .debug, message, fields)
                 case .stop(let stop):
@@ -288,8 +309,9 @@ public final class Worker: @unchecked Sendable {
                 case .heartbeat:
                     break
                 default:
-                    note(.coordinatorFrameDropped, .warning, "dropped an unexpected \(Messages.name(envelope.body)) from the coordinator",
-                         ["reason": .string("unexpected \(Messages.name(envelope.body))")])
+                    note(
+                        .coordinatorFrameDropped, .warning, "dropped an unexpected \(Messages.name(envelope.body)) from the coordinator",
+                        ["reason": .string("unexpected \(Messages.name(envelope.body))")])
                 }
             }
         }
@@ -367,14 +389,17 @@ public final class Worker: @unchecked Sendable {
         let stale = unacknowledged.keys.filter { $0.runID != run }
         for key in stale {
             unacknowledged[key] = nil
-            note(.resultDropped, .info, "dropped the unacknowledged result of shard \(key.shard) of run \(key.runID): this worker is now in run \(run)",
-                 ["shard": .number(key.shard), "run_id": .string(key.runID)])
+            note(
+                .resultDropped, .info,
+                "dropped the unacknowledged result of shard \(key.shard) of run \(key.runID): this worker is now in run \(run)",
+                ["shard": .number(key.shard), "run_id": .string(key.runID)])
         }
         if let running = currentShard, running.runID != run {
             // Its result would be dropped: stop it. The coordinator counts this worker busy with
             // it until the hello that follows its end (``drainOutbox``).
-            note(.shardStopped, .info, "stopping shard \(running.shard) of run \(running.runID): this worker is now in run \(run)",
-                 ["shard": .number(running.shard), "attempt": .number(running.attempt), "run_id": .string(running.runID)])
+            note(
+                .shardStopped, .info, "stopping shard \(running.shard) of run \(running.runID): this worker is now in run \(run)",
+                ["shard": .number(running.shard), "attempt": .number(running.attempt), "run_id": .string(running.runID)])
             shardCancellation?.cancel()
         }
     }
@@ -383,12 +408,15 @@ public final class Worker: @unchecked Sendable {
     private func start(_ assignment: Zapfleet_V1_Assignment, transmit: ([UInt8]) -> Void) {
         let claim = AttemptClaim(runID: assignment.runID, shard: assignment.shardID, attempt: assignment.attempt)
         func abandon(_ reason: String) {
-            note(.shardRefusedByWorker, .warning, "refusing shard \(assignment.shardID): \(reason)",
-                 ["shard": .number(assignment.shardID), "attempt": .number(assignment.attempt), "reason": .string(reason)])
+            note(
+                .shardRefusedByWorker, .warning, "refusing shard \(assignment.shardID): \(reason)",
+                ["shard": .number(assignment.shardID), "attempt": .number(assignment.attempt), "reason": .string(reason)])
             transmit(frame(Self.abandoned(claim, reason: reason, busyWith: currentShard)))
         }
         guard currentShard == nil else { return abandon("busy with shard \(currentShard!.shard)") }
-        guard assignment.runID == runID else { return abandon("the assignment is for run \(assignment.runID.prefix(40)), this worker is in run \(runID ?? "none")") }
+        guard assignment.runID == runID else {
+            return abandon("the assignment is for run \(assignment.runID.prefix(40)), this worker is in run \(runID ?? "none")")
+        }
         let scenario: Scenario
         do {
             scenario = try ScenarioParser.parse(assignment.scenarioYaml, file: "assignment \(assignment.shardID)")
@@ -404,7 +432,9 @@ public final class Worker: @unchecked Sendable {
         }
         let shard = Shard(id: assignment.shardID, slice: slice, of: scenario)
         guard shard.bytes <= configuration.largestShardBytes, shard.estimatedTableBytes <= configuration.memoryBudgetBytes else {
-            return abandon("the shard (\(Quantities.formatSize(shard.bytes))) needs \(Quantities.describeSize(Double(shard.estimatedTableBytes))) of page tables; this worker's budget is \(Quantities.describeSize(Double(configuration.memoryBudgetBytes)))")
+            return abandon(
+                "the shard (\(Quantities.formatSize(shard.bytes))) needs \(Quantities.describeSize(Double(shard.estimatedTableBytes))) of page tables; this worker's budget is \(Quantities.describeSize(Double(configuration.memoryBudgetBytes)))"
+            )
         }
         guard assignment.kernelNsPerSpte > 0, assignment.kernelNsPerSpte.isFinite else { return abandon("invalid kernel cost per SPTE") }
 
@@ -431,16 +461,21 @@ public final class Worker: @unchecked Sendable {
             return Worker.frame(.progress(report), version: configuration.protocolVersion)
         }
         let resultVersion = configuration.protocolVersion
-        note(.shardStarted, .info, "running shard \(assignment.shardID) attempt \(assignment.attempt): \(slice) of \(scenario.name)",
-             ["shard": .number(assignment.shardID), "attempt": .number(assignment.attempt), "first_slot": .number(slice.firstSlot),
-              "slots": .number(slice.slotCount)])
+        note(
+            .shardStarted, .info, "running shard \(assignment.shardID) attempt \(assignment.attempt): \(slice) of \(scenario.name)",
+            [
+                "shard": .number(assignment.shardID), "attempt": .number(assignment.attempt), "first_slot": .number(slice.firstSlot),
+                "slots": .number(slice.slotCount)
+            ])
         let events = configuration.events
         let workerName = configuration.name
         shardThread = OSThread(name: "shard") {
             let start = monotonicNanoseconds()
-            let runner = ScenarioRunner(scenario: scenario, options: RunOptions(
-                kernelNanosecondsPerSPTE: assignment.kernelNsPerSpte, slice: slice, cancellation: flag,
-                progress: { outbox.push(.frame(assignment.runID, progressFrame($0))) }, progressInterval: interval))
+            let runner = ScenarioRunner(
+                scenario: scenario,
+                options: RunOptions(
+                    kernelNanosecondsPerSPTE: assignment.kernelNsPerSpte, slice: slice, cancellation: flag,
+                    progress: { outbox.push(.frame(assignment.runID, progressFrame($0))) }, progressInterval: interval))
             var result = Zapfleet_V1_ShardResult()
             result.runID = assignment.runID
             result.shardID = assignment.shardID
@@ -454,24 +489,39 @@ public final class Worker: @unchecked Sendable {
                     let run = try runner.run(policy: policy)
                     // Cut short (the run or the worker stopping): given back, so that it runs again in full.
                     guard run.complete, !flag.isCancelled else {
-                        shardLogger.record(FleetEvent(.shardStopped, .info, "shard \(assignment.shardID) stopped before its end; giving it back",
-                            ["worker": .string(workerName), "shard": .number(assignment.shardID), "attempt": .number(assignment.attempt)]), events: events)
+                        shardLogger.record(
+                            FleetEvent(
+                                .shardStopped, .info, "shard \(assignment.shardID) stopped before its end; giving it back",
+                                [
+                                    "worker": .string(workerName), "shard": .number(assignment.shardID),
+                                    "attempt": .number(assignment.attempt)
+                                ]), events: events)
                         return giveBack("stopped before the shard's end")
                     }
                     result.policies.append(ResultCoding.encode(run))
                 }
             } catch {
-                shardLogger.record(FleetEvent(.shardFailed, .error, "shard \(assignment.shardID) failed: \(error)",
-                    ["worker": .string(workerName), "shard": .number(assignment.shardID), "attempt": .number(assignment.attempt),
-                     "reason": .string("\(error)")]), events: events)
+                shardLogger.record(
+                    FleetEvent(
+                        .shardFailed, .error, "shard \(assignment.shardID) failed: \(error)",
+                        [
+                            "worker": .string(workerName), "shard": .number(assignment.shardID), "attempt": .number(assignment.attempt),
+                            "reason": .string("\(error)")
+                        ]), events: events)
                 return giveBack("the engine failed: \(error)")
             }
             result.wallNs = monotonicNanoseconds() - start
-            outbox.push(.result(ResultKey(runID: assignment.runID, shard: assignment.shardID), Worker.frame(.result(result), version: resultVersion)))
+            outbox.push(
+                .result(
+                    ResultKey(runID: assignment.runID, shard: assignment.shardID), Worker.frame(.result(result), version: resultVersion)))
             outbox.push(.finished)
-            shardLogger.record(FleetEvent(.shardFinished, .info, "shard \(assignment.shardID) finished in \(Quantities.formatDuration(Double(result.wallNs)))",
-                ["worker": .string(workerName), "shard": .number(assignment.shardID), "attempt": .number(assignment.attempt),
-                 "wall_ns": .number(result.wallNs)]), events: events)
+            shardLogger.record(
+                FleetEvent(
+                    .shardFinished, .info, "shard \(assignment.shardID) finished in \(Quantities.formatDuration(Double(result.wallNs)))",
+                    [
+                        "worker": .string(workerName), "shard": .number(assignment.shardID), "attempt": .number(assignment.attempt),
+                        "wall_ns": .number(result.wallNs)
+                    ]), events: events)
         }
     }
 

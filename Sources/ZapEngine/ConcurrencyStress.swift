@@ -32,9 +32,11 @@ public struct ConcurrencyStress: Sendable {
     public var timeLimitNanoseconds: UInt64
 
     /// A workout with sizes that finish in seconds in a debug build.
-    public init(vm: VMConfiguration, vcpus: Int = 3, operationsPerVCPU: Int = 400, fastZaps: Int = 12,
-                fullZaps: Int = 2, guestFrames: UInt64 = 1 << 18, useSMM: Bool = true, seed: UInt64 = 1,
-                timeLimitNanoseconds: UInt64 = 20_000_000_000) {
+    public init(
+        vm: VMConfiguration, vcpus: Int = 3, operationsPerVCPU: Int = 400, fastZaps: Int = 12,
+        fullZaps: Int = 2, guestFrames: UInt64 = 1 << 18, useSMM: Bool = true, seed: UInt64 = 1,
+        timeLimitNanoseconds: UInt64 = 20_000_000_000
+    ) {
         self.vm = vm
         self.vcpus = vcpus
         self.operationsPerVCPU = operationsPerVCPU
@@ -108,41 +110,46 @@ public struct ConcurrencyStress: Sendable {
             let threadSeed = seed &+ UInt64(index + 1) &* 0x9E37_79B9_7F4A_7C15
             let operations = operationsPerVCPU
             let smm = useSMM
-            threads.append(OSThread(name: "vcpu\(index)") {
-                var rng = SplitMix64(seed: threadSeed)
-                var longest = LongestBlocks()
-                var done = 0
-                for _ in 0..<operations {
-                    if monotonicNanoseconds() > deadline { break }
-                    let dice = rng.next() % 100
-                    let frame = rng.next() % frames
-                    switch dice {
-                    case 0..<40:
-                        longest.fault = max(longest.fault, vcpu.populate2MRegion(firstFrame: frame).blockedNanoseconds)
-                    case 40..<62:
-                        // One in three as under dirty logging: a huge page in the way is split.
-                        longest.fault = max(longest.fault, vcpu.fault(gfn: frame, size: .size4K, write: dice & 1 == 0,
-                                                                      replacingHugePages: dice % 3 == 0).blockedNanoseconds)
-                    case 62..<75:
-                        longest.fault = max(longest.fault, vcpu.fastFault(gfn: frame, write: dice & 1 == 0).blockedNanoseconds)
-                    case 75..<82:
-                        longest.fault = max(longest.fault, vcpu.fault(gfn: frame, size: .size2M).blockedNanoseconds)
-                    case 82..<85:
-                        longest.fault = max(longest.fault, vcpu.fault(gfn: frame, size: .size1G).blockedNanoseconds)
-                    case 85..<95:
-                        longest.reset = max(longest.reset, vcpu.reset().blockedNanoseconds)
-                    default:
-                        if smm {
-                            let space: AddressSpace = vcpu.addressSpace == .normal ? .smm : .normal
-                            longest.reset = max(longest.reset, vcpu.switchAddressSpace(to: space).blockedNanoseconds)
-                        } else {
-                            vcpu.loadRoot()
+            threads.append(
+                OSThread(name: "vcpu\(index)") {
+                    var rng = SplitMix64(seed: threadSeed)
+                    var longest = LongestBlocks()
+                    var done = 0
+                    for _ in 0..<operations {
+                        if monotonicNanoseconds() > deadline { break }
+                        let dice = rng.next() % 100
+                        let frame = rng.next() % frames
+                        switch dice {
+                        case 0..<40:
+                            longest.fault = max(longest.fault, vcpu.populate2MRegion(firstFrame: frame).blockedNanoseconds)
+                        case 40..<62:
+                            // One in three as under dirty logging: a huge page in the way is split.
+                            longest.fault = max(
+                                longest.fault,
+                                vcpu.fault(
+                                    gfn: frame, size: .size4K, write: dice & 1 == 0,
+                                    replacingHugePages: dice % 3 == 0
+                                ).blockedNanoseconds)
+                        case 62..<75:
+                            longest.fault = max(longest.fault, vcpu.fastFault(gfn: frame, write: dice & 1 == 0).blockedNanoseconds)
+                        case 75..<82:
+                            longest.fault = max(longest.fault, vcpu.fault(gfn: frame, size: .size2M).blockedNanoseconds)
+                        case 82..<85:
+                            longest.fault = max(longest.fault, vcpu.fault(gfn: frame, size: .size1G).blockedNanoseconds)
+                        case 85..<95:
+                            longest.reset = max(longest.reset, vcpu.reset().blockedNanoseconds)
+                        default:
+                            if smm {
+                                let space: AddressSpace = vcpu.addressSpace == .normal ? .smm : .normal
+                                longest.reset = max(longest.reset, vcpu.switchAddressSpace(to: space).blockedNanoseconds)
+                            } else {
+                                vcpu.loadRoot()
+                            }
                         }
+                        done += 1
                     }
-                    done += 1
-                }
-                results.store(index, longest: longest, operations: done)
-            })
+                    results.store(index, longest: longest, operations: done)
+                })
         }
 
         let zapCount = fastZaps
@@ -193,9 +200,10 @@ public struct ConcurrencyStress: Sendable {
         } else {
             machine.keepAliveForStuckThreads()
         }
-        return Report(violations: machine.checker.violations, violationCounts: machine.checker.countsByKind,
-                      statistics: machine.statistics,
-                      longest: longest, operationsCompleted: results.operations, threadsAbandoned: abandoned)
+        return Report(
+            violations: machine.checker.violations, violationCounts: machine.checker.countsByKind,
+            statistics: machine.statistics,
+            longest: longest, operationsCompleted: results.operations, threadsAbandoned: abandoned)
     }
 }
 

@@ -38,8 +38,9 @@ extension VirtualMachine {
         dirtyLogging.store(true, ordering: .releasing)
         let split = policy == .sync ? OperationOutcome(blockedNanoseconds: 0) : splitHugePages()
         let protect = writeProtectForDirtyLog()
-        return OperationOutcome(blockedNanoseconds: split.blockedNanoseconds &+ protect.blockedNanoseconds,
-                                sptesInstalled: split.sptesInstalled, tlbFlushes: protect.tlbFlushes)
+        return OperationOutcome(
+            blockedNanoseconds: split.blockedNanoseconds &+ protect.blockedNanoseconds,
+            sptesInstalled: split.sptesInstalled, tlbFlushes: protect.tlbFlushes)
     }
 
     /// `kvm_tdp_mmu_wrprot_slot` (dirty logging enabled on a memslot): under the read lock, for
@@ -219,8 +220,9 @@ extension VirtualMachine {
         let flushMark = ThreadTLBFlushes.count
         var zapped = 0
         let (blocked, zappedByPuts) = forEachValidRootUnderReadLock { root in zapped += zapCollapsible(in: root) }
-        return OperationOutcome(blockedNanoseconds: blocked, sptesZappedInline: zapped + zappedByPuts,
-                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
+        return OperationOutcome(
+            blockedNanoseconds: blocked, sptesZappedInline: zapped + zappedByPuts,
+            tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// The walk of one root for ``zapCollapsibleSPTEs()``: every level-2 entry that points to a
@@ -295,7 +297,8 @@ extension VirtualMachine {
             for middle in 0..<PagingGeometry.entriesPerTable {
                 // Re-read: a yield below may have let the path change.
                 guard let levelThree = childTable(of: rootTable.load(top), level: 4, root: root),
-                      let levelTwo = childTable(of: levelThree.load(middle), level: 3, root: root) else { continue }
+                    let levelTwo = childTable(of: levelThree.load(middle), level: 3, root: root)
+                else { continue }
                 visitLeaves(levelTwo, level: 2)
                 for bottom in 0..<PagingGeometry.entriesPerTable {
                     guard let levelOne = childTable(of: levelTwo.load(bottom), level: 2, root: root) else { continue }

@@ -92,7 +92,12 @@ public struct EngineStatistics: Sendable, Codable, Equatable {
     }
 
     /// Every counter given.
-    public init(sptesInstalled: Int, sptesZapped: Int, accessedZapped: Int, dirtyZapped: Int, tablesAllocated: Int, tablesFreed: Int, tablesLive: Int, tablesPeak: Int, faults: Int, faultRetries: Int, spuriousFaults: Int, yields: Int, zapSteps: Int, largestStepTables: Int, rootsCreated: Int, rootsReused: Int, rootsFreed: Int, rootZaps: Int, workItemsQueued: Int, workItemsRejected: Int, fastZaps: Int, fullZaps: Int) {
+    public init(
+        sptesInstalled: Int, sptesZapped: Int, accessedZapped: Int, dirtyZapped: Int, tablesAllocated: Int, tablesFreed: Int,
+        tablesLive: Int, tablesPeak: Int, faults: Int, faultRetries: Int, spuriousFaults: Int, yields: Int, zapSteps: Int,
+        largestStepTables: Int, rootsCreated: Int, rootsReused: Int, rootsFreed: Int, rootZaps: Int, workItemsQueued: Int,
+        workItemsRejected: Int, fastZaps: Int, fullZaps: Int
+    ) {
         self.sptesInstalled = sptesInstalled
         self.sptesZapped = sptesZapped
         self.accessedZapped = accessedZapped

@@ -32,8 +32,9 @@ extension VirtualMachine {
         while true {
             let generation = pool.generation(of: page)
             guard generation & 1 == 1 else {
-                checker.record(.useAfterFree, root: root,
-                               "a lockless walk (fast page fault) followed a pointer to page-table page \(page.rawValue), which is not allocated")
+                checker.record(
+                    .useAfterFree, root: root,
+                    "a lockless walk (fast page fault) followed a pointer to page-table page \(page.rawValue), which is not allocated")
                 break
             }
             visited.append(page, generation)
@@ -63,8 +64,10 @@ extension VirtualMachine {
         }
         // Still inside the section: every table reached must still be the one the walk entered.
         if let (freed, level) = visited.firstChanged(in: pool) {
-            checker.record(.useAfterFree, root: root,
-                           "page-table page \(freed.rawValue) (level \(level)) was freed while a lockless walk (fast page fault) was inside it: freed before a grace period")
+            checker.record(
+                .useAfterFree, root: root,
+                "page-table page \(freed.rawValue) (level \(level)) was freed while a lockless walk (fast page fault) was inside it: freed before a grace period"
+            )
         }
         return result
     }
@@ -89,12 +92,13 @@ private struct VisitedTables {
     /// The first table whose generation moved since the walk entered it, with its level.
     func firstChanged(in pool: PageTablePool) -> (PageIndex, Int)? {
         for position in 0..<count {
-            let (page, generation) = switch position {
-            case 0: (pages.0, generations.0)
-            case 1: (pages.1, generations.1)
-            case 2: (pages.2, generations.2)
-            default: (pages.3, generations.3)
-            }
+            let (page, generation) =
+                switch position {
+                case 0: (pages.0, generations.0)
+                case 1: (pages.1, generations.1)
+                case 2: (pages.2, generations.2)
+                default: (pages.3, generations.3)
+                }
             if pool.generation(of: PageIndex(rawValue: page)) != generation {
                 return (PageIndex(rawValue: page), PagingGeometry.rootLevel - position)
             }

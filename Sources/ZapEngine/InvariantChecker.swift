@@ -58,7 +58,8 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
             case .rootLeaked, .pagesLeaked, .sptesLeaked, .workLeaked: 1
             case .earlyReturn, .staleSPTE: 2
             case .refcountUnderflow, .useAfterFree, .validRootFreed, .validRootUnreferenced,
-                 .refcountMismatch, .getAfterZero: 3
+                .refcountMismatch, .getAfterZero:
+                3
             case .zapUnreferenced: 4
             case .doubleQueue, .queueRefused, .workqueueRule: 5
             case .addressSpaceSkipped: 6
@@ -121,8 +122,10 @@ public final class InvariantChecker: @unchecked Sendable {
         case .oversizedStep(let tables, let bound):
             record(.oversizedStep, "one zap step freed \(tables) page tables under mmu_lock; the bound is \(bound)")
         case .heldPastStepWhileContended(let mode):
-            record(.writerStarved, "a zap holding mmu_lock for \(mode == .shared ? "read" : "write") freed tables in a second step while "
-                   + (mode == .shared ? "a writer" : "another thread") + " waited, without yielding (seen by the lock)")
+            record(
+                .writerStarved,
+                "a zap holding mmu_lock for \(mode == .shared ? "read" : "write") freed tables in a second step while "
+                    + (mode == .shared ? "a writer" : "another thread") + " waited, without yielding (seen by the lock)")
         }
     }
 

@@ -113,7 +113,8 @@ public final class MMULock: @unchecked Sendable {
         }
         handoverWaiters += 1
         while acquisitions == before
-                && (waitingWriters.load(ordering: .relaxed) > 0 || waitingReaders.load(ordering: .relaxed) > 0) {
+            && (waitingWriters.load(ordering: .relaxed) > 0 || waitingReaders.load(ordering: .relaxed) > 0)
+        {
             handedOver.wait(mutex)
         }
         handoverWaiters -= 1

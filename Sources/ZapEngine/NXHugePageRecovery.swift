@@ -37,12 +37,14 @@ extension NXRecoveryConfiguration {
         if trimmed == "off" || trimmed == "none" { return nil }
         let parts = trimmed.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         guard parts.count <= 2, let period = parseShortDuration(parts[0]), period >= 1_000 else {
-            throw ParseError(description: "'\(text)' is not off, PERIOD or PERIOD,RATIO with a period of 1us to 1000ms (e.g. 2ms or 500us,4)")
+            throw ParseError(
+                description: "'\(text)' is not off, PERIOD or PERIOD,RATIO with a period of 1us to 1000ms (e.g. 2ms or 500us,4)")
         }
         var ratio = NXRecoveryConfiguration().ratio
         if parts.count == 2 {
             guard let parsed = Int(parts[1]), (1...1000).contains(parsed) else {
-                throw ParseError(description: "ratio '\(parts[1])' is not a whole number from 1 to 1000 (one in RATIO tables is zapped per pass)")
+                throw ParseError(
+                    description: "ratio '\(parts[1])' is not a whole number from 1 to 1000 (one in RATIO tables is zapped per pass)")
             }
             ratio = parsed
         }
@@ -89,8 +91,9 @@ extension VirtualMachine {
         }
         flush.flushIfPending(self)
         mmuLock.unlockExclusive()
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
-                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
+        return OperationOutcome(
+            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// The first guest frame of every level-2 entry of `root` that points to a table.
@@ -117,7 +120,8 @@ extension VirtualMachine {
             let entry = table.load(PagingGeometry.index(of: gfn, atLevel: level))
             guard entry.isPresent, !entry.isLeaf(atLevel: level) else { return }
             guard let child = liveChild(of: entry, level: level) else {
-                checker.record(.useAfterFree, root: root, "NX recovery followed a level-\(level) entry to page \(entry.frame), which is not allocated")
+                checker.record(
+                    .useAfterFree, root: root, "NX recovery followed a level-\(level) entry to page \(entry.frame), which is not allocated")
                 return
             }
             table = child

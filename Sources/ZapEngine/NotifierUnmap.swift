@@ -32,8 +32,9 @@ extension VirtualMachine {
         auditUnmapped(frames, in: roots)
         invalidationsInProgress.wrappingDecrement(ordering: .releasing)
         mmuLock.unlockExclusive()
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
-                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
+        return OperationOutcome(
+            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// `zap_gfn_range` under the write lock: the highest entry covering each frame that lies wholly
@@ -65,7 +66,9 @@ extension VirtualMachine {
                 }
                 let child = PageIndex(rawValue: UInt32(truncatingIfNeeded: entry.frame))
                 guard pool.isLive(child) else {
-                    checker.record(.useAfterFree, root: root, "an unmap followed a level-\(level) entry to page \(child.rawValue), which is not allocated")
+                    checker.record(
+                        .useAfterFree, root: root,
+                        "an unmap followed a level-\(level) entry to page \(child.rawValue), which is not allocated")
                     gfn = entryStart + span
                     break
                 }
@@ -81,8 +84,10 @@ extension VirtualMachine {
         for root in roots where root.tableIsIntact(in: pool) {
             let left = presentLeaves(in: root.table, level: PagingGeometry.rootLevel, base: 0, frames: frames, root: root)
             if left > 0 {
-                checker.record(.staleSPTE, root: root,
-                               "\(left) present SPTEs still map guest frames \(frames.lowerBound)..<\(frames.upperBound) after an MMU-notifier unmap returned")
+                checker.record(
+                    .staleSPTE, root: root,
+                    "\(left) present SPTEs still map guest frames \(frames.lowerBound)..<\(frames.upperBound) after an MMU-notifier unmap returned"
+                )
             }
         }
     }

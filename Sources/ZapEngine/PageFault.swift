@@ -23,7 +23,9 @@ extension VirtualMachine {
     /// table (`kvm_tdp_mmu_map`: `tdp_mmu_zap_spte_atomic`, then `tdp_mmu_link_sp`), as when dirty
     /// logging or NX forces a smaller mapping; otherwise the fault is already mapped.
     @inline(__always)
-    func walkToTable(_ root: Root, gfn: UInt64, targetLevel: Int, replacingHugePages: Bool = false) -> (table: PageTable?, result: MapResult) {
+    func walkToTable(
+        _ root: Root, gfn: UInt64, targetLevel: Int, replacingHugePages: Bool = false
+    ) -> (table: PageTable?, result: MapResult) {
         var table = pool.table(root.table)
         var level = PagingGeometry.rootLevel
         while level > targetLevel {
@@ -33,8 +35,9 @@ extension VirtualMachine {
                 if entry.isRemoved { return (nil, .retry(installed: 0)) }
                 if entry.isPresent { break }
                 guard let page = pool.allocate() else {
-                    checker.record(.tableMemoryExhausted, root: root,
-                                   "no page for a level-\(level - 1) table: raise the page-table budget or shard the run")
+                    checker.record(
+                        .tableMemoryExhausted, root: root,
+                        "no page for a level-\(level - 1) table: raise the page-table budget or shard the run")
                     return (nil, .outOfTableMemory)
                 }
                 // Publish the zeroed table with a compare-exchange; a lost race means someone

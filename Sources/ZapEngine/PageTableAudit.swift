@@ -22,8 +22,9 @@ extension VirtualMachine {
             }
             let child = PageIndex(rawValue: UInt32(truncatingIfNeeded: entry.frame))
             guard pool.isLive(child) else {
-                checker.record(.useAfterFree, root: root,
-                               "level-\(level) entry \(index) points to page \(child.rawValue), which is not allocated")
+                checker.record(
+                    .useAfterFree, root: root,
+                    "level-\(level) entry \(index) points to page \(child.rawValue), which is not allocated")
                 continue
             }
             leaves += presentLeaves(inTable: child, level: level - 1, root: root)
@@ -37,8 +38,9 @@ extension VirtualMachine {
         defer { gracePeriod.exitReadSide(token) }
         for root in roots {
             guard let leaves = presentLeaves(under: root), leaves > 0 else { continue }
-            checker.record(.staleSPTE, root: root,
-                           "\(leaves) present SPTEs remain in the page tables (address space \(root.role.addressSpace)) after \(operation) returned")
+            checker.record(
+                .staleSPTE, root: root,
+                "\(leaves) present SPTEs remain in the page tables (address space \(root.role.addressSpace)) after \(operation) returned")
         }
     }
 }

@@ -89,11 +89,13 @@ public final class PageTablePool: @unchecked Sendable {
     public init(budgetBytes: Int) throws {
         let pages = max(2, budgetBytes / PagingGeometry.tableBytes + 1)
         mappedBytes = pages * PagingGeometry.tableBytes
-        let region = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE,
-                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        let region = mmap(
+            nil, mappedBytes, PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let region, region != MAP_FAILED else {
-            throw EngineError(.tableMemoryUnavailable,
-                              "cannot reserve \(budgetBytes) bytes for page tables: \(String(cString: strerror(errno)))")
+            throw EngineError(
+                .tableMemoryUnavailable,
+                "cannot reserve \(budgetBytes) bytes for page tables: \(String(cString: strerror(errno)))")
         }
         base = region.bindMemory(to: SPTEStorage.self, capacity: pages * PagingGeometry.entriesPerTable)
         capacity = pages - 1

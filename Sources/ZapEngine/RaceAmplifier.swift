@@ -55,8 +55,10 @@ public struct ChaosConfiguration: Sendable, Equatable, Codable {
     public var windows: Set<RaceWindow>
 
     /// A configuration; by default every window, one passage in ten, up to 200 µs.
-    public init(seed: UInt64 = 1, probability: Double = 0.1, maxDelayNanoseconds: UInt64 = 200_000,
-                windows: Set<RaceWindow> = Set(RaceWindow.allCases)) {
+    public init(
+        seed: UInt64 = 1, probability: Double = 0.1, maxDelayNanoseconds: UInt64 = 200_000,
+        windows: Set<RaceWindow> = Set(RaceWindow.allCases)
+    ) {
         self.seed = seed
         self.probability = probability
         self.maxDelayNanoseconds = maxDelayNanoseconds
@@ -96,7 +98,8 @@ extension ChaosConfiguration {
 func parseShortDuration(_ text: String) -> UInt64? {
     let units: [(String, UInt64)] = [("ns", 1), ("us", 1_000), ("µs", 1_000), ("ms", 1_000_000)]
     guard let (suffix, scale) = units.first(where: { text.hasSuffix($0.0) }),
-          let value = UInt64(text.dropLast(suffix.count)), value <= 1_000_000_000 / scale else { return nil }
+        let value = UInt64(text.dropLast(suffix.count)), value <= 1_000_000_000 / scale
+    else { return nil }
     return value * scale
 }
 

@@ -11,8 +11,9 @@ extension VirtualMachine {
             counters.workItemsQueued.wrappingIncrement(ordering: .relaxed)
         case .alreadyPending:
             counters.workItemsRejected.wrappingIncrement(ordering: .relaxed)
-            checker.record(.doubleQueue, root: root,
-                           "queued while already pending: the second queue is a no-op and its gifted reference leaks")
+            checker.record(
+                .doubleQueue, root: root,
+                "queued while already pending: the second queue is a no-op and its gifted reference leaks")
             return true
         case .refused:
             counters.workItemsRejected.wrappingIncrement(ordering: .relaxed)

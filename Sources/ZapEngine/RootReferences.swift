@@ -19,8 +19,9 @@ extension VirtualMachine {
         }
         // Under `preserve` the MMU holds a reference of its own, dropped only when the root is
         // invalidated and zapped: so a vCPU's put never tears a root down.
-        let root = Root(id: makeRootID(), role: role, table: table, tableGeneration: pool.generation(of: table),
-                        initialReferences: policy == .preserve ? 2 : 1)
+        let root = Root(
+            id: makeRootID(), role: role, table: table, tableGeneration: pool.generation(of: table),
+            initialReferences: policy == .preserve ? 2 : 1)
         if policy == .async {
             // Weak both ways: the work item must neither keep its root alive (root -> item ->
             // root) nor touch a VM being deinitialised.
@@ -47,8 +48,9 @@ extension VirtualMachine {
         let remaining = root.referenceCount.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing)
         let tallied = root.tallyLive.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing)
         if remaining < 0 || tallied < 0 {
-            checker.record(.refcountUnderflow, root: root,
-                           "reference count went to \(remaining) (the checker's own tally: \(tallied))")
+            checker.record(
+                .refcountUnderflow, root: root,
+                "reference count went to \(remaining) (the checker's own tally: \(tallied))")
             return 0
         }
         // Every get whose reference this put ends was tallied before it, so at the root's zero

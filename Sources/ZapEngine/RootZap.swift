@@ -54,7 +54,9 @@ extension VirtualMachine {
                 guard top.isPresent, !top.isLeaf(atLevel: 4) else { break }
                 let levelThreePage = PageIndex(rawValue: UInt32(truncatingIfNeeded: top.frame))
                 guard pool.isLive(levelThreePage) else {
-                    checker.record(.useAfterFree, root: root, "root entry \(rootIndex) points to page \(levelThreePage.rawValue), which is not allocated")
+                    checker.record(
+                        .useAfterFree, root: root,
+                        "root entry \(rootIndex) points to page \(levelThreePage.rawValue), which is not allocated")
                     break
                 }
                 let levelThree = pool.table(levelThreePage)
@@ -102,8 +104,10 @@ struct ZapWalk {
     /// leaf, removing no table.
     private let flushesPerRemovedTable: Bool
 
-    init(vm: VirtualMachine, root: Root, mode: MMULockMode, yieldable: Bool,
-         flushCause: TLBFlushCause = .rootZap, flush: PendingTLBFlush? = nil) {
+    init(
+        vm: VirtualMachine, root: Root, mode: MMULockMode, yieldable: Bool,
+        flushCause: TLBFlushCause = .rootZap, flush: PendingTLBFlush? = nil
+    ) {
         self.vm = vm
         self.flush = flush
         self.flushCause = flushCause
@@ -120,8 +124,9 @@ struct ZapWalk {
     /// yields may see a root with a count of zero.
     mutating func checkReferenced() {
         if yieldable && root.references <= 0 {
-            vm.checker.record(.zapUnreferenced, root: root,
-                              "zap started on a root with \(root.references) references")
+            vm.checker.record(
+                .zapUnreferenced, root: root,
+                "zap started on a root with \(root.references) references")
         }
     }
 
@@ -174,8 +179,9 @@ struct ZapWalk {
     /// `REMOVED_SPTE`, tears down what they pointed to, and retires the table for a grace period.
     private mutating func handleRemovedTable(_ page: PageIndex, level: Int) {
         guard vm.pool.isLive(page) else {
-            vm.checker.record(.useAfterFree, root: root,
-                              "zap reached page-table page \(page.rawValue) (level \(level)), which is not allocated")
+            vm.checker.record(
+                .useAfterFree, root: root,
+                "zap reached page-table page \(page.rawValue) (level \(level)), which is not allocated")
             return
         }
         let table = vm.pool.table(page)
@@ -247,8 +253,9 @@ struct ZapWalk {
         }
         // Nobody else may freeze an entry of a table this walk unlinked: the table was unlinked
         // twice, or reused while still reachable.
-        vm.checker.record(.useAfterFree, root: root,
-                          "entry \(index) of a table being torn down stayed frozen: the table was unlinked twice or reused")
+        vm.checker.record(
+            .useAfterFree, root: root,
+            "entry \(index) of a table being torn down stayed frozen: the table was unlinked twice or reused")
         return .removed
     }
 
@@ -306,8 +313,9 @@ struct ZapWalk {
         }
         if yieldable && !handedOver && !starvationReported {
             starvationReported = true
-            vm.checker.record(.writerStarved, root: root,
-                              "zap kept mmu_lock past a step boundary while another thread waited for it")
+            vm.checker.record(
+                .writerStarved, root: root,
+                "zap kept mmu_lock past a step boundary while another thread waited for it")
         }
         return yields || leftTree
     }

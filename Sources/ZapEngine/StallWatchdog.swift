@@ -89,10 +89,12 @@ public final class ActivitySlot: @unchecked Sendable {
         let activity = Activity(rawValue: operation.load(ordering: .acquiring)) ?? .idle
         guard activity != .idle else { return nil }
         let since = startedAt.load(ordering: .relaxed)
-        return (activity, now > since ? now - since : 0,
-                WaitState(rawValue: waitState.load(ordering: .relaxed)) ?? .running,
-                retryCount.load(ordering: .relaxed),
-                WaitState(rawValue: retryReason.load(ordering: .relaxed)) ?? .running)
+        return (
+            activity, now > since ? now - since : 0,
+            WaitState(rawValue: waitState.load(ordering: .relaxed)) ?? .running,
+            retryCount.load(ordering: .relaxed),
+            WaitState(rawValue: retryReason.load(ordering: .relaxed)) ?? .running
+        )
     }
 }
 
@@ -169,8 +171,10 @@ final class StallWatchdog: @unchecked Sendable {
 
     /// Starts watching. `progress` must grow whenever the VM does work; `onStall` hears the stuck
     /// actors' descriptions, on the watchdog's thread.
-    init(bound: UInt64, board: ActivityBoard, progress: @escaping @Sendable () -> Int,
-         onStall: @escaping @Sendable (_ stuckFor: UInt64, _ stuck: [String]) -> Void) {
+    init(
+        bound: UInt64, board: ActivityBoard, progress: @escaping @Sendable () -> Int,
+        onStall: @escaping @Sendable (_ stuckFor: UInt64, _ stuck: [String]) -> Void
+    ) {
         let poll = max(1_000_000, min(bound / 20, 100_000_000))
         thread = OSThread(name: "zap-watchdog") { [stalled, stalledAt, stopped] in
             var lastProgress = progress()

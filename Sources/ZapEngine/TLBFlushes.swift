@@ -151,8 +151,10 @@ extension VirtualMachine {
 
     /// The remote flushes counted so far, by cause.
     public var tlbFlushes: TLBFlushCounts {
-        TLBFlushCounts(Dictionary(uniqueKeysWithValues: TLBFlushCause.allCases.map {
-            ($0, counters.tlbFlushes[$0.rawValue].load(ordering: .relaxed))
-        }))
+        TLBFlushCounts(
+            Dictionary(
+                uniqueKeysWithValues: TLBFlushCause.allCases.map {
+                    ($0, counters.tlbFlushes[$0.rawValue].load(ordering: .relaxed))
+                }))
     }
 }

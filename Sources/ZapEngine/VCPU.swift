@@ -74,8 +74,9 @@ public final class VCPU: @unchecked Sendable {
             zapped = vm.putRoot(root, mode: .exclusive)
             vm.mmuLock.unlockExclusive()
         }
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
-                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
+        return OperationOutcome(
+            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     private func finishOperation() {
@@ -220,7 +221,8 @@ public final class VCPU: @unchecked Sendable {
             }
         }
         if installed > 0 { vm.counters.sptesInstalled.wrappingIncrement(by: installed, ordering: .relaxed) }
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start,
-                                sptesZappedInline: zapped, sptesInstalled: installed, tlbFlushes: flushes)
+        return OperationOutcome(
+            blockedNanoseconds: monotonicNanoseconds() &- start,
+            sptesZappedInline: zapped, sptesInstalled: installed, tlbFlushes: flushes)
     }
 }

@@ -27,8 +27,9 @@ extension VirtualMachine {
         let listedAtInvalidation = roots
         let mustBeZapped = listedAtInvalidation.filter { $0.isInvalid && $0.lifecycle < .zapped }
         for root in listedAtInvalidation where !root.isInvalid {
-            checker.record(.addressSpaceSkipped, root: root,
-                           "still valid after invalidating all roots (address space \(root.role.addressSpace))")
+            checker.record(
+                .addressSpaceSkipped, root: root,
+                "still valid after invalidating all roots (address space \(root.role.addressSpace))")
         }
         mmuLock.unlockExclusive()
 
@@ -49,13 +50,15 @@ extension VirtualMachine {
             }
         }
         for root in mustBeZapped where root.lifecycle < .zapped {
-            checker.record(.earlyReturn, root: root,
-                           "fast zap returned while the root was \(root.lifecycle): its SPTEs outlive the memslot")
+            checker.record(
+                .earlyReturn, root: root,
+                "fast zap returned while the root was \(root.lifecycle): its SPTEs outlive the memslot")
         }
         mmuLock.withShared { auditEmpty(listedAtInvalidation, after: "a fast zap") }
         slotsLock.unlock()
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
-                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
+        return OperationOutcome(
+            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// `kvm_mmu_zap_all` (MMU notifier release): with `mmu_lock` held for write, zaps every
@@ -85,8 +88,9 @@ extension VirtualMachine {
         auditEmpty(roots, after: "a full zap")
         invalidationsInProgress.wrappingDecrement(ordering: .releasing)
         mmuLock.unlockExclusive()
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
-                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
+        return OperationOutcome(
+            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// VM destruction in the kernel's order (`kvm_destroy_vm`): the NX recovery thread is stopped
@@ -137,7 +141,10 @@ extension VirtualMachine {
         // Read from the queue's side, whatever the teardown code did: nothing of a destroyed VM may
         // still be queued or running.
         if let zapQueue, !zapQueue.isDestroyed {
-            checker.record(.workLeaked, "teardown returned with the zap workqueue alive and \(zapQueue.itemsInFlight) items queued or running: it must be flushed and destroyed first")
+            checker.record(
+                .workLeaked,
+                "teardown returned with the zap workqueue alive and \(zapQueue.itemsInFlight) items queued or running: it must be flushed and destroyed first"
+            )
         }
         if pool.livePages > 0 {
             checker.record(.pagesLeaked, "\(pool.livePages) page-table pages not returned to the pool at teardown")
@@ -147,8 +154,9 @@ extension VirtualMachine {
         if installed != removed {
             checker.record(.sptesLeaked, "\(installed) leaf SPTEs installed but \(removed) zapped at teardown")
         }
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
-                                tlbFlushes: ThreadTLBFlushes.count &- flushMark)
+        return OperationOutcome(
+            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
     /// Takes `mmu_lock` in `mode`, telling the watchdog through `slot` while it waits.

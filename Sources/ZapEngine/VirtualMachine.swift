@@ -127,10 +127,13 @@ public final class VirtualMachine: @unchecked Sendable {
             throw EngineError(.invalidConfiguration, "workqueue width must be at least 1, got \(configuration.workqueueWidth)")
         }
         if let nx = configuration.nxRecovery, nx.ratio < 1 || nx.periodNanoseconds == 0 {
-            throw EngineError(.invalidConfiguration, "NX recovery needs a ratio of at least 1 and a period above 0, got ratio \(nx.ratio), period \(nx.periodNanoseconds) ns")
+            throw EngineError(
+                .invalidConfiguration,
+                "NX recovery needs a ratio of at least 1 and a period above 0, got ratio \(nx.ratio), period \(nx.periodNanoseconds) ns")
         }
         guard configuration.pageTableBudgetBytes >= 64 * PagingGeometry.tableBytes else {
-            throw EngineError(.invalidConfiguration, "page-table budget must be at least 256 KiB, got \(configuration.pageTableBudgetBytes) bytes")
+            throw EngineError(
+                .invalidConfiguration, "page-table budget must be at least 256 KiB, got \(configuration.pageTableBudgetBytes) bytes")
         }
         self.configuration = configuration
         let checker = InvariantChecker()
@@ -146,7 +149,8 @@ public final class VirtualMachine: @unchecked Sendable {
         gracePeriod = GracePeriod(pool: pool, onRetire: { lock.noteTablesRetired($0, stepBound: stepBound) })
         var beforeWork: (@Sendable () -> Void)?
         if let amplifier { beforeWork = { amplifier.pass(.beforeWorkItem) } }
-        zapQueue = configuration.policy == .async
+        zapQueue =
+            configuration.policy == .async
             ? WorkQueue(name: "kvm-\(configuration.name)", maxActive: configuration.workqueueWidth, beforeTakingWork: beforeWork) : nil
         let bugs = configuration.injectedBugs
         injectsDoubleQueue = bugs.contains(.doubleQueue)
@@ -169,8 +173,10 @@ public final class VirtualMachine: @unchecked Sendable {
                 bound: configuration.stallBoundNanoseconds, board: activity,
                 progress: { [counters] in counters.progress },
                 onStall: { stuckFor, stuck in
-                    checker.record(.livelock, "stuck for \(formatSeconds(stuckFor)) (no progress, or one operation retrying all along): "
-                                   + (stuck.isEmpty ? "none named" : stuck.joined(separator: "; ")))
+                    checker.record(
+                        .livelock,
+                        "stuck for \(formatSeconds(stuckFor)) (no progress, or one operation retrying all along): "
+                            + (stuck.isEmpty ? "none named" : stuck.joined(separator: "; ")))
                 })
         }
         if let nx = configuration.nxRecovery { nxRecoveryThread = NXRecoveryThread(nx, vm: self) }
@@ -235,7 +241,8 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// How often each injected bug's broken path ran so far; only bugs this VM injects appear.
     public var injectedPathRuns: [InjectedBug: Int] {
-        Dictionary(uniqueKeysWithValues: configuration.injectedBugs.map { ($0, counters.injectedPathRuns[$0.index].load(ordering: .relaxed)) })
+        Dictionary(
+            uniqueKeysWithValues: configuration.injectedBugs.map { ($0, counters.injectedPathRuns[$0.index].load(ordering: .relaxed)) })
     }
 
     /// The counters now.

@@ -17,7 +17,10 @@ extension WorkQueue {
         let release = OneShotEvent()
         let started = ManagedAtomic<Int>(0)
         for index in 0..<maxActive {
-            queue.queue(WorkItem(label: "blocker\(index)") { started.wrappingIncrement(ordering: .relaxed); release.wait() })
+            queue.queue(
+                WorkItem(label: "blocker\(index)") {
+                    started.wrappingIncrement(ordering: .relaxed); release.wait()
+                })
         }
         while started.load(ordering: .relaxed) < maxActive { yieldProcessor() }
         let runs = ManagedAtomic<Int>(0)
@@ -60,10 +63,11 @@ extension WorkQueue {
         // 3. `flush_workqueue` returns only when every item queued before it has run.
         let done = ManagedAtomic<Int>(0)
         for index in 0..<(maxActive + 2) {
-            queue.queue(WorkItem(label: "late\(index)") {
-                for _ in 0..<50 { yieldProcessor() }
-                done.wrappingIncrement(ordering: .relaxed)
-            })
+            queue.queue(
+                WorkItem(label: "late\(index)") {
+                    for _ in 0..<50 { yieldProcessor() }
+                    done.wrappingIncrement(ordering: .relaxed)
+                })
         }
         queue.flush()
         if done.load(ordering: .relaxed) != maxActive + 2 {

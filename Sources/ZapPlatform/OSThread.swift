@@ -23,22 +23,26 @@ public final class OSThread: @unchecked Sendable {
         self.name = name
         let done = OneShotEvent()
         self.done = done
-        let box = Unmanaged.passRetained(Box({
-            // Race amplification seeds each thread's delays from its name.
-            pthread_setspecific(OSThread.nameKey, Unmanaged.passRetained(NameBox(name)).toOpaque())
-            body()
-            done.signal()
-        })).toOpaque()
+        let box = Unmanaged.passRetained(
+            Box({
+                // Race amplification seeds each thread's delays from its name.
+                pthread_setspecific(OSThread.nameKey, Unmanaged.passRetained(NameBox(name)).toOpaque())
+                body()
+                done.signal()
+            })
+        ).toOpaque()
         #if canImport(Glibc)
         var thread = pthread_t()
         #else
         var thread: pthread_t? = nil
         #endif
-        let result = pthread_create(&thread, nil, { argument in
-            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
-            box.body()
-            return nil
-        }, box)
+        let result = pthread_create(
+            &thread, nil,
+            { argument in
+                let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+                box.body()
+                return nil
+            }, box)
         precondition(result == 0, "pthread_create failed with \(result)")
         #if canImport(Glibc)
         handle = thread

@@ -67,9 +67,10 @@ public struct BlockTimeRecorder: Sendable {
         if outcome.sptesZappedInline == 0 && outcome.tlbFlushes == 0 {
             zeroProjections[operation.rawValue] &+= 1
         } else {
-            let kernel = min(Double(outcome.sptesZappedInline) * kernelNanosecondsPerSPTE
-                                + Double(outcome.tlbFlushes) * kernelNanosecondsPerFlush,
-                             Double(LatencyHistogram.highestTrackableNanoseconds))
+            let kernel = min(
+                Double(outcome.sptesZappedInline) * kernelNanosecondsPerSPTE
+                    + Double(outcome.tlbFlushes) * kernelNanosecondsPerFlush,
+                Double(LatencyHistogram.highestTrackableNanoseconds))
             _ = projected[operation.rawValue].record(UInt64(kernel))
         }
     }

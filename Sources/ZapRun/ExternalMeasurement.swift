@@ -15,7 +15,8 @@ public struct ExternalMeasurement: Sendable {
     public var exitStatus: Int32
 
     /// A measurement named `name`.
-    public init(name: String, source: String, histograms: [MeasuredOperation: LatencyHistogram], wallNanoseconds: UInt64, exitStatus: Int32) {
+    public init(name: String, source: String, histograms: [MeasuredOperation: LatencyHistogram], wallNanoseconds: UInt64, exitStatus: Int32)
+    {
         self.name = name
         self.source = source
         self.histograms = histograms

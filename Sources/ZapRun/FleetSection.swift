@@ -24,8 +24,10 @@ public struct FleetSection: Sendable, Codable, Equatable {
         public var resultsRefused: Int?
 
         /// A worker's summary.
-        public init(name: String, host: String, cores: Int, memoryBudgetBytes: UInt64, shardsCompleted: Int,
-                    duplicatesDropped: Int, badFrames: Int, state: String, note: String? = nil, resultsRefused: Int? = nil) {
+        public init(
+            name: String, host: String, cores: Int, memoryBudgetBytes: UInt64, shardsCompleted: Int,
+            duplicatesDropped: Int, badFrames: Int, state: String, note: String? = nil, resultsRefused: Int? = nil
+        ) {
             self.note = note
             self.resultsRefused = resultsRefused
             self.name = name
@@ -57,8 +59,10 @@ public struct FleetSection: Sendable, Codable, Equatable {
         public var violations: [String: Int]
 
         /// A shard's summary.
-        public init(id: UInt64, slice: MemorySlice, worker: String, attempts: Int, wallSeconds: Double,
-                    sptesZapped: [String: Int], violations: [String: Int]) {
+        public init(
+            id: UInt64, slice: MemorySlice, worker: String, attempts: Int, wallSeconds: Double,
+            sptesZapped: [String: Int], violations: [String: Int]
+        ) {
             self.id = id
             self.slice = slice
             self.worker = worker
@@ -124,9 +128,11 @@ public struct FleetSection: Sendable, Codable, Equatable {
     public var attemptsRevoked: Int
 
     /// A fleet section.
-    public init(workers: [WorkerSummary], shards: [ShardSummary], requeues: Int, duplicatesDropped: Int, badFrames: Int,
-                wholeVm: [WholeVMEvent], dispatchSeconds: Double = 0, coordinatorCpuSeconds: Double = 0,
-                keysRefused: Int = 0, resumedShards: Int = 0, resultsRefused: Int = 0, attemptsRevoked: Int = 0) {
+    public init(
+        workers: [WorkerSummary], shards: [ShardSummary], requeues: Int, duplicatesDropped: Int, badFrames: Int,
+        wholeVm: [WholeVMEvent], dispatchSeconds: Double = 0, coordinatorCpuSeconds: Double = 0,
+        keysRefused: Int = 0, resumedShards: Int = 0, resultsRefused: Int = 0, attemptsRevoked: Int = 0
+    ) {
         self.resultsRefused = resultsRefused
         self.attemptsRevoked = attemptsRevoked
         self.keysRefused = keysRefused

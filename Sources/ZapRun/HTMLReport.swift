@@ -26,7 +26,9 @@ public enum HTMLReport {
         var curves: [String: [Curve]] = [:]
         for operation in MeasuredOperation.allCases {
             let simulated = runs.map { Curve(column: $0.policy.rawValue, histogram: $0.recorder.histogram(operation)) }
-            let real = external.compactMap { measurement in measurement.histograms[operation].map { Curve(column: measurement.name, histogram: $0) } }
+            let real = external.compactMap { measurement in
+                measurement.histograms[operation].map { Curve(column: measurement.name, histogram: $0) }
+            }
             let all = (simulated + real).filter { $0.histogram.totalCount > 0 }
             if !all.isEmpty { curves[operation.name] = all }
         }
@@ -55,11 +57,14 @@ public enum HTMLReport {
             """
         page += verdictSection(report)
         page += policyTable(report)
-        page += "<h2>Block time distributions</h2>\n<p class=\"muted\">Each curve is one column's histogram, drawn as HdrHistogram's plotter draws it: the percentile on a log 1/(1−p) axis, the block time on a log axis.</p>\n<div class=\"charts\">\n"
+        page +=
+            "<h2>Block time distributions</h2>\n<p class=\"muted\">Each curve is one column's histogram, drawn as HdrHistogram's plotter draws it: the percentile on a log 1/(1−p) axis, the block time on a log axis.</p>\n<div class=\"charts\">\n"
         let columns = report.policies.map(\.policy)
         for operation in MeasuredOperation.allCases.map(\.name) {
             guard let operationCurves = curves[operation] else { continue }
-            page += "<figure><figcaption>\(escape(operation))</figcaption>\n" + distributionChart(operationCurves, columns: columns) + "</figure>\n"
+            page +=
+                "<figure><figcaption>\(escape(operation))</figcaption>\n" + distributionChart(operationCurves, columns: columns)
+                + "</figure>\n"
         }
         page += "</div>\n"
         page += projectionTable(report)
@@ -72,7 +77,8 @@ public enum HTMLReport {
 
     private static func verdictSection(_ report: RunReport) -> String {
         let good = report.verdict.exitCode == 0
-        var html = "<div class=\"verdict \(good ? "ok" : "bad")\"><b>\(good ? "Passed" : "Did not pass")</b>: \(escape(report.verdict.summary)) (exit \(report.verdict.exitCode))</div>\n"
+        var html =
+            "<div class=\"verdict \(good ? "ok" : "bad")\"><b>\(good ? "Passed" : "Did not pass")</b>: \(escape(report.verdict.summary)) (exit \(report.verdict.exitCode))</div>\n"
         let violated = report.policies.filter { $0.violations > 0 }
         if !violated.isEmpty {
             html += "<h2>Invariant violations</h2><ul>\n"
@@ -85,7 +91,8 @@ public enum HTMLReport {
         if !report.objectives.isEmpty {
             html += "<h2>Objectives</h2><table><tr><th>objective</th><th>column</th><th>measured</th><th>verdict</th></tr>\n"
             for objective in report.objectives {
-                html += "<tr><td>\(escape(objective.objective))</td><td>\(escape(objective.policy))</td><td>\(format(value: objective.value, of: objective.objective))</td>"
+                html +=
+                    "<tr><td>\(escape(objective.objective))</td><td>\(escape(objective.policy))</td><td>\(format(value: objective.value, of: objective.objective))</td>"
                 html += "<td class=\"\(objective.met ? "met" : "missed")\">\(objective.met ? "met" : "missed")</td></tr>\n"
             }
             html += "</table>\n"
@@ -96,65 +103,93 @@ public enum HTMLReport {
     private static func policyTable(_ report: RunReport) -> String {
         var html = "<h2>Policies side by side</h2><table><tr><th>measured</th>"
         html += report.policies.map { "<th>\(escape($0.policy))</th>" }.joined() + "</tr>\n"
-        html += "<tr><td class=\"muted\">models</td>" + report.policies.map { "<td class=\"muted\">\(escape($0.kernels))</td>" }.joined() + "</tr>\n"
+        html +=
+            "<tr><td class=\"muted\">models</td>" + report.policies.map { "<td class=\"muted\">\(escape($0.kernels))</td>" }.joined()
+            + "</tr>\n"
         for operation in MeasuredOperation.allCases.map(\.name) + ["vcpu_block"] {
             let summaries = report.policies.map { $0.operations[operation]?.measured }
             guard summaries.contains(where: { ($0?.count ?? 0) > 0 }) else { continue }
-            for (label, value) in [("n", { (s: LatencySummary) in "\(s.count)" }), ("p50", { format(ns: Double($0.p50Ns)) }),
-                                   ("p99", { format(ns: Double($0.p99Ns)) }), ("max", { format(ns: Double($0.maxNs)) })] {
+            for (label, value) in [
+                ("n", { (s: LatencySummary) in "\(s.count)" }), ("p50", { format(ns: Double($0.p50Ns)) }),
+                ("p99", { format(ns: Double($0.p99Ns)) }), ("max", { format(ns: Double($0.maxNs)) })
+            ] {
                 html += "<tr><td>\(label == "n" ? "<b>\(escape(operation))</b> n" : "&nbsp;&nbsp;\(label)")</td>"
-                html += summaries.map { summary in "<td>\(summary.map { $0.count > 0 ? value($0) : "–" } ?? "–")</td>" }.joined() + "</tr>\n"
+                html +=
+                    summaries.map { summary in "<td>\(summary.map { $0.count > 0 ? value($0) : "–" } ?? "–")</td>" }.joined() + "</tr>\n"
             }
         }
-        html += "<tr><td>violations</td>" + report.policies.map { "<td class=\"\($0.violations > 0 ? "missed" : "")\">\($0.violations)</td>" }.joined() + "</tr>\n"
+        html +=
+            "<tr><td>violations</td>"
+            + report.policies.map { "<td class=\"\($0.violations > 0 ? "missed" : "")\">\($0.violations)</td>" }.joined() + "</tr>\n"
         html += "<tr><td>complete</td>" + report.policies.map { "<td>\($0.complete ? "yes" : "no")</td>" }.joined() + "</tr>\n"
         return html + "</table>\n"
     }
 
     private static func projectionTable(_ report: RunReport) -> String {
         let flushCost = report.kernelNsPerTlbFlush ?? 0
-        var html = "<h2>Measured beside the kernel projection</h2><p class=\"muted\">Projection: the SPTEs each caller zapped while it waited × \(report.kernelNsPerSpte) ns, the kernel's cost per SPTE"
-            + (flushCost > 0 ? ", plus the remote TLB flushes it issued × \(format(ns: flushCost)) (the scenario's <code>tlb_flush_cost</code>)" : "") + ".</p>"
-        html += "<table><tr><th>longest block</th>" + report.policies.map { "<th>\(escape($0.policy)) measured</th><th>projected</th>" }.joined() + "</tr>\n"
+        var html =
+            "<h2>Measured beside the kernel projection</h2><p class=\"muted\">Projection: the SPTEs each caller zapped while it waited × \(report.kernelNsPerSpte) ns, the kernel's cost per SPTE"
+            + (flushCost > 0
+                ? ", plus the remote TLB flushes it issued × \(format(ns: flushCost)) (the scenario's <code>tlb_flush_cost</code>)" : "")
+            + ".</p>"
+        html +=
+            "<table><tr><th>longest block</th>"
+            + report.policies.map { "<th>\(escape($0.policy)) measured</th><th>projected</th>" }.joined() + "</tr>\n"
         for operation in ["reset", "fault", "fast_zap", "full_zap", "unmap", "dirty_log", "teardown", "vcpu_block"] {
             guard report.policies.contains(where: { ($0.operations[operation]?.measured.count ?? 0) > 0 }) else { continue }
-            html += "<tr><td>\(operation)</td>" + report.policies.map { policy in
-                let report = policy.operations[operation]
-                return "<td>\(format(ns: Double(report?.measured.maxNs ?? 0)))</td><td>\(format(ns: Double(report?.projected.maxNs ?? 0)))</td>"
-            }.joined() + "</tr>\n"
+            html +=
+                "<tr><td>\(operation)</td>"
+                + report.policies.map { policy in
+                    let report = policy.operations[operation]
+                    return
+                        "<td>\(format(ns: Double(report?.measured.maxNs ?? 0)))</td><td>\(format(ns: Double(report?.projected.maxNs ?? 0)))</td>"
+                }.joined() + "</tr>\n"
         }
         let flushes = report.policies.map(\.tlbFlushes)
         if flushes.contains(where: { ($0?.total ?? 0) > 0 }) {
-            html += "</table><h2>Remote TLB flushes</h2><p class=\"muted\">Counted as the kernel each policy models issues and batches them (README, \"TLB flushes\"); projected at \(format(ns: flushCost)) each.</p>"
+            html +=
+                "</table><h2>Remote TLB flushes</h2><p class=\"muted\">Counted as the kernel each policy models issues and batches them (README, \"TLB flushes\"); projected at \(format(ns: flushCost)) each.</p>"
             html += "<table><tr><th>cause</th>" + report.policies.map { "<th>\(escape($0.policy))</th>" }.joined() + "</tr>\n"
             for cause in TLBFlushCause.allCases where flushes.contains(where: { ($0?.byCause[cause] ?? 0) > 0 }) {
-                html += "<tr><td>\(cause.name)</td>" + flushes.map { "<td>\($0.map { "\($0.byCause[cause])" } ?? "–")</td>" }.joined() + "</tr>\n"
+                html +=
+                    "<tr><td>\(cause.name)</td>" + flushes.map { "<td>\($0.map { "\($0.byCause[cause])" } ?? "–")</td>" }.joined()
+                    + "</tr>\n"
             }
             html += "<tr><td><b>total</b></td>" + flushes.map { "<td><b>\($0.map { "\($0.total)" } ?? "–")</b></td>" }.joined() + "</tr>\n"
-            html += "<tr><td>projected</td>" + flushes.map { "<td>\($0.map { format(ns: $0.projectedSeconds * 1e9) } ?? "–")</td>" }.joined() + "</tr>\n"
+            html +=
+                "<tr><td>projected</td>" + flushes.map { "<td>\($0.map { format(ns: $0.projectedSeconds * 1e9) } ?? "–")</td>" }.joined()
+                + "</tr>\n"
         }
         let interference = report.policies.map(\.cpuInterference)
         if interference.contains(where: { $0 != nil }) {
-            html += "</table><h2>CPU interference</h2><p class=\"muted\">While the VM zapped, each vCPU ran guest work on a thread pinned to one CPU; lost time is time it was runnable but not running (README, \"CPU interference\").</p>"
+            html +=
+                "</table><h2>CPU interference</h2><p class=\"muted\">While the VM zapped, each vCPU ran guest work on a thread pinned to one CPU; lost time is time it was runnable but not running (README, \"CPU interference\").</p>"
             html += "<table><tr><th></th>" + report.policies.map { "<th>\(escape($0.policy))</th>" }.joined() + "</tr>\n"
             for row in InterferenceRows.rows(interference) {
-                html += "<tr><td>\(escape(row[0].trimmingCharacters(in: .whitespaces)))</td>" + row.dropFirst().map { "<td>\(escape($0))</td>" }.joined() + "</tr>\n"
+                html +=
+                    "<tr><td>\(escape(row[0].trimmingCharacters(in: .whitespaces)))</td>"
+                    + row.dropFirst().map { "<td>\(escape($0))</td>" }.joined() + "</tr>\n"
             }
         }
         if let fleet = report.fleet, !fleet.wholeVm.isEmpty {
-            html += "</table><h2>Whole VM, per event</h2><table><tr><th>policy</th><th>step</th><th>event</th><th>measured</th><th>projected</th></tr>\n"
+            html +=
+                "</table><h2>Whole VM, per event</h2><table><tr><th>policy</th><th>step</th><th>event</th><th>measured</th><th>projected</th></tr>\n"
             for event in fleet.wholeVm {
-                html += "<tr><td>\(escape(event.policy))</td><td>\(event.step)</td><td>\(escape(event.name))</td><td>\(format(ns: Double(event.measuredNs)))</td><td>\(format(ns: Double(event.projectedNs)))</td></tr>\n"
+                html +=
+                    "<tr><td>\(escape(event.policy))</td><td>\(event.step)</td><td>\(escape(event.name))</td><td>\(format(ns: Double(event.measuredNs)))</td><td>\(format(ns: Double(event.projectedNs)))</td></tr>\n"
             }
         }
         return html + "</table>\n"
     }
 
     private static func fleetSection(_ fleet: FleetSection) -> String {
-        var html = "<h2>Fleet</h2><p>\(fleet.shards.count) shard(s) on \(fleet.workers.count) worker(s); \(fleet.requeues) requeued, \(fleet.duplicatesDropped) duplicate(s) dropped, \(fleet.badFrames) bad frame(s), \(fleet.keysRefused) key(s) refused\(fleet.resumedShards > 0 ? ", \(fleet.resumedShards) resumed from the journal" : "").</p>\n"
-        html += "<table><tr><th>worker</th><th>host</th><th>cores</th><th>shards</th><th>duplicates</th><th>bad frames</th><th>state</th></tr>\n"
+        var html =
+            "<h2>Fleet</h2><p>\(fleet.shards.count) shard(s) on \(fleet.workers.count) worker(s); \(fleet.requeues) requeued, \(fleet.duplicatesDropped) duplicate(s) dropped, \(fleet.badFrames) bad frame(s), \(fleet.keysRefused) key(s) refused\(fleet.resumedShards > 0 ? ", \(fleet.resumedShards) resumed from the journal" : "").</p>\n"
+        html +=
+            "<table><tr><th>worker</th><th>host</th><th>cores</th><th>shards</th><th>duplicates</th><th>bad frames</th><th>state</th></tr>\n"
         for worker in fleet.workers {
-            html += "<tr><td>\(escape(worker.name))</td><td>\(escape(worker.host))</td><td>\(worker.cores)</td><td>\(worker.shardsCompleted)</td><td>\(worker.duplicatesDropped)</td><td>\(worker.badFrames)</td><td>\(escape(worker.state))</td></tr>\n"
+            html +=
+                "<tr><td>\(escape(worker.name))</td><td>\(escape(worker.host))</td><td>\(worker.cores)</td><td>\(worker.shardsCompleted)</td><td>\(worker.duplicatesDropped)</td><td>\(worker.badFrames)</td><td>\(escape(worker.state))</td></tr>\n"
         }
         html += "</table>\n"
         guard !fleet.shards.isEmpty else { return html }
@@ -171,12 +206,14 @@ public enum HTMLReport {
                 let x = 110 + (index % perRow) * cell, row = y + (index / perRow) * cell
                 let heat = longest > 0 ? shard.wallSeconds / longest : 0
                 let shade = Int(235 - heat * 190)
-                svg += "<rect x=\"\(x)\" y=\"\(row)\" width=\"\(cell - 2)\" height=\"\(cell - 2)\" fill=\"rgb(\(shade),\(shade),255)\"><title>shard \(shard.id) (\(shard.slice.description)): \(format(seconds: shard.wallSeconds)), \(shard.attempts) attempt(s)</title></rect>"
+                svg +=
+                    "<rect x=\"\(x)\" y=\"\(row)\" width=\"\(cell - 2)\" height=\"\(cell - 2)\" fill=\"rgb(\(shade),\(shade),255)\"><title>shard \(shard.id) (\(shard.slice.description)): \(format(seconds: shard.wallSeconds)), \(shard.attempts) attempt(s)</title></rect>"
             }
             y += max(1, (shards.count + perRow - 1) / perRow) * cell + 6
         }
         html += "<figure><figcaption>Shards by worker (darker: longer, up to \(format(seconds: longest)))</figcaption>"
-        html += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(110 + perRow * cell)\" height=\"\(max(y, cell))\">\(svg)</svg></figure>\n"
+        html +=
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(110 + perRow * cell)\" height=\"\(max(y, cell))\">\(svg)</svg></figure>\n"
         return html
     }
 
@@ -220,7 +257,9 @@ public enum HTMLReport {
         svg += "<text x=\"\(left + plotWidth / 2)\" y=\"\(height - 6)\" text-anchor=\"middle\" fill=\"#556\">percentile</text>"
         for (index, curve) in points.enumerated() {
             let color = palette[(columns.firstIndex(of: curve.column) ?? index) % palette.count]
-            let path = curve.values.enumerated().map { "\($0.offset == 0 ? "M" : "L")\(round(px($0.element.x) * 10) / 10),\(round(py($0.element.y) * 10) / 10)" }.joined(separator: " ")
+            let path = curve.values.enumerated().map {
+                "\($0.offset == 0 ? "M" : "L")\(round(px($0.element.x) * 10) / 10),\(round(py($0.element.y) * 10) / 10)"
+            }.joined(separator: " ")
             svg += "<path d=\"\(path)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\"/>"
             svg += "<rect x=\"\(left + 8)\" y=\"\(top + 8 + Double(index) * 16)\" width=\"10\" height=\"10\" fill=\"\(color)\"/>"
             svg += "<text x=\"\(left + 22)\" y=\"\(top + 17 + Double(index) * 16)\">\(escape(curve.column))</text>"
@@ -241,6 +280,7 @@ public enum HTMLReport {
 
     /// Latency objectives hold nanoseconds; counters hold counts.
     static func format(value: Double, of objective: String) -> String {
-        objective.contains(".p") || objective.contains(".max") || objective.contains(".mean") ? format(ns: value) : String(format: "%.0f", value)
+        objective.contains(".p") || objective.contains(".max") || objective.contains(".mean")
+            ? format(ns: value) : String(format: "%.0f", value)
     }
 }

@@ -13,7 +13,7 @@ public enum JUnitReport {
         6: "invalidation reaches every address space",
         7: "zaps yield mmu_lock to waiters",
         8: "page-table memory suffices",
-        9: "every operation finishes (no livelock)",
+        9: "every operation finishes (no livelock)"
     ]
 
     /// The JUnit XML of `report`.
@@ -26,8 +26,10 @@ public enum JUnitReport {
                 cases.append(testCase(name, className: "objectives"))
             } else {
                 failures += 1
-                cases.append(testCase(name, className: "objectives",
-                                      failure: "measured \(verdict.value), threshold \(verdict.threshold)"))
+                cases.append(
+                    testCase(
+                        name, className: "objectives",
+                        failure: "measured \(verdict.value), threshold \(verdict.threshold)"))
             }
         }
         for policy in report.policies {
@@ -40,8 +42,10 @@ public enum JUnitReport {
                 } else {
                     failures += 1
                     let examples = policy.violationExamples.filter { example in kinds.contains { example.hasPrefix($0.rawValue) } }
-                    cases.append(testCase(name, className: "invariants",
-                                          failure: broken.joined(separator: ", ") + (examples.isEmpty ? "" : "\n" + examples.joined(separator: "\n"))))
+                    cases.append(
+                        testCase(
+                            name, className: "invariants",
+                            failure: broken.joined(separator: ", ") + (examples.isEmpty ? "" : "\n" + examples.joined(separator: "\n"))))
                 }
             }
         }
@@ -63,7 +67,8 @@ public enum JUnitReport {
     private static func testCase(_ name: String, className: String, failure: String? = nil) -> String {
         let head = "  <testcase classname=\"zapfleet.\(className)\" name=\"\(escape(name))\""
         guard let failure else { return head + "/>" }
-        return head + ">\n    <failure message=\"\(escape(failure.split(separator: "\n").first.map(String.init) ?? failure))\">\(escape(failure))</failure>\n  </testcase>"
+        return head
+            + ">\n    <failure message=\"\(escape(failure.split(separator: "\n").first.map(String.init) ?? failure))\">\(escape(failure))</failure>\n  </testcase>"
     }
 
     static func escape(_ text: String) -> String {

@@ -71,27 +71,32 @@ public struct KernelProbeResult: Sendable, Decodable {
                 histograms[operation, default: LatencyHistogram.makeLatency()].recordClamped(sample)
             }
         }
-        var source = "zapfleet-kvm-probe on \(host): kernel \(kernel), \(mmuDescription), \(Quantities.describeSize(Double(guestMemoryBytes))) in \(Quantities.describeSize(Double(memslotBytes))) memslots, \(vcpus) vCPUs"
+        var source =
+            "zapfleet-kvm-probe on \(host): kernel \(kernel), \(mmuDescription), \(Quantities.describeSize(Double(guestMemoryBytes))) in \(Quantities.describeSize(Double(memslotBytes))) memslots, \(vcpus) vCPUs"
         if !isTDPMMU {
             source += "; not the TDP MMU that the simulated policies model: compare shapes, not the zap path"
         }
         if let calibration {
             source += "; \(calibration.description)"
         }
-        return ExternalMeasurement(name: "kvm:\(host)", source: source, histograms: histograms,
-                                   wallNanoseconds: wallNanoseconds, exitStatus: exitStatus)
+        return ExternalMeasurement(
+            name: "kvm:\(host)", source: source, histograms: histograms,
+            wallNanoseconds: wallNanoseconds, exitStatus: exitStatus)
     }
 
     /// The host's cost of zapping one SPTE, fitted from the deletes that zapped everything (the
     /// zap-all quirk) and the closes: total time over total SPTEs, with the spread of the events.
     public var calibration: KernelCalibration? {
-        let fitted = events.filter { ($0.sptesZapped ?? 0) > 0 && ($0.event == "close" || ($0.event == "delete_memslots" && $0.quirkSlotZapAll)) }
+        let fitted = events.filter {
+            ($0.sptesZapped ?? 0) > 0 && ($0.event == "close" || ($0.event == "delete_memslots" && $0.quirkSlotZapAll))
+        }
         guard !fitted.isEmpty else { return nil }
         let nanoseconds = fitted.reduce(0.0) { $0 + Double($1.samplesNs.reduce(0, +)) }
         let sptes = fitted.reduce(0.0) { $0 + Double($1.sptesZapped ?? 0) }
         let each = fitted.compactMap(\.nsPerSpte)
-        return KernelCalibration(host: host, kernel: kernel, mmu: mmuDescription, nanosecondsPerSPTE: nanoseconds / sptes,
-                                 lowest: each.min() ?? 0, highest: each.max() ?? 0, events: fitted.count, sptes: Int64(sptes))
+        return KernelCalibration(
+            host: host, kernel: kernel, mmu: mmuDescription, nanosecondsPerSPTE: nanoseconds / sptes,
+            lowest: each.min() ?? 0, highest: each.max() ?? 0, events: fitted.count, sptes: Int64(sptes))
     }
 }
 

@@ -9,8 +9,9 @@ extension LatencyHistogram {
 
     /// An empty histogram with the run's parameters.
     public static func makeLatency() -> LatencyHistogram {
-        LatencyHistogram(lowestDiscernibleValue: 1, highestTrackableValue: highestTrackableNanoseconds,
-                         numberOfSignificantValueDigits: .three)
+        LatencyHistogram(
+            lowestDiscernibleValue: 1, highestTrackableValue: highestTrackableNanoseconds,
+            numberOfSignificantValueDigits: .three)
     }
 }
 

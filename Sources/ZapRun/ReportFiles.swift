@@ -31,8 +31,10 @@ public enum ReportFiles {
 
     /// Writes every file of `report` and `runs` into `directory`, creating it. Returns the paths.
     @discardableResult
-    public static func write(_ report: RunReport, runs: [PolicyRun], to directory: String, intervalLog: String? = nil,
-                             external: [ExternalMeasurement] = []) throws -> [String] {
+    public static func write(
+        _ report: RunReport, runs: [PolicyRun], to directory: String, intervalLog: String? = nil,
+        external: [ExternalMeasurement] = []
+    ) throws -> [String] {
         let manager = FileManager.default
         try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var written: [String] = []

@@ -207,9 +207,11 @@ public struct RunReport: Sendable, Codable, Equatable {
     public static let currentSchemaVersion = 1
 
     /// Builds the report of `runs` (and of external agents' measurements), evaluating `scenario`'s objectives.
-    public init(scenario: Scenario, runs: [PolicyRun], slice: MemorySlice, kernelNanosecondsPerSPTE: Double,
-                startedAt: Date, wallNanoseconds: UInt64, version: String, fleet: FleetSection? = nil,
-                failure: String? = nil, external: [ExternalMeasurement] = []) {
+    public init(
+        scenario: Scenario, runs: [PolicyRun], slice: MemorySlice, kernelNanosecondsPerSPTE: Double,
+        startedAt: Date, wallNanoseconds: UInt64, version: String, fleet: FleetSection? = nil,
+        failure: String? = nil, external: [ExternalMeasurement] = []
+    ) {
         self.fleet = fleet
         zapfleetVersion = version
         self.scenario = scenario.name
@@ -221,7 +223,8 @@ public struct RunReport: Sendable, Codable, Equatable {
         wallSeconds = Double(wallNanoseconds) / 1e9
         complete = runs.allSatisfy(\.complete) && runs.count == scenario.policies.count
         // Real kernels' measurements, if any, stand beside the simulated policies and face the same objectives.
-        policies = runs.map { PolicyReport(run: $0, nanosecondsPerFlush: scenario.tlbFlushCostNanoseconds) }
+        policies =
+            runs.map { PolicyReport(run: $0, nanosecondsPerFlush: scenario.tlbFlushCostNanoseconds) }
             + external.map(PolicyReport.init(external:))
         objectives = Self.evaluate(scenario.objectives, on: policies)
         let violations = policies.reduce(0) { $0 + $1.violations }
@@ -232,16 +235,27 @@ public struct RunReport: Sendable, Codable, Equatable {
             runs.filter { bug.applicablePolicies.contains($0.policy) }.allSatisfy { ($0.injectedPathRuns[bug] ?? 0) == 0 }
         }
         injectionsNotReached = unreached.isEmpty ? nil : unreached.map(\.rawValue)
-        let notReached = unreached.isEmpty ? "" : "injected \(unreached.map(\.rawValue).joined(separator: ", ")): the broken path never ran in this scenario under \(unreached.flatMap(\.applicablePolicies).map(\.rawValue).uniqued().joined(separator: ", ")), so the run says nothing of whether the checker catches it (engine-check reaches every path)"
-        let code: RunExitCode = failure != nil ? .internalError : !complete ? .interrupted : violations > 0 ? .invariantViolated
-            : !unreached.isEmpty ? .inconclusive : missed > 0 ? .objectiveMissed : .met
+        let notReached =
+            unreached.isEmpty
+            ? ""
+            : "injected \(unreached.map(\.rawValue).joined(separator: ", ")): the broken path never ran in this scenario under \(unreached.flatMap(\.applicablePolicies).map(\.rawValue).uniqued().joined(separator: ", ")), so the run says nothing of whether the checker catches it (engine-check reaches every path)"
+        let code: RunExitCode =
+            failure != nil
+            ? .internalError
+            : !complete
+                ? .interrupted
+                : violations > 0
+                    ? .invariantViolated
+                    : !unreached.isEmpty ? .inconclusive : missed > 0 ? .objectiveMissed : .met
         let summary: String
         switch code {
         case .internalError: summary = "the run failed: \(failure ?? "")"
         case .interrupted: summary = "interrupted: the report holds what was measured before the stop"
         case .inconclusive: summary = notReached + (missed > 0 ? "; \(missed) objective(s) missed" : "")
-        case .invariantViolated: summary = "\(violations) invariant violation(s)" + (missed > 0 ? " and \(missed) objective(s) missed" : "")
-            + (unreached.isEmpty ? "" : "; " + notReached)
+        case .invariantViolated:
+            summary =
+                "\(violations) invariant violation(s)" + (missed > 0 ? " and \(missed) objective(s) missed" : "")
+                + (unreached.isEmpty ? "" : "; " + notReached)
         case .objectiveMissed: summary = "\(missed) objective(s) missed"
         case .met, .refused, .badInput: summary = "every objective met, no invariant violated"
         }
@@ -254,9 +268,11 @@ public struct RunReport: Sendable, Codable, Equatable {
         for objective in objectives {
             for policy in policies where objective.policy == nil || objective.policy?.rawValue == policy.policy {
                 guard let value = policy.value(of: objective.metric) else { continue }
-                verdicts.append(ObjectiveVerdict(objective: objective.text, policy: policy.policy, value: value,
-                                                 threshold: objective.threshold,
-                                                 met: objective.comparison.holds(value, objective.threshold)))
+                verdicts.append(
+                    ObjectiveVerdict(
+                        objective: objective.text, policy: policy.policy, value: value,
+                        threshold: objective.threshold,
+                        met: objective.comparison.holds(value, objective.threshold)))
             }
         }
         return verdicts
@@ -276,8 +292,9 @@ extension PolicyReport {
                 measured: LatencySummary(run.recorder.histogram(operation)),
                 projected: LatencySummary(run.recorder.projection(operation)))
         }
-        operations["vcpu_block"] = OperationReport(measured: LatencySummary(run.recorder.vcpuBlock),
-                                                   projected: LatencySummary(run.recorder.vcpuBlockProjected))
+        operations["vcpu_block"] = OperationReport(
+            measured: LatencySummary(run.recorder.vcpuBlock),
+            projected: LatencySummary(run.recorder.vcpuBlockProjected))
         self.operations = operations
         counters = run.statistics
         zapThroughputSptesPerSecond = run.zapThroughput
@@ -285,7 +302,8 @@ extension PolicyReport {
         violations = run.violationCounts.values.reduce(0, +)
         violationExamples = run.violations.prefix(10).map(\.description)
         steps = run.steps
-        injectedPathRuns = run.injectedPathRuns.isEmpty ? nil : Dictionary(uniqueKeysWithValues: run.injectedPathRuns.map { ($0.key.rawValue, $0.value) })
+        injectedPathRuns =
+            run.injectedPathRuns.isEmpty ? nil : Dictionary(uniqueKeysWithValues: run.injectedPathRuns.map { ($0.key.rawValue, $0.value) })
         tlbFlushes = TLBFlushReport(run.tlbFlushes, nanosecondsPerFlush: nanosecondsPerFlush)
         cpuInterference = run.interference
     }

@@ -22,9 +22,11 @@ public struct RunOptions: Sendable {
     public var progressInterval: UInt64
 
     /// Options with the seed's projection cost and measurement on.
-    public init(kernelNanosecondsPerSPTE: Double = 52, measure: Bool = true, slice: MemorySlice? = nil,
-                cancellation: CancellationFlag = CancellationFlag(),
-                progress: (@Sendable (RunProgress) -> Void)? = nil, progressInterval: UInt64 = 500_000_000) {
+    public init(
+        kernelNanosecondsPerSPTE: Double = 52, measure: Bool = true, slice: MemorySlice? = nil,
+        cancellation: CancellationFlag = CancellationFlag(),
+        progress: (@Sendable (RunProgress) -> Void)? = nil, progressInterval: UInt64 = 500_000_000
+    ) {
         self.kernelNanosecondsPerSPTE = kernelNanosecondsPerSPTE
         self.measure = measure
         self.slice = slice
@@ -54,8 +56,10 @@ public struct RunProgress: Sendable {
     public var elapsedNanoseconds: UInt64
 
     /// A progress report.
-    public init(policy: ZapPolicy, step: Int, steps: Int, stepName: String, sptesInstalled: Int, sptesZapped: Int,
-                sptesPerPopulation: Int, elapsedNanoseconds: UInt64) {
+    public init(
+        policy: ZapPolicy, step: Int, steps: Int, stepName: String, sptesInstalled: Int, sptesZapped: Int,
+        sptesPerPopulation: Int, elapsedNanoseconds: UInt64
+    ) {
         self.policy = policy
         self.step = step
         self.steps = steps
@@ -115,10 +119,12 @@ public struct PolicyRun: Sendable {
     public var interference: CPUInterference?
 
     /// A policy's run, as measured here or decoded from a worker's result.
-    public init(policy: ZapPolicy, recorder: BlockTimeRecorder, statistics: EngineStatistics, violations: [Violation],
-                violationCounts: [Violation.Kind: Int], steps: [StepTiming], wallNanoseconds: UInt64, complete: Bool,
-                zapThroughput: Double, injectedPathRuns: [InjectedBug: Int] = [:], tlbFlushes: TLBFlushCounts = TLBFlushCounts(),
-                interference: CPUInterference? = nil) {
+    public init(
+        policy: ZapPolicy, recorder: BlockTimeRecorder, statistics: EngineStatistics, violations: [Violation],
+        violationCounts: [Violation.Kind: Int], steps: [StepTiming], wallNanoseconds: UInt64, complete: Bool,
+        zapThroughput: Double, injectedPathRuns: [InjectedBug: Int] = [:], tlbFlushes: TLBFlushCounts = TLBFlushCounts(),
+        interference: CPUInterference? = nil
+    ) {
         self.injectedPathRuns = injectedPathRuns
         self.tlbFlushes = tlbFlushes
         self.interference = interference
@@ -160,10 +166,11 @@ public final class ScenarioRunner: Sendable {
         let observer = RunObserver(kernelNanosecondsPerSPTE: options.kernelNanosecondsPerSPTE, enabled: options.measure)
         // The pool only reserves address space; pages are backed as tables are built.
         let budget = Int(min(max(estimate.peakBytes * 2, 256 << 20), 1 << 46))
-        let vm = try VirtualMachine(configuration: VMConfiguration(
-            policy: policy, workqueueWidth: scenario.workqueueWidth, pageTableBudgetBytes: budget,
-            injectedBugs: Set(scenario.injectedBugs), name: policy.rawValue, observer: observer,
-            chaos: scenario.chaos, nxRecovery: scenario.nxRecovery))
+        let vm = try VirtualMachine(
+            configuration: VMConfiguration(
+                policy: policy, workqueueWidth: scenario.workqueueWidth, pageTableBudgetBytes: budget,
+                injectedBugs: Set(scenario.injectedBugs), name: policy.rawValue, observer: observer,
+                chaos: scenario.chaos, nxRecovery: scenario.nxRecovery))
         let vcpus = (0..<scenario.workload.vcpus).map { _ in vm.makeVCPU() }
         var deleted = [Bool](repeating: false, count: slice.slotCount)
         var recorder = emptyRecorder()
@@ -171,8 +178,9 @@ public final class ScenarioRunner: Sendable {
         let steps = expandedTimeline
         let start = monotonicNanoseconds()
         let currentStep = ManagedAtomic<Int>(0)
-        let monitor = progressMonitor(vm: vm, policy: policy, steps: steps, currentStep: currentStep, start: start,
-                                      sptesPerPopulation: Int(sliceBytes >> 12))
+        let monitor = progressMonitor(
+            vm: vm, policy: policy, steps: steps, currentStep: currentStep, start: start,
+            sptesPerPopulation: Int(sliceBytes >> 12))
         var complete = true
         var interference = scenario.workload.guestWork ? CPUInterference() : nil
         // Threads the watchdog found stuck inside the VM and the run left behind. After that the
@@ -256,16 +264,19 @@ public final class ScenarioRunner: Sendable {
                     self.dirtyMemory(vcpu, id: id, layout: layout, deleted: deletedNow, into: &recorder)
                 }
             case .workout(let operations):
-                stepRecorder = workout(vm: vm, vcpus: vcpus, operations: operations, step: index, layout: layout,
-                                       deleted: deleted, abandoned: &abandoned)
+                stepRecorder = workout(
+                    vm: vm, vcpus: vcpus, operations: operations, step: index, layout: layout,
+                    deleted: deleted, abandoned: &abandoned)
             case .teardown:
                 stepRecorder.record(.teardown, vm.teardown())
             }
             if let guestWork { interference!.addGuestWork(guestWork.stop()) }
             recorder.merge(stepRecorder)
-            timings.append(StepTiming(name: step.name, nanoseconds: monotonicNanoseconds() &- stepStart,
-                                      longestBlockNanoseconds: stepRecorder.longestBlock,
-                                      sptesZappedInline: stepRecorder.sptesZappedInline))
+            timings.append(
+                StepTiming(
+                    name: step.name, nanoseconds: monotonicNanoseconds() &- stepStart,
+                    longestBlockNanoseconds: stepRecorder.longestBlock,
+                    sptesZappedInline: stepRecorder.sptesZappedInline))
         }
         monitor?.stop()
         if abandoned > 0 { vm.keepAliveForStuckThreads() }
@@ -303,8 +314,9 @@ public final class ScenarioRunner: Sendable {
     /// A recorder with the run's projection costs: per SPTE (the options) and per remote TLB
     /// flush (the scenario).
     private func emptyRecorder() -> BlockTimeRecorder {
-        BlockTimeRecorder(kernelNanosecondsPerSPTE: options.kernelNanosecondsPerSPTE,
-                          kernelNanosecondsPerFlush: scenario.tlbFlushCostNanoseconds, enabled: options.measure)
+        BlockTimeRecorder(
+            kernelNanosecondsPerSPTE: options.kernelNanosecondsPerSPTE,
+            kernelNanosecondsPerFlush: scenario.tlbFlushCostNanoseconds, enabled: options.measure)
     }
 
     /// Runs `body` for every vCPU on its own thread, each with its own recorder, and merges them.
@@ -354,8 +366,10 @@ public final class ScenarioRunner: Sendable {
     }
 
     /// Single 4 KiB faults at random addresses of the vCPU's current memory, paced if asked.
-    private func fault(_ vcpu: VCPU, id: Int, count: Int, seed: UInt64, layout: GuestLayout, deleted: [Bool],
-                       fast: Bool = false, into recorder: inout BlockTimeRecorder) {
+    private func fault(
+        _ vcpu: VCPU, id: Int, count: Int, seed: UInt64, layout: GuestLayout, deleted: [Bool],
+        fast: Bool = false, into recorder: inout BlockTimeRecorder
+    ) {
         var generator = SplitMix64(seed: seed)
         let range = vcpu.addressSpace == .smm ? (layout.smramPart(of: id) ?? layout.part(of: id)) : layout.part(of: id)
         guard !range.isEmpty else { return }
@@ -383,8 +397,9 @@ public final class ScenarioRunner: Sendable {
             if fast {
                 recorder.record(.fastFault, vcpu.fastFault(gfn: frame, write: true), expectedInterval: interval)
             } else {
-                recorder.record(.fault, vcpu.fault(gfn: frame, size: .size4K, write: generator.next() & 1 == 0),
-                                expectedInterval: interval)
+                recorder.record(
+                    .fault, vcpu.fault(gfn: frame, size: .size4K, write: generator.next() & 1 == 0),
+                    expectedInterval: interval)
             }
         }
     }
@@ -406,8 +421,10 @@ public final class ScenarioRunner: Sendable {
     /// of memory (slow and fast faults, 2 MiB populations, resets, SMM switches) while a VM thread
     /// runs fast zaps (no memslot deleted), unmaps of single memslots, dirty logging and the odd
     /// full zap against them, until the vCPUs are done.
-    private func workout(vm: VirtualMachine, vcpus: [VCPU], operations: Int, step: Int, layout: GuestLayout,
-                         deleted: [Bool], abandoned: inout Int) -> BlockTimeRecorder {
+    private func workout(
+        vm: VirtualMachine, vcpus: [VCPU], operations: Int, step: Int, layout: GuestLayout,
+        deleted: [Bool], abandoned: inout Int
+    ) -> BlockTimeRecorder {
         let done = ManagedAtomic<Bool>(false)
         let vmRecorder = RecorderSlots(count: 1)
         let seed = scenario.seed ^ (UInt64(step) << 40)
@@ -470,17 +487,21 @@ public final class ScenarioRunner: Sendable {
 
     // MARK: - Progress
 
-    private func progressMonitor(vm: VirtualMachine, policy: ZapPolicy, steps: [TimelineStep],
-                                 currentStep: ManagedAtomic<Int>, start: UInt64, sptesPerPopulation: Int) -> ProgressMonitor? {
+    private func progressMonitor(
+        vm: VirtualMachine, policy: ZapPolicy, steps: [TimelineStep],
+        currentStep: ManagedAtomic<Int>, start: UInt64, sptesPerPopulation: Int
+    ) -> ProgressMonitor? {
         guard let callback = options.progress else { return nil }
         let interval = options.progressInterval
         return ProgressMonitor(interval: interval) {
             let stats = vm.statistics
             let index = currentStep.load(ordering: .relaxed)
-            callback(RunProgress(policy: policy, step: index + 1, steps: steps.count, stepName: steps[index].name,
-                                 sptesInstalled: stats.sptesInstalled, sptesZapped: stats.sptesZapped,
-                                 sptesPerPopulation: sptesPerPopulation,
-                                 elapsedNanoseconds: monotonicNanoseconds() &- start))
+            callback(
+                RunProgress(
+                    policy: policy, step: index + 1, steps: steps.count, stepName: steps[index].name,
+                    sptesInstalled: stats.sptesInstalled, sptesZapped: stats.sptesZapped,
+                    sptesPerPopulation: sptesPerPopulation,
+                    elapsedNanoseconds: monotonicNanoseconds() &- start))
         }
     }
 }

@@ -3,12 +3,30 @@ public enum BuiltinScenarios {
     /// Name, one line of purpose, and the YAML.
     public static let all: [(name: String, purpose: String, yaml: String)] = [
         ("quick", "the default: 32 GiB of 4 KiB pages, 2 vCPUs, every policy; well under a minute on 2 cores", quick),
-        ("seed-64t", "the seed's experiment: 64 TiB of 4 KiB SPTEs, vCPU reset drops the last reference, then a fast zap; for the fleet", seed64T),
-        ("max-guest-memory", "the shape of the kernel's max_guest_memory_test: run, reset, run, delete half the slots, exit without cleanup", maxGuestMemory),
+        (
+            "seed-64t", "the seed's experiment: 64 TiB of 4 KiB SPTEs, vCPU reset drops the last reference, then a fast zap; for the fleet",
+            seed64T
+        ),
+        (
+            "max-guest-memory",
+            "the shape of the kernel's max_guest_memory_test: run, reset, run, delete half the slots, exit without cleanup", maxGuestMemory
+        ),
         ("smm", "two address spaces: every vCPU also maps SMRAM in SMM, and every zap must reach both", smm),
-        ("races", "every walker at once under race amplification: slow and lockless faults, resets, SMM, fast zaps, unmaps, dirty logging, NX recovery, full zaps, teardown", races),
-        ("memslot-delete", "the v6.6 story: pinned vCPUs run guest work while memslots are deleted; async zaps on an unbound workqueue (any CPU), preserve in the deleting thread; guest time lost per vCPU and where the zap work ran", memslotDelete),
-        ("dirty-log", "dirty_log_perf_test's shape on 2 MiB pages: enable dirty logging, dirty every page, clear, dirty again, disable; remote TLB flushes per policy beside the published figures (full size: --size 256GiB --vcpus 64)", dirtyLog),
+        (
+            "races",
+            "every walker at once under race amplification: slow and lockless faults, resets, SMM, fast zaps, unmaps, dirty logging, NX recovery, full zaps, teardown",
+            races
+        ),
+        (
+            "memslot-delete",
+            "the v6.6 story: pinned vCPUs run guest work while memslots are deleted; async zaps on an unbound workqueue (any CPU), preserve in the deleting thread; guest time lost per vCPU and where the zap work ran",
+            memslotDelete
+        ),
+        (
+            "dirty-log",
+            "dirty_log_perf_test's shape on 2 MiB pages: enable dirty logging, dirty every page, clear, dirty again, disable; remote TLB flushes per policy beside the published figures (full size: --size 256GiB --vcpus 64)",
+            dirtyLog
+        )
     ]
 
     /// The YAML of the built-in named `name`.

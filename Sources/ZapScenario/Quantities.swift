@@ -2,12 +2,12 @@
 public enum Quantities {
     /// Binary size units, largest first.
     public static let sizeUnits: [(suffix: String, bytes: UInt64)] = [
-        ("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1),
+        ("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)
     ]
 
     /// Duration units in nanoseconds.
     public static let durationUnits: [(suffix: String, nanoseconds: Double)] = [
-        ("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("min", 60e9), ("h", 3600e9),
+        ("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("min", 60e9), ("h", 3600e9)
     ]
 
     /// Parses `64TiB`, `512 GiB`, `2GiB`, `1.5TiB`. Returns nil for anything else, including

@@ -8,8 +8,9 @@ public enum ScenarioCatalog {
             return try ScenarioParser.parse(yaml, file: "built-in:\(nameOrPath)")
         }
         guard FileManager.default.fileExists(atPath: nameOrPath) else {
-            throw ScenarioError(.unknownScenario, file: nameOrPath,
-                                "no built-in scenario and no file by that name; built-ins: \(BuiltinScenarios.all.map(\.name).joined(separator: ", "))")
+            throw ScenarioError(
+                .unknownScenario, file: nameOrPath,
+                "no built-in scenario and no file by that name; built-ins: \(BuiltinScenarios.all.map(\.name).joined(separator: ", "))")
         }
         let text: String
         do {

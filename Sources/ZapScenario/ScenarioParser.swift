@@ -11,7 +11,8 @@ public enum ScenarioParser {
         let root: Node
         do {
             guard let composed = try Yams.compose(yaml: text) else {
-                throw ScenarioError(.missingKey, file: file, line: 1, "the scenario is empty; see `zapfleet scenarios --show quick` for a complete example")
+                throw ScenarioError(
+                    .missingKey, file: file, line: 1, "the scenario is empty; see `zapfleet scenarios --show quick` for a complete example")
             }
             root = composed
         } catch let error as ScenarioError {
@@ -48,17 +49,20 @@ struct ScenarioReader {
     let file: String
 
     func scenario(_ root: Node) throws(ScenarioError) -> Scenario {
-        let top = try mapping(root, key: nil, allowed: [
-            "name", "description", "vm", "workload", "timeline", "repeat", "policies",
-            "workqueue_width", "seed", "slos", "inject", "chaos", "nx_recovery", "tlb_flush_cost",
-        ])
+        let top = try mapping(
+            root, key: nil,
+            allowed: [
+                "name", "description", "vm", "workload", "timeline", "repeat", "policies",
+                "workqueue_width", "seed", "slos", "inject", "chaos", "nx_recovery", "tlb_flush_cost"
+            ])
         let vmNode = try required(top, "vm", in: root, path: nil)
         let workloadNode = try required(top, "workload", in: root, path: nil)
         var timeline = try self.timeline(try required(top, "timeline", in: root, path: nil))
         if timeline.last != .teardown { timeline.append(.teardown) }
         if let early = timeline.dropLast().firstIndex(of: .teardown) {
-            throw error(.badValue, top["timeline"]!.array()[early], "timeline",
-                        "teardown must be the last step; remove the steps after it")
+            throw error(
+                .badValue, top["timeline"]!.array()[early], "timeline",
+                "teardown must be the last step; remove the steps after it")
         }
 
         let policies: [ZapPolicy]
@@ -67,7 +71,9 @@ struct ScenarioReader {
             policies = try names.map { item throws(ScenarioError) in
                 let name = try string(item, key: "policies")
                 guard let policy = ZapPolicy(rawValue: name) else {
-                    throw error(.badValue, item, "policies", "unknown policy '\(name)'; policies: \(ZapPolicy.allCases.map(\.rawValue).joined(separator: ", "))")
+                    throw error(
+                        .badValue, item, "policies",
+                        "unknown policy '\(name)'; policies: \(ZapPolicy.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 return policy
             }
@@ -81,7 +87,9 @@ struct ScenarioReader {
             bugs = try list(node, key: "inject").map { item throws(ScenarioError) in
                 let name = try string(item, key: "inject")
                 guard let bug = InjectedBug(rawValue: name) else {
-                    throw error(.badValue, item, "inject", "unknown bug '\(name)'; bugs: \(InjectedBug.allCases.map(\.rawValue).joined(separator: ", "))")
+                    throw error(
+                        .badValue, item, "inject",
+                        "unknown bug '\(name)'; bugs: \(InjectedBug.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 return bug
             }
@@ -111,8 +119,10 @@ struct ScenarioReader {
         let workload = try self.workload(workloadNode)
         let memslots = vm.memoryBytes / vm.memslotBytes
         if UInt64(workload.vcpus) > memslots * (vm.memslotBytes >> 21) {
-            throw error(.badValue, workloadNode["vcpus"] ?? workloadNode, "workload.vcpus",
-                        "\(workload.vcpus) vCPUs cannot each have a 2 MiB region of \(Quantities.formatSize(vm.memoryBytes)); use fewer vCPUs or more memory")
+            throw error(
+                .badValue, workloadNode["vcpus"] ?? workloadNode, "workload.vcpus",
+                "\(workload.vcpus) vCPUs cannot each have a 2 MiB region of \(Quantities.formatSize(vm.memoryBytes)); use fewer vCPUs or more memory"
+            )
         }
         let seed = UInt64(try integer(top["seed"], key: "seed", default: 1, range: 0...Int.max))
         var scenario = Scenario(
@@ -132,7 +142,9 @@ struct ScenarioReader {
         if let node = top["tlb_flush_cost"] {
             let text = try string(node, key: "tlb_flush_cost")
             guard let cost = Quantities.parseDuration(text), cost <= 1e9 else {
-                throw error(.badValue, node, "tlb_flush_cost", "'\(text)' is not a duration from 0 ns to 1 s (e.g. 72.8us, or 0ns to leave flushes out of the projection)")
+                throw error(
+                    .badValue, node, "tlb_flush_cost",
+                    "'\(text)' is not a duration from 0 ns to 1 s (e.g. 72.8us, or 0ns to leave flushes out of the projection)")
             }
             scenario.tlbFlushCostNanoseconds = cost
         }
@@ -145,7 +157,8 @@ struct ScenarioReader {
         let periodNode = try required(map, "period", in: node, path: "nx_recovery")
         let text = try string(periodNode, key: "nx_recovery.period")
         guard let period = try? NXRecoveryConfiguration.parse(text)?.periodNanoseconds else {
-            throw error(.badValue, periodNode, "nx_recovery.period", "'\(text)' is not a whole number of ns, us or ms from 1us to 1 s (e.g. 2ms)")
+            throw error(
+                .badValue, periodNode, "nx_recovery.period", "'\(text)' is not a whole number of ns, us or ms from 1us to 1 s (e.g. 2ms)")
         }
         let ratio = try integer(map["ratio"], key: "nx_recovery.ratio", default: NXRecoveryConfiguration().ratio, range: 1...1000)
         return NXRecoveryConfiguration(periodNanoseconds: period, ratio: ratio)
@@ -162,19 +175,25 @@ struct ScenarioReader {
             do {
                 delay = try ChaosConfiguration.parse("1,\(text)", seed: seed)?.maxDelayNanoseconds ?? delay
             } catch {
-                throw self.error(.badValue, delayNode, "chaos.max_delay", "'\(text)' is not a whole number of ns, us or ms up to 1 s (e.g. 200us)")
+                throw self.error(
+                    .badValue, delayNode, "chaos.max_delay", "'\(text)' is not a whole number of ns, us or ms up to 1 s (e.g. 200us)")
             }
         }
         var windows = Set(RaceWindow.allCases)
         if let windowsNode = map["windows"] {
-            windows = Set(try list(windowsNode, key: "chaos.windows").map { item throws(ScenarioError) in
-                let name = try string(item, key: "chaos.windows")
-                guard let window = RaceWindow(rawValue: name) else {
-                    throw error(.badValue, item, "chaos.windows", "unknown window '\(name)'; windows: \(RaceWindow.allCases.map(\.rawValue).joined(separator: ", "))")
-                }
-                return window
-            })
-            guard !windows.isEmpty else { throw error(.badValue, windowsNode, "chaos.windows", "name at least one window, or leave the key out for all") }
+            windows = Set(
+                try list(windowsNode, key: "chaos.windows").map { item throws(ScenarioError) in
+                    let name = try string(item, key: "chaos.windows")
+                    guard let window = RaceWindow(rawValue: name) else {
+                        throw error(
+                            .badValue, item, "chaos.windows",
+                            "unknown window '\(name)'; windows: \(RaceWindow.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    return window
+                })
+            guard !windows.isEmpty else {
+                throw error(.badValue, windowsNode, "chaos.windows", "name at least one window, or leave the key out for all")
+            }
         }
         guard probability > 0 else { return nil }
         return ChaosConfiguration(seed: seed, probability: probability, maxDelayNanoseconds: delay, windows: windows)
@@ -185,11 +204,14 @@ struct ScenarioReader {
         let memory = try size(try required(map, "memory", in: node, path: "vm"), key: "vm.memory")
         let memslot = try map["memslot"].map { node throws(ScenarioError) in try size(node, key: "vm.memslot") } ?? (2 << 30)
         guard memslot >= 2 << 20, memslot % (2 << 20) == 0 else {
-            throw error(.badValue, map["memslot"]!, "vm.memslot", "a memslot must be a positive multiple of 2MiB, got \(Quantities.formatSize(memslot))")
+            throw error(
+                .badValue, map["memslot"]!, "vm.memslot",
+                "a memslot must be a positive multiple of 2MiB, got \(Quantities.formatSize(memslot))")
         }
         guard memory >= memslot, memory % memslot == 0 else {
-            throw error(.badValue, map["memory"]!, "vm.memory",
-                        "memory (\(Quantities.formatSize(memory))) must be a positive whole number of memslots (\(Quantities.formatSize(memslot)))")
+            throw error(
+                .badValue, map["memory"]!, "vm.memory",
+                "memory (\(Quantities.formatSize(memory))) must be a positive whole number of memslots (\(Quantities.formatSize(memslot)))")
         }
         guard memory <= 1 << 48 else {
             throw error(.badValue, map["memory"]!, "vm.memory", "a 4-level root maps at most 256TiB; got \(Quantities.formatSize(memory))")
@@ -211,10 +233,11 @@ struct ScenarioReader {
         guard smram >= 2 << 20, smram <= memory else {
             throw error(.badValue, map["smram"] ?? node, "vm.smram", "SMRAM must be between 2MiB and the VM's memory")
         }
-        return VMShape(memoryBytes: memory, memslotBytes: memslot, pageMix: mix,
-                       dirtyLogging: try boolean(map["dirty_logging"], key: "vm.dirty_logging", default: false),
-                       smm: try boolean(map["smm"], key: "vm.smm", default: false),
-                       smramBytes: smram)
+        return VMShape(
+            memoryBytes: memory, memslotBytes: memslot, pageMix: mix,
+            dirtyLogging: try boolean(map["dirty_logging"], key: "vm.dirty_logging", default: false),
+            smm: try boolean(map["smm"], key: "vm.smm", default: false),
+            smramBytes: smram)
     }
 
     private func workload(_ node: Node) throws(ScenarioError) -> Workload {
@@ -236,11 +259,14 @@ struct ScenarioReader {
             } else if text.hasSuffix("/s"), let rate = Double(text.dropLast(2).trimmingCharacters(in: " ")), rate > 0 {
                 pacing = .faultsPerSecond(rate)
             } else {
-                throw error(.badValue, pacingNode, "workload.pacing", "'\(text)' is not a pacing; use max, or a rate per vCPU such as 50000/s")
+                throw error(
+                    .badValue, pacingNode, "workload.pacing", "'\(text)' is not a pacing; use max, or a rate per vCPU such as 50000/s")
             }
         }
         let touched = try fraction(map["touched"], key: "workload.touched", default: 1)
-        guard touched > 0 else { throw error(.badValue, map["touched"]!, "workload.touched", "touch more than nothing: use a fraction above 0") }
+        guard touched > 0 else {
+            throw error(.badValue, map["touched"]!, "workload.touched", "touch more than nothing: use a fraction above 0")
+        }
         var workload = Workload(vcpus: vcpus, coverage: coverage, touched: touched, pacing: pacing)
         workload.guestWork = try boolean(map["guest_work"], key: "workload.guest_work", default: false)
         return workload
@@ -248,7 +274,9 @@ struct ScenarioReader {
 
     private func timeline(_ node: Node) throws(ScenarioError) -> [TimelineStep] {
         let items = try list(node, key: "timeline")
-        guard !items.isEmpty else { throw error(.badValue, node, "timeline", "the timeline is empty; list steps such as populate, reset_vcpus, teardown") }
+        guard !items.isEmpty else {
+            throw error(.badValue, node, "timeline", "the timeline is empty; list steps such as populate, reset_vcpus, teardown")
+        }
         let names = "populate, run, reset_vcpus, delete_memslots, full_zap, unmap, dirty_log, fast_faults, dirty_memory, workout, teardown"
         return try items.map { item throws(ScenarioError) -> TimelineStep in
             if let name = item.scalar?.string {
@@ -259,7 +287,10 @@ struct ScenarioReader {
                 case "full_zap": return .fullZap
                 case "teardown": return .teardown
                 case "run", "delete_memslots", "unmap", "dirty_log", "fast_faults", "workout":
-                    throw error(.missingKey, item, "timeline", "'\(name)' takes parameters, e.g. `- run: {faults: 10000}`, `- delete_memslots: {fraction: 0.5}`, `- unmap: {fraction: 0.25}`, `- dirty_log: clear`, `- fast_faults: {faults: 1000}`, `- workout: {operations: 2000}`")
+                    throw error(
+                        .missingKey, item, "timeline",
+                        "'\(name)' takes parameters, e.g. `- run: {faults: 10000}`, `- delete_memslots: {fraction: 0.5}`, `- unmap: {fraction: 0.25}`, `- dirty_log: clear`, `- fast_faults: {faults: 1000}`, `- workout: {operations: 2000}`"
+                    )
                 default:
                     throw error(.unknownKey, item, "timeline", "unknown step '\(name)'; steps: \(names)")
                 }
@@ -270,18 +301,21 @@ struct ScenarioReader {
             switch name {
             case "run":
                 let parameters = try mapping(value, key: "timeline.run", allowed: ["faults"])
-                let faults = try integer(try required(parameters, "faults", in: value, path: "timeline.run"),
-                                         key: "timeline.run.faults", default: 0, range: 1...1_000_000_000)
+                let faults = try integer(
+                    try required(parameters, "faults", in: value, path: "timeline.run"),
+                    key: "timeline.run.faults", default: 0, range: 1...1_000_000_000)
                 return .run(faults: faults)
             case "delete_memslots":
                 let parameters = try mapping(value, key: "timeline.delete_memslots", allowed: ["fraction"])
-                let share = try fraction(try required(parameters, "fraction", in: value, path: "timeline.delete_memslots"),
-                                         key: "timeline.delete_memslots.fraction", default: 0)
+                let share = try fraction(
+                    try required(parameters, "fraction", in: value, path: "timeline.delete_memslots"),
+                    key: "timeline.delete_memslots.fraction", default: 0)
                 return .deleteMemslots(fraction: share)
             case "unmap":
                 let parameters = try mapping(value, key: "timeline.unmap", allowed: ["fraction"])
-                let share = try fraction(try required(parameters, "fraction", in: value, path: "timeline.unmap"),
-                                         key: "timeline.unmap.fraction", default: 0)
+                let share = try fraction(
+                    try required(parameters, "fraction", in: value, path: "timeline.unmap"),
+                    key: "timeline.unmap.fraction", default: 0)
                 return .unmap(fraction: share)
             case "dirty_log":
                 let text = try string(value, key: "timeline.dirty_log")
@@ -292,8 +326,9 @@ struct ScenarioReader {
             case "fast_faults", "workout":
                 let key = name == "workout" ? "operations" : "faults"
                 let parameters = try mapping(value, key: "timeline.\(name)", allowed: [key])
-                let count = try integer(try required(parameters, key, in: value, path: "timeline.\(name)"),
-                                        key: "timeline.\(name).\(key)", default: 0, range: 1...1_000_000_000)
+                let count = try integer(
+                    try required(parameters, key, in: value, path: "timeline.\(name)"),
+                    key: "timeline.\(name).\(key)", default: 0, range: 1...1_000_000_000)
                 return name == "workout" ? .workout(operations: count) : .fastFaults(faults: count)
             default:
                 throw error(.unknownKey, keyNode, "timeline", "unknown step '\(name)'; steps: \(names)")
@@ -345,8 +380,9 @@ struct ScenarioReader {
     private func size(_ node: Node, key: String) throws(ScenarioError) -> UInt64 {
         let text = try string(node, key: key)
         guard let bytes = Quantities.parseSize(text) else {
-            throw error(.badValue, node, key,
-                        "'\(text)' is not a size; write a non-negative number and a binary unit: KiB, MiB, GiB, TiB (e.g. 64TiB)")
+            throw error(
+                .badValue, node, key,
+                "'\(text)' is not a size; write a non-negative number and a binary unit: KiB, MiB, GiB, TiB (e.g. 64TiB)")
         }
         guard bytes > 0 else { throw error(.badValue, node, key, "the size must be above zero") }
         return bytes

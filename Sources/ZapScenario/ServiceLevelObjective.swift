@@ -4,7 +4,7 @@ import ZapEngine
 public enum MetricCatalog {
     /// Operations with block-time histograms, in report order.
     public static let operations: [String] = [
-        "fault", "populate", "reset", "vcpu_block", "fast_zap", "full_zap", "teardown", "root_lifetime",
+        "fault", "populate", "reset", "vcpu_block", "fast_zap", "full_zap", "teardown", "root_lifetime"
     ]
     /// What each operation measures.
     public static let operationMeaning: [String: String] = [
@@ -15,13 +15,13 @@ public enum MetricCatalog {
         "fast_zap": "memslot deletion as its caller saw it (invalidate, then wait for the zaps)",
         "full_zap": "MMU notifier release: zap of every root under the write lock",
         "teardown": "VM destruction: unload, workqueue flush and destroy, grace-period barrier",
-        "root_lifetime": "per root, from invalidation to its table's return to the pool",
+        "root_lifetime": "per root, from invalidation to its table's return to the pool"
     ]
     /// Statistics of a histogram an objective may name.
     public static let statistics: [String] = ["count", "min", "mean", "max", "p50", "p90", "p99", "p99.9", "p99.99"]
     /// Counters an objective may name.
     public static let counters: [String] = [
-        "violations", "sptes_installed", "sptes_zapped", "tables_leaked", "work_items_rejected", "yields", "tlb_flushes",
+        "violations", "sptes_installed", "sptes_zapped", "tables_leaked", "work_items_rejected", "yields", "tlb_flushes"
     ]
 }
 
@@ -74,7 +74,8 @@ public struct ServiceLevelObjective: Sendable, Equatable, CustomStringConvertibl
         // Two-character operators first, so that `<=` is not read as `<`.
         let operators = Comparison.allCases.sorted { $0.rawValue.count > $1.rawValue.count }
         guard let comparison = operators.first(where: { text.contains($0.rawValue) }),
-              let range = text.range(of: comparison.rawValue) else {
+            let range = text.range(of: comparison.rawValue)
+        else {
             return .failure(ObjectiveSyntaxError("no comparison: write METRIC OP VALUE with OP one of < <= > >= =="))
         }
         let left = text[..<range.lowerBound].trimmingCharacters(in: " ")
@@ -90,8 +91,10 @@ public struct ServiceLevelObjective: Sendable, Equatable, CustomStringConvertibl
                 policy = named
                 path = path[path.index(after: dot)...]
             } else if !MetricCatalog.operations.contains(head) {
-                return .failure(ObjectiveSyntaxError(
-                    "'\(head)' is neither a policy (\(ZapPolicy.allCases.map(\.rawValue).joined(separator: ", ")), *) nor an operation (\(MetricCatalog.operations.joined(separator: ", ")))"))
+                return .failure(
+                    ObjectiveSyntaxError(
+                        "'\(head)' is neither a policy (\(ZapPolicy.allCases.map(\.rawValue).joined(separator: ", ")), *) nor an operation (\(MetricCatalog.operations.joined(separator: ", ")))"
+                    ))
             }
         }
 
@@ -99,8 +102,10 @@ public struct ServiceLevelObjective: Sendable, Equatable, CustomStringConvertibl
         if !path.contains(".") {
             let name = String(path)
             guard MetricCatalog.counters.contains(name) else {
-                return .failure(ObjectiveSyntaxError(
-                    "unknown counter '\(name)'; counters: \(MetricCatalog.counters.joined(separator: ", ")); latencies are written OPERATION.STATISTIC"))
+                return .failure(
+                    ObjectiveSyntaxError(
+                        "unknown counter '\(name)'; counters: \(MetricCatalog.counters.joined(separator: ", ")); latencies are written OPERATION.STATISTIC"
+                    ))
             }
             metric = .counter(name)
         } else {
@@ -108,8 +113,9 @@ public struct ServiceLevelObjective: Sendable, Equatable, CustomStringConvertibl
             let operation = String(path[..<dot])
             var rest = String(path[path.index(after: dot)...])
             guard MetricCatalog.operations.contains(operation) else {
-                return .failure(ObjectiveSyntaxError(
-                    "unknown operation '\(operation)'; operations: \(MetricCatalog.operations.joined(separator: ", "))"))
+                return .failure(
+                    ObjectiveSyntaxError(
+                        "unknown operation '\(operation)'; operations: \(MetricCatalog.operations.joined(separator: ", "))"))
             }
             var projected = false
             if rest.hasPrefix("projected.") {
@@ -117,8 +123,10 @@ public struct ServiceLevelObjective: Sendable, Equatable, CustomStringConvertibl
                 rest.removeFirst("projected.".count)
             }
             guard MetricCatalog.statistics.contains(rest) else {
-                return .failure(ObjectiveSyntaxError(
-                    "unknown statistic '\(rest)'; statistics: \(MetricCatalog.statistics.joined(separator: ", ")) (optionally after 'projected.')"))
+                return .failure(
+                    ObjectiveSyntaxError(
+                        "unknown statistic '\(rest)'; statistics: \(MetricCatalog.statistics.joined(separator: ", ")) (optionally after 'projected.')"
+                    ))
             }
             metric = .latency(operation: operation, statistic: rest, projected: projected)
         }
@@ -136,8 +144,10 @@ public struct ServiceLevelObjective: Sendable, Equatable, CustomStringConvertibl
             }
             threshold = value
         }
-        return .success(ServiceLevelObjective(text: text, policy: policy, metric: metric,
-                                              comparison: comparison, threshold: threshold))
+        return .success(
+            ServiceLevelObjective(
+                text: text, policy: policy, metric: metric,
+                comparison: comparison, threshold: threshold))
     }
 }
 

@@ -82,19 +82,24 @@ public struct SweepMatrix: Sendable, Equatable {
             guard let items = value as? [Any] else { throw ScenarioError(.wrongType, file: file, key: key, "a list, e.g. [a, b]") }
             return items.map { "\($0)" }
         }
-        var matrix = SweepMatrix(scenario: map["scenario"].map { "\($0)" } ?? "quick", sizes: [], policies: [.sync, .async], vcpus: [], workers: [1])
+        var matrix = SweepMatrix(
+            scenario: map["scenario"].map { "\($0)" } ?? "quick", sizes: [], policies: [.sync, .async], vcpus: [], workers: [1])
         matrix.sizes = try sizes(list("sizes"), file: file, key: "sizes")
         let policies = try list("policies")
         if !policies.isEmpty {
             matrix.policies = try policies.map { text throws(ScenarioError) in
-                guard let policy = ZapPolicy(rawValue: text) else { throw ScenarioError(.badValue, file: file, key: "policies", "'\(text)' is not sync, async or preserve") }
+                guard let policy = ZapPolicy(rawValue: text) else {
+                    throw ScenarioError(.badValue, file: file, key: "policies", "'\(text)' is not sync, async or preserve")
+                }
                 return policy
             }
         }
         matrix.vcpus = try counts(list("vcpus"), file: file, key: "vcpus")
         let workers = try counts(list("workers"), file: file, key: "workers")
         if !workers.isEmpty { matrix.workers = workers }
-        guard !matrix.sizes.isEmpty else { throw ScenarioError(.missingKey, file: file, key: "sizes", "a sweep needs sizes, e.g. sizes: [16GiB, 64GiB]") }
+        guard !matrix.sizes.isEmpty else {
+            throw ScenarioError(.missingKey, file: file, key: "sizes", "a sweep needs sizes, e.g. sizes: [16GiB, 64GiB]")
+        }
         return matrix
     }
 

@@ -45,7 +45,9 @@ public struct CurveKeyPair: Sendable, CustomStringConvertible {
         var publicText = [CChar](repeating: 0, count: 41)
         var secretText = [CChar](repeating: 0, count: 41)
         guard zmq_curve_keypair(&publicText, &secretText) == 0 else { throw ZeroMQError.last("zmq_curve_keypair") }
-        func key(_ text: [CChar]) -> CurveKey { CurveKey(z85: String(decoding: text.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self))! }
+        func key(_ text: [CChar]) -> CurveKey {
+            CurveKey(z85: String(decoding: text.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self))!
+        }
         return CurveKeyPair(publicKey: key(publicText), secretKey: key(secretText))
     }
 
@@ -53,8 +55,9 @@ public struct CurveKeyPair: Sendable, CustomStringConvertible {
     public init(secretKey: CurveKey) throws(ZeroMQError) {
         var publicText = [CChar](repeating: 0, count: 41)
         guard secretKey.z85.withCString({ zmq_curve_public(&publicText, $0) }) == 0 else { throw ZeroMQError.last("zmq_curve_public") }
-        self.init(publicKey: CurveKey(z85: String(decoding: publicText.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self))!,
-                  secretKey: secretKey)
+        self.init(
+            publicKey: CurveKey(z85: String(decoding: publicText.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self))!,
+            secretKey: secretKey)
     }
 
     private init(publicKey: CurveKey, secretKey: CurveKey) {

@@ -27,7 +27,8 @@ public final class SocketMonitor {
     /// Starts monitoring `monitored`'s handshakes and disconnects.
     public init(_ monitored: ZeroMQSocket) throws(ZeroMQError) {
         let endpoint = "inproc://zapfleet-monitor-\(UUID().uuidString)"
-        let events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+        let events =
+            ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
             | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_DISCONNECTED
         guard zmq_socket_monitor(monitored.handle, endpoint, events) == 0 else { throw ZeroMQError.last("zmq_socket_monitor") }
         self.monitored = monitored

@@ -55,7 +55,8 @@ struct CalibrateCommand: ParsableCommand {
             throw error.badInput ? ZapfleetExitCode.badInput : ZapfleetExitCode.internalError
         }
         guard let calibration = result.calibration else {
-            printError("the probe zapped no SPTE it could time (no delete with the zap-all quirk, no close with SPTEs left); nothing to calibrate")
+            printError(
+                "the probe zapped no SPTE it could time (no delete with the zap-all quirk, no close with SPTEs left); nothing to calibrate")
             throw ZapfleetExitCode.internalError
         }
         print("\(result.host): kernel \(result.kernel), \(result.mmuDescription): \(calibration.description)")

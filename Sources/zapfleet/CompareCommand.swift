@@ -37,7 +37,9 @@ struct CompareCommand: ParsableCommand {
     var all = false
 
     func validate() throws {
-        guard parsedTolerance != nil else { throw ValidationError("--tolerance '\(tolerance)' is not a percentage from 0% to 1000000%, e.g. 10%") }
+        guard parsedTolerance != nil else {
+            throw ValidationError("--tolerance '\(tolerance)' is not a percentage from 0% to 1000000%, e.g. 10%")
+        }
         _ = try OptionChecks.duration(noiseFloor, option: "--noise-floor", within: 0...3600e9, example: "1us")
     }
 
@@ -52,28 +54,37 @@ struct CompareCommand: ParsableCommand {
             do {
                 return try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: path)))
             } catch {
-                printError("\(path): not a readable zapfleet report.json (\(OptionChecks.reason(error))); compare the report.json files that `run --out` or `coordinator --out` write")
+                printError(
+                    "\(path): not a readable zapfleet report.json (\(OptionChecks.reason(error))); compare the report.json files that `run --out` or `coordinator --out` write"
+                )
                 throw ZapfleetExitCode.badInput
             }
         }
         let comparison: ReportComparison
         do {
-            comparison = try ReportComparison.compare(baseline: reports[0], current: reports[1], tolerance: parsedTolerance!,
-                                                      noiseFloorNanoseconds: Quantities.parseDuration(noiseFloor)!)
+            comparison = try ReportComparison.compare(
+                baseline: reports[0], current: reports[1], tolerance: parsedTolerance!,
+                noiseFloorNanoseconds: Quantities.parseDuration(noiseFloor)!)
         } catch {
             printError("cannot compare: \(error)")
             throw ZapfleetExitCode.badInput
         }
-        let shown = all ? comparison.changes
-            : comparison.regressions + comparison.changes.filter { !$0.regression }.sorted { abs($0.relative) > abs($1.relative) }.prefix(10)
+        let shown =
+            all
+            ? comparison.changes
+            : comparison.regressions
+                + comparison.changes.filter { !$0.regression }.sorted { abs($0.relative) > abs($1.relative) }.prefix(10)
         print("metric".padding(toLength: 40, withPad: " ", startingAt: 0) + "    baseline     current   change")
         for change in shown {
-            let format: (Double) -> String = change.metric.hasSuffix("violations")
+            let format: (Double) -> String =
+                change.metric.hasSuffix("violations")
                 ? { Quantities.rounded($0, 0) } : { Quantities.formatDuration($0) }
-            let relative = change.relative.isInfinite ? "new" : "\(change.relative >= 0 ? "+" : "")\(Quantities.rounded(change.relative * 100, 1))%"
-            print(change.metric.padding(toLength: 40, withPad: " ", startingAt: 0)
-                  + format(change.baseline).leftPadded(12) + format(change.current).leftPadded(12) + relative.leftPadded(9)
-                  + (change.regression ? "  REGRESSION" : ""))
+            let relative =
+                change.relative.isInfinite ? "new" : "\(change.relative >= 0 ? "+" : "")\(Quantities.rounded(change.relative * 100, 1))%"
+            print(
+                change.metric.padding(toLength: 40, withPad: " ", startingAt: 0)
+                    + format(change.baseline).leftPadded(12) + format(change.current).leftPadded(12) + relative.leftPadded(9)
+                    + (change.regression ? "  REGRESSION" : ""))
         }
         let regressions = comparison.regressions.count
         print("\(comparison.changes.count) metrics compared, \(regressions) regression(s) beyond \(tolerance)")

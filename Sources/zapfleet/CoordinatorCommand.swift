@@ -43,7 +43,10 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Built-in scenario name or YAML file (default: quick).")
     var scenario: String?
 
-    @Option(help: ArgumentHelp("Take up an interrupted run: RUN_DIR is its --out directory. Its journal gives the scenario, the shards and every result it accepted; only the shards without one are run.", valueName: "run-dir"))
+    @Option(
+        help: ArgumentHelp(
+            "Take up an interrupted run: RUN_DIR is its --out directory. Its journal gives the scenario, the shards and every result it accepted; only the shards without one are run.",
+            valueName: "run-dir"))
     var resume: String?
 
     @Option(help: "ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5555.")
@@ -52,7 +55,10 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Workers to wait for before planning.")
     var expectWorkers: Int = 1
 
-    @Option(help: "External agents (`zapfleet-agent-c`, real kernels' measurements) to wait for; their samples become the report's \"external\" column, and the run fails if fewer report.")
+    @Option(
+        help:
+            "External agents (`zapfleet-agent-c`, real kernels' measurements) to wait for; their samples become the report's \"external\" column, and the run fails if fewer report."
+    )
     var expectAgents: Int = 0
 
     @Option(help: "How long to wait for the expected workers, e.g. 60s; planning then starts with those present.")
@@ -64,13 +70,22 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Silent heartbeat intervals after which a worker is missing and its shard is requeued.")
     var liveness: Int = 3
 
-    @Option(help: "Attempts of a shard that may come to nothing (worker lost, result refused, progress deadline missed) before the run fails. Give-backs do not count.")
+    @Option(
+        help:
+            "Attempts of a shard that may come to nothing (worker lost, result refused, progress deadline missed) before the run fails. Give-backs do not count."
+    )
     var maxAttempts: Int = 3
 
-    @Option(help: "Heartbeat intervals a running shard may go without a progress report before its attempt is revoked and the shard requeued (a late result of it is dropped).")
+    @Option(
+        help:
+            "Heartbeat intervals a running shard may go without a progress report before its attempt is revoked and the shard requeued (a late result of it is dropped)."
+    )
     var progressDeadline: Int = 600
 
-    @Option(help: "Assignments a worker may give back, let lapse or answer with a refused result in a row before it gets no more shards (the report says which and why).")
+    @Option(
+        help:
+            "Assignments a worker may give back, let lapse or answer with a refused result in a row before it gets no more shards (the report says which and why)."
+    )
     var giveBackLimit: Int = 3
 
     @Option(help: "Largest shard, e.g. 2TiB (default: as large as the smallest worker budget allows).")
@@ -158,9 +173,10 @@ struct CoordinatorCommand: ParsableCommand {
             printError("cannot run the coordinator: \(error); check --bind")
             throw ZapfleetExitCode.badInput
         }
-        let code = try ReportOutput.emit(scenario: resolved, outcome: outcome, started: started,
-                                         wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelCost,
-                                         out: out, fleetDetail: true, junit: junit, events: events)
+        let code = try ReportOutput.emit(
+            scenario: resolved, outcome: outcome, started: started,
+            wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelCost,
+            out: out, fleetDetail: true, junit: junit, events: events)
         if code != 0 { throw ExitCode(code) }
     }
 }

@@ -13,7 +13,9 @@ enum EndpointCheck {
             }
             return
         }
-        guard endpoint.hasPrefix("tcp://"), let colon = endpoint.lastIndex(of: ":"), colon > endpoint.index(endpoint.startIndex, offsetBy: 5) else {
+        guard endpoint.hasPrefix("tcp://"), let colon = endpoint.lastIndex(of: ":"),
+            colon > endpoint.index(endpoint.startIndex, offsetBy: 5)
+        else {
             throw ValidationError("\(option) '\(endpoint)' is not an endpoint; use \(form)")
         }
         let host = endpoint[endpoint.index(endpoint.startIndex, offsetBy: 6)..<colon]

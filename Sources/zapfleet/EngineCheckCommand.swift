@@ -28,7 +28,9 @@ struct EngineCheckCommand: ParsableCommand {
     @Option(name: .long, help: "Policy to check; repeat for several (default: sync, async and preserve).")
     var policy: [ZapPolicy] = []
 
-    @Option(name: .long, help: "Bug to re-create on purpose; repeat for several. One of: \(InjectedBug.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(
+        name: .long,
+        help: "Bug to re-create on purpose; repeat for several. One of: \(InjectedBug.allCases.map(\.rawValue).joined(separator: ", ")).")
     var inject: [InjectedBug] = []
 
     @Option(name: .long, help: "vCPU threads.")
@@ -52,19 +54,31 @@ struct EngineCheckCommand: ParsableCommand {
     @Option(name: .long, help: "Zap workqueue width (max_active), async only; the kernel's default is 256 (workers start on demand).")
     var workqueueWidth: Int = 256
 
-    @Option(name: .long, help: ArgumentHelp(
-        "Seconds without progress, while an operation is in flight, before the watchdog reports a livelock.",
-        discussion: "The stuck threads are named with what they wait for; their retry loops then give up, and threads that stay stuck are left behind so that the check still ends with exit 2."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds without progress, while an operation is in flight, before the watchdog reports a livelock.",
+            discussion:
+                "The stuck threads are named with what they wait for; their retry loops then give up, and threads that stay stuck are left behind so that the check still ends with exit 2."
+        ))
     var stallSeconds: Double = 10
 
-    @Option(name: .long, help: ArgumentHelp(
-        "Race amplification: PROBABILITY[,MAX-DELAY] of a seeded delay at each race window, or 'off'.",
-        discussion: "Windows: \(RaceWindow.allCases.map(\.rawValue).joined(separator: ", ")). Delays are uniform up to MAX-DELAY (e.g. 200us, 1ms; default 100us) and drawn per thread from the seed, so a seed repeats its delays."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Race amplification: PROBABILITY[,MAX-DELAY] of a seeded delay at each race window, or 'off'.",
+            discussion:
+                "Windows: \(RaceWindow.allCases.map(\.rawValue).joined(separator: ", ")). Delays are uniform up to MAX-DELAY (e.g. 200us, 1ms; default 100us) and drawn per thread from the seed, so a seed repeats its delays."
+        ))
     var chaos: String = "0.05"
 
-    @Option(name: .long, help: ArgumentHelp(
-        "NX huge-page recovery thread: PERIOD[,RATIO], or 'off'.",
-        discussion: "Every PERIOD (1us to 1000ms) the thread takes mmu_lock for write and zaps one in RATIO (default 8) of the tables of 4 KiB pages that a 2 MiB page could replace, while lockless walkers may be inside them."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "NX huge-page recovery thread: PERIOD[,RATIO], or 'off'.",
+            discussion:
+                "Every PERIOD (1us to 1000ms) the thread takes mmu_lock for write and zaps one in RATIO (default 8) of the tables of 4 KiB pages that a 2 MiB page could replace, while lockless walkers may be inside them."
+        ))
     var nxRecovery: String = "2ms,8"
 
     func validate() throws {
@@ -87,8 +101,9 @@ struct EngineCheckCommand: ParsableCommand {
     func run() throws {
         let policies = policy.isEmpty ? ZapPolicy.allCases : policy
         var anyViolation = false
-        print("engine-check: \(vcpus) vCPUs × \(operations) operations, \(fastZaps) fast zaps, \(memoryGiB) GiB, seeds \(seed)..<\(seed + UInt64(seeds))"
-              + (inject.isEmpty ? "" : ", injecting \(inject.map(\.rawValue).joined(separator: ", "))"))
+        print(
+            "engine-check: \(vcpus) vCPUs × \(operations) operations, \(fastZaps) fast zaps, \(memoryGiB) GiB, seeds \(seed)..<\(seed + UInt64(seeds))"
+                + (inject.isEmpty ? "" : ", injecting \(inject.map(\.rawValue).joined(separator: ", "))"))
         for policy in policies {
             var violations: [Violation.Kind: Int] = [:]
             var examples: [Violation] = []
@@ -96,18 +111,21 @@ struct EngineCheckCommand: ParsableCommand {
             var installed = 0, zapped = 0, yields = 0, roots = 0
             for offset in 0..<UInt64(seeds) {
                 let stress = ConcurrencyStress(
-                    vm: VMConfiguration(policy: policy, workqueueWidth: workqueueWidth,
-                                        pageTableBudgetBytes: max(1 << 30, memoryGiB << 22),
-                                        injectedBugs: Set(inject),
-                                        stallBoundNanoseconds: UInt64(stallSeconds * 1e9),
-                                        chaos: try chaosConfiguration(seed: seed + offset),
-                                        nxRecovery: try nxRecoveryConfiguration()),
+                    vm: VMConfiguration(
+                        policy: policy, workqueueWidth: workqueueWidth,
+                        pageTableBudgetBytes: max(1 << 30, memoryGiB << 22),
+                        injectedBugs: Set(inject),
+                        stallBoundNanoseconds: UInt64(stallSeconds * 1e9),
+                        chaos: try chaosConfiguration(seed: seed + offset),
+                        nxRecovery: try nxRecoveryConfiguration()),
                     vcpus: vcpus, operationsPerVCPU: operations, fastZaps: fastZaps,
                     fullZaps: max(1, fastZaps / 10), guestFrames: UInt64(memoryGiB) << 18,
                     useSMM: true, seed: seed + offset)
                 let report = try stress.run()
                 if report.threadsAbandoned > 0 {
-                    print("policy \(policy), seed \(seed + offset): \(report.threadsAbandoned) threads stuck in the VM were left behind; the VM was not torn down")
+                    print(
+                        "policy \(policy), seed \(seed + offset): \(report.threadsAbandoned) threads stuck in the VM were left behind; the VM was not torn down"
+                    )
                 }
                 violations.merge(report.violationCounts, uniquingKeysWith: +)
                 examples.append(contentsOf: report.violations.prefix(3 - min(3, examples.count)))
@@ -126,7 +144,9 @@ struct EngineCheckCommand: ParsableCommand {
             print("")
             print("policy \(policy) (\(policy.kernels)): \(verdict)")
             print("  SPTEs installed \(installed), zapped \(zapped); roots \(roots); zap yields \(yields)")
-            print("  longest block: fault \(format(longest.fault)), reset \(format(longest.reset)), fast zap \(format(longest.fastZap)), full zap \(format(longest.fullZap)), dirty log \(format(longest.dirtyLog)), unmap \(format(longest.unmap)), teardown \(format(longest.teardown))")
+            print(
+                "  longest block: fault \(format(longest.fault)), reset \(format(longest.reset)), fast zap \(format(longest.fastZap)), full zap \(format(longest.fullZap)), dirty log \(format(longest.dirtyLog)), unmap \(format(longest.unmap)), teardown \(format(longest.teardown))"
+            )
             for (kind, count) in violations.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
                 print("  violation \(kind) (invariant \(kind.invariant)): \(count)")
             }

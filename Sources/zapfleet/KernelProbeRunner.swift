@@ -45,7 +45,9 @@ enum KernelProbeRunner {
     /// Runs the probe and returns its column and result.
     static func run(scenario: Scenario, bytes: UInt64) throws(Failure) -> (column: ExternalMeasurement, result: KernelProbeResult) {
         guard let probe = locate() else {
-            throw Failure(description: "--kvm needs zapfleet-kvm-probe: build it with `make -C clients/c`, or name it in $ZAPFLEET_KVM_PROBE", badInput: true)
+            throw Failure(
+                description: "--kvm needs zapfleet-kvm-probe: build it with `make -C clients/c`, or name it in $ZAPFLEET_KVM_PROBE",
+                badInput: true)
         }
         let json = NSTemporaryDirectory() + "zapfleet-kvm-probe-\(getpid()).json"
         defer { try? FileManager.default.removeItem(atPath: json) }
@@ -53,7 +55,7 @@ enum KernelProbeRunner {
         process.executableURL = URL(fileURLWithPath: probe)
         process.arguments = arguments(for: scenario, bytes: bytes, json: json)
         let errors = Pipe()
-        process.standardOutput = FileHandle.nullDevice   // the samples are in the JSON too
+        process.standardOutput = FileHandle.nullDevice  // the samples are in the JSON too
         process.standardError = errors
         let start = monotonicNanoseconds()
         do { try process.run() } catch {
@@ -64,8 +66,9 @@ enum KernelProbeRunner {
         let wall = monotonicNanoseconds() - start
         guard process.terminationReason == .exit, process.terminationStatus == 0 else {
             let status = process.terminationStatus
-            throw Failure(description: "the KVM probe failed (exit \(status)): \(said.trimmingCharacters(in: .whitespacesAndNewlines))",
-                          badInput: [64, 69].contains(status))
+            throw Failure(
+                description: "the KVM probe failed (exit \(status)): \(said.trimmingCharacters(in: .whitespacesAndNewlines))",
+                badInput: [64, 69].contains(status))
         }
         do {
             let result = try KernelProbeResult.decode(Data(contentsOf: URL(fileURLWithPath: json)))

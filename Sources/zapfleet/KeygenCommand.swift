@@ -33,7 +33,9 @@ struct KeygenCommand: ParsableCommand {
         guard !name.isEmpty, !name.contains("/"), !name.hasPrefix(".") else {
             throw ValidationError("NAME '\(name)' must be a plain file name, e.g. w1")
         }
-        guard KeyFiles.curveAvailable else { throw ValidationError("this libzmq has no CURVE support (built without libsodium); install Debian's libzmq5") }
+        guard KeyFiles.curveAvailable else {
+            throw ValidationError("this libzmq has no CURVE support (built without libsodium); install Debian's libzmq5")
+        }
     }
 
     func run() throws {

@@ -13,10 +13,13 @@ enum OptionChecks {
     /// `text` as a duration in nanoseconds within `range`, or a ``ValidationError`` naming `option`.
     static func duration(_ text: String, option: String, within range: ClosedRange<Double>, example: String) throws -> Double {
         guard let nanoseconds = Quantities.parseDuration(text) else {
-            throw ValidationError("\(option) '\(text)' is not a duration; write a number and a unit (ns, us, ms, s, min, h), e.g. \(example)")
+            throw ValidationError(
+                "\(option) '\(text)' is not a duration; write a number and a unit (ns, us, ms, s, min, h), e.g. \(example)")
         }
         guard range.contains(nanoseconds) else {
-            throw ValidationError("\(option) \(text) is out of range: \(Quantities.formatDuration(range.lowerBound)) to \(Quantities.formatDuration(range.upperBound))")
+            throw ValidationError(
+                "\(option) \(text) is out of range: \(Quantities.formatDuration(range.lowerBound)) to \(Quantities.formatDuration(range.upperBound))"
+            )
         }
         return nanoseconds
     }
@@ -27,14 +30,18 @@ enum OptionChecks {
             throw ValidationError("\(option) '\(text)' is not a size; write a number and a binary unit, e.g. \(example)")
         }
         guard range.contains(bytes) else {
-            throw ValidationError("\(option) \(text) is out of range: \(Quantities.formatSize(range.lowerBound)) to \(Quantities.formatSize(range.upperBound))")
+            throw ValidationError(
+                "\(option) \(text) is out of range: \(Quantities.formatSize(range.lowerBound)) to \(Quantities.formatSize(range.upperBound))"
+            )
         }
         return bytes
     }
 
     /// A whole number within `range`, or a ``ValidationError`` naming `option`.
     static func count(_ value: Int, option: String, within range: ClosedRange<Int>) throws {
-        guard range.contains(value) else { throw ValidationError("\(option) must be between \(range.lowerBound) and \(range.upperBound), got \(value)") }
+        guard range.contains(value) else {
+            throw ValidationError("\(option) must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
+        }
     }
 
     /// `--kernel-spte-ns`: positive, finite, at most a millisecond per SPTE (the seed's is 52 ns).
@@ -52,7 +59,9 @@ enum OptionChecks {
             return value
         }
         guard let data = FileManager.default.contents(atPath: text) else {
-            throw ValidationError("--kernel-spte-ns '\(text)' is neither a number of nanoseconds (e.g. 52) nor a readable calibration file (from `zapfleet calibrate --out`)")
+            throw ValidationError(
+                "--kernel-spte-ns '\(text)' is neither a number of nanoseconds (e.g. 52) nor a readable calibration file (from `zapfleet calibrate --out`)"
+            )
         }
         guard let calibration = try? JSONDecoder().decode(KernelCalibration.self, from: data) else {
             throw ValidationError("--kernel-spte-ns \(text): not a calibration file; write one with `zapfleet calibrate --out \(text)`")

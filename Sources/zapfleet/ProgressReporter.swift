@@ -28,7 +28,8 @@ final class ProgressReporter: @unchecked Sendable {
             let installRate = seconds > 0 ? Double(max(0, progress.sptesInstalled - lastInstalled)) / seconds : 0
             let zapRate = seconds > 0 ? Double(max(0, progress.sptesZapped - lastZapped)) / seconds : 0
             (lastInstalled, lastZapped, lastTime) = (progress.sptesInstalled, progress.sptesZapped, progress.elapsedNanoseconds)
-            var line = "\(progress.policy) step \(progress.step)/\(progress.steps) \(progress.stepName): "
+            var line =
+                "\(progress.policy) step \(progress.step)/\(progress.steps) \(progress.stepName): "
                 + "mapped \(Quantities.describeSize(Double(progress.sptesInstalled) * 4096)) "
                 + "(\(Quantities.rounded(installRate / 1e6, 1)) M SPTE/s), "
                 + "zapped \(Quantities.describeSize(Double(progress.sptesZapped) * 4096)) "

@@ -7,18 +7,24 @@ import ZapScenario
 enum ReportOutput {
     /// Prints the report of `outcome`, writes its files into `out` if given, and returns the
     /// exit code its verdict calls for.
-    static func emit(scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
-                     kernelNanosecondsPerSPTE: Double, out: String?, fleetDetail: Bool, junit: String? = nil,
-                     events: FleetEventLog? = nil) throws -> Int32 {
-        let report = self.report(scenario: scenario, outcome: outcome, started: started, wallNanoseconds: wallNanoseconds,
-                                 kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
-        print("zapfleet \(scenario.name): \(Quantities.formatSize(scenario.vm.memoryBytes)), \(scenario.workload.vcpus) vCPUs, seed \(scenario.seed)")
+    static func emit(
+        scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
+        kernelNanosecondsPerSPTE: Double, out: String?, fleetDetail: Bool, junit: String? = nil,
+        events: FleetEventLog? = nil
+    ) throws -> Int32 {
+        let report = self.report(
+            scenario: scenario, outcome: outcome, started: started, wallNanoseconds: wallNanoseconds,
+            kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE)
+        print(
+            "zapfleet \(scenario.name): \(Quantities.formatSize(scenario.vm.memoryBytes)), \(scenario.workload.vcpus) vCPUs, seed \(scenario.seed)"
+        )
         print(ReportTable.render(report, fleetDetail: fleetDetail), terminator: "")
         if let failure = outcome.failure { printError(failure.description) }
         if let out {
             do {
-                let files = try ReportFiles.write(report, runs: outcome.runs, to: out,
-                                                  intervalLog: fleetDetail ? outcome.intervalLog : nil, external: outcome.external)
+                let files = try ReportFiles.write(
+                    report, runs: outcome.runs, to: out,
+                    intervalLog: fleetDetail ? outcome.intervalLog : nil, external: outcome.external)
                 print("wrote \(files.count) files to \(out)")
             } catch {
                 printError("cannot write the report to \(out): \(OptionChecks.reason(error)); the measurements are in the table above")
@@ -34,8 +40,10 @@ enum ReportOutput {
             }
         }
         var fields: [String: FleetEvent.Value] = [
-            "exit_code": .number(report.verdict.exitCode), "verdict": .string(report.verdict.summary), "complete": .boolean(report.complete),
-            "scenario": .string(scenario.name)]
+            "exit_code": .number(report.verdict.exitCode), "verdict": .string(report.verdict.summary),
+            "complete": .boolean(report.complete),
+            "scenario": .string(scenario.name)
+        ]
         if let failure = outcome.failure { fields["failure"] = .string(failure.code.rawValue) }
         if let out { fields["out"] = .string(out) }
         events?.record(FleetEvent(.runFinished, .info, "verdict: \(report.verdict.summary) (exit \(report.verdict.exitCode))", fields))
@@ -44,12 +52,15 @@ enum ReportOutput {
 
     /// The report of a fleet outcome; an outcome stopped before every shard had its result is
     /// marked incomplete, exit 130.
-    static func report(scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
-                       kernelNanosecondsPerSPTE: Double) -> RunReport {
-        var report = RunReport(scenario: scenario, runs: outcome.runs, slice: .whole(scenario),
-                               kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, startedAt: started,
-                               wallNanoseconds: wallNanoseconds, version: ZapfleetVersion.current,
-                               fleet: outcome.fleet, failure: outcome.failure.map { "\($0.description) [\($0.code.rawValue)]" }, external: outcome.external)
+    static func report(
+        scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
+        kernelNanosecondsPerSPTE: Double
+    ) -> RunReport {
+        var report = RunReport(
+            scenario: scenario, runs: outcome.runs, slice: .whole(scenario),
+            kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, startedAt: started,
+            wallNanoseconds: wallNanoseconds, version: ZapfleetVersion.current,
+            fleet: outcome.fleet, failure: outcome.failure.map { "\($0.description) [\($0.code.rawValue)]" }, external: outcome.external)
         if !outcome.complete && report.complete {
             report.complete = false
             if [RunExitCode.met, .objectiveMissed, .inconclusive].map(\.rawValue).contains(report.verdict.exitCode) {

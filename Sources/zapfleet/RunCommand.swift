@@ -51,18 +51,23 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Seed of every random choice.")
     var seed: UInt64?
 
-    @Option(help: ArgumentHelp(
-        "Race amplification, replacing the scenario's chaos section: PROBABILITY[,MAX-DELAY] or 'off'.",
-        discussion: "A seeded delay (uniform up to MAX-DELAY, default 100us) at each pass through a race window (\(RaceWindow.allCases.map(\.rawValue).joined(separator: ", "))) with the given probability; the scenario's seed fixes every delay."))
+    @Option(
+        help: ArgumentHelp(
+            "Race amplification, replacing the scenario's chaos section: PROBABILITY[,MAX-DELAY] or 'off'.",
+            discussion:
+                "A seeded delay (uniform up to MAX-DELAY, default 100us) at each pass through a race window (\(RaceWindow.allCases.map(\.rawValue).joined(separator: ", "))) with the given probability; the scenario's seed fixes every delay."
+        ))
     var chaos: String?
 
     @OptionGroup(title: "Report")
     var report: ReportOptions
 
-    @Option(help: ArgumentHelp(
-        "Also run the scenario's timeline on this host's real KVM, with this much guest memory (e.g. 1GiB), and show it as the column kvm:HOST.",
-        discussion: "zapfleet-kvm-probe (make -C clients/c) runs populate, reset, populate, delete half the memslots and close on /dev/kvm (root here) with the scenario's memslots and vCPUs scaled to the size, with and without the zap-all quirk; the column is labelled with the kernel and the MMU it found (TDP or shadow, nested or not), and its deletes calibrate the projection's cost per SPTE. The guest's memory is real host memory: the probe refuses more than is available.",
-        valueName: "size"))
+    @Option(
+        help: ArgumentHelp(
+            "Also run the scenario's timeline on this host's real KVM, with this much guest memory (e.g. 1GiB), and show it as the column kvm:HOST.",
+            discussion:
+                "zapfleet-kvm-probe (make -C clients/c) runs populate, reset, populate, delete half the memslots and close on /dev/kvm (root here) with the scenario's memslots and vCPUs scaled to the size, with and without the zap-all quirk; the column is labelled with the kernel and the MMU it found (TDP or shadow, nested or not), and its deletes calibrate the projection's cost per SPTE. The guest's memory is real host memory: the probe refuses more than is available.",
+            valueName: "size"))
     var kvm: String?
 
     @Option(help: "Refuse runs whose page tables would need more than this (default: 80% of available memory).")
@@ -71,7 +76,10 @@ struct RunCommand: ParsableCommand {
     @Option(help: "In-process workers (default: one per core). The scenario runs as one shard when it fits in --max-memory.")
     var workers: Int?
 
-    @Flag(help: "Cut a scenario larger than --max-memory into shards, run on the in-process workers within it (each gets its share), instead of refusing it.")
+    @Flag(
+        help:
+            "Cut a scenario larger than --max-memory into shards, run on the in-process workers within it (each gets its share), instead of refusing it."
+    )
     var shard = false
 
     @Flag(help: "No progress output.")
@@ -108,7 +116,8 @@ struct RunCommand: ParsableCommand {
         let estimate = MemoryEstimate.estimate(resolved)
         let limit = maxMemory.flatMap(Quantities.parseSize) ?? SystemMemory.defaultLimit
         if estimate.peakBytes > limit && !shard {
-            printError("""
+            printError(
+                """
                 \(resolved.name): the page tables of \(Quantities.formatSize(resolved.vm.memoryBytes)) need about \
                 \(Quantities.describeSize(Double(estimate.peakBytes))), more than the limit of \(Quantities.describeSize(Double(limit))). \
                 Run it on a fleet, where it is cut into shards (`zapfleet coordinator`), cut it into shards \
@@ -139,7 +148,9 @@ struct RunCommand: ParsableCommand {
         defer { interrupt.cancel() }
         let progress = quiet ? nil : ProgressReporter(logger: logger)
         if !quiet {
-            logger.info("running \(resolved.name): \(Quantities.formatSize(resolved.vm.memoryBytes)), \(resolved.workload.vcpus) vCPUs, policies \(resolved.policies.map(\.rawValue).joined(separator: ", ")), page tables ≈ \(Quantities.describeSize(Double(estimate.peakBytes))), \(workerCount) in-process worker(s)")
+            logger.info(
+                "running \(resolved.name): \(Quantities.formatSize(resolved.vm.memoryBytes)), \(resolved.workload.vcpus) vCPUs, policies \(resolved.policies.map(\.rawValue).joined(separator: ", ")), page tables ≈ \(Quantities.describeSize(Double(estimate.peakBytes))), \(workerCount) in-process worker(s)"
+            )
         }
         // The in-process fleet's routine messages (joins, assignments) would bury the progress
         // line; its warnings and errors still show.
@@ -167,12 +178,15 @@ struct RunCommand: ParsableCommand {
             outcome.external.append(realKernel.column)
             print("real kernel: \(realKernel.column.name) is \(realKernel.column.source)")
             if given == nil, let calibration = realKernel.result.calibration {
-                print("projection: \(Quantities.rounded(calibration.nanosecondsPerSPTE, 1)) ns per SPTE, this host's calibration (the seed's figure is 52 ns)")
+                print(
+                    "projection: \(Quantities.rounded(calibration.nanosecondsPerSPTE, 1)) ns per SPTE, this host's calibration (the seed's figure is 52 ns)"
+                )
             }
         }
-        let code = try ReportOutput.emit(scenario: resolved, outcome: outcome, started: started,
-                                         wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
-                                         out: out, fleetDetail: estimate.peakBytes > limit, junit: junit, events: events)
+        let code = try ReportOutput.emit(
+            scenario: resolved, outcome: outcome, started: started,
+            wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
+            out: out, fleetDetail: estimate.peakBytes > limit, junit: junit, events: events)
         if code != 0 { throw ExitCode(code) }
     }
 

@@ -19,7 +19,8 @@ struct ScenariosCommand: ParsableCommand {
     func run() throws {
         if let show {
             guard let yaml = BuiltinScenarios.yaml(named: show) else {
-                throw ValidationError("no built-in scenario '\(show)'; built-ins: \(BuiltinScenarios.all.map(\.name).joined(separator: ", "))")
+                throw ValidationError(
+                    "no built-in scenario '\(show)'; built-ins: \(BuiltinScenarios.all.map(\.name).joined(separator: ", "))")
             }
             print(yaml, terminator: "")
             return
@@ -29,8 +30,10 @@ struct ScenariosCommand: ParsableCommand {
             let estimate = MemoryEstimate.estimate(scenario)
             print("\(entry.name)")
             print("  \(entry.purpose)")
-            print("  \(Quantities.formatSize(scenario.vm.memoryBytes)) in \(scenario.memslotCount) memslots, \(scenario.workload.vcpus) vCPUs, "
-                  + "policies \(scenario.policies.map(\.rawValue).joined(separator: ", ")); page tables ≈ \(Quantities.describeSize(Double(estimate.peakBytes)))")
+            print(
+                "  \(Quantities.formatSize(scenario.vm.memoryBytes)) in \(scenario.memslotCount) memslots, \(scenario.workload.vcpus) vCPUs, "
+                    + "policies \(scenario.policies.map(\.rawValue).joined(separator: ", ")); page tables ≈ \(Quantities.describeSize(Double(estimate.peakBytes)))"
+            )
         }
     }
 }

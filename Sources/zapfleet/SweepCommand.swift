@@ -60,7 +60,10 @@ struct SweepCommand: ParsableCommand {
     @Option(help: "Refuse cells whose page tables would need more than this (default: 80% of available memory).")
     var maxMemory: String?
 
-    @Option(help: "Kernel cost of zapping one SPTE for the projection: nanoseconds (the seed's 52), or a calibration file from `zapfleet calibrate`.")
+    @Option(
+        help:
+            "Kernel cost of zapping one SPTE for the projection: nanoseconds (the seed's 52), or a calibration file from `zapfleet calibrate`."
+    )
     var kernelSpteNs: String = "52"
 
     @Option(help: "Run each cell on a fleet: the endpoint to bind a coordinator on (workers connect with --keep-running).")
@@ -78,7 +81,8 @@ struct SweepCommand: ParsableCommand {
         }
         if matrix == nil && sizes == nil { throw ValidationError("give --sizes (e.g. 16GiB,64GiB) or a --matrix file") }
         for size in (sizes ?? "").split(separator: ",") {
-            _ = try OptionChecks.size(size.trimmingCharacters(in: .whitespaces), option: "--sizes", within: (2 << 20)...(1 << 48), example: "16GiB,64GiB")
+            _ = try OptionChecks.size(
+                size.trimmingCharacters(in: .whitespaces), option: "--sizes", within: (2 << 20)...(1 << 48), example: "16GiB,64GiB")
         }
         if let maxMemory { _ = try OptionChecks.size(maxMemory, option: "--max-memory", within: (1 << 20)...(1 << 60), example: "16GiB") }
         _ = try OptionChecks.duration(wait, option: "--wait", within: 0...OptionChecks.week, example: "60s")
@@ -96,10 +100,11 @@ struct SweepCommand: ParsableCommand {
         }
         func items(_ text: String?) -> [String] { (text ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
         let workerCounts = try SweepMatrix.counts(items(workers), file: "command line", key: "--workers")
-        return SweepMatrix(scenario: scenario ?? "quick", sizes: try SweepMatrix.sizes(items(sizes), file: "command line", key: "--sizes"),
-                           policies: policy.isEmpty ? [.sync, .async] : policy,
-                           vcpus: try SweepMatrix.counts(items(vcpus), file: "command line", key: "--vcpus"),
-                           workers: workerCounts.isEmpty ? [1] : workerCounts)
+        return SweepMatrix(
+            scenario: scenario ?? "quick", sizes: try SweepMatrix.sizes(items(sizes), file: "command line", key: "--sizes"),
+            policies: policy.isEmpty ? [.sync, .async] : policy,
+            vcpus: try SweepMatrix.counts(items(vcpus), file: "command line", key: "--vcpus"),
+            workers: workerCounts.isEmpty ? [1] : workerCounts)
     }
 
     func run() throws {
@@ -113,8 +118,10 @@ struct SweepCommand: ParsableCommand {
             matrix = try resolveMatrix()
             cells = try matrix.cells(base: try ScenarioCatalog.load(matrix.scenario))
             for cell in cells where MemoryEstimate.estimate(cell.scenario).peakBytes > limit {
-                throw ScenarioError(.tooLarge, file: "sweep cell \(cell.name)",
-                                    "needs about \(Quantities.describeSize(Double(MemoryEstimate.estimate(cell.scenario).peakBytes))) of page tables, more than the limit of \(Quantities.describeSize(Double(limit))); drop that size or raise --max-memory")
+                throw ScenarioError(
+                    .tooLarge, file: "sweep cell \(cell.name)",
+                    "needs about \(Quantities.describeSize(Double(MemoryEstimate.estimate(cell.scenario).peakBytes))) of page tables, more than the limit of \(Quantities.describeSize(Double(limit))); drop that size or raise --max-memory"
+                )
             }
         } catch {
             printError("\(error)")
@@ -144,29 +151,38 @@ struct SweepCommand: ParsableCommand {
                     kernelNanosecondsPerSPTE: kernelSpteNs, shardBytes: shardBytes, security: fleetSecurity)
                 configuration.useWorkers = cell.workers
                 do {
-                    outcome = try Coordinator.run(scenario: cell.scenario, configuration: configuration, logger: quiet,
-                                                  cancellation: cancellation)
+                    outcome = try Coordinator.run(
+                        scenario: cell.scenario, configuration: configuration, logger: quiet,
+                        cancellation: cancellation)
                 } catch let error as FleetTransportError {
                     printError("cannot run the coordinator of cell \(cell.name): \(error); check --bind")
                     throw ZapfleetExitCode.badInput
                 }
             } else {
-                outcome = try LocalFleet.run(scenario: cell.scenario, workers: cell.workers, memoryBudgetBytes: limit / UInt64(cell.workers),
-                                             kernelNanosecondsPerSPTE: kernelSpteNs, logger: quiet, cancellation: cancellation,
-                                             shardBytes: shardBytes)
+                outcome = try LocalFleet.run(
+                    scenario: cell.scenario, workers: cell.workers, memoryBudgetBytes: limit / UInt64(cell.workers),
+                    kernelNanosecondsPerSPTE: kernelSpteNs, logger: quiet, cancellation: cancellation,
+                    shardBytes: shardBytes)
             }
-            let report = ReportOutput.report(scenario: cell.scenario, outcome: outcome, started: started,
-                                             wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs)
-            try ReportFiles.write(report, runs: outcome.runs, to: (out as NSString).appendingPathComponent(cell.name), external: outcome.external)
-            results.append(SweepReport.CellResult(name: cell.name, sizeBytes: cell.scenario.vm.memoryBytes, vcpus: cell.scenario.workload.vcpus,
-                                                  workers: cell.workers, report: report))
-            let resets = report.policies.map { "\($0.policy) reset max \(Quantities.formatDuration(Double($0.operations["reset"]?.measured.maxNs ?? 0)))" }
+            let report = ReportOutput.report(
+                scenario: cell.scenario, outcome: outcome, started: started,
+                wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs)
+            try ReportFiles.write(
+                report, runs: outcome.runs, to: (out as NSString).appendingPathComponent(cell.name), external: outcome.external)
+            results.append(
+                SweepReport.CellResult(
+                    name: cell.name, sizeBytes: cell.scenario.vm.memoryBytes, vcpus: cell.scenario.workload.vcpus,
+                    workers: cell.workers, report: report))
+            let resets = report.policies.map {
+                "\($0.policy) reset max \(Quantities.formatDuration(Double($0.operations["reset"]?.measured.maxNs ?? 0)))"
+            }
             logger.info("cell \(cell.name): \(report.verdict.summary); \(resets.joined(separator: ", "))")
             worst = Self.worse(worst, report.verdict.exitCode)
         }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         try Data(SweepReport.csv(results).utf8).write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("sweep.csv")))
-        try Data(SweepReport.html(results, title: matrix.scenario).utf8).write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("sweep.html")))
+        try Data(SweepReport.html(results, title: matrix.scenario).utf8).write(
+            to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("sweep.html")))
         print("sweep of \(matrix.scenario): \(results.count) of \(cells.count) cell(s) run; wrote \(out)/sweep.csv and sweep.html")
         if cancellation.isCancelled { worst = 130 }
         if worst != 0 { throw ExitCode(worst) }

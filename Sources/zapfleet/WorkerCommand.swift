@@ -44,10 +44,15 @@ struct WorkerCommand: ParsableCommand {
     @Flag(help: "Stay connected after a run ends, for the next one.")
     var keepRunning = false
 
-    @Option(help: ArgumentHelp("This worker's CURVE secret key file (from `zapfleet keygen`); its .pub must be on the coordinator's allow-list.", valueName: "file"))
+    @Option(
+        help: ArgumentHelp(
+            "This worker's CURVE secret key file (from `zapfleet keygen`); its .pub must be on the coordinator's allow-list.",
+            valueName: "file"))
     var key: String?
 
-    @Option(help: ArgumentHelp("The coordinator's CURVE public key file: only a coordinator holding the matching secret key is trusted.", valueName: "file"))
+    @Option(
+        help: ArgumentHelp(
+            "The coordinator's CURVE public key file: only a coordinator holding the matching secret key is trusted.", valueName: "file"))
     var coordinatorKey: String?
 
     func validate() throws {

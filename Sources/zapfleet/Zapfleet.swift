@@ -22,7 +22,10 @@ struct Zapfleet: ParsableCommand {
               130 interrupted (Ctrl-C); what was measured is still reported
             """,
         version: ZapfleetVersion.current,
-        subcommands: [RunCommand.self, ScenariosCommand.self, CoordinatorCommand.self, WorkerCommand.self, KeygenCommand.self, SweepCommand.self, CompareCommand.self, EngineCheckCommand.self, CalibrateCommand.self],
+        subcommands: [
+            RunCommand.self, ScenariosCommand.self, CoordinatorCommand.self, WorkerCommand.self, KeygenCommand.self, SweepCommand.self,
+            CompareCommand.self, EngineCheckCommand.self, CalibrateCommand.self
+        ],
         defaultSubcommand: RunCommand.self
     )
 }

@@ -78,8 +78,9 @@ struct HistogramV2CodecTests {
         #expect(merged.valueAtPercentile(99.9) == whole.valueAtPercentile(99.9))
     }
 
-    @Test("ZigZag LEB128 uses at most 9 bytes and round-trips the extremes",
-          arguments: [Int64.min + 1, -1, 0, 1, 63, 64, 1 << 35, Int64.max])
+    @Test(
+        "ZigZag LEB128 uses at most 9 bytes and round-trips the extremes",
+        arguments: [Int64.min + 1, -1, 0, 1, 63, 64, 1 << 35, Int64.max])
     func zigZag(value: Int64) throws {
         var bytes: [UInt8] = []
         HistogramV2Codec.appendZigZag(&bytes, value)
@@ -117,12 +118,16 @@ struct HistogramV2CodecTests {
         #expect(throws: HistogramCodecError.self) { try HistogramV2Codec.decodeBase64("not base64!") }
     }
 
-    @Test("fuzz: 100,000 random, spliced and mutated inputs (headers included) through both decoders give a histogram or an error, never a crash")
+    @Test(
+        "fuzz: 100,000 random, spliced and mutated inputs (headers included) through both decoders give a histogram or an error, never a crash"
+    )
     func fuzzDecoders() throws {
         var generator = SeededGenerator(seed: 0x5eed)
-        let seeds = [HistogramV2Codec.encodeCompressed(randomHistogram(seed: 3, count: 500)),
-                     HistogramV2Codec.encode(randomHistogram(seed: 4, count: 50)),
-                     HistogramV2Codec.encode(makeHistogram())]
+        let seeds = [
+            HistogramV2Codec.encodeCompressed(randomHistogram(seed: 3, count: 500)),
+            HistogramV2Codec.encode(randomHistogram(seed: 4, count: 50)),
+            HistogramV2Codec.encode(makeHistogram())
+        ]
         var outcomes = (decoded: 0, rejected: 0)
         for _ in 0..<100_000 {
             var bytes = seeds[Int(generator.next() % UInt64(seeds.count))]
@@ -131,13 +136,16 @@ struct HistogramV2CodecTests {
                 case 0 where bytes.count > 40:
                     // The header: cookie, lengths, ranges, precision, conversion ratio.
                     bytes[Int(generator.next() % 40)] = UInt8(truncatingIfNeeded: generator.next())
-                case 1 where !bytes.isEmpty: bytes[Int(generator.next() % UInt64(bytes.count))] ^= UInt8(truncatingIfNeeded: generator.next() | 1)
+                case 1 where !bytes.isEmpty:
+                    bytes[Int(generator.next() % UInt64(bytes.count))] ^= UInt8(truncatingIfNeeded: generator.next() | 1)
                 case 2: bytes = Array(bytes.prefix(Int(generator.next() % UInt64(bytes.count + 1))))
                 case 3: bytes += (0..<Int(generator.next() % 64)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
                 case 4: bytes = (0..<Int(generator.next() % 256)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
                 default:
                     let other = seeds[Int(generator.next() % UInt64(seeds.count))]
-                    bytes = Array(bytes.prefix(Int(generator.next() % UInt64(bytes.count + 1)))) + other.suffix(Int(generator.next() % UInt64(other.count + 1)))
+                    bytes =
+                        Array(bytes.prefix(Int(generator.next() % UInt64(bytes.count + 1))))
+                        + other.suffix(Int(generator.next() % UInt64(other.count + 1)))
                 }
             }
             let buckets = try? HistogramV2Codec.decodeBuckets(bytes)
@@ -175,7 +183,9 @@ struct HistogramV2CodecTests {
 
 import CZlib
 
-private func compress2Shim(_ target: UnsafeMutablePointer<UInt8>, _ length: inout UInt, _ source: UnsafePointer<UInt8>, _ count: UInt) -> Int32 {
+private func compress2Shim(
+    _ target: UnsafeMutablePointer<UInt8>, _ length: inout UInt, _ source: UnsafePointer<UInt8>, _ count: UInt
+) -> Int32 {
     var targetLength = uLong(length)
     let status = compress2(target, &targetLength, source, uLong(count), 9)
     length = UInt(targetLength)

@@ -32,8 +32,10 @@ struct ExtremeValueTests {
         assignment.slotCount = 1
         assignment.attempt = 1
         assignment.kernelNsPerSpte = 52
-        return (scenario, Shard(id: 0, slice: MemorySlice(firstSlot: 0, slotCount: 1), of: scenario),
-                try ShardComputation.result(of: assignment))
+        return (
+            scenario, Shard(id: 0, slice: MemorySlice(firstSlot: 0, slotCount: 1), of: scenario),
+            try ShardComputation.result(of: assignment)
+        )
     }
 
     static let extremes: [UInt64] = [0, 1, UInt64(UInt32.max), 1 << 40, (1 << 50) - 1, UInt64(Int64.max), .max]
@@ -48,19 +50,28 @@ struct ExtremeValueTests {
             ("policies[0].steps[0].wall_ns", { $0.policies[0].steps[0].wallNs = $1 }),
             ("policies[0].steps[0].longest_block_ns", { $0.policies[0].steps[0].longestBlockNs = $1 }),
             ("policies[0].steps[0].sptes_zapped_inline", { $0.policies[0].steps[0].sptesZappedInline = $1 }),
-            ("policies[1].steps[1].longest_block_ns (every step)", { result, value in
-                for index in result.policies[1].steps.indices { result.policies[1].steps[index].longestBlockNs = value }
-            }),
+            (
+                "policies[1].steps[1].longest_block_ns (every step)",
+                { result, value in
+                    for index in result.policies[1].steps.indices { result.policies[1].steps[index].longestBlockNs = value }
+                }
+            ),
             ("policies[0].violation_counts", { $0.policies[0].violationCounts = ["double-queue": $1] }),
-            ("policies[0].violations[0].root_id", { result, value in
-                var record = Zapfleet_V1_ViolationRecord()
-                record.kind = "double-queue"
-                record.rootID = Int64(bitPattern: value)
-                result.policies[0].violations = [record]
-            }),
-            ("policies[0].histograms[0] bucket count", { $0.policies[0].histograms[0].hdrV2 = Data(HistogramFixture.encoded(value: 1000, count: $1)) }),
+            (
+                "policies[0].violations[0].root_id",
+                { result, value in
+                    var record = Zapfleet_V1_ViolationRecord()
+                    record.kind = "double-queue"
+                    record.rootID = Int64(bitPattern: value)
+                    result.policies[0].violations = [record]
+                }
+            ),
+            (
+                "policies[0].histograms[0] bucket count",
+                { $0.policies[0].histograms[0].hdrV2 = Data(HistogramFixture.encoded(value: 1000, count: $1)) }
+            ),
             ("policies[0].tlb_flushes[root_zap]", { $0.policies[0].tlbFlushes["root_zap"] = $1 }),
-            ("policies[1].tlb_flushes[obsolete_roots]", { $0.policies[1].tlbFlushes["obsolete_roots"] = $1 }),
+            ("policies[1].tlb_flushes[obsolete_roots]", { $0.policies[1].tlbFlushes["obsolete_roots"] = $1 })
         ]
         let counters: [(String, WritableKeyPath<Zapfleet_V1_Counters, UInt64>)] = [
             ("sptes_installed", \.sptesInstalled), ("sptes_zapped", \.sptesZapped), ("accessed_zapped", \.accessedZapped),
@@ -69,7 +80,7 @@ struct ExtremeValueTests {
             ("spurious_faults", \.spuriousFaults), ("yields", \.yields), ("zap_steps", \.zapSteps),
             ("largest_step_tables", \.largestStepTables), ("roots_created", \.rootsCreated), ("roots_reused", \.rootsReused),
             ("roots_freed", \.rootsFreed), ("root_zaps", \.rootZaps), ("work_items_queued", \.workItemsQueued),
-            ("work_items_rejected", \.workItemsRejected), ("fast_zaps", \.fastZaps), ("full_zaps", \.fullZaps),
+            ("work_items_rejected", \.workItemsRejected), ("fast_zaps", \.fastZaps), ("full_zaps", \.fullZaps)
         ]
         for (name, path) in counters {
             list.append(("policies[1].counters.\(name)", { $0.policies[1].counters[keyPath: path] = $1 }))
@@ -84,8 +95,11 @@ struct ExtremeValueTests {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let journalPath = directory + "/journal.zfj"
-        let journal = try ResultJournal.create(at: journalPath, plan: JournalPlan(
-            runID: "run", scenarioYAML: Self.scenario, kernelNanosecondsPerSPTE: 52, shards: [JournalShard(id: 0, firstSlot: 0, slotCount: 1)]))
+        let journal = try ResultJournal.create(
+            at: journalPath,
+            plan: JournalPlan(
+                runID: "run", scenarioYAML: Self.scenario, kernelNanosecondsPerSPTE: 52,
+                shards: [JournalShard(id: 0, firstSlot: 0, slotCount: 1)]))
         var refused = 0, accepted = 0
         for (field, set) in Self.mutations() {
             for value in Self.extremes {
@@ -106,10 +120,12 @@ struct ExtremeValueTests {
                 second.shardID = 1
                 totals.add(runs, of: second, worker: "w", startSeconds: 0)
                 let merged = totals.merged(scenario.policies)
-                let report = RunReport(scenario: scenario, runs: merged, slice: .whole(scenario), kernelNanosecondsPerSPTE: 52,
-                                       startedAt: Date(), wallNanoseconds: result.wallNs, version: "test",
-                                       fleet: FleetSection(workers: [], shards: [], requeues: 0, duplicatesDropped: 0, badFrames: 0,
-                                                           wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: 52)))
+                let report = RunReport(
+                    scenario: scenario, runs: merged, slice: .whole(scenario), kernelNanosecondsPerSPTE: 52,
+                    startedAt: Date(), wallNanoseconds: result.wallNs, version: "test",
+                    fleet: FleetSection(
+                        workers: [], shards: [], requeues: 0, duplicatesDropped: 0, badFrames: 0,
+                        wholeVm: FleetAggregation.wholeVm(merged, kernelNanosecondsPerSPTE: 52)))
                 _ = try ReportFiles.json(report)
                 try journal.append(result, worker: "w")
             }
@@ -121,10 +137,14 @@ struct ExtremeValueTests {
             #expect(Coordinator.check(entry.result, shard: shard, scenario: scenario).verdict == .plausible)
         }
         #expect(refused > 0 && accepted > 0, "both sides are exercised: \(refused) refused, \(accepted) accepted")
-        print("extreme values: \(Self.mutations().count) fields × \(Self.extremes.count) values: \(refused) refused with a reason, \(accepted) merged, reported, journaled and reloaded")
+        print(
+            "extreme values: \(Self.mutations().count) fields × \(Self.extremes.count) values: \(refused) refused with a reason, \(accepted) merged, reported, journaled and reloaded"
+        )
     }
 
-    @Test("a result's remote TLB flushes travel by cause and are summed over shards; an unknown cause, or more obsolete-roots requests than fast zaps, refuses the result")
+    @Test(
+        "a result's remote TLB flushes travel by cause and are summed over shards; an unknown cause, or more obsolete-roots requests than fast zaps, refuses the result"
+    )
     func tlbFlushesOnTheWire() throws {
         let (scenario, shard, honest) = try Self.honestShard()
         #expect(Coordinator.check(honest, shard: shard, scenario: scenario).verdict == .plausible)
@@ -155,10 +175,14 @@ struct ExtremeValueTests {
         #expect(reason.contains("obsolete_roots"), "\(reason)")
     }
 
-    @Test("CPU interference travels whole, and figures that cannot be (lost time beyond guest time, a vCPU twice, a vCPU the scenario lacks, interference without guest work) refuse the result")
+    @Test(
+        "CPU interference travels whole, and figures that cannot be (lost time beyond guest time, a vCPU twice, a vCPU the scenario lacks, interference without guest work) refuse the result"
+    )
     func interferenceOnTheWire() throws {
         var interference = CPUInterference()
-        interference.vcpus = [.init(vcpu: 0, cpu: 1, guestNs: 5_000, lostNs: 1_000, units: 9), .init(vcpu: 1, cpu: -1, guestNs: 4_000, lostNs: 0, units: 3)]
+        interference.vcpus = [
+            .init(vcpu: 0, cpu: 1, guestNs: 5_000, lostNs: 1_000, units: 9), .init(vcpu: 1, cpu: -1, guestNs: 4_000, lostNs: 0, units: 3)
+        ]
         interference.quietGuestNs = 100
         interference.quietLostNs = 1
         interference.zapCpuNs = ["0": 12, "3": 4]
@@ -185,7 +209,8 @@ struct ExtremeValueTests {
             return
         }
         #expect(reason.contains("guest_work"), "\(reason)")
-        let guestScenarioYAML = Self.scenario.replacingOccurrences(of: "workload: {vcpus: 2}", with: "workload: {vcpus: 2, guest_work: true}")
+        let guestScenarioYAML = Self.scenario.replacingOccurrences(
+            of: "workload: {vcpus: 2}", with: "workload: {vcpus: 2, guest_work: true}")
         let guestScenario = try ScenarioParser.parse(guestScenarioYAML, file: "guest")
         var unknownVCPU = result
         unknownVCPU.policies[0].cpuInterference.vcpus[1].vcpu = 2

@@ -15,9 +15,12 @@ struct FleetEventTests {
     func shardLife() throws {
         let interval = FleetSchedulerTests.interval
         var scheduler = FleetSchedulerTests.scheduler(shards: 1)
-        var events = Self.events(scheduler.process(.hello(FleetSchedulerTests.peer("a"), PeerIntroduction(name: "a", host: "h1", memoryBudgetBytes: 1 << 40)), now: 1))
+        var events = Self.events(
+            scheduler.process(
+                .hello(FleetSchedulerTests.peer("a"), PeerIntroduction(name: "a", host: "h1", memoryBudgetBytes: 1 << 40)), now: 1))
         events += Self.events(scheduler.process(.tick, now: 2))
-        events += Self.events(scheduler.process(.hello(FleetSchedulerTests.peer("b"), PeerIntroduction(name: "b", memoryBudgetBytes: 1 << 40)), now: 3))
+        events += Self.events(
+            scheduler.process(.hello(FleetSchedulerTests.peer("b"), PeerIntroduction(name: "b", memoryBudgetBytes: 1 << 40)), now: 3))
         // b keeps talking; a falls silent past the liveness (3 intervals).
         for step in 1...5 {
             events += Self.events(scheduler.process(.heartbeat(FleetSchedulerTests.peer("b")), now: 3 + UInt64(step) * interval))
@@ -26,8 +29,11 @@ struct FleetEventTests {
         events += Self.events(scheduler.process(.result(FleetSchedulerTests.peer("b"), claim, .plausible), now: 6 * interval))
         events += Self.events(scheduler.process(.journaled(claim), now: 6 * interval + 1))
         let names = events.map(\.name.rawValue).filter { $0 != "worker_hello_again" }
-        #expect(names == ["worker_joined", "planned", "shard_assigned", "worker_joined", "worker_missing", "shard_requeued",
-                          "shard_assigned", "shard_done"], "\(names)")
+        #expect(
+            names == [
+                "worker_joined", "planned", "shard_assigned", "worker_joined", "worker_missing", "shard_requeued",
+                "shard_assigned", "shard_done"
+            ], "\(names)")
         let joined = try #require(events.first { $0.name == .workerJoined })
         #expect(joined.fields["worker"] == .string("a") && joined.fields["host"] == .string("h1"))
         let missing = try #require(events.first { $0.name == .workerMissing })
@@ -35,7 +41,10 @@ struct FleetEventTests {
         let assigned = events.filter { $0.name == .shardAssigned }.map { [$0.fields["worker"], $0.fields["attempt"]] }
         #expect(assigned == [[.string("a"), .integer(1)], [.string("b"), .integer(2)]])
         let done = try #require(events.last)
-        #expect(done.fields == ["shard": .integer(0), "attempt": .integer(2), "worker": .string("b"), "done": .integer(1), "shards": .integer(1)])
+        #expect(
+            done.fields == [
+                "shard": .integer(0), "attempt": .integer(2), "worker": .string("b"), "done": .integer(1), "shards": .integer(1)
+            ])
     }
 
     @Test("every event is one line of JSON that decodes to its fields, whatever characters its text holds")
@@ -43,11 +52,15 @@ struct FleetEventTests {
         var generator = SystemRandomNumberGenerator()
         let awkward: [Unicode.Scalar] = ["\"", "\\", "\n", "\r", "\t", "\u{0}", "\u{1b}", "\u{7f}", "\u{2028}", "é", "🦀", "/", "{", "}"]
         for _ in 0..<500 {
-            let text = String(String.UnicodeScalarView((0..<Int.random(in: 0...24, using: &generator)).map { _ in
-                Bool.random(using: &generator) ? awkward.randomElement(using: &generator)! : Unicode.Scalar(UInt8.random(in: 0x20...0x7e, using: &generator))
-            }))
+            let text = String(
+                String.UnicodeScalarView(
+                    (0..<Int.random(in: 0...24, using: &generator)).map { _ in
+                        Bool.random(using: &generator)
+                            ? awkward.randomElement(using: &generator)! : Unicode.Scalar(UInt8.random(in: 0x20...0x7e, using: &generator))
+                    }))
             let number = Int64.random(in: Int64.min...Int64.max, using: &generator)
-            let event = FleetEvent(.resultRefused, .warning, text, [text + "k": .string(text), "n": .integer(number), "hostile": .boolean(true)])
+            let event = FleetEvent(
+                .resultRefused, .warning, text, [text + "k": .string(text), "n": .integer(number), "hostile": .boolean(true)])
             let seconds = Double.random(in: 0...1e7, using: &generator)
             let line = event.jsonLine(time: "2026-12-03T08:00:00.000Z", secondsSinceStart: seconds)
             #expect(!line.contains("\n"))

@@ -105,8 +105,10 @@ struct FleetFuzzTests {
     }
 
     /// A peer that speaks ZeroMQ but sends only hostile frames, under a new identity now and then.
-    static func zeroMQFuzzer(endpoint: String, seed: UInt64, sample: Zapfleet_V1_ShardResult, oversize: Int,
-                             stop: CancellationFlag, tally: Tally) -> OSThread {
+    static func zeroMQFuzzer(
+        endpoint: String, seed: UInt64, sample: Zapfleet_V1_ShardResult, oversize: Int,
+        stop: CancellationFlag, tally: Tally
+    ) -> OSThread {
         OSThread(name: "fuzz-zmq") {
             var random = SplitMix64(seed: seed)
             guard let context = try? ZeroMQContext() else { return }
@@ -147,7 +149,8 @@ struct FleetFuzzTests {
                     payload = (0..<Int(random.next() % 4096)).map { _ in UInt8(truncatingIfNeeded: random.next()) }
                 case 1:
                     kind = "tcp: ZMTP greeting, then garbage"
-                    payload = [0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 0] + Array("NULL".utf8) + [UInt8](repeating: 0, count: 16)
+                    payload =
+                        [0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 0] + Array("NULL".utf8) + [UInt8](repeating: 0, count: 16)
                         + (0..<Int(random.next() % 512)).map { _ in UInt8(truncatingIfNeeded: random.next()) }
                 case 2:
                     kind = "tcp: HTTP request"
@@ -180,9 +183,11 @@ struct FleetFuzzTests {
         let stop = CancellationFlag()
         let tally = Tally()
         let fuzzers = [
-            Self.zeroMQFuzzer(endpoint: endpoint, seed: Self.seed, sample: sample, oversize: maximumMessage + 1024, stop: stop, tally: tally),
-            Self.zeroMQFuzzer(endpoint: endpoint, seed: Self.seed &+ 1, sample: sample, oversize: maximumMessage + 1024, stop: stop, tally: tally),
-            Self.tcpFuzzer(port: port, seed: Self.seed &+ 2, stop: stop, tally: tally),
+            Self.zeroMQFuzzer(
+                endpoint: endpoint, seed: Self.seed, sample: sample, oversize: maximumMessage + 1024, stop: stop, tally: tally),
+            Self.zeroMQFuzzer(
+                endpoint: endpoint, seed: Self.seed &+ 1, sample: sample, oversize: maximumMessage + 1024, stop: stop, tally: tally),
+            Self.tcpFuzzer(port: port, seed: Self.seed &+ 2, stop: stop, tally: tally)
         ]
         defer {
             stop.cancel()
@@ -194,13 +199,17 @@ struct FleetFuzzTests {
         // Runs back to back on the same port, so that a real run is going on for the whole fuzz time.
         while Date().timeIntervalSince(start) < Self.seconds {
             let context = try ZeroMQContext()
-            let running = FleetProtocolTests.RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-                bind: endpoint, expectWorkers: 2, waitSeconds: 30, heartbeatIntervalMilliseconds: 200, maxAttempts: 1000,
-                maximumMessageBytes: Int64(maximumMessage)), context: context)
+            let running = FleetProtocolTests.RunningCoordinator(
+                scenario: scenario,
+                configuration: CoordinatorConfiguration(
+                    bind: endpoint, expectWorkers: 2, waitSeconds: 30, heartbeatIntervalMilliseconds: 200, maxAttempts: 1000,
+                    maximumMessageBytes: Int64(maximumMessage)), context: context)
             _ = running.endpoint
             let workers = (0..<2).map { index in
-                FleetProtocolTests.workerThread(WorkerConfiguration(connect: endpoint, name: "real-\(index)", memoryBudgetBytes: 1 << 30,
-                                                                    progressInterval: 50_000_000), context: context)
+                FleetProtocolTests.workerThread(
+                    WorkerConfiguration(
+                        connect: endpoint, name: "real-\(index)", memoryBudgetBytes: 1 << 30,
+                        progressInterval: 50_000_000), context: context)
             }
             let outcome = try running.finish()
             for (thread, _) in workers { thread.join() }
@@ -221,7 +230,9 @@ struct FleetFuzzTests {
         for thread in fuzzers { thread.join() }
         let sent = tally.snapshot
         let summary = sent.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ")
-        print("fuzz (seed \(Self.seed), \(Int(Self.seconds)) s): \(runs) runs completed with exact totals; sent \(sent.values.reduce(0, +)) [\(summary)]; coordinators rejected \(badFrames) frames; \(requeues) requeues")
+        print(
+            "fuzz (seed \(Self.seed), \(Int(Self.seconds)) s): \(runs) runs completed with exact totals; sent \(sent.values.reduce(0, +)) [\(summary)]; coordinators rejected \(badFrames) frames; \(requeues) requeues"
+        )
         #expect(runs >= 2)
         #expect(badFrames > 0, "the coordinator saw and rejected hostile frames")
         #expect(sent.keys.contains("tcp: random bytes") && sent.keys.contains("truncated protobuf"))

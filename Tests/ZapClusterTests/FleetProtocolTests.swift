@@ -56,10 +56,14 @@ struct FleetProtocolTests {
     func versionMismatch() throws {
         let context = try ZeroMQContext()
         let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 2, heartbeatIntervalMilliseconds: 200), context: context)
-        let (thread, exit) = Self.workerThread(WorkerConfiguration(connect: running.endpoint, name: "old", memoryBudgetBytes: 1 << 30,
-                                                                   protocolVersion: zapfleetProtocolVersion + 1), context: context)
+        let running = RunningCoordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(
+                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 2, heartbeatIntervalMilliseconds: 200), context: context)
+        let (thread, exit) = Self.workerThread(
+            WorkerConfiguration(
+                connect: running.endpoint, name: "old", memoryBudgetBytes: 1 << 30,
+                protocolVersion: zapfleetProtocolVersion + 1), context: context)
         thread.join()
         guard case .refused(let reason)? = exit() else {
             Issue.record("worker was not refused: \(String(describing: exit()))")
@@ -75,12 +79,16 @@ struct FleetProtocolTests {
     func shardsMerge() throws {
         let context = try ZeroMQContext()
         let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-            bind: "inproc://merge", expectWorkers: 2, waitSeconds: 20, heartbeatIntervalMilliseconds: 200,
-            shardBytes: 2 << 30), context: context)
+        let running = RunningCoordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(
+                bind: "inproc://merge", expectWorkers: 2, waitSeconds: 20, heartbeatIntervalMilliseconds: 200,
+                shardBytes: 2 << 30), context: context)
         let workers = (0..<2).map { index in
-            Self.workerThread(WorkerConfiguration(connect: "inproc://merge", name: "w\(index)", memoryBudgetBytes: 1 << 30,
-                                                  progressInterval: 50_000_000), context: context)
+            Self.workerThread(
+                WorkerConfiguration(
+                    connect: "inproc://merge", name: "w\(index)", memoryBudgetBytes: 1 << 30,
+                    progressInterval: 50_000_000), context: context)
         }
         let outcome = try running.finish()
         for (thread, _) in workers { thread.join() }
@@ -109,10 +117,14 @@ struct FleetProtocolTests {
     func tooSmallWorker() throws {
         let context = try ZeroMQContext()
         let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-            bind: "inproc://small", expectWorkers: 2, waitSeconds: 20, heartbeatIntervalMilliseconds: 200), context: context)
-        let tiny = Self.workerThread(WorkerConfiguration(connect: "inproc://small", name: "tiny", memoryBudgetBytes: 1024), context: context)
-        let able = Self.workerThread(WorkerConfiguration(connect: "inproc://small", name: "able", memoryBudgetBytes: 1 << 30), context: context)
+        let running = RunningCoordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(
+                bind: "inproc://small", expectWorkers: 2, waitSeconds: 20, heartbeatIntervalMilliseconds: 200), context: context)
+        let tiny = Self.workerThread(
+            WorkerConfiguration(connect: "inproc://small", name: "tiny", memoryBudgetBytes: 1024), context: context)
+        let able = Self.workerThread(
+            WorkerConfiguration(connect: "inproc://small", name: "able", memoryBudgetBytes: 1 << 30), context: context)
         let outcome = try running.finish()
         tiny.0.join()
         able.0.join()
@@ -167,15 +179,19 @@ struct FleetProtocolTests {
         }
     }
 
-    @Test("assignment, result and acknowledgement; a second result for the same shard is dropped as a duplicate; garbage is counted and dropped")
+    @Test(
+        "assignment, result and acknowledgement; a second result for the same shard is dropped as a duplicate; garbage is counted and dropped"
+    )
     func duplicateAndGarbage() throws {
         let context = try ZeroMQContext()
         let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
         // Two shards, so that the run is still going when the duplicate of the first arrives;
         // a long heartbeat, so that computing a shard in the test does not look like silence.
-        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 2000,
-            shardBytes: 4 << 30), context: context)
+        let running = RunningCoordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(
+                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 2000,
+                shardBytes: 4 << 30), context: context)
         let endpoint = running.endpoint
 
         // Garbage first, from a peer that never says hello.
@@ -193,8 +209,10 @@ struct FleetProtocolTests {
             #expect(assignment.attempt == 1)
             #expect(assignment.slotCount == 4)
             let shardScenario = try ScenarioParser.parse(assignment.scenarioYaml, file: "assignment")
-            let runner = ScenarioRunner(scenario: shardScenario, options: RunOptions(
-                slice: MemorySlice(firstSlot: Int(assignment.firstSlot), slotCount: Int(assignment.slotCount))))
+            let runner = ScenarioRunner(
+                scenario: shardScenario,
+                options: RunOptions(
+                    slice: MemorySlice(firstSlot: Int(assignment.firstSlot), slotCount: Int(assignment.slotCount))))
             var result = Zapfleet_V1_ShardResult()
             result.runID = assignment.runID
             result.shardID = assignment.shardID
@@ -229,8 +247,10 @@ struct FleetProtocolTests {
     func corruptHistogram() throws {
         let context = try ZeroMQContext()
         let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 500), context: context)
+        let running = RunningCoordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(
+                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 500), context: context)
         let peer = try RawPeer(context: context, endpoint: running.endpoint, name: "liar")
         try peer.sayHello(as: "liar")
         _ = try peer.next()
@@ -275,12 +295,15 @@ struct FleetProtocolTests {
         #expect(outcome.fleet.shards.first?.attempts == 2)
     }
 
-    @Test("an external agent gets a job, not a shard; results for another job, with unknown operations or impossible samples are dropped and counted; a valid one is its column")
+    @Test(
+        "an external agent gets a job, not a shard; results for another job, with unknown operations or impossible samples are dropped and counted; a valid one is its column"
+    )
     func externalAgentValidation() throws {
         let context = try ZeroMQContext()
         let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        var configuration = CoordinatorConfiguration(bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20,
-                                                     heartbeatIntervalMilliseconds: 500)
+        var configuration = CoordinatorConfiguration(
+            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20,
+            heartbeatIntervalMilliseconds: 500)
         configuration.expectAgents = 1
         let running = RunningCoordinator(scenario: scenario, configuration: configuration, context: context)
         let agent = try RawPeer(context: context, endpoint: running.endpoint, name: "agent")
@@ -294,7 +317,8 @@ struct FleetProtocolTests {
         guard case .externalJob(let job)? = try agent.next() else { Issue.record("no job"); return }
         #expect(job.scenarioName == "small")
         #expect(job.guestMemoryBytes == 8 << 30)
-        let worker = Self.workerThread(WorkerConfiguration(connect: running.endpoint, name: "w", memoryBudgetBytes: 1 << 30), context: context)
+        let worker = Self.workerThread(
+            WorkerConfiguration(connect: running.endpoint, name: "w", memoryBudgetBytes: 1 << 30), context: context)
 
         func result(job id: UInt32, operation: String, samples: [UInt64]) -> Zapfleet_V1_Envelope.OneOf_Body {
             var result = Zapfleet_V1_ExternalResult()
@@ -327,8 +351,10 @@ struct FleetProtocolTests {
     func everyWorkerGone() throws {
         let context = try ZeroMQContext()
         let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 1, heartbeatIntervalMilliseconds: 100, heartbeatLiveness: 2),
+        let running = RunningCoordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(
+                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 1, heartbeatIntervalMilliseconds: 100, heartbeatLiveness: 2),
             context: context)
         let peer = try RawPeer(context: context, endpoint: running.endpoint, name: "vanishing")
         try peer.sayHello(as: "vanishing")
@@ -336,7 +362,10 @@ struct FleetProtocolTests {
         guard case .assignment? = try peer.next() else { Issue.record("no assignment"); return }
         // Silent from here on: missing, then dead, then no worker is left.
         let outcome = try running.finish()
-        #expect(outcome.failure?.code == .noWorkerCanProgress && outcome.failure?.description.contains("no live worker can make progress") == true, "\(outcome.failure?.description ?? "no failure")")
+        #expect(
+            outcome.failure?.code == .noWorkerCanProgress
+                && outcome.failure?.description.contains("no live worker can make progress") == true,
+            "\(outcome.failure?.description ?? "no failure")")
         #expect(!outcome.complete)
         #expect(outcome.fleet.workers.first?.state == "dead")
     }

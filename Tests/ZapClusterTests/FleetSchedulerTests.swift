@@ -8,7 +8,9 @@ struct FleetSchedulerTests {
     static let interval: UInt64 = 1_000_000
 
     static func plan(_ count: Int, tableBytes: UInt64 = 1 << 22) -> [Shard] {
-        (0..<count).map { Shard(id: UInt64($0), slice: MemorySlice(firstSlot: $0, slotCount: 1), bytes: 1 << 30, estimatedTableBytes: tableBytes) }
+        (0..<count).map {
+            Shard(id: UInt64($0), slice: MemorySlice(firstSlot: $0, slotCount: 1), bytes: 1 << 30, estimatedTableBytes: tableBytes)
+        }
     }
 
     /// A scheduler that plans `shards` one-slot shards as soon as one worker is there.
@@ -50,7 +52,9 @@ struct FleetSchedulerTests {
         #expect(!stale.contains { if case .journal = $0 { true } else { false } })
         let honest = scheduler.process(.result(Self.peer("a"), claim, .plausible), now: 6)
         #expect(honest.contains(.journal(Self.peer("a"), claim)))
-        #expect(!honest.contains { if case .acknowledge(_, let ack) = $0 { ack.outcome == .accepted } else { false } }, "not before it is durable")
+        #expect(
+            !honest.contains { if case .acknowledge(_, let ack) = $0 { ack.outcome == .accepted } else { false } },
+            "not before it is durable")
         let durable = scheduler.process(.journaled(claim), now: 7)
         #expect(durable.contains(.merge(Self.peer("a"), claim)))
         #expect(durable.contains(.acknowledge(Self.peer("a"), .init(claim: claim, outcome: .accepted))))
@@ -62,7 +66,8 @@ struct FleetSchedulerTests {
         var scheduler = Self.scheduler(shards: 1)
         let claim = try #require(Self.join(&scheduler, "a"))
         var actions = scheduler.process(.result(Self.peer("a"), claim, .implausible("counters.sptes_zapped")), now: 3)
-        #expect(actions.contains { if case .acknowledge(_, let ack) = $0 { ack.outcome == .rejected("counters.sptes_zapped") } else { false } })
+        #expect(
+            actions.contains { if case .acknowledge(_, let ack) = $0 { ack.outcome == .rejected("counters.sptes_zapped") } else { false } })
         // Excluded from the shard it failed, until no other peer can take it: then offered it again.
         actions += scheduler.process(.tick, now: 3 + Self.interval)
         let retry = try #require(Self.assignments(actions).first)
@@ -116,10 +121,12 @@ struct FleetSchedulerTests {
         configuration.intervalNanoseconds = Self.interval
         let plan = Self.plan(2)
         let handout = JournaledHandout(shard: 1, attempt: 1, peer: Self.peer("a"))
-        var scheduler = FleetScheduler(configuration: configuration, now: 0, resuming: plan, done: [(0, 1, "a")], handouts: [handout],
-                                       planner: { _ in .success(plan) })
+        var scheduler = FleetScheduler(
+            configuration: configuration, now: 0, resuming: plan, done: [(0, 1, "a")], handouts: [handout],
+            planner: { _ in .success(plan) })
         let claim = AttemptClaim(runID: "run1", shard: 1, attempt: 1)
-        var actions = scheduler.process(.hello(Self.peer("a"), PeerIntroduction(name: "a", memoryBudgetBytes: 1 << 40, running: claim)), now: 1)
+        var actions = scheduler.process(
+            .hello(Self.peer("a"), PeerIntroduction(name: "a", memoryBudgetBytes: 1 << 40, running: claim)), now: 1)
         actions += scheduler.process(.tick, now: 2)
         #expect(Self.assignments(actions).isEmpty, "busy with its journaled attempt; shard 0 is done")
         #expect(scheduler.process(.result(Self.peer("a"), claim, .plausible), now: 3).contains(.journal(Self.peer("a"), claim)))
@@ -158,7 +165,7 @@ extension FleetSchedulerTests {
             (PeerIntroduction(name: "idle", cores: 0, memoryBudgetBytes: 1 << 30), "cores"),
             (PeerIntroduction(name: "", memoryBudgetBytes: 1 << 30), "worker_name"),
             (PeerIntroduction(name: "bell\u{7}", memoryBudgetBytes: 1 << 30), "worker_name"),
-            (PeerIntroduction(name: String(repeating: "x", count: 129), memoryBudgetBytes: 1 << 30), "worker_name"),
+            (PeerIntroduction(name: String(repeating: "x", count: 129), memoryBudgetBytes: 1 << 30), "worker_name")
         ]
         for (index, (introduction, field)) in cases.enumerated() {
             let id: PeerID = [0x01, UInt8(index)]

@@ -24,23 +24,27 @@ struct FleetSecurityTests {
         let allowed = try CurveKeyPair.generate()
         let stranger = try CurveKeyPair.generate()
         let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
-        let running = FleetProtocolTests.RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 200,
-            security: CoordinatorSecurity(keys: coordinatorKeys, allowedWorkers: [allowed.publicKey: "allowed"])), context: context)
+        let running = FleetProtocolTests.RunningCoordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(
+                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 200,
+                security: CoordinatorSecurity(keys: coordinatorKeys, allowedWorkers: [allowed.publicKey: "allowed"])), context: context)
         let endpoint = running.endpoint
         // The stranger first: it must be refused before the allowed worker even joins.
-        let (strangerThread, strangerExit) = FleetProtocolTests.workerThread(WorkerConfiguration(
-            connect: endpoint, name: "stranger", memoryBudgetBytes: 1 << 30,
-            security: WorkerSecurity(keys: stranger, coordinatorKey: coordinatorKeys.publicKey)), context: context)
+        let (strangerThread, strangerExit) = FleetProtocolTests.workerThread(
+            WorkerConfiguration(
+                connect: endpoint, name: "stranger", memoryBudgetBytes: 1 << 30,
+                security: WorkerSecurity(keys: stranger, coordinatorKey: coordinatorKeys.publicKey)), context: context)
         strangerThread.join()
         guard case .refused(let reason)? = strangerExit() else {
             Issue.record("the stranger was not refused: \(String(describing: strangerExit()))")
             return
         }
         #expect(reason.contains(stranger.publicKey.z85), "the refusal names the key, so the operator can add it")
-        let (thread, exit) = FleetProtocolTests.workerThread(WorkerConfiguration(
-            connect: endpoint, name: "allowed", memoryBudgetBytes: 1 << 30,
-            security: WorkerSecurity(keys: allowed, coordinatorKey: coordinatorKeys.publicKey)), context: context)
+        let (thread, exit) = FleetProtocolTests.workerThread(
+            WorkerConfiguration(
+                connect: endpoint, name: "allowed", memoryBudgetBytes: 1 << 30,
+                security: WorkerSecurity(keys: allowed, coordinatorKey: coordinatorKeys.publicKey)), context: context)
         let outcome = try running.finish()
         thread.join()
         #expect(exit() == .stopped(reason: "run complete"))
@@ -58,22 +62,28 @@ struct FleetSecurityTests {
         let worker = try CurveKeyPair.generate()
         let impostor = try CurveKeyPair.generate()
         let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
-        let running = FleetProtocolTests.RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 3, heartbeatIntervalMilliseconds: 200,
-            security: CoordinatorSecurity(keys: coordinatorKeys, allowedWorkers: [worker.publicKey: "worker"])), context: context)
+        let running = FleetProtocolTests.RunningCoordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(
+                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 3, heartbeatIntervalMilliseconds: 200,
+                security: CoordinatorSecurity(keys: coordinatorKeys, allowedWorkers: [worker.publicKey: "worker"])), context: context)
         let endpoint = running.endpoint
         let cancellation = CancellationFlag()
         let logger = FleetProtocolTests.logger
         let plain = OSThread(name: "plain") {
-            _ = try? Worker(configuration: WorkerConfiguration(connect: endpoint, name: "plain", memoryBudgetBytes: 1 << 30),
-                            context: context, logger: logger, cancellation: cancellation).run()
+            _ = try? Worker(
+                configuration: WorkerConfiguration(connect: endpoint, name: "plain", memoryBudgetBytes: 1 << 30),
+                context: context, logger: logger, cancellation: cancellation
+            ).run()
         }
         // The right worker key, but the wrong idea of the coordinator's: the handshake cannot finish.
         let misled = OSThread(name: "misled") {
-            _ = try? Worker(configuration: WorkerConfiguration(
-                connect: endpoint, name: "misled", memoryBudgetBytes: 1 << 30,
-                security: WorkerSecurity(keys: worker, coordinatorKey: impostor.publicKey)),
-                            context: context, logger: logger, cancellation: cancellation).run()
+            _ = try? Worker(
+                configuration: WorkerConfiguration(
+                    connect: endpoint, name: "misled", memoryBudgetBytes: 1 << 30,
+                    security: WorkerSecurity(keys: worker, coordinatorKey: impostor.publicKey)),
+                context: context, logger: logger, cancellation: cancellation
+            ).run()
         }
         let outcome = try running.finish()
         cancellation.cancel()
@@ -139,9 +149,12 @@ extension FleetSecurityTests {
     func legacyPeerRefused() throws {
         let context = try ZeroMQContext()
         let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
-        let running = FleetProtocolTests.RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-            // One attempt: were the legacy peer let in, its shard would fail at once instead of waiting forever.
-            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 2, heartbeatIntervalMilliseconds: 200, maxAttempts: 1), context: context)
+        let running = FleetProtocolTests.RunningCoordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(
+                // One attempt: were the legacy peer let in, its shard would fail at once instead of waiting forever.
+                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 2, heartbeatIntervalMilliseconds: 200, maxAttempts: 1),
+            context: context)
         let endpoint = running.endpoint
         let port = UInt16(endpoint.split(separator: ":").last!)!
         // ZMTP 1.0: frames of a one-byte length (flags included), a flags byte, the body; first the identity, then a hello.

@@ -26,6 +26,8 @@ struct ProtocolConstantsTests {
         }
         #expect(names.map(\.0) == MeasuredOperation.allCases.map(\.name))
         #expect(names.map(\.1) == MeasuredOperation.allCases.map { $0.rawValue + 1 })
-        #expect(Zapfleet_V1_Operation.allCases.count == MeasuredOperation.allCases.count + 1, "the generated enum has every value and UNSPECIFIED")
+        #expect(
+            Zapfleet_V1_Operation.allCases.count == MeasuredOperation.allCases.count + 1,
+            "the generated enum has every value and UNSPECIFIED")
     }
 }

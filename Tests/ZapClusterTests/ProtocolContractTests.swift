@@ -28,8 +28,10 @@ struct ProtocolContractTests {
     func outOfRangeHellos() throws {
         let context = try ZeroMQContext()
         let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
-        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 3, heartbeatIntervalMilliseconds: 200), context: context)
+        let running = RunningCoordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(
+                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 3, heartbeatIntervalMilliseconds: 200), context: context)
         let cases: [(String, Zapfleet_V1_Envelope.OneOf_Body, String)] = [
             ("zero-memory", Self.hello("zero-memory", memory: 0), "memory_budget_bytes"),
             ("huge-memory", Self.hello("huge-memory", memory: 1 << 50), "memory_budget_bytes"),
@@ -37,7 +39,7 @@ struct ProtocolContractTests {
             ("many-cores", Self.hello("many-cores", cores: 70_000), "cores"),
             ("empty-name", Self.hello(""), "worker_name"),
             ("long-name", Self.hello(String(repeating: "n", count: 129)), "worker_name"),
-            ("control-name", Self.hello("evil\u{1}\u{7f}name"), "worker_name"),
+            ("control-name", Self.hello("evil\u{1}\u{7f}name"), "worker_name")
         ]
         for (routing, body, field) in cases {
             let peer = try ProtocolPeer(context: context, endpoint: running.endpoint, routingID: "\(routing)#1")
@@ -53,13 +55,17 @@ struct ProtocolContractTests {
         _ = try? running.finish()
     }
 
-    @Test("a result whose step records leave the timeline's order, or that sends one operation's histogram twice, is rejected naming it; the shard runs again")
+    @Test(
+        "a result whose step records leave the timeline's order, or that sends one operation's histogram twice, is rejected naming it; the shard runs again"
+    )
     func resultRulesBeyondDecoding() throws {
         let context = try ZeroMQContext()
         let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
-        let running = RunningCoordinator(scenario: scenario, configuration: CoordinatorConfiguration(
-            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 500,
-            maxAttempts: 5), context: context)
+        let running = RunningCoordinator(
+            scenario: scenario,
+            configuration: CoordinatorConfiguration(
+                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 500,
+                maxAttempts: 5), context: context)
         let peer = try ProtocolPeer(context: context, endpoint: running.endpoint, routingID: "bender#1")
         try peer.sayHello(as: "bender")
         var assignment = try #require(try peer.nextAssignment())

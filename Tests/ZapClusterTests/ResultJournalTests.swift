@@ -7,8 +7,9 @@ import ZapProtocol
 /// tail is detected and ignored, never misread.
 @Suite("Result journal")
 struct ResultJournalTests {
-    static let plan = JournalPlan(runID: "abcd1234", scenarioYAML: "name: x\n", kernelNanosecondsPerSPTE: 52,
-                                  shards: (0..<4).map { JournalShard(id: UInt64($0), firstSlot: $0 * 2, slotCount: 2) })
+    static let plan = JournalPlan(
+        runID: "abcd1234", scenarioYAML: "name: x\n", kernelNanosecondsPerSPTE: 52,
+        shards: (0..<4).map { JournalShard(id: UInt64($0), firstSlot: $0 * 2, slotCount: 2) })
 
     static func result(_ id: UInt64, attempt: UInt32 = 1) -> Zapfleet_V1_ShardResult {
         var result = Zapfleet_V1_ShardResult()

@@ -234,8 +234,9 @@ final class SchedulerSimulation {
             for claim in peer.unacknowledged { try send(peer, .result(peer.id, claim, verdict(for: peer))) }
         case .forge(let index, let bits):
             guard let peer = peers[safe: UInt64(index)], peer.alive else { return }
-            let claim = AttemptClaim(runID: bits & 1 == 0 ? runID : "otherrun", shard: (bits >> 1) % UInt64(shardCount + 2),
-                                     attempt: UInt32((bits >> 8) % 6))
+            let claim = AttemptClaim(
+                runID: bits & 1 == 0 ? runID : "otherrun", shard: (bits >> 1) % UInt64(shardCount + 2),
+                attempt: UInt32((bits >> 8) % 6))
             switch (bits >> 16) % 5 {
             case 0: try send(peer, .result(peer.id, claim, .plausible))
             case 1: try send(peer, .gaveBack(peer.id, claim, reason: "forged", busyWith: (bits >> 20) & 1 == 0 ? nil : claim))
@@ -260,7 +261,8 @@ final class SchedulerSimulation {
     private func hello(_ peer: Peer) throws(Violation) {
         // The socket loop's probe: a holder of the name whose connection is gone is unreachable.
         if let holder = scheduler.peers.values.first(where: { $0.id != peer.id && $0.introduction?.name == peer.name && $0.state.isLive }),
-           let simulated = peers.first(where: { $0.id == holder.id }), !simulated.alive {
+            let simulated = peers.first(where: { $0.id == holder.id }), !simulated.alive
+        {
             try feed(.unreachable(holder.id))
         }
         try send(peer, .hello(peer.id, peer.introduction))
@@ -433,8 +435,9 @@ final class SchedulerSimulation {
         journalBroken = false
         endedOnPurpose = false
         let plan = self.plan
-        scheduler = FleetScheduler(configuration: configuration(), now: now, resuming: plan, done: done, handouts: durableHandouts,
-                                   planner: { _ in .success(plan) })
+        scheduler = FleetScheduler(
+            configuration: configuration(), now: now, resuming: plan, done: done, handouts: durableHandouts,
+            planner: { _ in .success(plan) })
         // Every worker that listens notices the silence, reconnects and says hello, naming what it runs.
         pendingResends.removeAll()
         pendingGiveBacks.removeAll()
@@ -447,7 +450,9 @@ final class SchedulerSimulation {
 
     private func checkEnd() throws(Violation) {
         guard scheduler.phase == .finished else {
-            throw fail("the run did not end (phase \(scheduler.phase), \(scheduler.completedShards)/\(shardCount) shards, peers \(scheduler.peers.values.map { "\($0.name):\($0.state.name)" }))")
+            throw fail(
+                "the run did not end (phase \(scheduler.phase), \(scheduler.completedShards)/\(shardCount) shards, peers \(scheduler.peers.values.map { "\($0.name):\($0.state.name)" }))"
+            )
         }
         let merged = resumedDone.union(mergedThisIncarnation)
         guard resumedDone.isDisjoint(with: mergedThisIncarnation) else { throw fail("a resumed shard was merged again") }

@@ -34,7 +34,9 @@ struct SchedulerSimulationTests {
                 do {
                     try simulation.play()
                     tally.lock.lock()
-                    if simulation.finishedComplete { tally.completed += 1 } else {
+                    if simulation.finishedComplete {
+                        tally.completed += 1
+                    } else {
                         tally.incomplete += 1
                         tally.reasons[simulation.endReason, default: 0] += 1
                     }
@@ -58,8 +60,12 @@ struct SchedulerSimulationTests {
             Issue.record("\(failure.report)")
             return
         }
-        print("scheduler simulation: \(count) schedules, 0 violations; \(tally.completed) complete, \(tally.incomplete) ended with a named reason; \(tally.restarts) coordinator restarts; \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
-        print("scheduler simulation, how the incomplete runs ended: " + tally.reasons.sorted { $0.value > $1.value }.map { "\($0.value) \($0.key)" }.joined(separator: "; "))
+        print(
+            "scheduler simulation: \(count) schedules, 0 violations; \(tally.completed) complete, \(tally.incomplete) ended with a named reason; \(tally.restarts) coordinator restarts; \(String(format: "%.1f", Date().timeIntervalSince(started))) s"
+        )
+        print(
+            "scheduler simulation, how the incomplete runs ended: "
+                + tally.reasons.sorted { $0.value > $1.value }.map { "\($0.value) \($0.key)" }.joined(separator: "; "))
         #expect(tally.completed > count / 2, "most schedules keep a healthy worker and complete")
     }
 
@@ -69,13 +75,17 @@ struct SchedulerSimulationTests {
     }
 
     /// Removes events while the schedule still fails (delta debugging by halves, then one at a time).
-    static func shrink(_ events: [SchedulerSimulation.Event], shards: Int, maxFailed: UInt32, seed: UInt64)
-        -> (events: [SchedulerSimulation.Event], violation: String) {
+    static func shrink(
+        _ events: [SchedulerSimulation.Event], shards: Int, maxFailed: UInt32, seed: UInt64
+    )
+        -> (events: [SchedulerSimulation.Event], violation: String)
+    {
         /// The failure's kind: its message up to the first number, so that shrinking keeps the same bug.
         func kind(_ message: String) -> Substring { message.drop { $0 != ":" }.prefix { !$0.isNumber } }
         let original = Self.failure(events, shards: shards, maxFailed: maxFailed, seed: seed) ?? ""
         func failure(_ candidate: [SchedulerSimulation.Event]) -> String? {
-            guard let found = Self.failure(candidate, shards: shards, maxFailed: maxFailed, seed: seed), kind(found) == kind(original) else { return nil }
+            guard let found = Self.failure(candidate, shards: shards, maxFailed: maxFailed, seed: seed), kind(found) == kind(original)
+            else { return nil }
             return found
         }
         var current = events

@@ -33,8 +33,9 @@ struct BlockTimeShapeTests {
         #expect(async.sptesZappedInline == 0)
         #expect(syncVM.statistics.sptesZapped == 2 << 18)
         #expect(asyncVM.statistics.sptesZapped == 2 << 18, "the worker zapped it instead")
-        #expect(sync.blockedNanoseconds >= 10 * async.blockedNanoseconds,
-                "sync \(sync.blockedNanoseconds) ns vs async \(async.blockedNanoseconds) ns")
+        #expect(
+            sync.blockedNanoseconds >= 10 * async.blockedNanoseconds,
+            "sync \(sync.blockedNanoseconds) ns vs async \(async.blockedNanoseconds) ns")
         #expect(syncVM.checker.violations.isEmpty && asyncVM.checker.violations.isEmpty)
     }
 

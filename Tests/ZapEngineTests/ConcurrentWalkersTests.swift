@@ -40,7 +40,8 @@ struct ConcurrentWalkersTests {
         let vcpu = vm.makeVCPU()
         vcpu.populate2MRegion(firstFrame: 0, write: false)
         let root = try #require(vcpu.loadedRoot)
-        let levelTwo = vm.pool.table(PageIndex(rawValue: UInt32(vm.pool.table(PageIndex(rawValue: UInt32(vm.pool.table(root.table).load(0).frame))).load(0).frame)))
+        let levelTwo = vm.pool.table(
+            PageIndex(rawValue: UInt32(vm.pool.table(PageIndex(rawValue: UInt32(vm.pool.table(root.table).load(0).frame))).load(0).frame)))
         let leafTable = PageIndex(rawValue: UInt32(levelTwo.load(0).frame))
         let walker = OSThread(name: "walker") { vcpu.fastFault(gfn: 3, write: true) }
         usleep(2_000)
@@ -111,7 +112,8 @@ struct ConcurrentWalkersTests {
         let vcpu = vm.makeVCPU()
         vcpu.fault(gfn: 3)
         let root = try #require(vcpu.loadedRoot)
-        let levelTwo = vm.pool.table(PageIndex(rawValue: UInt32(vm.pool.table(PageIndex(rawValue: UInt32(vm.pool.table(root.table).load(0).frame))).load(0).frame)))
+        let levelTwo = vm.pool.table(
+            PageIndex(rawValue: UInt32(vm.pool.table(PageIndex(rawValue: UInt32(vm.pool.table(root.table).load(0).frame))).load(0).frame)))
         let leafPage = PageIndex(rawValue: UInt32(levelTwo.load(0).frame))
         let leafTable = vm.pool.table(leafPage)
         // What handle_removed_pt does without REMOVED_SPTE: unlink, read (not freeze) the entries
@@ -122,7 +124,8 @@ struct ConcurrentWalkersTests {
             vm.counters.sptesZapped.wrappingIncrement(by: leaves, ordering: .relaxed)
             // ...while a fault that was already inside the table installs into it: its
             // compare-exchange succeeds, because nothing froze the entry.
-            let installed = leafTable.compareExchange(9, expected: .nonPresent, desired: .leaf(frame: 9, level: 1, writable: true, dirty: true))
+            let installed = leafTable.compareExchange(
+                9, expected: .nonPresent, desired: .leaf(frame: 9, level: 1, writable: true, dirty: true))
             #expect(installed.exchanged)
             vm.counters.sptesInstalled.wrappingIncrement(ordering: .relaxed)
             vm.gracePeriod.retire(leafPage)
@@ -132,7 +135,8 @@ struct ConcurrentWalkersTests {
         #expect(vm.checker.saw(.sptesLeaked), "\(vm.checker.violations)")
     }
 
-    @Test("dirty logging on write-protects every leaf of valid roots; a write through the fast path makes the page writable and dirty again")
+    @Test(
+        "dirty logging on write-protects every leaf of valid roots; a write through the fast path makes the page writable and dirty again")
     func writeProtectThenFastFault() throws {
         let vm = try makeVM()
         let vcpu = vm.makeVCPU()
@@ -154,9 +158,11 @@ struct ConcurrentWalkersTests {
         for policy in ZapPolicy.allCases {
             for seed in UInt64(1)...3 {
                 let report = try ConcurrencyStress(
-                    vm: VMConfiguration(policy: policy, pageTableBudgetBytes: 1 << 30,
-                                        chaos: ChaosConfiguration(seed: seed, probability: 0.1, maxDelayNanoseconds: 100_000)),
-                    vcpus: 3, operationsPerVCPU: 300, fastZaps: 6, seed: seed).run()
+                    vm: VMConfiguration(
+                        policy: policy, pageTableBudgetBytes: 1 << 30,
+                        chaos: ChaosConfiguration(seed: seed, probability: 0.1, maxDelayNanoseconds: 100_000)),
+                    vcpus: 3, operationsPerVCPU: 300, fastZaps: 6, seed: seed
+                ).run()
                 #expect(report.violationCounts.isEmpty, "\(policy) seed \(seed): \(report.violations.prefix(3))")
             }
         }

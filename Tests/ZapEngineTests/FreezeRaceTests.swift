@@ -12,11 +12,12 @@ struct FreezeRaceTests {
     @Test("a fault paused inside a 4 KiB table while dirty logging zaps it retries and maps into a new table; nothing is lost")
     func faultInsideAZappedTableRetries() throws {
         // Every step of a fault's walk waits up to 30 ms: the zap gets in between.
-        let vm = try VirtualMachine(configuration: VMConfiguration(
-            policy: .async, pageTableBudgetBytes: 256 << 20,
-            chaos: ChaosConfiguration(seed: 5, probability: 1, maxDelayNanoseconds: 30_000_000, windows: [.faultWalk])))
+        let vm = try VirtualMachine(
+            configuration: VMConfiguration(
+                policy: .async, pageTableBudgetBytes: 256 << 20,
+                chaos: ChaosConfiguration(seed: 5, probability: 1, maxDelayNanoseconds: 30_000_000, windows: [.faultWalk])))
         let vcpu = vm.makeVCPU()
-        vcpu.populate2MRegion(firstFrame: 0)          // a 4 KiB table under gfn 0..511
+        vcpu.populate2MRegion(firstFrame: 0)  // a 4 KiB table under gfn 0..511
         vcpu.reset()
         vcpu.loadRoot()
         vcpu.populate2MRegion(firstFrame: 0)

@@ -10,14 +10,18 @@ import Glibc
 @Suite("Huge-page splitting and NX recovery")
 struct HugePageTests {
     private func makeVM(chaos: ChaosConfiguration? = nil, nxRecovery: NXRecoveryConfiguration? = nil) throws -> VirtualMachine {
-        try VirtualMachine(configuration: VMConfiguration(policy: .async, workqueueWidth: 1, pageTableBudgetBytes: 256 << 20,
-                                                          chaos: chaos, nxRecovery: nxRecovery))
+        try VirtualMachine(
+            configuration: VMConfiguration(
+                policy: .async, workqueueWidth: 1, pageTableBudgetBytes: 256 << 20,
+                chaos: chaos, nxRecovery: nxRecovery))
     }
 
     /// The leaf mapping `gfn` under `root` and its level, read through the tables.
     private func leaf(_ vm: VirtualMachine, _ root: Root, gfn: UInt64) -> (entry: SPTE, level: Int)? { vm.mapping(of: gfn, under: root) }
 
-    @Test("enabling dirty logging splits 1 GiB and 2 MiB leaves into 4 KiB leaves that map the same frames with the same bits, then write-protects them")
+    @Test(
+        "enabling dirty logging splits 1 GiB and 2 MiB leaves into 4 KiB leaves that map the same frames with the same bits, then write-protects them"
+    )
     func eagerSplitKeepsEveryMapping() throws {
         let vm = try makeVM()
         let vcpu = vm.makeVCPU()
@@ -50,12 +54,16 @@ struct HugePageTests {
         #expect(vm.statistics.sptesInstalled == vm.statistics.sptesZapped)
     }
 
-    @Test("a split whose compare-exchange loses to a fault replacing the same huge leaf reads the entry again: one table, the fault's leaf, nothing leaked")
+    @Test(
+        "a split whose compare-exchange loses to a fault replacing the same huge leaf reads the entry again: one table, the fault's leaf, nothing leaked"
+    )
     func splitLosesToAFaultReplacingTheLeaf() throws {
         // The split waits up to a second between filling its table and linking it (seeded, so
         // the same wait every run); the leaf count below shows that the fault got in first.
-        let vm = try makeVM(chaos: ChaosConfiguration(seed: 11, probability: 1, maxDelayNanoseconds: 1_000_000_000,
-                                                      windows: [.hugePageSplit]))
+        let vm = try makeVM(
+            chaos: ChaosConfiguration(
+                seed: 11, probability: 1, maxDelayNanoseconds: 1_000_000_000,
+                windows: [.hugePageSplit]))
         let vcpu = vm.makeVCPU()
         vcpu.fault(gfn: 1024, size: .size2M)
         let root = try #require(vcpu.loadedRoot)
@@ -72,7 +80,9 @@ struct HugePageTests {
         #expect(vm.statistics.sptesInstalled == vm.statistics.sptesZapped)
     }
 
-    @Test("an NX recovery pass zaps one in RATIO of the tables of 4 KiB pages under the write lock, and a later fault maps a 2 MiB page there")
+    @Test(
+        "an NX recovery pass zaps one in RATIO of the tables of 4 KiB pages under the write lock, and a later fault maps a 2 MiB page there"
+    )
     func nxRecoveryZapsTablesOfSmallPages() throws {
         let vm = try makeVM()
         let vcpu = vm.makeVCPU()
@@ -119,7 +129,8 @@ struct HugePageTests {
             #expect(throws: NXRecoveryConfiguration.ParseError.self, "'\(bad)'") { try NXRecoveryConfiguration.parse(bad) }
         }
         #expect(throws: EngineError.self) {
-            try VirtualMachine(configuration: VMConfiguration(policy: .sync, nxRecovery: NXRecoveryConfiguration(periodNanoseconds: 1, ratio: 0)))
+            try VirtualMachine(
+                configuration: VMConfiguration(policy: .sync, nxRecovery: NXRecoveryConfiguration(periodNanoseconds: 1, ratio: 0)))
         }
     }
 
@@ -127,10 +138,12 @@ struct HugePageTests {
     func workoutWithSplitsAndRecoveryIsClean() throws {
         for policy in ZapPolicy.allCases {
             let report = try ConcurrencyStress(
-                vm: VMConfiguration(policy: policy, pageTableBudgetBytes: 1 << 30,
-                                    chaos: ChaosConfiguration(seed: 7, probability: 0.1, maxDelayNanoseconds: 100_000),
-                                    nxRecovery: NXRecoveryConfiguration(periodNanoseconds: 1_000_000, ratio: 4)),
-                vcpus: 3, operationsPerVCPU: 300, fastZaps: 8, seed: 7).run()
+                vm: VMConfiguration(
+                    policy: policy, pageTableBudgetBytes: 1 << 30,
+                    chaos: ChaosConfiguration(seed: 7, probability: 0.1, maxDelayNanoseconds: 100_000),
+                    nxRecovery: NXRecoveryConfiguration(periodNanoseconds: 1_000_000, ratio: 4)),
+                vcpus: 3, operationsPerVCPU: 300, fastZaps: 8, seed: 7
+            ).run()
             #expect(report.violationCounts.isEmpty, "\(policy): \(report.violations.prefix(3))")
             #expect(report.operationsCompleted > 0)
         }

@@ -7,8 +7,9 @@ import ZapPlatform
 @Suite("Injected bugs are caught", .timeLimit(.minutes(2)))
 struct InjectedBugTests {
     private func makeVM(_ policy: ZapPolicy, _ bugs: Set<InjectedBug>) throws -> VirtualMachine {
-        try VirtualMachine(configuration: VMConfiguration(
-            policy: policy, workqueueWidth: 1, pageTableBudgetBytes: 512 << 20, injectedBugs: bugs))
+        try VirtualMachine(
+            configuration: VMConfiguration(
+                policy: policy, workqueueWidth: 1, pageTableBudgetBytes: 512 << 20, injectedBugs: bugs))
     }
 
     /// A defunct root waits behind a busy worker while a fast zap runs.
@@ -19,7 +20,9 @@ struct InjectedBugTests {
         let release = try occupyWorker(vm)
         vcpu.reset()
         let done = Gate()
-        let zapper = OSThread(name: "fastzap") { vm.fastZap(); done.open() }
+        let zapper = OSThread(name: "fastzap") {
+            vm.fastZap(); done.open()
+        }
         #expect(eventually { vm.statistics.fastZaps == 1 })
         release.open()
         done.wait()
@@ -39,8 +42,9 @@ struct InjectedBugTests {
         #expect(vm.checker.saw(.pagesLeaked))
     }
 
-    @Test("no-flush: a fast zap that does not wait returns before its roots are zapped",
-          arguments: ZapPolicy.allCases)
+    @Test(
+        "no-flush: a fast zap that does not wait returns before its roots are zapped",
+        arguments: ZapPolicy.allCases)
     func noFlush(policy: ZapPolicy) throws {
         for bugs: Set<InjectedBug> in [[], [.noFlush]] {
             let vm = try makeVM(policy, bugs)
@@ -51,7 +55,9 @@ struct InjectedBugTests {
             let other = vm.makeVCPU()
             other.populate2MRegion(firstFrame: 512)
             let done = Gate()
-            let zapper = OSThread(name: "fastzap") { vm.fastZap(); done.open() }
+            let zapper = OSThread(name: "fastzap") {
+                vm.fastZap(); done.open()
+            }
             if bugs.isEmpty {
                 release?.open()
                 done.wait()
@@ -81,8 +87,9 @@ struct InjectedBugTests {
         #expect(!vm.checker.saw(.sptesLeaked), "\(vm.checker.violations)")
     }
 
-    @Test("double-put: a root freed under a holder is caught when the holder touches it, before its memory is",
-          arguments: ZapPolicy.allCases)
+    @Test(
+        "double-put: a root freed under a holder is caught when the holder touches it, before its memory is",
+        arguments: ZapPolicy.allCases)
     func doublePut(policy: ZapPolicy) throws {
         let vm = try makeVM(policy, [.doublePut])
         let holder = vm.makeVCPU(), bystander = vm.makeVCPU()
@@ -114,8 +121,9 @@ struct InjectedBugTests {
         #expect(vm.checker.saw(.refcountUnderflow))
     }
 
-    @Test("skip-smm: invalidation that skips an address space leaves its roots valid",
-          arguments: ZapPolicy.allCases)
+    @Test(
+        "skip-smm: invalidation that skips an address space leaves its roots valid",
+        arguments: ZapPolicy.allCases)
     func skipSMM(policy: ZapPolicy) throws {
         for bugs: Set<InjectedBug> in [[], [.skipSMM]] {
             let vm = try makeVM(policy, bugs)
@@ -149,8 +157,9 @@ struct InjectedBugTests {
         return vm
     }
 
-    @Test("no-yield: a zap that keeps mmu_lock while a writer waits is caught; with yields it is not",
-          arguments: ZapPolicy.allCases)
+    @Test(
+        "no-yield: a zap that keeps mmu_lock while a writer waits is caught; with yields it is not",
+        arguments: ZapPolicy.allCases)
     func noYield(policy: ZapPolicy) throws {
         let clean = try zapLargeRootUnderWriters(policy, [])
         #expect(!clean.checker.saw(.writerStarved), "\(clean.checker.violations)")
@@ -161,8 +170,9 @@ struct InjectedBugTests {
         #expect(vm.statistics.yields == 0)
     }
 
-    @Test("a full zap under the write lock hands mmu_lock to faults waiting at each step",
-          arguments: [ZapPolicy.async, .preserve])
+    @Test(
+        "a full zap under the write lock hands mmu_lock to faults waiting at each step",
+        arguments: [ZapPolicy.async, .preserve])
     func writeLockedZapHandsOver(policy: ZapPolicy) throws {
         let vm = try makeVM(policy, [])
         let owner = vm.makeVCPU()

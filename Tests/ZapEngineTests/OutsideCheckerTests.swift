@@ -62,12 +62,13 @@ struct OutsideCheckerTests {
             vm.mmuLock.yieldShared()
         }
         #expect(!vm.checker.saw(.noForwardProgress), "\(vm.checker.violations)")
-        vm.mmuLock.withShared { vm.mmuLock.yieldShared() }
+        _ = vm.mmuLock.withShared { vm.mmuLock.yieldShared() }
         #expect(vm.checker.saw(.noForwardProgress), "\(vm.checker.violations)")
     }
 
-    @Test("the two-pass zap of a fully populated 1 GiB region stays within the step bound",
-          arguments: [ZapPolicy.async, .preserve])
+    @Test(
+        "the two-pass zap of a fully populated 1 GiB region stays within the step bound",
+        arguments: [ZapPolicy.async, .preserve])
     func twoPassBoundOnRealZaps(policy: ZapPolicy) throws {
         let vm = try makeVM(policy)
         let vcpu = vm.makeVCPU()

@@ -4,8 +4,9 @@ import Testing
 /// Page tables on real memory: what faults install, zaps remove, and the pool gets back.
 @Suite("Page tables")
 struct PageTableTests {
-    @Test("populating N frames at each page size installs exactly N leaves, and teardown returns every page",
-          arguments: [PageSize.size4K, .size2M, .size1G], ZapPolicy.allCases)
+    @Test(
+        "populating N frames at each page size installs exactly N leaves, and teardown returns every page",
+        arguments: [PageSize.size4K, .size2M, .size1G], ZapPolicy.allCases)
     func populateAndTearDown(size: PageSize, policy: ZapPolicy) throws {
         let vm = try VirtualMachine(configuration: VMConfiguration(policy: policy, pageTableBudgetBytes: 64 << 20))
         let vcpu = vm.makeVCPU()

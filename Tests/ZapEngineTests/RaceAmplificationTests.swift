@@ -7,9 +7,10 @@ import ZapPlatform
 struct RaceAmplificationTests {
     @Test("a late work item makes a fast zap right after a reset meet the defunct root while its item is pending")
     func lateWorkItemReachesTheDoubleQueueRace() throws {
-        let vm = try VirtualMachine(configuration: VMConfiguration(
-            policy: .async, pageTableBudgetBytes: 256 << 20, injectedBugs: [.doubleQueue],
-            chaos: ChaosConfiguration(seed: 1, probability: 1, maxDelayNanoseconds: 50_000_000, windows: [.beforeWorkItem])))
+        let vm = try VirtualMachine(
+            configuration: VMConfiguration(
+                policy: .async, pageTableBudgetBytes: 256 << 20, injectedBugs: [.doubleQueue],
+                chaos: ChaosConfiguration(seed: 1, probability: 1, maxDelayNanoseconds: 50_000_000, windows: [.beforeWorkItem])))
         let vcpus = [vm.makeVCPU(), vm.makeVCPU()]
         for (index, vcpu) in vcpus.enumerated() { vcpu.populate2MRegion(firstFrame: UInt64(index) << 9) }
         for vcpu in vcpus { vcpu.reset() }

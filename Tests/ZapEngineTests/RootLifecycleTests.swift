@@ -6,14 +6,16 @@ import ZapPlatform
 @Suite("Root lifecycle", .timeLimit(.minutes(1)))
 struct RootLifecycleTests {
     private func makeVM(_ policy: ZapPolicy, width: Int = 1, bugs: Set<InjectedBug> = []) throws -> VirtualMachine {
-        try VirtualMachine(configuration: VMConfiguration(
-            policy: policy, workqueueWidth: width, pageTableBudgetBytes: 256 << 20, injectedBugs: bugs))
+        try VirtualMachine(
+            configuration: VMConfiguration(
+                policy: policy, workqueueWidth: width, pageTableBudgetBytes: 256 << 20, injectedBugs: bugs))
     }
 
     /// Occupies the VM's only zap worker until the returned gate opens.
 
-    @Test("a valid root is shared by vCPUs of its role; each holds one reference; preserve adds the MMU's",
-          arguments: ZapPolicy.allCases)
+    @Test(
+        "a valid root is shared by vCPUs of its role; each holds one reference; preserve adds the MMU's",
+        arguments: ZapPolicy.allCases)
     func sharingAndReferences(policy: ZapPolicy) throws {
         let vm = try makeVM(policy)
         let first = vm.makeVCPU(), second = vm.makeVCPU(), smm = vm.makeVCPU()
@@ -74,7 +76,9 @@ struct RootLifecycleTests {
         leaver.reset()  // defunct and pending behind the blocker
         #expect(defunct.lifecycle == .invalidQueued)
         let fastZapDone = Gate()
-        let zapper = OSThread(name: "fastzap") { vm.fastZap(); fastZapDone.open() }
+        let zapper = OSThread(name: "fastzap") {
+            vm.fastZap(); fastZapDone.open()
+        }
         #expect(eventually { kept.isInvalid }, "fast zap should invalidate the held root")
         #expect(kept.references == 2, "the holder's and the gift")
         release.open()

@@ -27,8 +27,9 @@ struct TLBFlushTests {
         return (vm, vcpu)
     }
 
-    @Test("a fast zap sends one obsolete-roots request under every policy; v5.17 (sync) also flushes per top-level entry and per table it removes, later kernels never for a whole-root zap",
-          arguments: ZapPolicy.allCases)
+    @Test(
+        "a fast zap sends one obsolete-roots request under every policy; v5.17 (sync) also flushes per top-level entry and per table it removes, later kernels never for a whole-root zap",
+        arguments: ZapPolicy.allCases)
     func fastZap(policy: ZapPolicy) throws {
         let (vm, _) = try populatedVM(policy)
         let outcome = vm.fastZap()
@@ -42,8 +43,9 @@ struct TLBFlushTests {
         #expect(vm.checker.total == 0, "\(vm.checker.violations)")
     }
 
-    @Test("a vCPU reset under sync pays v5.17's flush for every table its put removes; async and preserve zap elsewhere, without flushes",
-          arguments: ZapPolicy.allCases)
+    @Test(
+        "a vCPU reset under sync pays v5.17's flush for every table its put removes; async and preserve zap elsewhere, without flushes",
+        arguments: ZapPolicy.allCases)
     func resetPut(policy: ZapPolicy) throws {
         let (vm, vcpu) = try populatedVM(policy)
         let outcome = vcpu.reset()
@@ -53,8 +55,9 @@ struct TLBFlushTests {
         #expect(vm.checker.total == 0, "\(vm.checker.violations)")
     }
 
-    @Test("an MMU-notifier unmap flushes once when it ends (v5.17: also once per table removed); an unmap that zaps nothing flushes nothing",
-          arguments: ZapPolicy.allCases)
+    @Test(
+        "an MMU-notifier unmap flushes once when it ends (v5.17: also once per table removed); an unmap that zaps nothing flushes nothing",
+        arguments: ZapPolicy.allCases)
     func unmap(policy: ZapPolicy) throws {
         let (vm, _) = try populatedVM(policy)
         // Two whole 2 MiB entries: each zapped at level 2 with its table of leaves.
@@ -67,8 +70,9 @@ struct TLBFlushTests {
         #expect(vm.checker.total == 0, "\(vm.checker.violations)")
     }
 
-    @Test("a full zap flushes before yielding and once at the end under v5.17; from v5.18 not at all (KVM_RUN can no longer run)",
-          arguments: ZapPolicy.allCases)
+    @Test(
+        "a full zap flushes before yielding and once at the end under v5.17; from v5.18 not at all (KVM_RUN can no longer run)",
+        arguments: ZapPolicy.allCases)
     func fullZap(policy: ZapPolicy) throws {
         let (vm, _) = try populatedVM(policy)
         let outcome = vm.fullZap()
@@ -79,8 +83,9 @@ struct TLBFlushTests {
         #expect(vm.checker.total == 0, "\(vm.checker.violations)")
     }
 
-    @Test("dirty logging on 2 MiB pages: v5.17 write-protects them whole and each first write replaces one with a flush; v5.18 on splits eagerly and flushes once per write-protect",
-          arguments: ZapPolicy.allCases)
+    @Test(
+        "dirty logging on 2 MiB pages: v5.17 write-protects them whole and each first write replaces one with a flush; v5.18 on splits eagerly and flushes once per write-protect",
+        arguments: ZapPolicy.allCases)
     func dirtyLoggingOnHugePages(policy: ZapPolicy) throws {
         let vm = try makeVM(policy)
         let vcpu = vm.makeVCPU()
@@ -97,7 +102,9 @@ struct TLBFlushTests {
         let root = try #require(vcpu.loadedRoot)
         for frame: UInt64 in [0, 511, 512, 2047] {
             let mapped = try #require(vm.mapping(of: frame, under: root))
-            #expect(mapped.level == 1 && mapped.entry.rawValue & SPTE.writableBit != 0, "frame \(frame) is a writable 4 KiB page after its write")
+            #expect(
+                mapped.level == 1 && mapped.entry.rawValue & SPTE.writableBit != 0,
+                "frame \(frame) is a writable 4 KiB page after its write")
         }
 
         #expect(vm.clearDirtyLog().tlbFlushes == 1)
@@ -111,7 +118,9 @@ struct TLBFlushTests {
         #expect(vm.statistics.sptesInstalled == vm.statistics.sptesZapped)
     }
 
-    @Test("while dirty logging is on, the fast path does not make a write-protected huge page writable (only its first 4 KiB would be logged)")
+    @Test(
+        "while dirty logging is on, the fast path does not make a write-protected huge page writable (only its first 4 KiB would be logged)"
+    )
     func fastPathLeavesHugePagesToTheSlowPath() throws {
         let vm = try makeVM(.sync)
         let vcpu = vm.makeVCPU()
@@ -127,8 +136,9 @@ struct TLBFlushTests {
         #expect(vm.checker.total == 0, "\(vm.checker.violations)")
     }
 
-    @Test("NX recovery flushes once at the end of a pass that zapped (v5.17: also per table removed), none for a pass that found nothing",
-          arguments: ZapPolicy.allCases)
+    @Test(
+        "NX recovery flushes once at the end of a pass that zapped (v5.17: also per table removed), none for a pass that found nothing",
+        arguments: ZapPolicy.allCases)
     func nxRecovery(policy: ZapPolicy) throws {
         let (vm, _) = try populatedVM(policy)
         // Ratio 1: every table of 4 KiB leaves goes.

@@ -38,7 +38,10 @@ func occupyWorker(_ vm: VirtualMachine) throws -> Gate {
     let queue = try #require(vm.zapQueue)
     let release = Gate()
     let started = Gate()
-    queue.queue(WorkItem(label: "blocker") { started.open(); release.wait() })
+    queue.queue(
+        WorkItem(label: "blocker") {
+            started.open(); release.wait()
+        })
     started.wait()
     return release
 }

@@ -10,8 +10,9 @@ import Glibc
 @Suite("The watchdog turns hangs into a livelock verdict")
 struct WatchdogTests {
     private func makeVM(bound: UInt64, _ policy: ZapPolicy = .async) throws -> VirtualMachine {
-        try VirtualMachine(configuration: VMConfiguration(
-            policy: policy, workqueueWidth: 1, pageTableBudgetBytes: 512 << 20, stallBoundNanoseconds: bound))
+        try VirtualMachine(
+            configuration: VMConfiguration(
+                policy: policy, workqueueWidth: 1, pageTableBudgetBytes: 512 << 20, stallBoundNanoseconds: bound))
     }
 
     @Test("a fault that waits for mmu_lock forever is a livelock naming the vCPU and the lock")
@@ -56,7 +57,8 @@ struct WatchdogTests {
 
         let report = try ConcurrencyStress(
             vm: VMConfiguration(policy: .async, pageTableBudgetBytes: 1 << 30, stallBoundNanoseconds: 5_000_000_000),
-            vcpus: 3, operationsPerVCPU: 300, fastZaps: 8, seed: 7).run()
+            vcpus: 3, operationsPerVCPU: 300, fastZaps: 8, seed: 7
+        ).run()
         #expect(report.violationCounts[.livelock] == nil, "\(report.violations)")
         #expect(report.threadsAbandoned == 0)
     }

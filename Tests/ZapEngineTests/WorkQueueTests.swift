@@ -13,7 +13,10 @@ struct WorkQueueTests {
         let queue = WorkQueue(name: "t", maxActive: 1)
         let blocker = Gate()
         let started = Gate()
-        queue.queue(WorkItem(label: "blocker") { started.open(); blocker.wait() })
+        queue.queue(
+            WorkItem(label: "blocker") {
+                started.open(); blocker.wait()
+            })
         started.wait()
         let runs = Log<Int>()
         let item = WorkItem(label: "item") { runs.append(1) }
@@ -57,7 +60,10 @@ struct WorkQueueTests {
         let allInside = Log<Int>()
         let release = Gate()
         for index in 0..<3 {
-            queue.queue(WorkItem(label: "w\(index)") { allInside.append(index); release.wait() })
+            queue.queue(
+                WorkItem(label: "w\(index)") {
+                    allInside.append(index); release.wait()
+                })
         }
         #expect(eventually { allInside.count == 3 }, "three items should be running at once")
         release.open()
@@ -72,7 +78,10 @@ struct WorkQueueTests {
         let beforeRelease = Gate()
         let lateRelease = Gate()
         for index in 0..<5 {
-            queue.queue(WorkItem(label: "b\(index)") { beforeRelease.wait(); before.append(index) })
+            queue.queue(
+                WorkItem(label: "b\(index)") {
+                    beforeRelease.wait(); before.append(index)
+                })
         }
         let flushed = Gate()
         let flusher = OSThread(name: "flusher") {
@@ -95,11 +104,12 @@ struct WorkQueueTests {
         let queue = WorkQueue(name: "t", maxActive: 1)
         let runs = Log<String>()
         let chained = WorkItem(label: "chained") { runs.append("chained") }
-        queue.queue(WorkItem(label: "first") {
-            usleep(5000)
-            runs.append("first")
-            queue.queue(chained)
-        })
+        queue.queue(
+            WorkItem(label: "first") {
+                usleep(5000)
+                runs.append("first")
+                queue.queue(chained)
+            })
         queue.destroy()
         #expect(runs.all == ["first", "chained"])
         #expect(queue.isDestroyed)
@@ -138,14 +148,24 @@ struct WorkQueueOnDemandTests {
         #expect(queue.workerCount <= 2, "one item at a time needs one worker (two at most while the first goes idle): \(queue.workerCount)")
         let release = Gate()
         let inside = Log<Int>()
-        for index in 0..<6 { queue.queue(WorkItem(label: "parallel\(index)") { inside.append(index); release.wait() }) }
+        for index in 0..<6 {
+            queue.queue(
+                WorkItem(label: "parallel\(index)") {
+                    inside.append(index); release.wait()
+                })
+        }
         #expect(eventually { inside.count == 6 }, "six blocked items run at once")
         release.open()
         queue.flush()
         let narrow = WorkQueue(name: "n", maxActive: 3)
         let gate = Gate()
         let running = Log<Int>()
-        for index in 0..<6 { narrow.queue(WorkItem(label: "w\(index)") { running.append(index); gate.wait() }) }
+        for index in 0..<6 {
+            narrow.queue(
+                WorkItem(label: "w\(index)") {
+                    running.append(index); gate.wait()
+                })
+        }
         #expect(eventually { running.count == 3 })
         #expect(narrow.workerCount == 3)
         gate.open()

@@ -58,10 +58,11 @@ struct CPUInterferenceTests {
         OSThread(name: "queuer") {
             CPUAccounting.pinCallingThread(to: 0)
             worker.pinned = CPUAccounting.allowedCPUCount() == 1
-            queue.queue(WorkItem(label: "where") {
-                worker.cpu = CPUAccounting.allowedCPUCount()
-                done.set()
-            })
+            queue.queue(
+                WorkItem(label: "where") {
+                    worker.cpu = CPUAccounting.allowedCPUCount()
+                    done.set()
+                })
         }.join()
         while !done.isSet { sched_yield() }
         queue.destroy()
@@ -93,7 +94,9 @@ struct CPUInterferenceTests {
     @Test("shards' figures add per vCPU and per CPU, and keep the largest deletion")
     func adding() {
         var first = CPUInterference()
-        first.vcpus = [.init(vcpu: 0, cpu: 0, guestNs: 100, lostNs: 10, units: 5), .init(vcpu: 1, cpu: 1, guestNs: 100, lostNs: 20, units: 5)]
+        first.vcpus = [
+            .init(vcpu: 0, cpu: 0, guestNs: 100, lostNs: 10, units: 5), .init(vcpu: 1, cpu: 1, guestNs: 100, lostNs: 20, units: 5)
+        ]
         first.zapCpuNs = ["0": 7]
         first.addDeletion(before: [0, 0], after: [30, 0])
         var second = CPUInterference()

@@ -23,11 +23,14 @@ struct MeasurementTests {
         #expect(recorder.histogram(.reset).max >= 2_000 && recorder.histogram(.reset).max < 2_002)
     }
 
-    @Test("one convention for percentiles, min and max (HdrHistogram's): the same figures before and after a V2 round trip, and no percentile above the max")
+    @Test(
+        "one convention for percentiles, min and max (HdrHistogram's): the same figures before and after a V2 round trip, and no percentile above the max"
+    )
     func summaryConvention() throws {
         var generator = SplitMix64(seed: 12)
         for _ in 0..<50 {
-            var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+            var histogram = Histogram<UInt64>(
+                lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
             // Values inside one top bucket and below: the case where the exact max and its bucket differ.
             let top = 1_000_000 + generator.next() % 1_000_000_000
             for _ in 0..<(1 + generator.next() % 200) { histogram.record(1 + generator.next() % top) }
@@ -44,12 +47,17 @@ struct MeasurementTests {
             #expect(histogram.conventionalValue(atPercentile: 100) == summary.maxNs)
         }
         // One value: every percentile is that value's bucket top, as the max is.
-        var one = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+        var one = Histogram<UInt64>(
+            lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
         one.record(1_237_500)
         let single = LatencySummary(one)
         #expect(single.p99Ns == single.maxNs && single.p50Ns == single.maxNs && single.maxNs == 1_238_015)
         #expect(single.minNs == 1_236_992)
-        #expect(LatencySummary(Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)).maxNs == 0)
+        #expect(
+            LatencySummary(
+                Histogram<UInt64>(
+                    lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+            ).maxNs == 0)
     }
 
     @Test("merging recorders adds every sample, bucket by bucket")
@@ -58,7 +66,8 @@ struct MeasurementTests {
         var all = BlockTimeRecorder(kernelNanosecondsPerSPTE: 52)
         var parts = [BlockTimeRecorder](repeating: BlockTimeRecorder(kernelNanosecondsPerSPTE: 52), count: 4)
         for index in 0..<10_000 {
-            let outcome = OperationOutcome(blockedNanoseconds: generator.next() % 10_000_000, sptesZappedInline: Int(generator.next() % 1000))
+            let outcome = OperationOutcome(
+                blockedNanoseconds: generator.next() % 10_000_000, sptesZappedInline: Int(generator.next() % 1000))
             all.record(.fault, outcome)
             parts[index % 4].record(.fault, outcome)
         }
@@ -99,7 +108,8 @@ struct MeasurementTests {
 
     @Test("objectives are evaluated per policy and drive the exit code")
     func verdicts() throws {
-        let scenario = try ScenarioParser.parse("""
+        let scenario = try ScenarioParser.parse(
+            """
             name: t
             vm: {memory: 2GiB}
             workload: {vcpus: 1}
@@ -109,8 +119,9 @@ struct MeasurementTests {
             """, file: "t.yaml")
         let runner = ScenarioRunner(scenario: scenario)
         let runs = try scenario.policies.map { try runner.run(policy: $0) }
-        let report = RunReport(scenario: scenario, runs: runs, slice: .whole(scenario), kernelNanosecondsPerSPTE: 52,
-                               startedAt: Date(), wallNanoseconds: 1, version: "test")
+        let report = RunReport(
+            scenario: scenario, runs: runs, slice: .whole(scenario), kernelNanosecondsPerSPTE: 52,
+            startedAt: Date(), wallNanoseconds: 1, version: "test")
         // 2 GiB of 4 KiB SPTEs zapped by sync's reset: 524288 × 52 ns ≈ 27 ms, plus v5.17's flush
         // for each of the 1,027 tables its put removed (1,024 + 2 + 1) × 72.8 µs ≈ 75 ms.
         let sync = try #require(report.policies.first { $0.policy == "sync" })
@@ -128,9 +139,12 @@ struct MeasurementTests {
         #expect(decoded == report)
     }
 
-    @Test("a real kernel's column faces only the objectives it measured: no counter (it has no checker), no projection, no operation without samples")
+    @Test(
+        "a real kernel's column faces only the objectives it measured: no counter (it has no checker), no projection, no operation without samples"
+    )
     func externalColumnObjectives() throws {
-        let scenario = try ScenarioParser.parse("""
+        let scenario = try ScenarioParser.parse(
+            """
             name: t
             vm: {memory: 2GiB}
             workload: {vcpus: 1}
@@ -141,10 +155,12 @@ struct MeasurementTests {
         let run = try ScenarioRunner(scenario: scenario).run(policy: .async)
         var resets = LatencyHistogram.makeLatency()
         for value: UInt64 in [1_000, 2_000, 3_000] { _ = resets.record(value) }
-        let kernel = ExternalMeasurement(name: "kvm:host", source: "a real kernel", histograms: [.reset: resets],
-                                         wallNanoseconds: 1, exitStatus: 0)
-        let report = RunReport(scenario: scenario, runs: [run], slice: .whole(scenario), kernelNanosecondsPerSPTE: 52,
-                               startedAt: Date(), wallNanoseconds: 1, version: "test", external: [kernel])
+        let kernel = ExternalMeasurement(
+            name: "kvm:host", source: "a real kernel", histograms: [.reset: resets],
+            wallNanoseconds: 1, exitStatus: 0)
+        let report = RunReport(
+            scenario: scenario, runs: [run], slice: .whole(scenario), kernelNanosecondsPerSPTE: 52,
+            startedAt: Date(), wallNanoseconds: 1, version: "test", external: [kernel])
         let onKernel = report.objectives.filter { $0.policy == "kvm:host" }
         #expect(onKernel.map(\.objective) == ["reset.p99 < 1s"], "\(onKernel)")
         #expect(onKernel.first?.met == true)
@@ -153,11 +169,13 @@ struct MeasurementTests {
         #expect(try ReportFiles.decode(ReportFiles.json(report)) == report)
     }
 
-    @Test("a run's counters balance: everything installed is zapped and every table comes back",
-          arguments: ["quick-mini", "smm-mini"])
+    @Test(
+        "a run's counters balance: everything installed is zapped and every table comes back",
+        arguments: ["quick-mini", "smm-mini"])
     func countersBalance(name: String) throws {
         let smm = name == "smm-mini"
-        let scenario = try ScenarioParser.parse("""
+        let scenario = try ScenarioParser.parse(
+            """
             name: \(name)
             vm: {memory: 4GiB, pages: {4K: 0.5, 2M: 0.25, 1G: 0.25}, smm: \(smm), smram: 64MiB}
             workload: {vcpus: 3, coverage: random, touched: 0.75}
@@ -204,7 +222,8 @@ struct GuestLayoutTests {
 
     @Test("the vCPUs' parts tile the slice exactly")
     func partsTile() throws {
-        let scenario = try ScenarioParser.parse("""
+        let scenario = try ScenarioParser.parse(
+            """
             name: t
             vm: {memory: 64GiB}
             workload: {vcpus: 7}

@@ -69,7 +69,8 @@ struct ScenarioParserTests {
 
     @Test("a VM smaller than the default SMRAM parses, with SMRAM cut to its memory")
     func smallVM() throws {
-        let scenario = try ScenarioParser.parse("name: s\nvm: {memory: 400MiB, memslot: 2MiB}\nworkload: {vcpus: 1}\ntimeline: [populate]\n", file: "s.yaml")
+        let scenario = try ScenarioParser.parse(
+            "name: s\nvm: {memory: 400MiB, memslot: 2MiB}\nworkload: {vcpus: 1}\ntimeline: [populate]\n", file: "s.yaml")
         #expect(scenario.vm.smramBytes == 400 << 20)
     }
 
@@ -173,9 +174,11 @@ struct ObjectiveTests {
         #expect(one.policy == .preserve)
     }
 
-    @Test("malformed objectives say what is wrong", arguments: [
-        "async.fault.p99 1ms", "async.fault.p42 < 1ms", "async.fault.p99 < 1 parsec", "nonsense.fault.p99 < 1ms", "bogus == 0",
-    ])
+    @Test(
+        "malformed objectives say what is wrong",
+        arguments: [
+            "async.fault.p99 1ms", "async.fault.p42 < 1ms", "async.fault.p99 < 1 parsec", "nonsense.fault.p99 < 1ms", "bogus == 0"
+        ])
     func malformed(text: String) {
         guard case .failure(let error) = ServiceLevelObjective.parse(text) else {
             Issue.record("'\(text)' parsed")
@@ -208,8 +211,10 @@ struct ObjectiveTests {
             z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
             return z ^ (z >> 31)
         }
-        let tokens = [":", "-", "[", "]", "{", "}", "\n", "  ", "#", "&a", "*a", "!!binary", "~", "0", "-1", "1e309", "99999999999999999999TiB",
-                      "nan", "\"", "'", "policies", "timeline", "fraction", "populate", "\u{0}", "é", "\t", "<<", "|", ">"]
+        let tokens = [
+            ":", "-", "[", "]", "{", "}", "\n", "  ", "#", "&a", "*a", "!!binary", "~", "0", "-1", "1e309", "99999999999999999999TiB",
+            "nan", "\"", "'", "policies", "timeline", "fraction", "populate", "\u{0}", "é", "\t", "<<", "|", ">"
+        ]
         var outcomes = (parsed: 0, rejected: 0)
         for _ in 0..<5000 {
             var text = Array(BuiltinScenarios.all[Int(next() % UInt64(BuiltinScenarios.all.count))].yaml.unicodeScalars)
@@ -241,30 +246,39 @@ struct ObjectiveTests {
 extension ScenarioParserTests {
     @Test("the steps of every walker parse, and a chaos section becomes the run's race amplification")
     func walkerStepsAndChaos() throws {
-        let text = Self.valid.replacingOccurrences(of: "  - populate\n  - teardown", with: """
-              - populate
-              - fast_faults: {faults: 10}
-              - dirty_log: enable
-              - dirty_log: clear
-              - dirty_log: disable
-              - unmap: {fraction: 0.5}
-              - workout: {operations: 20}
-              - teardown
-            seed: 9
-            chaos: {probability: 0.25, max_delay: 300us, windows: [lock-handoff, before-work-item]}
-            nx_recovery: {period: 500us, ratio: 3}
-            """)
+        let text = Self.valid.replacingOccurrences(
+            of: "  - populate\n  - teardown",
+            with: """
+                  - populate
+                  - fast_faults: {faults: 10}
+                  - dirty_log: enable
+                  - dirty_log: clear
+                  - dirty_log: disable
+                  - unmap: {fraction: 0.5}
+                  - workout: {operations: 20}
+                  - teardown
+                seed: 9
+                chaos: {probability: 0.25, max_delay: 300us, windows: [lock-handoff, before-work-item]}
+                nx_recovery: {period: 500us, ratio: 3}
+                """)
         let scenario = try ScenarioParser.parse(text, file: "walkers.yaml")
-        #expect(scenario.timeline == [.populate, .fastFaults(faults: 10), .dirtyLog(.enable), .dirtyLog(.clear), .dirtyLog(.disable),
-                                      .unmap(fraction: 0.5), .workout(operations: 20), .teardown])
-        #expect(scenario.chaos == ChaosConfiguration(seed: 9, probability: 0.25, maxDelayNanoseconds: 300_000,
-                                                     windows: [.lockHandoff, .beforeWorkItem]))
+        #expect(
+            scenario.timeline == [
+                .populate, .fastFaults(faults: 10), .dirtyLog(.enable), .dirtyLog(.clear), .dirtyLog(.disable),
+                .unmap(fraction: 0.5), .workout(operations: 20), .teardown
+            ])
+        #expect(
+            scenario.chaos
+                == ChaosConfiguration(
+                    seed: 9, probability: 0.25, maxDelayNanoseconds: 300_000,
+                    windows: [.lockHandoff, .beforeWorkItem]))
         #expect(scenario.nxRecovery == NXRecoveryConfiguration(periodNanoseconds: 500_000, ratio: 3))
         #expect(try ScenarioParser.parse(ScenarioWriter.yaml(scenario), file: "again") == scenario)
     }
 
-    @Test("a bad chaos or nx_recovery section is refused with its key and what to write",
-          arguments: [
+    @Test(
+        "a bad chaos or nx_recovery section is refused with its key and what to write",
+        arguments: [
             ("chaos: {probability: 2}", "chaos.probability"),
             ("chaos: {probability: 0.1, max_delay: 5s}", "chaos.max_delay"),
             ("chaos: {probability: 0.1, windows: [tlb-flush]}", "chaos.windows"),
@@ -280,8 +294,8 @@ extension ScenarioParserTests {
             ("tlb_flush_cost: 5", "tlb_flush_cost"),
             ("tlb_flush_cost: 2s", "tlb_flush_cost"),
             ("tlb_flush_cost: -1us", "tlb_flush_cost"),
-            ("tlb_flush_cost: [1us]", "tlb_flush_cost"),
-          ])
+            ("tlb_flush_cost: [1us]", "tlb_flush_cost")
+        ])
     func badChaos(line: String, key: String) throws {
         let error = try #require(failure(replacing: 6, with: "\(line)\ntimeline:"))
         #expect(error.key == key, "\(error)")
@@ -289,7 +303,9 @@ extension ScenarioParserTests {
 
     @Test("`tlb_flush_cost` sets the projection's cost per remote TLB flush, and a `dirty_memory` step parses; both survive a rewrite")
     func flushCostAndDirtyMemory() throws {
-        let text = Self.valid.replacingOccurrences(of: "  - populate\n  - teardown", with: "  - populate\n  - dirty_log: enable\n  - dirty_memory\n  - teardown")
+        let text =
+            Self.valid.replacingOccurrences(
+                of: "  - populate\n  - teardown", with: "  - populate\n  - dirty_log: enable\n  - dirty_memory\n  - teardown")
             + "tlb_flush_cost: 12.5us\n"
         let scenario = try ScenarioParser.parse(text, file: "flush.yaml")
         #expect(scenario.tlbFlushCostNanoseconds == 12_500)

@@ -50,8 +50,11 @@ struct ClusterTests {
         try scenario.write(toFile: scenarioPath, atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = TestPaths.packageRoot.appendingPathComponent("deploy/netns/run-cluster.sh")
-        process.arguments = ["--binary", TestPaths.packageRoot.appendingPathComponent(".build/debug/zapfleet").path,
-                             "--workers", "3", "--slots", "2", "--scenario", scenarioPath, "--out", directory + "/out"] + extra
+        process.arguments =
+            [
+                "--binary", TestPaths.packageRoot.appendingPathComponent(".build/debug/zapfleet").path,
+                "--workers", "3", "--slots", "2", "--scenario", scenarioPath, "--out", directory + "/out"
+            ] + extra
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
@@ -74,7 +77,8 @@ struct ClusterTests {
         for policy in report.policies {
             let sum = fleet.shards.reduce(0) { $0 + ($1.sptesZapped[policy.policy] ?? 0) }
             #expect(policy.counters.sptesZapped == sum, "\(policy.policy): merged equals the sum of the shards")
-            #expect(policy.counters.sptesZapped == (gibibytes << 18), "\(policy.policy): \(gibibytes) GiB of 4 KiB pages, each counted once")
+            #expect(
+                policy.counters.sptesZapped == (gibibytes << 18), "\(policy.policy): \(gibibytes) GiB of 4 KiB pages, each counted once")
             #expect(policy.counters.sptesInstalled == policy.counters.sptesZapped)
             #expect(policy.operations["reset"]?.measured.count == UInt64(shards * 2), "two vCPU resets per shard")
         }
@@ -163,7 +167,8 @@ struct ClusterTests {
         try Self.checkTotals(run.report)
         // The same story in the coordinator's events: w1 went missing holding a shard, that shard
         // was requeued and done by another worker, every shard was done once, exit 0 last.
-        let missing = try #require(run.events(named: "worker_missing").first { $0["worker"] as? String == "w1" }, "\(run.events.map { $0["event"]! })")
+        let missing = try #require(
+            run.events(named: "worker_missing").first { $0["worker"] as? String == "w1" }, "\(run.events.map { $0["event"]! })")
         let lost = try #require(missing["shard"] as? Int, "w1 was holding a shard")
         #expect(run.events(named: "shard_requeued").compactMap { $0["shard"] as? Int } == [lost])
         let done = run.events(named: "shard_done")
@@ -173,7 +178,9 @@ struct ClusterTests {
         #expect(run.events.last?["event"] as? String == "run_finished" && run.events.last?["exit_code"] as? Int == 0)
     }
 
-    @Test("a worker stopped (SIGSTOP) past its liveness deadline: its shard is done elsewhere; after SIGCONT its late result is dropped as a duplicate; totals exact")
+    @Test(
+        "a worker stopped (SIGSTOP) past its liveness deadline: its shard is done elsewhere; after SIGCONT its late result is dropped as a duplicate; totals exact"
+    )
     func workerStopped() throws {
         let run = try Self.runCluster(["--stop-one"], scenario: Self.longScenario)
         #expect(run.output.contains("stopped worker w1"))
@@ -181,7 +188,9 @@ struct ClusterTests {
         try Self.checkLateResultDropped(run)
     }
 
-    @Test("a worker cut off by a network partition: its shard is done elsewhere; when the link is back it reconnects, its late result is dropped, and it takes new work")
+    @Test(
+        "a worker cut off by a network partition: its shard is done elsewhere; when the link is back it reconnects, its late result is dropped, and it takes new work"
+    )
     func workerPartitioned() throws {
         let run = try Self.runCluster(["--partition-one"], scenario: Self.longScenario)
         // Partitions need network namespaces; the script says why it cannot make them.

@@ -9,12 +9,12 @@ struct CompareCommandTests {
     static func baselineReport() throws -> (path: String, json: [String: Any], directory: String) {
         let directory = TestPaths.temporaryDirectory()
         try """
-            name: compare
-            vm: {memory: 4GiB}
-            workload: {vcpus: 2}
-            timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
-            policies: [sync, async]
-            """.write(toFile: directory + "/compare.yaml", atomically: true, encoding: .utf8)
+        name: compare
+        vm: {memory: 4GiB}
+        workload: {vcpus: 2}
+        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
+        policies: [sync, async]
+        """.write(toFile: directory + "/compare.yaml", atomically: true, encoding: .utf8)
         let run = try ZapfleetBinary.run(["run", directory + "/compare.yaml", "--quiet", "--out", directory])
         #expect(run.status == 0, "\(run.err)")
         let path = directory + "/report.json"

@@ -17,7 +17,8 @@ struct ExternalAgentTests {
         // The last line is longer than the agent's line buffer: it is rejected whole, its tail included.
         let noSamples = ["not a sample", "reset -5", "teleport 100", String(repeating: " ", count: 70_000) + "7"]
         let lines = resetSamples.map(String.init) + fastZapSamples.map { "fast_zap \($0)" } + noSamples
-        let script = "#!/bin/sh\n[ -n \"$ZAPFLEET_SCENARIO_FILE\" ] && [ -s \"$ZAPFLEET_SCENARIO_FILE\" ] || exit 9\ncat <<'SAMPLES'\n"
+        let script =
+            "#!/bin/sh\n[ -n \"$ZAPFLEET_SCENARIO_FILE\" ] && [ -s \"$ZAPFLEET_SCENARIO_FILE\" ] || exit 9\ncat <<'SAMPLES'\n"
             + lines.joined(separator: "\n") + "\nSAMPLES\n"
         try script.write(toFile: path, atomically: true, encoding: .utf8)
         chmod(path, 0o755)
@@ -34,7 +35,9 @@ struct ExternalAgentTests {
         try #require(result.status == 0, "\(result.err)")
     }
 
-    @Test("two simulated workers and one C agent under valgrind, all over CURVE: the report's external column has exactly the agent's samples, and valgrind finds no error or leak")
+    @Test(
+        "two simulated workers and one C agent under valgrind, all over CURVE: the report's external column has exactly the agent's samples, and valgrind finds no error or leak"
+    )
     func agentBesideWorkers() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.agent), "build it with `make -C clients/c` (./test does)")
         let directory = TestPaths.temporaryDirectory()
@@ -50,18 +53,25 @@ struct ExternalAgentTests {
         try ClusterTests.scenario.write(toFile: scenario, atomically: true, encoding: .utf8)
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let coordinator = try ZapfleetBinary.start(
-            ["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2", "--expect-agents", "1",
-             "--key", keys + "/coordinator.key", "--allow-keys", allowed, "--heartbeat-interval", "300ms", "--out", directory + "/run"],
+            [
+                "coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2", "--expect-agents", "1",
+                "--key", keys + "/coordinator.key", "--allow-keys", allowed, "--heartbeat-interval", "300ms", "--out", directory + "/run"
+            ],
             log: directory + "/coordinator.log")
         let workers = try ["w1", "w2"].map { name in
-            try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", name, "--key", "\(keys)/\(name).key",
-                                   "--coordinator-key", keys + "/coordinator.pub"], log: "\(directory)/\(name).log")
+            try ZapfleetBinary.start(
+                [
+                    "worker", "--connect", endpoint, "--name", name, "--key", "\(keys)/\(name).key",
+                    "--coordinator-key", keys + "/coordinator.pub"
+                ], log: "\(directory)/\(name).log")
         }
         let valgrind = Process()
         valgrind.executableURL = URL(fileURLWithPath: "/usr/bin/valgrind")
-        valgrind.arguments = ["--leak-check=full", "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
-                              Self.agent, "--connect", endpoint, "--name", "agent", "--key", keys + "/agent.key",
-                              "--coordinator-key", keys + "/coordinator.pub", "--", command]
+        valgrind.arguments = [
+            "--leak-check=full", "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
+            Self.agent, "--connect", endpoint, "--name", "agent", "--key", keys + "/agent.key",
+            "--coordinator-key", keys + "/coordinator.pub", "--", command
+        ]
         let errors = Pipe()
         valgrind.standardError = errors
         valgrind.standardOutput = FileHandle.nullDevice
@@ -99,8 +109,9 @@ struct ExternalAgentTests {
         try #require(FileManager.default.isExecutableFile(atPath: Self.agent))
         let directory = TestPaths.temporaryDirectory()
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
-        let coordinator = try ZapfleetBinary.start(["coordinator", "--bind", endpoint, "--wait", "5s", "--expect-agents", "1"],
-                                                log: directory + "/coordinator.log")
+        let coordinator = try ZapfleetBinary.start(
+            ["coordinator", "--bind", endpoint, "--wait", "5s", "--expect-agents", "1"],
+            log: directory + "/coordinator.log")
         defer { if coordinator.isRunning { kill(coordinator.processIdentifier, SIGKILL) } }
         let (status, output) = try Self.runAgent(["--connect", endpoint, "--name", "old", "--protocol-version", "99", "--", "/bin/true"])
         #expect(status == 3)
@@ -112,9 +123,11 @@ struct ExternalAgentTests {
     @Test("--max-samples and --protocol-version take whole numbers in range, or exit 64 naming the option and the range")
     func strictNumbers() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.agent))
-        for (option, value) in [("--max-samples", "-1"), ("--max-samples", "0"), ("--max-samples", "7x"), ("--max-samples", " 7"),
-                                ("--max-samples", "1e3"), ("--max-samples", "18446744073709551616"), ("--protocol-version", "4294967296"),
-                                ("--protocol-version", "-2"), ("--protocol-version", ""), ("--protocol-version", "0x2")] {
+        for (option, value) in [
+            ("--max-samples", "-1"), ("--max-samples", "0"), ("--max-samples", "7x"), ("--max-samples", " 7"),
+            ("--max-samples", "1e3"), ("--max-samples", "18446744073709551616"), ("--protocol-version", "4294967296"),
+            ("--protocol-version", "-2"), ("--protocol-version", ""), ("--protocol-version", "0x2")
+        ] {
             let (status, output) = try Self.runAgent(["--connect", "tcp://127.0.0.1:1", option, value, "--", "/bin/true"])
             #expect(status == 64, "\(option) '\(value)': \(output)")
             #expect(output.contains("\(option) '\(value)' must be a whole number from"), "\(option) '\(value)': \(output)")
@@ -129,16 +142,21 @@ struct ExternalAgentTests {
         #expect(output.contains("(" + MeasuredOperation.allCases.map(\.name).joined(separator: ", ") + ")"), "\(output)")
     }
 
-    @Test("SIGTERM to an agent whose command ignores SIGTERM: the command is killed after the grace period and the agent exits 130, not waiting for it")
+    @Test(
+        "SIGTERM to an agent whose command ignores SIGTERM: the command is killed after the grace period and the agent exits 130, not waiting for it"
+    )
     func commandIgnoringTerm() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.agent))
         let directory = TestPaths.temporaryDirectory()
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let scenario = directory + "/small.yaml"
         try ClusterTests.scenario.write(toFile: scenario, atomically: true, encoding: .utf8)
-        let coordinator = try ZapfleetBinary.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "1",
-                                                 "--expect-agents", "1", "--wait", "20s", "--events", directory + "/events"],
-                                                log: directory + "/coordinator.log")
+        let coordinator = try ZapfleetBinary.start(
+            [
+                "coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "1",
+                "--expect-agents", "1", "--wait", "20s", "--events", directory + "/events"
+            ],
+            log: directory + "/coordinator.log")
         let worker = try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", "w"], log: directory + "/w.log")
         defer { for process in [coordinator, worker] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
         // The command prints one sample, then ignores SIGTERM for a minute; it writes its pid first.
@@ -146,12 +164,15 @@ struct ExternalAgentTests {
         try "#!/bin/sh\necho $$ > \(directory)/command.pid\necho 1000\ntrap '' TERM\nexec sleep 60\n"
             .write(toFile: command, atomically: true, encoding: .utf8)
         chmod(command, 0o755)
-        let agent = try Subprocess.start(Self.agent, ["--connect", endpoint, "--name", "stubborn", "--", command], log: directory + "/agent.log")
+        let agent = try Subprocess.start(
+            Self.agent, ["--connect", endpoint, "--name", "stubborn", "--", command], log: directory + "/agent.log")
         defer { if agent.isRunning { kill(agent.processIdentifier, SIGKILL) } }
         try #require(TestPaths.waitFor("running", in: directory + "/agent.log", seconds: 60), "the agent got its job")
         try #require(TestPaths.waitFor("\n", in: directory + "/command.pid", seconds: 30))
-        let commandPid = try #require(Int32(String(contentsOfFile: directory + "/command.pid", encoding: .utf8)
-            .trimmingCharacters(in: .whitespacesAndNewlines)))
+        let commandPid = try #require(
+            Int32(
+                String(contentsOfFile: directory + "/command.pid", encoding: .utf8)
+                    .trimmingCharacters(in: .whitespacesAndNewlines)))
         kill(agent.processIdentifier, SIGTERM)
         // Not a timing assertion: the command would hold the agent for 60 s; 30 s tells the two apart on any machine.
         let deadline = Date().addingTimeInterval(30)

@@ -54,34 +54,43 @@ struct FleetExactnessTests {
         }
     }
 
-    static func coordinator(_ directory: String, scenario: String = scenario, name: String = "coordinator", endpoint: String? = nil,
-                            shardSize: String = "1GiB", _ extra: [String] = []) throws -> Coordinator {
+    static func coordinator(
+        _ directory: String, scenario: String = scenario, name: String = "coordinator", endpoint: String? = nil,
+        shardSize: String = "1GiB", _ extra: [String] = []
+    ) throws -> Coordinator {
         let file = "\(directory)/\(name).yaml"
         try scenario.write(toFile: file, atomically: true, encoding: .utf8)
         let endpoint = endpoint ?? "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let out = "\(directory)/\(name)"
         let log = "\(directory)/\(name).log"
-        let process = try ZapfleetBinary.start(["coordinator", "--scenario", file, "--bind", endpoint, "--shard-size", shardSize,
-                                             "--heartbeat-interval", "200ms", "--wait", "20s", "--out", out] + extra, log: log)
+        let process = try ZapfleetBinary.start(
+            [
+                "coordinator", "--scenario", file, "--bind", endpoint, "--shard-size", shardSize,
+                "--heartbeat-interval", "200ms", "--wait", "20s", "--out", out
+            ] + extra, log: log)
         return Coordinator(process: process, endpoint: endpoint, log: log, out: out)
     }
 
     // Tests whose hostile peer computes a shard itself give it a long --liveness: on two cores its
     // heartbeats can be held up for a moment by the shard's own vCPU threads.
     static func worker(_ directory: String, _ endpoint: String, name: String, _ extra: [String] = []) throws -> Process {
-        try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", name, "--memory", "2GiB"] + extra, log: "\(directory)/\(name).log")
+        try ZapfleetBinary.start(
+            ["worker", "--connect", endpoint, "--name", name, "--memory", "2GiB"] + extra, log: "\(directory)/\(name).log")
     }
 
     /// What must not differ between two runs of the same scenario and seed: every counter and
     /// every distribution's sample count, per policy.
     static func counts(_ report: RunReport) -> [String: [String: UInt64]] {
-        Dictionary(uniqueKeysWithValues: report.policies.map { policy in
-            var counts: [String: UInt64] = ["sptes_installed": UInt64(policy.counters.sptesInstalled),
-                                            "sptes_zapped": UInt64(policy.counters.sptesZapped),
-                                            "faults": UInt64(policy.counters.faults), "fast_zaps": UInt64(policy.counters.fastZaps)]
-            for (operation, summary) in policy.operations { counts["\(operation).count"] = summary.measured.count }
-            return (policy.policy, counts)
-        })
+        Dictionary(
+            uniqueKeysWithValues: report.policies.map { policy in
+                var counts: [String: UInt64] = [
+                    "sptes_installed": UInt64(policy.counters.sptesInstalled),
+                    "sptes_zapped": UInt64(policy.counters.sptesZapped),
+                    "faults": UInt64(policy.counters.faults), "fast_zaps": UInt64(policy.counters.fastZaps)
+                ]
+                for (operation, summary) in policy.operations { counts["\(operation).count"] = summary.measured.count }
+                return (policy.policy, counts)
+            })
     }
 
     static func uninterruptedCounts(_ directory: String) throws -> [String: [String: UInt64]] {
@@ -93,7 +102,9 @@ struct FleetExactnessTests {
         return counts(result.report)
     }
 
-    @Test("1. SIGTERM to the coordinator mid-run, then --resume: shards cut short are given back, never journaled; the resumed run reaches exactly an uninterrupted run's totals, exit 0")
+    @Test(
+        "1. SIGTERM to the coordinator mid-run, then --resume: shards cut short are given back, never journaled; the resumed run reaches exactly an uninterrupted run's totals, exit 0"
+    )
     func gracefulStopThenResume() throws {
         let directory = TestPaths.temporaryDirectory()
         let expected = try Self.uninterruptedCounts(directory)
@@ -108,8 +119,9 @@ struct FleetExactnessTests {
         let journal = try ResultJournal.load(ResultJournal.path(inRunDirectory: first.out))
         #expect(journal.results.allSatisfy { $0.result.policies.allSatisfy(\.complete) }, "no result cut short was journaled")
 
-        let resumed = try ZapfleetBinary.start(["coordinator", "--resume", first.out, "--bind", first.endpoint, "--heartbeat-interval", "200ms"],
-                                            log: directory + "/resumed.log")
+        let resumed = try ZapfleetBinary.start(
+            ["coordinator", "--resume", first.out, "--bind", first.endpoint, "--heartbeat-interval", "200ms"],
+            log: directory + "/resumed.log")
         let worker = try Self.worker(directory, first.endpoint, name: "c")
         defer { for process in [resumed, worker] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
         resumed.waitUntilExit()
@@ -132,7 +144,9 @@ struct FleetExactnessTests {
         try #require(TestPaths.waitFor("-> w", in: doomed.log))
         kill(doomed.process.processIdentifier, SIGKILL)
         doomed.process.waitUntilExit()
-        try #require(TestPaths.waitFor("finished in", in: directory + "/w.log", seconds: 60), "the worker finished the shard after its coordinator died")
+        try #require(
+            TestPaths.waitFor("finished in", in: directory + "/w.log", seconds: 60),
+            "the worker finished the shard after its coordinator died")
 
         // A new run of another scenario, same shard layout, same endpoint.
         let next = try Self.coordinator(directory, scenario: Self.otherScenario, name: "next", endpoint: doomed.endpoint, shardSize: "8GiB")
@@ -164,8 +178,11 @@ struct FleetExactnessTests {
         let done = Set(journal.results.map(\.result.shardID))
         let pending = try #require((0..<8).first { !done.contains($0) })
 
-        let resumed = try ZapfleetBinary.start(["coordinator", "--resume", first.out, "--bind", first.endpoint, "--heartbeat-interval", "200ms",
-                                             "--wait", "20s"], log: directory + "/resumed.log")
+        let resumed = try ZapfleetBinary.start(
+            [
+                "coordinator", "--resume", first.out, "--bind", first.endpoint, "--heartbeat-interval", "200ms",
+                "--wait", "20s"
+            ], log: directory + "/resumed.log")
         defer { if resumed.isRunning { kill(resumed.processIdentifier, SIGKILL) } }
         let context = try ZeroMQContext()
         let forger = try ProtocolPeer(context: context, endpoint: first.endpoint, routingID: "forger")
@@ -185,7 +202,9 @@ struct FleetExactnessTests {
         #expect(report.fleet?.shards.first { $0.id == pending }?.worker == "b")
     }
 
-    @Test("4. a worker too small for a memslot that joins after planning gets no shard, and a peer that gives back every assignment stops getting them; the run completes")
+    @Test(
+        "4. a worker too small for a memslot that joins after planning gets no shard, and a peer that gives back every assignment stops getting them; the run completes"
+    )
     func unfitAndGivingBack() throws {
         let directory = TestPaths.temporaryDirectory()
         let coordinator = try Self.coordinator(directory, ["--expect-workers", "1"])
@@ -289,11 +308,14 @@ struct FleetExactnessTests {
         #expect((outcome.report.fleet?.attemptsRevoked ?? 0) >= 1)
     }
 
-    @Test("8 and 9. impossible but in-range numbers (2^40 samples, 2^50-1 SPTEs, a bucket of 2^63-1, step times near 2^63) are refused naming the field; nothing traps, totals stay exact")
+    @Test(
+        "8 and 9. impossible but in-range numbers (2^40 samples, 2^50-1 SPTEs, a bucket of 2^63-1, step times near 2^63) are refused naming the field; nothing traps, totals stay exact"
+    )
     func impossibleNumbers() throws {
         let directory = TestPaths.temporaryDirectory()
         let expected = try Self.uninterruptedCounts(directory)
-        let coordinator = try Self.coordinator(directory, ["--give-back-limit", "100", "--max-attempts", "100", "--progress-deadline", "10", "--liveness", "20"])
+        let coordinator = try Self.coordinator(
+            directory, ["--give-back-limit", "100", "--max-attempts", "100", "--progress-deadline", "10", "--liveness", "20"])
         let context = try ZeroMQContext()
         let peer = try ProtocolPeer(context: context, endpoint: coordinator.endpoint, routingID: "liar")
         try peer.sayHello(as: "liar")
@@ -347,15 +369,20 @@ struct FleetExactnessTests {
             try journal.append(record, worker: "liar")
         }
         try journal.sync()
-        let resumed = try ZapfleetBinary.start(["coordinator", "--resume", run, "--bind", "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))",
-                                             "--wait", "3s"], log: directory + "/resumed.log")
+        let resumed = try ZapfleetBinary.start(
+            [
+                "coordinator", "--resume", run, "--bind", "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))",
+                "--wait", "3s"
+            ], log: directory + "/resumed.log")
         resumed.waitUntilExit()
         let log = try String(contentsOfFile: directory + "/resumed.log", encoding: .utf8)
         #expect(resumed.terminationStatus == 70, "no worker came; it did not trap: \(log)")
         #expect(log.contains("0 of 8 shard results from the journal"), "\(log)")
     }
 
-    @Test("10. identity: a second live worker with a name in use is refused naming it; a peer reusing a worker's name as its routing id takes nothing over; no worker is taken for reconnected at its first join")
+    @Test(
+        "10. identity: a second live worker with a name in use is refused naming it; a peer reusing a worker's name as its routing id takes nothing over; no worker is taken for reconnected at its first join"
+    )
     func identity() throws {
         let directory = TestPaths.temporaryDirectory()
         let coordinator = try Self.coordinator(directory, ["--expect-workers", "1"])
@@ -408,6 +435,7 @@ struct FleetExactnessTests {
         thread.join()
         let result = try #require(box.result)
         #expect(result.status == 3, "\(result.err)")
-        #expect(result.err.contains("protocol version \(zapfleetProtocolVersion + 1), this worker \(zapfleetProtocolVersion)"), "\(result.err)")
+        #expect(
+            result.err.contains("protocol version \(zapfleetProtocolVersion + 1), this worker \(zapfleetProtocolVersion)"), "\(result.err)")
     }
 }

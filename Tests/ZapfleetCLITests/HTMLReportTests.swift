@@ -10,9 +10,12 @@ struct HTMLReportTests {
 
     /// Runs chromium headless on `page`; returns its status and what it logged.
     static func browse(_ arguments: [String]) throws -> (status: Int32, log: String) {
-        let result = try Subprocess.run(try #require(chromium, "chromium is missing; ./test installs it"),
-                                        ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0",
-                                         "--user-data-dir=\(TestPaths.temporaryDirectory())"] + arguments)
+        let result = try Subprocess.run(
+            try #require(chromium, "chromium is missing; ./test installs it"),
+            [
+                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0",
+                "--user-data-dir=\(TestPaths.temporaryDirectory())"
+            ] + arguments)
         return (result.status, result.out + result.err)
     }
 
@@ -33,7 +36,9 @@ struct HTMLReportTests {
         return Int(result.out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
     }
 
-    @Test("`zapfleet run` writes a self-contained report.html that a headless chromium loads without console errors and renders (the screenshot is kept beside it)")
+    @Test(
+        "`zapfleet run` writes a self-contained report.html that a headless chromium loads without console errors and renders (the screenshot is kept beside it)"
+    )
     func rendersInBrowser() throws {
         let directory = TestPaths.temporaryDirectory()
         let result = try ZapfleetBinary.run(["run", "quick", "--out", directory, "--quiet"])
@@ -41,7 +46,9 @@ struct HTMLReportTests {
         let page = directory + "/report.html"
         let html = try String(contentsOfFile: page, encoding: .utf8)
         // Self-contained: nothing is fetched.
-        #expect(!html.contains("http://") || html.components(separatedBy: "http://").dropFirst().allSatisfy { $0.hasPrefix("www.w3.org/2000/svg") })
+        #expect(
+            !html.contains("http://")
+                || html.components(separatedBy: "http://").dropFirst().allSatisfy { $0.hasPrefix("www.w3.org/2000/svg") })
         #expect(!html.contains("https://") && !html.contains("<script src") && !html.contains("<link"))
         #expect(html.contains("Passed"), "the verdict in words")
         #expect(html.contains("<figcaption>reset</figcaption>"), "a distribution chart of resets")

@@ -19,7 +19,9 @@ struct HostileOptionsTests {
         #expect(!result.err.contains("NSCocoaErrorDomain") && !result.err.contains("Error Domain"), "\(line): a raw Foundation error")
     }
 
-    @Test("outputs that cannot be written are refused before the run: --junit a directory, --out a file or on a read-only file system, --junit in a missing directory")
+    @Test(
+        "outputs that cannot be written are refused before the run: --junit a directory, --out a file or on a read-only file system, --junit in a missing directory"
+    )
     func outputsCheckedFirst() throws {
         let scratch = TestPaths.temporaryDirectory()
         let file = scratch + "/a-file"
@@ -31,7 +33,7 @@ struct HostileOptionsTests {
             (["run", "quick", "--junit", scratch + "/missing/junit.xml"], ["--junit", "does not exist"]),
             (["coordinator", "--out", file, "--bind", "tcp://127.0.0.1:\(Int.random(in: 20_000..<40_000))"], ["--out", "is a file"]),
             (["coordinator", "--junit", "/proc/zapfleet.xml", "--bind", "tcp://127.0.0.1:\(Int.random(in: 20_000..<40_000))"], ["--junit"]),
-            (["sweep", "--sizes", "2GiB", "--out", file], ["--out", "is a file"]),
+            (["sweep", "--sizes", "2GiB", "--out", file], ["--out", "is a file"])
         ]
         for (arguments, words) in cases {
             Self.expectRefusedBeforeRunning(try Self.zapfleet(arguments), words, arguments.joined(separator: " "))
@@ -40,8 +42,11 @@ struct HostileOptionsTests {
 
     @Test("endpoints libzmq would misread are refused: a port past 65535, no port, no host, another scheme")
     func endpoints() throws {
-        for endpoint in ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:-1", "tcp://127.0.0.1", "tcp://:5555", "udp://127.0.0.1:5555", "127.0.0.1:5555"] {
-            Self.expectRefusedBeforeRunning(try Self.zapfleet(["coordinator", "--bind", endpoint]), ["--bind", "PORT"], "--bind \(endpoint)")
+        for endpoint in [
+            "tcp://127.0.0.1:99999", "tcp://127.0.0.1:-1", "tcp://127.0.0.1", "tcp://:5555", "udp://127.0.0.1:5555", "127.0.0.1:5555"
+        ] {
+            Self.expectRefusedBeforeRunning(
+                try Self.zapfleet(["coordinator", "--bind", endpoint]), ["--bind", "PORT"], "--bind \(endpoint)")
             Self.expectRefusedBeforeRunning(try Self.zapfleet(["worker", "--connect", endpoint]), ["--connect"], "--connect \(endpoint)")
         }
         // A worker cannot connect to "any port".
@@ -57,13 +62,15 @@ struct HostileOptionsTests {
             (connect + ["--name", "tab\there"], ["--name", "control"]),
             (connect + ["--memory", "0B"], ["--memory"]),
             (connect + ["--memory", "2PiB"], ["--memory"]),
-            (connect + ["--slots", "5000000000"], ["--slots"]),
+            (connect + ["--slots", "5000000000"], ["--slots"])
         ] {
             Self.expectRefusedBeforeRunning(try Self.zapfleet(arguments), words, arguments.joined(separator: " "))
         }
     }
 
-    @Test("key files: a .pub given as the secret key, a secret key given as the public key, and a binary file are each named for what they are")
+    @Test(
+        "key files: a .pub given as the secret key, a secret key given as the public key, and a binary file are each named for what they are"
+    )
     func keyFiles() throws {
         let scratch = TestPaths.temporaryDirectory()
         let made = try ZapfleetBinary.run(["keygen", "w1", "--dir", scratch])
@@ -73,12 +80,16 @@ struct HostileOptionsTests {
         try FileManager.default.copyItem(atPath: scratch + "/w1.pub", toPath: publicCopy)
         chmod(publicCopy, 0o600)
         let binary = scratch + "/binary.key"
-        FileManager.default.createFile(atPath: binary, contents: Data((0..<200).map { UInt8($0) }), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(
+            atPath: binary, contents: Data((0..<200).map { UInt8($0) }), attributes: [.posixPermissions: 0o600])
         let connect = ["worker", "--connect", "tcp://127.0.0.1:9"]
         for (arguments, words) in [
             (connect + ["--key", publicCopy, "--coordinator-key", scratch + "/coordinator.pub"], ["public key file", "secret key"]),
-            (connect + ["--key", scratch + "/w1.key", "--coordinator-key", scratch + "/coordinator.key"], ["secret key file", "public key"]),
-            (connect + ["--key", binary, "--coordinator-key", scratch + "/coordinator.pub"], ["not a secret key file", "keygen"]),
+            (
+                connect + ["--key", scratch + "/w1.key", "--coordinator-key", scratch + "/coordinator.key"],
+                ["secret key file", "public key"]
+            ),
+            (connect + ["--key", binary, "--coordinator-key", scratch + "/coordinator.pub"], ["not a secret key file", "keygen"])
         ] {
             let result = try Self.zapfleet(arguments, killAfter: 10)
             #expect(result.status == 64, "\(arguments): exit \(result.status), \(result.err)")

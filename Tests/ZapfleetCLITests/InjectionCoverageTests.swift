@@ -8,7 +8,9 @@ import ZapEngine
 /// it did, and a run whose injected path never ran is inconclusive (exit 4), never a success.
 @Suite("Injection coverage", .serialized, .timeLimit(.minutes(10)))
 struct InjectionCoverageTests {
-    @Test("`zapfleet run quick --inject X`, for every X: exit 2 naming a violation with X's path counted, or exit 4 saying the path never ran", arguments: InjectedBug.allCases)
+    @Test(
+        "`zapfleet run quick --inject X`, for every X: exit 2 naming a violation with X's path counted, or exit 4 saying the path never ran",
+        arguments: InjectedBug.allCases)
     func everyInjection(_ bug: InjectedBug) throws {
         let directory = TestPaths.temporaryDirectory()
         let result = try ZapfleetBinary.run(["run", "quick", "--inject", bug.rawValue, "--out", directory])

@@ -17,15 +17,17 @@ struct KernelProbeTests {
         return descriptor >= 0
     }()
     static let kvmRequired = ProcessInfo.processInfo.environment["ZAPFLEET_REQUIRE_KVM"] == "1"
-    static let reason: Comment = "no usable /dev/kvm here (it needs the kvm module and root); set ZAPFLEET_REQUIRE_KVM=1 to make that a failure"
+    static let reason: Comment =
+        "no usable /dev/kvm here (it needs the kvm module and root); set ZAPFLEET_REQUIRE_KVM=1 to make that a failure"
 
     static func requireKVM() throws {
         try #require(FileManager.default.isExecutableFile(atPath: probe), "build it with `make -C clients/c` (./test does)")
         try #require(kvmUsable, "ZAPFLEET_REQUIRE_KVM=1, but /dev/kvm cannot be opened")
     }
 
-    @Test("the probe on 256 MiB: every page touched is one SPTE in KVM's own stats, a zap-all delete removes them all, a delete without the quirk only its slots'; labels say which MMU ran",
-          .enabled(if: kvmUsable || kvmRequired, reason))
+    @Test(
+        "the probe on 256 MiB: every page touched is one SPTE in KVM's own stats, a zap-all delete removes them all, a delete without the quirk only its slots'; labels say which MMU ran",
+        .enabled(if: kvmUsable || kvmRequired, reason))
     func probeAgainstKVMStats() throws {
         try Self.requireKVM()
         let json = TestPaths.temporaryDirectory() + "/probe.json"
@@ -56,13 +58,18 @@ struct KernelProbeTests {
             }
         }
         let calibration = try #require(probe.calibration)
-        #expect(calibration.nanosecondsPerSPTE > 0 && calibration.lowest <= calibration.nanosecondsPerSPTE && calibration.nanosecondsPerSPTE <= calibration.highest)
+        #expect(
+            calibration.nanosecondsPerSPTE > 0 && calibration.lowest <= calibration.nanosecondsPerSPTE
+                && calibration.nanosecondsPerSPTE <= calibration.highest)
         // Standard output is the agent's format: one "OPERATION NANOSECONDS" per sample.
         let lines = result.out.split(separator: "\n")
-        #expect(!lines.isEmpty && lines.allSatisfy { line in
-            let fields = line.split(separator: " ")
-            return fields.count == 2 && ["populate", "reset", "fast_zap", "teardown"].contains(String(fields[0])) && UInt64(fields[1]) != nil
-        }, "\(lines.prefix(5))")
+        #expect(
+            !lines.isEmpty
+                && lines.allSatisfy { line in
+                    let fields = line.split(separator: " ")
+                    return fields.count == 2 && ["populate", "reset", "fast_zap", "teardown"].contains(String(fields[0]))
+                        && UInt64(fields[1]) != nil
+                }, "\(lines.prefix(5))")
     }
 
     @Test("asked for more guest memory than the host has available, the probe refuses before touching KVM and says what to do")
@@ -77,13 +84,16 @@ struct KernelProbeTests {
         #expect(!run.out.contains("verdict"), "nothing was simulated")
     }
 
-    @Test("`zapfleet run max-guest-memory --kvm 256MiB`: the real column kvm:HOST beside the simulated policies, labelled, and the projection calibrated by it",
-          .enabled(if: kvmUsable || kvmRequired, reason))
+    @Test(
+        "`zapfleet run max-guest-memory --kvm 256MiB`: the real column kvm:HOST beside the simulated policies, labelled, and the projection calibrated by it",
+        .enabled(if: kvmUsable || kvmRequired, reason))
     func realColumnInTheReport() throws {
         try Self.requireKVM()
         let directory = TestPaths.temporaryDirectory()
-        let run = try ZapfleetBinary.run(["run", "max-guest-memory", "--kvm", "256MiB", "--size", "8GiB", "--policy", "sync",
-                                                "--policy", "async", "--quiet", "--out", directory])
+        let run = try ZapfleetBinary.run([
+            "run", "max-guest-memory", "--kvm", "256MiB", "--size", "8GiB", "--policy", "sync",
+            "--policy", "async", "--quiet", "--out", directory
+        ])
         #expect(run.status == 0, "\(run.out)\n\(run.err)")
         #expect(run.out.contains("real kernel: kvm:"), "\(run.out)")
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
@@ -97,8 +107,9 @@ struct KernelProbeTests {
         #expect(report.kernelNsPerSpte != 52 && report.kernelNsPerSpte > 0, "the projection uses the host's calibration")
     }
 
-    @Test("`zapfleet calibrate --out FILE` writes this host's ns per SPTE; --kernel-spte-ns FILE projects with it; a file that is not one is refused",
-          .enabled(if: kvmUsable || kvmRequired, reason))
+    @Test(
+        "`zapfleet calibrate --out FILE` writes this host's ns per SPTE; --kernel-spte-ns FILE projects with it; a file that is not one is refused",
+        .enabled(if: kvmUsable || kvmRequired, reason))
     func calibrationFile() throws {
         try Self.requireKVM()
         let directory = TestPaths.temporaryDirectory()
@@ -108,7 +119,9 @@ struct KernelProbeTests {
         #expect(calibrate.out.contains("calibrated") && calibrate.out.contains("MMU"), "\(calibrate.out)")
         let calibration = try JSONDecoder().decode(KernelCalibration.self, from: Data(contentsOf: URL(fileURLWithPath: file)))
         #expect(calibration.nanosecondsPerSPTE > 0 && calibration.sptes > 0)
-        let run = try ZapfleetBinary.run(["run", "quick", "--policy", "sync", "--kernel-spte-ns", file, "--quiet", "--out", directory + "/run"])
+        let run = try ZapfleetBinary.run([
+            "run", "quick", "--policy", "sync", "--kernel-spte-ns", file, "--quiet", "--out", directory + "/run"
+        ])
         #expect(run.status == 0, "\(run.err)")
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/run/report.json")))
         #expect(report.kernelNsPerSpte == calibration.nanosecondsPerSPTE)
@@ -117,19 +130,24 @@ struct KernelProbeTests {
         #expect(refused.status == 64 && refused.err.contains("--kernel-spte-ns") && refused.err.contains("calibrate"), "\(refused.err)")
     }
 
-    @Test("`zapfleet-agent-c --kvm 128MiB` joins a coordinator beside a worker: this host's real KVM is the external column of the fleet's report",
-          .enabled(if: kvmUsable || kvmRequired, reason))
+    @Test(
+        "`zapfleet-agent-c --kvm 128MiB` joins a coordinator beside a worker: this host's real KVM is the external column of the fleet's report",
+        .enabled(if: kvmUsable || kvmRequired, reason))
     func probeAsAnAgentJob() throws {
         try Self.requireKVM()
         let directory = TestPaths.temporaryDirectory()
         let scenario = directory + "/small.yaml"
         try ClusterTests.scenario.write(toFile: scenario, atomically: true, encoding: .utf8)
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
-        let coordinator = try ZapfleetBinary.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "1",
-                                                 "--expect-agents", "1", "--out", directory + "/run"], log: directory + "/coordinator.log")
+        let coordinator = try ZapfleetBinary.start(
+            [
+                "coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "1",
+                "--expect-agents", "1", "--out", directory + "/run"
+            ], log: directory + "/coordinator.log")
         let worker = try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", "w1"], log: directory + "/w1.log")
-        let agent = try Subprocess.start(ExternalAgentTests.agent, ["--connect", endpoint, "--name", "kvm-host", "--kvm", "128MiB"],
-                                         log: directory + "/agent.log")
+        let agent = try Subprocess.start(
+            ExternalAgentTests.agent, ["--connect", endpoint, "--name", "kvm-host", "--kvm", "128MiB"],
+            log: directory + "/agent.log")
         defer { for process in [coordinator, worker, agent] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
         coordinator.waitUntilExit()
         worker.waitUntilExit()

@@ -13,13 +13,13 @@ struct OptionFuzzTests {
     /// Options whose values are not numbers: names, paths, endpoints, lists of names.
     static let notNumeric: Set<String> = [
         "policy", "inject", "out", "junit", "show", "scenario", "resume", "bind", "key", "allow-keys",
-        "connect", "name", "coordinator-key", "dir", "matrix",
+        "connect", "name", "coordinator-key", "dir", "matrix"
     ]
 
     static let extremes = [
         "0", "-1", "-0", "2147483648", "4294967296", "5000000000", "9223372036854775808", "18446744073709551616",
         "1e308", "-1e308", "1e-300", "nan", "inf", "0x10", "1e12s", "1e300s", "10000000h", "5000000s", "-5ms",
-        "nanms", "0B", "1e308TiB", "16EiB", "",
+        "nanms", "0B", "1e308TiB", "16EiB", ""
     ]
 
     /// (command path, option) for every option that takes a value, read from the binary.
@@ -48,8 +48,11 @@ struct OptionFuzzTests {
         switch command {
         case "run": return [tiny, "--quiet", "--out", scratch + "/run"]
         case "sweep": return ["--scenario", tiny, "--sizes", "2GiB", "--out", scratch + "/sweep", "--wait", "2s"]
-        case "coordinator": return ["--scenario", tiny, "--bind", "tcp://127.0.0.1:\(Int.random(in: 20_000..<40_000))", "--wait", "1s",
-                                    "--out", scratch + "/fleet"]
+        case "coordinator":
+            return [
+                "--scenario", tiny, "--bind", "tcp://127.0.0.1:\(Int.random(in: 20_000..<40_000))", "--wait", "1s",
+                "--out", scratch + "/fleet"
+            ]
         case "worker": return ["--connect", "tcp://127.0.0.1:9"]
         case "engine-check": return ["--seeds", "1", "--operations", "10", "--fast-zaps", "1", "--memory-gib", "1"]
         case "compare": return [report, report]
@@ -69,21 +72,23 @@ struct OptionFuzzTests {
         return result
     }
 
-    @Test("every numeric option, given 0, negatives, 2^31…2^64, 1e308, nan, inf, huge durations and sizes: exit 64 naming the option, or a run; never a signal")
+    @Test(
+        "every numeric option, given 0, negatives, 2^31…2^64, 1e308, nan, inf, huge durations and sizes: exit 64 naming the option, or a run; never a signal"
+    )
     func extremeValuesNeverTrap() throws {
         let scratch = TestPaths.temporaryDirectory()
         try """
-            name: tiny
-            vm:
-              memory: 2GiB
-              memslot: 2GiB
-            workload:
-              vcpus: 1
-            timeline:
-              - populate
-              - teardown
-            policies: [async]
-            """.write(toFile: scratch + "/tiny.yaml", atomically: true, encoding: .utf8)
+        name: tiny
+        vm:
+          memory: 2GiB
+          memslot: 2GiB
+        workload:
+          vcpus: 1
+        timeline:
+          - populate
+          - teardown
+        policies: [async]
+        """.write(toFile: scratch + "/tiny.yaml", atomically: true, encoding: .utf8)
         let seedRun = try ZapfleetBinary.run(["run", scratch + "/tiny.yaml", "--quiet", "--out", scratch + "/seed"])
         #expect(seedRun.status == 0, "\(seedRun.err)")
         let report = scratch + "/seed/report.json"
@@ -109,7 +114,9 @@ struct OptionFuzzTests {
                     }
                 } else if [0, 1, 2, 3, 4].contains(result.status) {
                     accepted += 1
-                } else if result.status == 70, ["coordinator", "sweep"].contains(command.first ?? ""), (result.out + result.err).contains("no worker") {
+                } else if result.status == 70, ["coordinator", "sweep"].contains(command.first ?? ""),
+                    (result.out + result.err).contains("no worker")
+                {
                     accepted += 1  // taken, and the fleet run failed as it should with no worker: exit 70
                 } else {
                     problems.append("\(line): exit \(result.status)\n\(result.err.suffix(300))")

@@ -45,39 +45,48 @@ struct PythonConformanceTests {
         var intervals: [Interval]
     }
 
-    @Test("a Python worker joins a real coordinator beside a Swift worker: its known samples reach report.json and shards.hlog exactly, and HdrHistogram's Python reader reads every interval of shards.hlog")
+    @Test(
+        "a Python worker joins a real coordinator beside a Swift worker: its known samples reach report.json and shards.hlog exactly, and HdrHistogram's Python reader reads every interval of shards.hlog"
+    )
     func pythonWorkerBesideSwiftWorker() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: Self.python),
-                     "\(Self.python) is missing: scripts/ensure-dependencies --for-tests installs it (./test does)")
+        try #require(
+            FileManager.default.isExecutableFile(atPath: Self.python),
+            "\(Self.python) is missing: scripts/ensure-dependencies --for-tests installs it (./test does)")
         let generated = try Self.generatePythonProtocol()
         let directory = TestPaths.temporaryDirectory()
         let scenario = directory + "/small.yaml"
         try """
-            name: conformance
-            vm: {memory: 16GiB, memslot: 2GiB}
-            workload: {vcpus: 1}
-            timeline: [populate, reset_vcpus]
-            policies: [sync, async]
+        name: conformance
+        vm: {memory: 16GiB, memslot: 2GiB}
+        workload: {vcpus: 1}
+        timeline: [populate, reset_vcpus]
+        policies: [sync, async]
 
-            """.write(toFile: scenario, atomically: true, encoding: .utf8)
+        """.write(toFile: scenario, atomically: true, encoding: .utf8)
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let coordinator = try ZapfleetBinary.start(
-            ["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2", "--shard-size", "2GiB",
-             "--heartbeat-interval", "300ms", "--liveness", "20", "--out", directory + "/run"],
+            [
+                "coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2", "--shard-size", "2GiB",
+                "--heartbeat-interval", "300ms", "--liveness", "20", "--out", directory + "/run"
+            ],
             log: directory + "/coordinator.log")
         let swiftWorker = try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", "swift1"], log: directory + "/swift1.log")
         let recorded = directory + "/python-samples.json"
         let pythonWorker = Process()
         pythonWorker.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        pythonWorker.arguments = ["PYTHONPATH=\(generated)", Self.python, Self.root + "/clients/python/conformance_worker.py",
-                                  "--connect", endpoint, "--name", "py1", "--record", recorded]
+        pythonWorker.arguments = [
+            "PYTHONPATH=\(generated)", Self.python, Self.root + "/clients/python/conformance_worker.py",
+            "--connect", endpoint, "--name", "py1", "--record", recorded
+        ]
         let pythonLog = directory + "/py1.log"
-        FileManager.default.createFile(atPath: pythonLog, contents: nil)
+        _ = FileManager.default.createFile(atPath: pythonLog, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: pythonLog))
         pythonWorker.standardOutput = handle
         pythonWorker.standardError = handle
         try pythonWorker.run()
-        defer { for process in [coordinator, swiftWorker, pythonWorker] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        defer {
+            for process in [coordinator, swiftWorker, pythonWorker] where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
         coordinator.waitUntilExit()
         swiftWorker.waitUntilExit()
         pythonWorker.waitUntilExit()
@@ -107,7 +116,8 @@ struct PythonConformanceTests {
 
         for policy in ["sync", "async"] {
             // Every interval of an operation adds up to the report's total for it: the merge is exact.
-            let operations = Set(log.intervals.compactMap { $0.tag }.filter { $0.hasPrefix(policy + ".") }.map { String($0.dropFirst(policy.count + 1)) })
+            let operations = Set(
+                log.intervals.compactMap { $0.tag }.filter { $0.hasPrefix(policy + ".") }.map { String($0.dropFirst(policy.count + 1)) })
             #expect(operations.isSuperset(of: ["reset", "populate"]), "\(operations)")
             for operation in operations {
                 let total = log.intervals.filter { $0.tag == "\(policy).\(operation)" }.reduce(0) { $0 + $1.count }
@@ -121,7 +131,9 @@ struct PythonConformanceTests {
                 var histogram = LatencyHistogram.makeLatency()
                 for value in values { _ = histogram.record(value) }
                 let expected = histogram.recordedValues().map { [UInt64($0.value), UInt64($0.count)] }
-                #expect(intervals.contains { $0.buckets == expected }, "shard \(shard) \(policy): \(expected) not among \(intervals.map(\.buckets))")
+                #expect(
+                    intervals.contains { $0.buckets == expected },
+                    "shard \(shard) \(policy): \(expected) not among \(intervals.map(\.buckets))")
             }
         }
     }

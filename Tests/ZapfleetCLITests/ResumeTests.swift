@@ -8,7 +8,9 @@ import ZapRun
 /// A coordinator killed with SIGKILL mid-run and started again with `--resume`.
 @Suite("Coordinator crash and resume", .serialized, .timeLimit(.minutes(10)))
 struct ResumeTests {
-    @Test("SIGKILL the coordinator after some results, tear its journal's tail, resume: the run completes with every shard counted once, and its totals are exactly the merge of the journal")
+    @Test(
+        "SIGKILL the coordinator after some results, tear its journal's tail, resume: the run completes with every shard counted once, and its totals are exactly the merge of the journal"
+    )
     func killAndResume() throws {
         let directory = TestPaths.temporaryDirectory()
         let scenario = directory + "/long.yaml"
@@ -17,10 +19,12 @@ struct ResumeTests {
         let port = Int.random(in: 20000..<40000)
         let endpoint = "tcp://127.0.0.1:\(port)"
         let beat = ["--heartbeat-interval", "300ms"]
-        let first = try ZapfleetBinary.start(["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2", "--out", run] + beat,
-                                   log: directory + "/first.log")
+        let first = try ZapfleetBinary.start(
+            ["coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "2", "--out", run] + beat,
+            log: directory + "/first.log")
         let workers = try ["a", "b"].map { name in
-            try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", name, "--slots", "2", "--memory", "2GiB"], log: directory + "/\(name).log")
+            try ZapfleetBinary.start(
+                ["worker", "--connect", endpoint, "--name", name, "--slots", "2", "--memory", "2GiB"], log: directory + "/\(name).log")
         }
         defer { for process in workers + [first] where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
         try #require(TestPaths.waitFor("(8/64)", in: directory + "/first.log"), "the first coordinator made progress")
@@ -56,7 +60,8 @@ struct ResumeTests {
         #expect(after.tornBytes == 0)
         #expect(Set(after.results.map(\.result.shardID)) == Set(0..<64))
         for policy in report.policies {
-            var accumulator = FleetAggregation.Accumulator(policy: try #require(ZapPolicy(rawValue: policy.policy)), kernelNanosecondsPerSPTE: 52)
+            var accumulator = FleetAggregation.Accumulator(
+                policy: try #require(ZapPolicy(rawValue: policy.policy)), kernelNanosecondsPerSPTE: 52)
             var seen = Set<UInt64>()
             for entry in after.results where seen.insert(entry.result.shardID).inserted {
                 let decoded = try entry.result.policies.map { try ResultCoding.decodeValidated($0) }
@@ -64,8 +69,9 @@ struct ResumeTests {
             }
             let merged = accumulator.run
             for operation in MeasuredOperation.allCases {
-                #expect(policy.operations[operation.name]?.measured == LatencySummary(merged.recorder.histogram(operation)),
-                        "\(policy.policy) \(operation.name)")
+                #expect(
+                    policy.operations[operation.name]?.measured == LatencySummary(merged.recorder.histogram(operation)),
+                    "\(policy.policy) \(operation.name)")
             }
         }
     }

@@ -34,7 +34,9 @@ struct RunCommandTests {
         #expect(files.contains("sync-reset.projected.hgrm"))
     }
 
-    @Test("`zapfleet run dirty-log` counts each policy's remote TLB flushes as its kernel batches them, and the table, report.json and report.html show them")
+    @Test(
+        "`zapfleet run dirty-log` counts each policy's remote TLB flushes as its kernel batches them, and the table, report.json and report.html show them"
+    )
     func dirtyLogFlushes() throws {
         let directory = TestPaths.temporaryDirectory()
         let result = try ZapfleetBinary.run(["run", "dirty-log", "--size", "1GiB", "--vcpus", "2", "--out", directory])
@@ -59,7 +61,9 @@ struct RunCommandTests {
         #expect(html.contains("Remote TLB flushes") && html.contains("collapsible_zap"))
     }
 
-    @Test("`zapfleet run memslot-delete` measures, per policy, the guest time pinned vCPUs lost while memslots were deleted and the CPUs the zap work ran on: preserve on the deleting thread's one CPU")
+    @Test(
+        "`zapfleet run memslot-delete` measures, per policy, the guest time pinned vCPUs lost while memslots were deleted and the CPUs the zap work ran on: preserve on the deleting thread's one CPU"
+    )
     func memslotDeleteInterference() throws {
         let directory = TestPaths.temporaryDirectory()
         let result = try ZapfleetBinary.run(["run", "memslot-delete", "--size", "8GiB", "--out", directory])
@@ -90,7 +94,8 @@ struct RunCommandTests {
         #expect(clean.status == 0, "\(clean.out)\n\(clean.err)")
         for step in ["fast_fault", "dirty_log", "unmap", "full_zap"] { #expect(clean.out.contains(step), "\(step)") }
         let directory = TestPaths.temporaryDirectory()
-        let broken = try ZapfleetBinary.run(["run", "races", "--policy", "async", "--inject", "double-queue", "--quiet", "--out", directory])
+        let broken = try ZapfleetBinary.run(["run", "races", "--policy", "async", "--inject", "double-queue", "--quiet", "--out", directory]
+        )
         #expect(broken.status == 2, "\(broken.out)\n\(broken.err)")
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/report.json")))
         #expect(report.policies.first?.violationsByKind["double-queue", default: 0] ?? 0 > 0)
@@ -105,15 +110,17 @@ struct RunCommandTests {
         // the other root still pending and, with the bug, queues it again.
         let scenario = directory + "/double-queue.yaml"
         try """
-            name: double-queue
-            vm: {memory: 16GiB, smm: true, smram: 8GiB}
-            workload: {vcpus: 2}
-            timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.25}}]
-            policies: [async]
-            workqueue_width: 1
-            """.write(toFile: scenario, atomically: true, encoding: .utf8)
-        let result = try ZapfleetBinary.run(["run", scenario, "--inject", "double-queue", "--out", directory,
-                                        "--junit", directory + "/junit.xml"])
+        name: double-queue
+        vm: {memory: 16GiB, smm: true, smram: 8GiB}
+        workload: {vcpus: 2}
+        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.25}}]
+        policies: [async]
+        workqueue_width: 1
+        """.write(toFile: scenario, atomically: true, encoding: .utf8)
+        let result = try ZapfleetBinary.run([
+            "run", scenario, "--inject", "double-queue", "--out", directory,
+            "--junit", directory + "/junit.xml"
+        ])
         #expect(result.status == 2, "\(result.out)\n\(result.err)")
         // CI systems see the broken invariants as failed test cases.
         let junit = try String(contentsOfFile: directory + "/junit.xml", encoding: .utf8)
@@ -132,7 +139,8 @@ struct RunCommandTests {
     func badScenario() throws {
         let directory = TestPaths.temporaryDirectory()
         let path = directory + "/bad.yaml"
-        try "name: bad\nvm:\n  memory: 64TB\nworkload: {vcpus: 1}\ntimeline: [populate]\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "name: bad\nvm:\n  memory: 64TB\nworkload: {vcpus: 1}\ntimeline: [populate]\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
         let result = try ZapfleetBinary.run(["run", path, "--out", directory + "/out"])
         #expect(result.status == 64)
         #expect(result.err.contains("bad.yaml:3: vm.memory"))

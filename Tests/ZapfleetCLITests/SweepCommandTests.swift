@@ -7,12 +7,15 @@ import ZapRun
 @Suite("zapfleet sweep", .serialized, .timeLimit(.minutes(5)))
 struct SweepCommandTests {
     static func csvRows(_ path: String) throws -> [[String: String]] {
-        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
+            $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        }
         let header = try #require(lines.first)
         return lines.dropFirst().map { Dictionary(uniqueKeysWithValues: zip(header, $0)) }
     }
 
-    @Test("a 2 × 2 sweep writes a report per cell, sweep.csv and sweep.html; sync's projected reset grows with the size, async's stays zero")
+    @Test(
+        "a 2 × 2 sweep writes a report per cell, sweep.csv and sweep.html; sync's projected reset grows with the size, async's stays zero")
     func sweep() throws {
         let directory = TestPaths.temporaryDirectory()
         let result = try ZapfleetBinary.run(["sweep", "--sizes", "4GiB,16GiB", "--vcpus", "1", "--workers", "1,2", "--out", directory])
@@ -26,7 +29,8 @@ struct SweepCommandTests {
         #expect(Set(rows.map { $0["cell"] ?? "" }) == Set(cells))
         #expect(rows.allSatisfy { $0["exit_code"] == "0" && $0.count == 15 })
         func projectedReset(_ cell: String, _ policy: String) -> Double? {
-            rows.first { $0["cell"] == cell && $0["policy"] == policy && $0["operation"] == "reset" }.flatMap { $0["projected_max_ns"] }.flatMap(Double.init)
+            rows.first { $0["cell"] == cell && $0["policy"] == policy && $0["operation"] == "reset" }.flatMap { $0["projected_max_ns"] }
+                .flatMap(Double.init)
         }
         // The projection is SPTEs zapped inline × 52 ns: deterministic, unlike the measured times.
         let small = try #require(projectedReset("4GiB-1vcpu-1w", "sync")), large = try #require(projectedReset("16GiB-1vcpu-1w", "sync"))
@@ -54,12 +58,15 @@ struct SweepCommandTests {
         let directory = TestPaths.temporaryDirectory()
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let workers = try ["a", "b"].map { name in
-            try ZapfleetBinary.start(["worker", "--connect", endpoint, "--name", name, "--keep-running", "--memory", "2GiB"],
-                                  log: "\(directory)/\(name).log")
+            try ZapfleetBinary.start(
+                ["worker", "--connect", endpoint, "--name", name, "--keep-running", "--memory", "2GiB"],
+                log: "\(directory)/\(name).log")
         }
         defer { for worker in workers where worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
-        let result = try ZapfleetBinary.run(["sweep", "--sizes", "4GiB,8GiB", "--vcpus", "1", "--workers", "1,2",
-                                                   "--bind", endpoint, "--wait", "30s", "--out", directory + "/out"])
+        let result = try ZapfleetBinary.run([
+            "sweep", "--sizes", "4GiB,8GiB", "--vcpus", "1", "--workers", "1,2",
+            "--bind", endpoint, "--wait", "30s", "--out", directory + "/out"
+        ])
         #expect(result.status == 0, "\(result.err)")
         for cell in ["4GiB-1vcpu-1w", "4GiB-1vcpu-2w", "8GiB-1vcpu-1w", "8GiB-1vcpu-2w"] {
             let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: "\(directory)/out/\(cell)/report.json")))

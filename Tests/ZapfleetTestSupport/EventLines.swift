@@ -9,7 +9,8 @@ public enum EventLines {
         return try text.split(separator: "\n", omittingEmptySubsequences: false).enumerated().compactMap { index, line in
             if line.isEmpty { return nil }
             guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                  object["event"] is String, object["time"] is String, object["t"] is NSNumber else {
+                object["event"] is String, object["time"] is String, object["t"] is NSNumber
+            else {
                 throw MalformedEventLine(path: path, line: index + 1, text: String(line))
             }
             return object
@@ -17,12 +18,18 @@ public enum EventLines {
     }
 
     /// Waits up to `seconds` for an event named `name` whose fields include `fields`; returns it.
-    public static func waitFor(_ name: String, in path: String, where fields: [String: String] = [:], seconds: Double = 120) -> [String: Any]? {
+    public static func waitFor(
+        _ name: String, in path: String, where fields: [String: String] = [:], seconds: Double = 120
+    ) -> [String: Any]? {
         let deadline = Date().addingTimeInterval(seconds)
         repeat {
-            if let events = try? read(path), let match = events.first(where: { event in
-                event["event"] as? String == name && fields.allSatisfy { "\(event[$0.key] ?? "")" == $0.value }
-            }) { return match }
+            if let events = try? read(path),
+                let match = events.first(where: { event in
+                    event["event"] as? String == name && fields.allSatisfy { "\(event[$0.key] ?? "")" == $0.value }
+                })
+            {
+                return match
+            }
             Thread.sleep(forTimeInterval: 0.05)
         } while Date() < deadline
         return nil

@@ -47,7 +47,8 @@ public final class ProtocolPeer {
     public func sendRaw(_ frames: [[UInt8]]) throws { try socket.send(frames) }
 
     /// Says hello as a simulator worker named `name`.
-    public func sayHello(as name: String, memory: UInt64 = 1 << 30, running: (runID: String, shard: UInt64, attempt: UInt32)? = nil) throws {
+    public func sayHello(as name: String, memory: UInt64 = 1 << 30, running: (runID: String, shard: UInt64, attempt: UInt32)? = nil) throws
+    {
         var hello = Zapfleet_V1_Hello()
         hello.workerName = name
         hello.hostName = "test"
@@ -115,8 +116,7 @@ public final class ProtocolPeer {
         while Date() < end {
             try send(.heartbeat(Zapfleet_V1_Heartbeat()))
             // From the socket: a stashed message must not turn this into a loop that floods the coordinator.
-            if let body = try receive(timeoutSeconds: interval) { stash(body) }
-            else { continue }
+            if let body = try receive(timeoutSeconds: interval) { stash(body) } else { continue }
             usleep(useconds_t(interval * 1e6))
         }
     }
@@ -144,9 +144,11 @@ public enum ShardComputation {
     /// The honest result of `assignment`.
     public static func result(of assignment: Zapfleet_V1_Assignment) throws -> Zapfleet_V1_ShardResult {
         let scenario = try ScenarioParser.parse(assignment.scenarioYaml, file: "assignment")
-        let runner = ScenarioRunner(scenario: scenario, options: RunOptions(
-            kernelNanosecondsPerSPTE: assignment.kernelNsPerSpte,
-            slice: MemorySlice(firstSlot: Int(assignment.firstSlot), slotCount: Int(assignment.slotCount))))
+        let runner = ScenarioRunner(
+            scenario: scenario,
+            options: RunOptions(
+                kernelNanosecondsPerSPTE: assignment.kernelNsPerSpte,
+                slice: MemorySlice(firstSlot: Int(assignment.firstSlot), slotCount: Int(assignment.slotCount))))
         var result = Zapfleet_V1_ShardResult()
         result.runID = assignment.runID
         result.shardID = assignment.shardID
@@ -176,7 +178,9 @@ public enum HistogramFixture {
         var compressedLength = compressBound(uLong(plain.count))
         var compressed = [UInt8](repeating: 0, count: Int(compressedLength))
         let status = compressed.withUnsafeMutableBufferPointer { target in
-            plain.withUnsafeBufferPointer { compress2(target.baseAddress, &compressedLength, $0.baseAddress, uLong($0.count), Z_DEFAULT_COMPRESSION) }
+            plain.withUnsafeBufferPointer {
+                compress2(target.baseAddress, &compressedLength, $0.baseAddress, uLong($0.count), Z_DEFAULT_COMPRESSION)
+            }
         }
         precondition(status == Z_OK)
         var bytes: [UInt8] = [0x1c, 0x84, 0x93, 0x14]

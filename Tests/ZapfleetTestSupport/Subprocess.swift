@@ -35,18 +35,23 @@ public enum Subprocess {
         let output = Box(), errors = Box()
         let group = DispatchGroup()
         group.enter()
-        DispatchQueue.global().async { output.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        DispatchQueue.global().async {
+            output.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave()
+        }
         group.enter()
-        DispatchQueue.global().async { errors.data = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        DispatchQueue.global().async {
+            errors.data = err.fileHandleForReading.readDataToEndOfFile(); group.leave()
+        }
         let deadline = Date().addingTimeInterval(seconds)
         while process.isRunning && Date() < deadline { usleep(20_000) }
         let timedOut = process.isRunning
         if timedOut { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         group.wait()
-        return BoundedResult(status: process.terminationStatus, signalled: !timedOut && process.terminationReason == .uncaughtSignal,
-                             timedOut: timedOut, out: String(decoding: output.data, as: UTF8.self),
-                             err: String(decoding: errors.data, as: UTF8.self))
+        return BoundedResult(
+            status: process.terminationStatus, signalled: !timedOut && process.terminationReason == .uncaughtSignal,
+            timedOut: timedOut, out: String(decoding: output.data, as: UTF8.self),
+            err: String(decoding: errors.data, as: UTF8.self))
     }
 
     /// Starts `executable` in the background, its output (both streams) going to the file `log`.
@@ -54,7 +59,7 @@ public enum Subprocess {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         process.standardOutput = handle
         process.standardError = handle
@@ -66,7 +71,8 @@ public enum Subprocess {
 /// The package's files and the built `zapfleet`, resolved once for every test target.
 public enum TestPaths {
     /// The package's root directory.
-    public static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    public static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
 
     /// A new, empty directory under the system's temporary directory.
     public static func temporaryDirectory() -> String {

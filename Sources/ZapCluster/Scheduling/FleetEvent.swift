@@ -80,8 +80,10 @@ public struct FleetEvent: Sendable, Equatable {
     /// The event as one line of JSON (no newline): `time` (UTC, ISO 8601), `t` (seconds since
     /// `origin`), `event`, `level`, the fields in key order, and `message` last.
     public func jsonLine(time: String, secondsSinceStart: Double) -> String {
-        var parts = ["\"time\":\(Self.quoted(time))", "\"t\":\(Self.decimal(secondsSinceStart))",
-                     "\"event\":\(Self.quoted(name.rawValue))", "\"level\":\(Self.quoted(level.rawValue))"]
+        var parts = [
+            "\"time\":\(Self.quoted(time))", "\"t\":\(Self.decimal(secondsSinceStart))",
+            "\"event\":\(Self.quoted(name.rawValue))", "\"level\":\(Self.quoted(level.rawValue))"
+        ]
         for (key, value) in fields.sorted(by: { $0.key < $1.key }) {
             switch value {
             case .string(let text): parts.append("\(Self.quoted(key)):\(Self.quoted(text))")

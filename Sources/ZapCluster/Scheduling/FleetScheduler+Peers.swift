@@ -51,9 +51,14 @@ extension FleetScheduler {
         }
         // A name is one worker's: a second live worker under it is refused, naming it. A holder
         // that went missing, or whose connection is gone, was replaced (a restart).
-        if let holder = peersInJoinOrder.first(where: { $0.id != id && $0.introduction?.name == introduction.name && $0.introduction!.isAgent == introduction.isAgent }) {
+        if let holder = peersInJoinOrder.first(where: {
+            $0.id != id && $0.introduction?.name == introduction.name && $0.introduction!.isAgent == introduction.isAgent
+        }) {
             if holder.state.isLive && !holder.unreachable {
-                refuse(id, "the name '\(introduction.name)' is in use by a live worker from \(holder.introduction?.host ?? "?"); give every worker its own --name", now: now, into: &actions)
+                refuse(
+                    id,
+                    "the name '\(introduction.name)' is in use by a live worker from \(holder.introduction?.host ?? "?"); give every worker its own --name",
+                    now: now, into: &actions)
                 return
             }
             switch holder.state {
@@ -62,10 +67,11 @@ extension FleetScheduler {
             }
         }
         let reconnect = peer.introduction != nil
-        let wasLost: Bool = switch peer.state {
-        case .missing, .dead: true
-        default: false
-        }
+        let wasLost: Bool =
+            switch peer.state {
+            case .missing, .dead: true
+            default: false
+            }
         let previous = peer.state
         peers[id]!.introduction = introduction
         peers[id]!.lastHeard = now
@@ -94,16 +100,29 @@ extension FleetScheduler {
             }
         }
         send(.welcome(id), to: id, now: now, into: &actions)
-        let capacity = "\(introduction.cores) cores, budget \(Quantities.describeSize(Double(introduction.memoryBudgetBytes))), build \(introduction.build.prefix(32))"
+        let capacity =
+            "\(introduction.cores) cores, budget \(Quantities.describeSize(Double(introduction.memoryBudgetBytes))), build \(introduction.build.prefix(32))"
         if !reconnect {
-            actions.append(.log(FleetEvent(.workerJoined, .info, "worker \(introduction.name) joined from \(introduction.host.prefix(64)): \(capacity)", [
-                "worker": .string(introduction.name), "host": .string(String(introduction.host.prefix(64))), "cores": .number(introduction.cores),
-                "memory_budget_bytes": .number(introduction.memoryBudgetBytes), "agent": .boolean(introduction.isAgent)])))
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .workerJoined, .info, "worker \(introduction.name) joined from \(introduction.host.prefix(64)): \(capacity)",
+                        [
+                            "worker": .string(introduction.name), "host": .string(String(introduction.host.prefix(64))),
+                            "cores": .number(introduction.cores),
+                            "memory_budget_bytes": .number(introduction.memoryBudgetBytes), "agent": .boolean(introduction.isAgent)
+                        ])))
         } else if wasLost {
-            actions.append(.log(FleetEvent(.workerReconnected, .info, "worker \(introduction.name) reconnected from \(introduction.host.prefix(64))",
-                                           ["worker": .string(introduction.name), "host": .string(String(introduction.host.prefix(64)))])))
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .workerReconnected, .info, "worker \(introduction.name) reconnected from \(introduction.host.prefix(64))",
+                        ["worker": .string(introduction.name), "host": .string(String(introduction.host.prefix(64)))])))
         } else {
-            actions.append(.log(FleetEvent(.workerHelloAgain, .debug, "worker \(introduction.name) said hello again", ["worker": .string(introduction.name)])))
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .workerHelloAgain, .debug, "worker \(introduction.name) said hello again", ["worker": .string(introduction.name)])))
         }
         if introduction.isAgent { sendJob(to: id, now: now, into: &actions) }
         dispatchNeeded = true
@@ -112,7 +131,11 @@ extension FleetScheduler {
     /// A holder of a name that a new worker took over: it is dead, and its attempt requeued.
     private mutating func replace(_ id: PeerID, now: UInt64, into actions: inout [Action]) {
         let peer = peers[id]!
-        actions.append(.log(FleetEvent(.workerReplaced, .warning, "worker \(peer.name) was replaced by a new worker of the same name", ["worker": .string(peer.name)])))
+        actions.append(
+            .log(
+                FleetEvent(
+                    .workerReplaced, .warning, "worker \(peer.name) was replaced by a new worker of the same name",
+                    ["worker": .string(peer.name)])))
         peers[id]!.state = .dead
         switch peer.state {
         case .busy(let claim), .missing(holding: .some(let claim)):
@@ -126,7 +149,8 @@ extension FleetScheduler {
         guard let peer = peers[id] else { return }
         actions.append(.refuse(id, reason))
         let name = peer.introduction?.name ?? PeerRecord.printableName(id)
-        actions.append(.log(FleetEvent(.workerRefused, .error, "refused \(name): \(reason)", ["worker": .string(name), "reason": .string(reason)])))
+        actions.append(
+            .log(FleetEvent(.workerRefused, .error, "refused \(name): \(reason)", ["worker": .string(name), "reason": .string(reason)])))
         peers[id]!.state = .refused(reason)
         releaseAttempt(of: peer, why: "its worker was refused", now: now, into: &actions)
     }
@@ -144,7 +168,10 @@ extension FleetScheduler {
 
     mutating func refuseVersion(_ id: PeerID, _ version: UInt32, now: UInt64, into actions: inout [Action]) {
         guard register(id, now: now) else { return }
-        refuse(id, "protocol version \(version) is not this coordinator's \(zapfleetProtocolVersion); run the same zapfleet version on coordinator and workers", now: now, into: &actions)
+        refuse(
+            id,
+            "protocol version \(version) is not this coordinator's \(zapfleetProtocolVersion); run the same zapfleet version on coordinator and workers",
+            now: now, into: &actions)
     }
 
     mutating func rejectFrame(_ id: PeerID?, _ reason: String, now: UInt64, into actions: inout [Action]) {
@@ -155,12 +182,19 @@ extension FleetScheduler {
         peers[id]!.badFrames += 1
         let count = peers[id]!.badFrames
         if count <= 3 {
-            actions.append(.log(FleetEvent(.frameDropped, .warning, "dropped a frame from \(peer.name): \(reason)",
-                                           ["worker": .string(peer.name), "reason": .string(reason), "count": .number(count)])))
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .frameDropped, .warning, "dropped a frame from \(peer.name): \(reason)",
+                        ["worker": .string(peer.name), "reason": .string(reason), "count": .number(count)])))
         }
         if count >= configuration.badFrameLimit {
-            actions.append(.log(FleetEvent(.workerBanned, .error, "banned \(peer.name): \(count) bad frames, the last \(reason); everything it sends is dropped from now on",
-                                           ["worker": .string(peer.name), "reason": .string(reason), "count": .number(count)])))
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .workerBanned, .error,
+                        "banned \(peer.name): \(count) bad frames, the last \(reason); everything it sends is dropped from now on",
+                        ["worker": .string(peer.name), "reason": .string(reason), "count": .number(count)])))
             releaseAttempt(of: peer, why: "its worker was ignored for bad frames", now: now, into: &actions)
             peers[id]!.state = .banned
         }
@@ -171,7 +205,9 @@ extension FleetScheduler {
     mutating func markUnreachable(_ id: PeerID, now: UInt64, into actions: inout [Action]) {
         guard let peer = peers[id] else { return }
         peers[id]!.unreachable = true
-        if case .busy(let claim) = peer.state, peer.lastHeard <= peer.lastProgress, peer.lastProgress == shards[safe: claim.shard]?.startedAt {
+        if case .busy(let claim) = peer.state, peer.lastHeard <= peer.lastProgress,
+            peer.lastProgress == shards[safe: claim.shard]?.startedAt
+        {
             revoke(claim)
             peers[id]!.state = .ready
             requeue(attempt: claim, why: "its assignment could not be sent to \(peer.name)", failed: false, now: now, into: &actions)
@@ -200,9 +236,15 @@ extension FleetScheduler {
                 // Heartbeats say it lives, but its attempt stopped moving: the attempt no longer
                 // counts (a late result of it is dropped), and the shard goes to another.
                 let stalled = (now &- peer.lastProgress) / 1_000_000_000
-                actions.append(.log(FleetEvent(.workerStalled, .warning,
-                    "worker \(peer.name) made no progress on shard \(claim.shard) for \(stalled) s (the deadline is \(configuration.progressDeadlineIntervals) heartbeat intervals); the attempt is revoked",
-                    ["worker": .string(peer.name), "shard": .number(claim.shard), "attempt": .number(claim.attempt), "stalled_seconds": .number(stalled)])))
+                actions.append(
+                    .log(
+                        FleetEvent(
+                            .workerStalled, .warning,
+                            "worker \(peer.name) made no progress on shard \(claim.shard) for \(stalled) s (the deadline is \(configuration.progressDeadlineIntervals) heartbeat intervals); the attempt is revoked",
+                            [
+                                "worker": .string(peer.name), "shard": .number(claim.shard), "attempt": .number(claim.attempt),
+                                "stalled_seconds": .number(stalled)
+                            ])))
                 revoke(claim)
                 peers[peer.id]!.state = .ready
                 dispatchNeeded = true
@@ -211,8 +253,11 @@ extension FleetScheduler {
                 requeue(attempt: claim, why: "\(peer.name) missed the progress deadline", failed: true, now: now, into: &actions)
             case .missing where silence > configuration.deadAfter:
                 peers[peer.id]!.state = .dead
-                actions.append(.log(FleetEvent(.workerDead, .warning, "worker \(peer.name) dead: silent for \(silence / 1_000_000_000) s",
-                                               ["worker": .string(peer.name), "silent_ms": .number(silence / 1_000_000)])))
+                actions.append(
+                    .log(
+                        FleetEvent(
+                            .workerDead, .warning, "worker \(peer.name) dead: silent for \(silence / 1_000_000_000) s",
+                            ["worker": .string(peer.name), "silent_ms": .number(silence / 1_000_000)])))
             default:
                 break
             }
@@ -220,7 +265,8 @@ extension FleetScheduler {
     }
 
     mutating func sendHeartbeats(now: UInt64, into actions: inout [Action]) {
-        for peer in peersInJoinOrder where peer.introduction != nil && peer.state.isLive && now &- peer.lastSent >= configuration.intervalNanoseconds {
+        for peer in peersInJoinOrder
+        where peer.introduction != nil && peer.state.isLive && now &- peer.lastSent >= configuration.intervalNanoseconds {
             send(.heartbeat(peer.id), to: peer.id, now: now, into: &actions)
         }
     }
@@ -238,8 +284,11 @@ extension FleetScheduler {
         let count = peers[id]!.givenBackInARow
         if count >= configuration.giveBackLimit && peers[id]!.benched == nil {
             peers[id]!.benched = "gave back \(count) assignments in a row (last: \(reason.prefix(160)))"
-            actions.append(.log(FleetEvent(.workerBenched, .warning, "worker \(peers[id]!.name) gets no more shards: \(peers[id]!.benched!)",
-                                           ["worker": .string(peers[id]!.name), "reason": .string(peers[id]!.benched!)])))
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .workerBenched, .warning, "worker \(peers[id]!.name) gets no more shards: \(peers[id]!.benched!)",
+                        ["worker": .string(peers[id]!.name), "reason": .string(peers[id]!.benched!)])))
         }
     }
 

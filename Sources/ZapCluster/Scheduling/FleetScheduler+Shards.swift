@@ -10,9 +10,15 @@ extension FleetScheduler {
         var able = ready.sorted { $0.joinOrder < $1.joinOrder }.filter { peer in
             guard let introduction = peer.introduction else { return false }
             if let smallest, !introduction.canTake(smallest) {
-                actions.append(.log(FleetEvent(.workerLeftOut, .warning,
-                    "worker \(peer.name) cannot take one \(Quantities.formatSize(smallest.bytes)) memslot (budget \(Quantities.describeSize(Double(introduction.memoryBudgetBytes))), largest shard \(introduction.shardByteLimit) bytes); it gets no shard",
-                    ["worker": .string(peer.name), "memslot_bytes": .number(smallest.bytes), "memory_budget_bytes": .number(introduction.memoryBudgetBytes)])))
+                actions.append(
+                    .log(
+                        FleetEvent(
+                            .workerLeftOut, .warning,
+                            "worker \(peer.name) cannot take one \(Quantities.formatSize(smallest.bytes)) memslot (budget \(Quantities.describeSize(Double(introduction.memoryBudgetBytes))), largest shard \(introduction.shardByteLimit) bytes); it gets no shard",
+                            [
+                                "worker": .string(peer.name), "memslot_bytes": .number(smallest.bytes),
+                                "memory_budget_bytes": .number(introduction.memoryBudgetBytes)
+                            ])))
                 return false
             }
             return true
@@ -23,13 +29,17 @@ extension FleetScheduler {
             able = Array(able.prefix(limit))
         }
         guard !able.isEmpty else {
-            let need = smallest.map { "one \(Quantities.formatSize($0.bytes)) memslot, which needs \(Quantities.describeSize(Double($0.estimatedTableBytes))) of page tables" } ?? "one memslot"
+            let need =
+                smallest.map {
+                    "one \(Quantities.formatSize($0.bytes)) memslot, which needs \(Quantities.describeSize(Double($0.estimatedTableBytes))) of page tables"
+                } ?? "one memslot"
             fail(FleetFailure(.noWorkerCanProgress, "no worker can take \(need); give workers more --memory"), now: now, into: &actions)
             return
         }
         let capacities = able.map { peer in
-            WorkerCapacity(memoryBudgetBytes: peer.introduction!.memoryBudgetBytes, shardByteLimit: peer.introduction!.shardByteLimit,
-                           shardSlotLimit: peer.introduction!.shardSlotLimit)
+            WorkerCapacity(
+                memoryBudgetBytes: peer.introduction!.memoryBudgetBytes, shardByteLimit: peer.introduction!.shardByteLimit,
+                shardSlotLimit: peer.introduction!.shardSlotLimit)
         }
         switch planner(capacities) {
         case .failure(let error):
@@ -42,8 +52,15 @@ extension FleetScheduler {
             dispatchNeeded = true
             lastLiveWorker = now
             actions.append(.planned)
-            actions.append(.log(FleetEvent(.planned, .info, "planned \(plan.count) shard(s) of up to \(Quantities.formatSize(plan.map(\.bytes).max() ?? 0)) for \(able.count) worker(s)",
-                                           ["shards": .number(plan.count), "workers": .number(able.count), "largest_shard_bytes": .number(plan.map(\.bytes).max() ?? 0)])))
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .planned, .info,
+                        "planned \(plan.count) shard(s) of up to \(Quantities.formatSize(plan.map(\.bytes).max() ?? 0)) for \(able.count) worker(s)",
+                        [
+                            "shards": .number(plan.count), "workers": .number(able.count),
+                            "largest_shard_bytes": .number(plan.map(\.bytes).max() ?? 0)
+                        ])))
         }
     }
 
@@ -54,9 +71,11 @@ extension FleetScheduler {
         var idle: [PeerRecord] = []
         for peer in free {
             // Fitness is judged here, for every peer whenever it joined.
-            guard let id = pending.takeFirst(where: { id in
-                !shards[Int(id)].excluded.contains(peer.id) && peer.introduction!.canTake(shards[Int(id)].shard)
-            }) else {
+            guard
+                let id = pending.takeFirst(where: { id in
+                    !shards[Int(id)].excluded.contains(peer.id) && peer.introduction!.canTake(shards[Int(id)].shard)
+                })
+            else {
                 idle.append(peer)
                 continue
             }
@@ -68,9 +87,16 @@ extension FleetScheduler {
             peers[peer.id]!.state = .busy(claim)
             peers[peer.id]!.lastProgress = now
             send(.assign(peer.id, shards[index].shard, claim), to: peer.id, now: now, into: &actions)
-            actions.append(.log(FleetEvent(.shardAssigned, .info, "shard \(id) attempt \(claim.attempt) (\(shards[index].shard.slice)) -> \(peer.name)", [
-                "shard": .number(id), "attempt": .number(claim.attempt), "worker": .string(peer.name), "bytes": .number(shards[index].shard.bytes),
-                "first_slot": .number(shards[index].shard.slice.firstSlot), "slots": .number(shards[index].shard.slice.slotCount)])))
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .shardAssigned, .info, "shard \(id) attempt \(claim.attempt) (\(shards[index].shard.slice)) -> \(peer.name)",
+                        [
+                            "shard": .number(id), "attempt": .number(claim.attempt), "worker": .string(peer.name),
+                            "bytes": .number(shards[index].shard.bytes),
+                            "first_slot": .number(shards[index].shard.slice.firstSlot),
+                            "slots": .number(shards[index].shard.slice.slotCount)
+                        ])))
         }
         forgiveExclusions(idle: idle)
     }
@@ -95,7 +121,11 @@ extension FleetScheduler {
         if failed {
             shards[index].failedAttempts += 1
             if shards[index].failedAttempts >= configuration.maxFailedAttempts {
-                fail(FleetFailure(.shardOutOfAttempts, "shard \(id) (\(shards[index].shard.slice)) came to nothing in \(shards[index].failedAttempts) attempts (last: \(why)); the run cannot complete (--max-attempts)"), now: now, into: &actions)
+                fail(
+                    FleetFailure(
+                        .shardOutOfAttempts,
+                        "shard \(id) (\(shards[index].shard.slice)) came to nothing in \(shards[index].failedAttempts) attempts (last: \(why)); the run cannot complete (--max-attempts)"
+                    ), now: now, into: &actions)
                 return
             }
         }
@@ -104,7 +134,8 @@ extension FleetScheduler {
         requeues += 1
         pending.pushFront(id)
         dispatchNeeded = true
-        actions.append(.log(FleetEvent(.shardRequeued, .warning, "shard \(id) requeued (\(why))", ["shard": .number(id), "reason": .string(why)])))
+        actions.append(
+            .log(FleetEvent(.shardRequeued, .warning, "shard \(id) requeued (\(why))", ["shard": .number(id), "reason": .string(why)])))
     }
 
     /// Requeues the shard of `claim`, if the claim is of this run (a peer may still be busy with another run's).
@@ -147,8 +178,14 @@ extension FleetScheduler {
         func reject(_ reason: String, hostile: Bool) {
             rejectedResults += 1
             peers[id]!.rejectedResults += 1
-            actions.append(.log(FleetEvent(.resultRefused, .warning, "refused a result from \(name) for \(claim): \(reason)", [
-                "worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt), "reason": .string(reason), "hostile": .boolean(hostile)])))
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .resultRefused, .warning, "refused a result from \(name) for \(claim): \(reason)",
+                        [
+                            "worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt),
+                            "reason": .string(reason), "hostile": .boolean(hostile)
+                        ])))
             send(.acknowledge(id, Acknowledgement(claim: claim, outcome: .rejected(reason))), to: id, now: now, into: &actions)
             if hostile { rejectFrame(id, "result for \(claim): \(reason)", now: now, into: &actions) }
         }
@@ -165,9 +202,15 @@ extension FleetScheduler {
         case .done(let attempt, let worker):
             duplicates += 1
             peers[id]!.duplicates += 1
-            actions.append(.log(FleetEvent(.resultDuplicate, .info,
-                "dropped a duplicate result for shard \(claim.shard) (attempt \(claim.attempt) from \(name)); attempt \(attempt) from \(worker) was first",
-                ["worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt), "first_attempt": .number(attempt), "first_worker": .string(worker)])))
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .resultDuplicate, .info,
+                        "dropped a duplicate result for shard \(claim.shard) (attempt \(claim.attempt) from \(name)); attempt \(attempt) from \(worker) was first",
+                        [
+                            "worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt),
+                            "first_attempt": .number(attempt), "first_worker": .string(worker)
+                        ])))
             send(.acknowledge(id, Acknowledgement(claim: claim, outcome: .duplicate)), to: id, now: now, into: &actions)
             return
         case .journaling:
@@ -179,14 +222,16 @@ extension FleetScheduler {
             break
         }
         guard !shard.revoked.contains(claim.attempt) else {
-            return reject("attempt \(claim.attempt) was revoked (given back, or past its progress deadline); the shard runs again", hostile: false)
+            return reject(
+                "attempt \(claim.attempt) was revoked (given back, or past its progress deadline); the shard runs again", hostile: false)
         }
         if case .implausible(let reason) = verdict {
             reject(reason, hostile: false)
             revoke(claim)
             noteGiveBack(id, reason: "sent a result that was refused: \(reason)", into: &actions)
             shards[Int(claim.shard)].excluded.insert(id)  // another worker first
-            requeue(claim.shard, why: "\(name) sent a result that was refused: \(reason.prefix(120))", failed: true, now: now, into: &actions)
+            requeue(
+                claim.shard, why: "\(name) sent a result that was refused: \(reason.prefix(120))", failed: true, now: now, into: &actions)
             return
         }
         shards[Int(claim.shard)].phase = .journaling(claim, id)
@@ -195,7 +240,9 @@ extension FleetScheduler {
 
     /// The result is durable: it is merged, and only now acknowledged.
     mutating func resultIsDurable(_ claim: AttemptClaim, into actions: inout [Action]) {
-        guard let shard = shards[safe: claim.shard], case .journaling(let journaling, let id) = shard.phase, journaling == claim else { return }
+        guard let shard = shards[safe: claim.shard], case .journaling(let journaling, let id) = shard.phase, journaling == claim else {
+            return
+        }
         let name = peers[id]?.name ?? "?"
         shards[Int(claim.shard)].phase = .done(attempt: claim.attempt, worker: name)
         completedShards += 1
@@ -204,13 +251,20 @@ extension FleetScheduler {
         peers[id]?.givenBackInARow = 0
         actions.append(.merge(id, claim))
         actions.append(.acknowledge(id, Acknowledgement(claim: claim, outcome: .accepted)))
-        actions.append(.log(FleetEvent(.shardDone, .info, "shard \(claim.shard) done by \(name) (\(completedShards)/\(shards.count))", [
-            "shard": .number(claim.shard), "attempt": .number(claim.attempt), "worker": .string(name),
-            "done": .number(completedShards), "shards": .number(shards.count)])))
+        actions.append(
+            .log(
+                FleetEvent(
+                    .shardDone, .info, "shard \(claim.shard) done by \(name) (\(completedShards)/\(shards.count))",
+                    [
+                        "shard": .number(claim.shard), "attempt": .number(claim.attempt), "worker": .string(name),
+                        "done": .number(completedShards), "shards": .number(shards.count)
+                    ])))
     }
 
-    mutating func receiveGiveBack(_ id: PeerID, _ claim: AttemptClaim, reason: String, busyWith: AttemptClaim?, now: UInt64,
-                                  into actions: inout [Action]) {
+    mutating func receiveGiveBack(
+        _ id: PeerID, _ claim: AttemptClaim, reason: String, busyWith: AttemptClaim?, now: UInt64,
+        into actions: inout [Action]
+    ) {
         guard hear(id, now: now, into: &actions, what: "a give-back") else { return }
         guard peers[id]!.state == .busy(claim), wasHanded(claim, to: id) else {
             rejectFrame(id, "gave back \(claim), which it was not running", now: now, into: &actions)
@@ -221,17 +275,30 @@ extension FleetScheduler {
         if let busyWith, busyWith != claim {
             // Refused only because it still runs another attempt (handed out before a reconnect or
             // a restart): it is busy with that one, and this shard lost nothing.
-            actions.append(.log(FleetEvent(.shardGivenBack, .info, "worker \(name) is still running shard \(busyWith.shard); shard \(claim.shard) goes back to the queue", [
-                "worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt), "busy_with_shard": .number(busyWith.shard),
-                "reason": .string("busy")])))
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .shardGivenBack, .info,
+                        "worker \(name) is still running shard \(busyWith.shard); shard \(claim.shard) goes back to the queue",
+                        [
+                            "worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt),
+                            "busy_with_shard": .number(busyWith.shard),
+                            "reason": .string("busy")
+                        ])))
             // Busy only with an attempt of this run: another run's shard is the worker's to drop.
             peers[id]!.state = .busy(busyWith)
             peers[id]!.lastProgress = now
             requeue(claim.shard, why: "\(name) is busy", failed: false, now: now, into: &actions)
             return
         }
-        actions.append(.log(FleetEvent(.shardGivenBack, .warning, "worker \(name) gave up shard \(claim.shard): \(reason.prefix(200))", [
-            "worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt), "reason": .string(String(reason.prefix(200)))])))
+        actions.append(
+            .log(
+                FleetEvent(
+                    .shardGivenBack, .warning, "worker \(name) gave up shard \(claim.shard): \(reason.prefix(200))",
+                    [
+                        "worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt),
+                        "reason": .string(String(reason.prefix(200)))
+                    ])))
         peers[id]!.state = .ready
         if claim.shard < UInt64(shards.count) { shards[Int(claim.shard)].excluded.insert(id) }
         dispatchNeeded = true
@@ -248,7 +315,11 @@ extension FleetScheduler {
         if waiting { return false }
         if externalDelivered >= configuration.expectAgents { return true }
         guard now &- start > configuration.waitNanoseconds else { return false }
-        fail(FleetFailure(.agentsMissing, "\(configuration.expectAgents) external agent(s) expected, \(externalDelivered) reported; check the agents' --connect and their command"), now: now, into: &actions)
+        fail(
+            FleetFailure(
+                .agentsMissing,
+                "\(configuration.expectAgents) external agent(s) expected, \(externalDelivered) reported; check the agents' --connect and their command"
+            ), now: now, into: &actions)
         return false
     }
 
@@ -258,7 +329,10 @@ extension FleetScheduler {
         if peer.agentJob == nil { nextAgentJob &+= 1 }
         peers[id]!.agentJob = job
         send(.sendJob(id, job), to: id, now: now, into: &actions)
-        actions.append(.log(FleetEvent(.jobAssigned, .info, "external job \(job) -> agent \(peer.name)", ["job": .number(job), "agent": .string(peer.name)])))
+        actions.append(
+            .log(
+                FleetEvent(
+                    .jobAssigned, .info, "external job \(job) -> agent \(peer.name)", ["job": .number(job), "agent": .string(peer.name)])))
     }
 
     mutating func receiveExternalResult(_ id: PeerID, job: UInt32, _ verdict: ResultVerdict, now: UInt64, into actions: inout [Action]) {

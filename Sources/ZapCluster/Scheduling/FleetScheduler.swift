@@ -195,8 +195,10 @@ public struct FleetScheduler: Sendable {
 
     /// A scheduler that takes up a journaled run: its plan, the shards already done (with the
     /// attempt that did each and its worker), and the handouts the journal holds.
-    public init(configuration: Configuration, now: UInt64, resuming plan: [Shard], done: [(shard: UInt64, attempt: UInt32, worker: String)],
-                handouts: [JournaledHandout], planner: @escaping Planner) {
+    public init(
+        configuration: Configuration, now: UInt64, resuming plan: [Shard], done: [(shard: UInt64, attempt: UInt32, worker: String)],
+        handouts: [JournaledHandout], planner: @escaping Planner
+    ) {
         self.init(configuration: configuration, now: now, planner: planner)
         shards = plan.map { ShardRecord(shard: $0) }
         for handout in handouts where handout.shard < UInt64(shards.count) {
@@ -276,7 +278,11 @@ public struct FleetScheduler: Sendable {
             if ready.count >= configuration.expectWorkers || (now > deadline && !ready.isEmpty) {
                 makePlan(for: ready, now: now, into: &actions)
             } else if now > deadline {
-                fail(FleetFailure(.noWorkerJoined, "no worker joined within \(configuration.waitNanoseconds / 1_000_000_000) s (expected \(configuration.expectWorkers)); check the workers' --connect address and the network"), now: now, into: &actions)
+                fail(
+                    FleetFailure(
+                        .noWorkerJoined,
+                        "no worker joined within \(configuration.waitNanoseconds / 1_000_000_000) s (expected \(configuration.expectWorkers)); check the workers' --connect address and the network"
+                    ), now: now, into: &actions)
             }
         case .running:
             if completedShards == shards.count && agentsSettled(now: now, into: &actions) {
@@ -350,9 +356,14 @@ public struct FleetScheduler: Sendable {
         let benched = peersInJoinOrder.filter { $0.benched != nil && $0.state.isLive }
         var reason = "no live worker can make progress with \(left) shard(s) left"
         if let first = openShards.first {
-            reason += " (shard \(first.id) needs \(Quantities.describeSize(Double(first.estimatedTableBytes))) of page tables for \(Quantities.formatSize(first.bytes)))"
+            reason +=
+                " (shard \(first.id) needs \(Quantities.describeSize(Double(first.estimatedTableBytes))) of page tables for \(Quantities.formatSize(first.bytes)))"
         }
-        if !benched.isEmpty { reason += "; \(benched.count) worker(s) get no shards: " + benched.prefix(3).map { "\($0.name) (\($0.benched!))" }.joined(separator: ", ") }
+        if !benched.isEmpty {
+            reason +=
+                "; \(benched.count) worker(s) get no shards: "
+                + benched.prefix(3).map { "\($0.name) (\($0.benched!))" }.joined(separator: ", ")
+        }
         reason += "; start workers that can take them (zapfleet worker --connect … --memory …) or check the network"
         fail(FleetFailure(.noWorkerCanProgress, reason), now: now, into: &actions)
     }

@@ -45,8 +45,10 @@ public struct PeerIntroduction: Sendable, Equatable {
     public var running: AttemptClaim?
 
     /// An introduction with these values.
-    public init(name: String, host: String = "?", build: String = "?", cores: Int = 1, memoryBudgetBytes: UInt64,
-                shardByteLimit: UInt64 = .max, shardSlotLimit: Int = 0, isAgent: Bool = false, running: AttemptClaim? = nil) {
+    public init(
+        name: String, host: String = "?", build: String = "?", cores: Int = 1, memoryBudgetBytes: UInt64,
+        shardByteLimit: UInt64 = .max, shardSlotLimit: Int = 0, isAgent: Bool = false, running: AttemptClaim? = nil
+    ) {
         self.name = name
         self.host = host
         self.build = build
@@ -67,15 +69,20 @@ public struct PeerIntroduction: Sendable, Equatable {
     /// What is out of range in a hello, in words (field, value, range), or nil when it is fine.
     public static func problem(with introduction: PeerIntroduction) -> String? {
         let name = introduction.name
-        if name.isEmpty || name.utf8.count > maximumNameBytes || name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
-            return "worker_name must be 1 to \(maximumNameBytes) bytes of UTF-8 without control characters (got \(name.utf8.count) bytes); give the worker another --name"
+        if name.isEmpty || name.utf8.count > maximumNameBytes
+            || name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
+        {
+            return
+                "worker_name must be 1 to \(maximumNameBytes) bytes of UTF-8 without control characters (got \(name.utf8.count) bytes); give the worker another --name"
         }
         if introduction.cores < 1 || introduction.cores > 65_535 {
             return "cores must be 1 to 65535, got \(introduction.cores)"
         }
         // An external agent takes no shard: its budget is not read.
-        if !introduction.isAgent && (introduction.memoryBudgetBytes < minimumMemoryBudgetBytes || introduction.memoryBudgetBytes >= 1 << 50) {
-            return "memory_budget_bytes must be above 0 and below 2^50, got \(introduction.memoryBudgetBytes); give the worker a --memory in that range"
+        if !introduction.isAgent && (introduction.memoryBudgetBytes < minimumMemoryBudgetBytes || introduction.memoryBudgetBytes >= 1 << 50)
+        {
+            return
+                "memory_budget_bytes must be above 0 and below 2^50, got \(introduction.memoryBudgetBytes); give the worker a --memory in that range"
         }
         return nil
     }
