@@ -65,7 +65,8 @@ let package = Package(
             dependencies: [
                 "ZapEngine", "ZapScenario", "ZapRun", "ZapProtocol", "ZeroMQ", "HistogramCodec", "CZlib", "ZapPlatform",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                .product(name: "Logging", package: "swift-log")
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Histogram", package: "hdrhistogram-swift")
             ]
         ),
         // The command-line tool: parses arguments and wires the other targets together.
@@ -88,7 +89,8 @@ let package = Package(
                 "ZapEngine", "ZapScenario", "ZapRun", "ZapCluster", "ZapProtocol", "ZeroMQ", "ZapPlatform",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log")
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"), .product(name: "SwiftProtobuf", package: "swift-protobuf")
             ],
             path: "Benchmarks/zapfleet-bench"
         ),
@@ -97,11 +99,13 @@ let package = Package(
             name: "ZapfleetTestSupport",
             dependencies: [
                 "ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "HistogramCodec", "CZlib",
-                "ZapPlatform"
+                "ZapPlatform", .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf")
             ],
             path: "Tests/ZapfleetTestSupport"
         ),
-        .testTarget(name: "ZapEngineTests", dependencies: ["ZapEngine", "ZapPlatform"]),
+        .testTarget(
+            name: "ZapEngineTests", dependencies: ["ZapEngine", "ZapPlatform", .product(name: "Atomics", package: "swift-atomics")]),
         .testTarget(name: "ZapScenarioTests", dependencies: ["ZapScenario", "ZapEngine"]),
         .testTarget(
             name: "ZapRunTests",
@@ -119,14 +123,21 @@ let package = Package(
             name: "ZapClusterTests",
             dependencies: [
                 "ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "ZapfleetTestSupport", "ZapPlatform",
-                .product(name: "Logging", package: "swift-log")
+                .product(name: "Logging", package: "swift-log"), .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf")
             ]),
         // End-to-end tests of the built executable, run as a subprocess.
         .testTarget(
             name: "ZapfleetCLITests",
             dependencies: [
                 "ZapRun", "ZapCluster", "ZapEngine", "ZapScenario", "ZapProtocol", "ZeroMQ", "ZapfleetTestSupport", "ZapPlatform",
-                .product(name: "Histogram", package: "hdrhistogram-swift")
+                .product(name: "Histogram", package: "hdrhistogram-swift"), .product(name: "SwiftProtobuf", package: "swift-protobuf")
             ])
     ]
 )
+
+// Every Swift target holds to MemberImportVisibility: a file uses members only of the modules it
+// imports itself, so that Package.swift's dependencies stay what the code really imports.
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.enableUpcomingFeature("MemberImportVisibility")]
+}

@@ -8,6 +8,7 @@ import ZapRun
 import ZapScenario
 import ZeroMQ
 import ZapPlatform
+import SwiftProtobuf
 
 /// Coordinator capacity: many lightweight workers over loopback TCP, heartbeating and
 /// streaming results as fast as the coordinator hands out shards.

@@ -6,6 +6,7 @@ import ZapProtocol
 import ZapRun
 import ZapScenario
 import ZapPlatform
+import SwiftProtobuf
 
 /// The cost of durability: appending accepted results to the coordinator's journal and syncing them.
 struct JournalBenchmark: ParsableCommand {

@@ -4,6 +4,7 @@ import ZapEngine
 import ZapRun
 import ZapScenario
 import ZapPlatform
+import Histogram
 
 /// The cost of measuring: one block-time sample, and a whole `quick` run with and without it.
 struct MeasurementBenchmark: ParsableCommand {

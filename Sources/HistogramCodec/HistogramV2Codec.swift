@@ -260,7 +260,7 @@ public enum HistogramV2Codec {
             unitMagnitude = 63 - lowest.leadingZeroBitCount
             var largestSingleUnit: UInt64 = 2
             for _ in 0..<digits { largestSingleUnit *= 10 }
-            let subBucketCountMagnitude = Int(Double.log2(Double(largestSingleUnit)).rounded(.up))
+            let subBucketCountMagnitude = Int(log2(Double(largestSingleUnit)).rounded(.up))
             subBucketHalfCountMagnitude = max(subBucketCountMagnitude, 1) - 1
         }
 

@@ -1,4 +1,5 @@
 import ZeroMQ
+import Logging
 
 extension Coordinator {
     // MARK: - Authentication

@@ -2,6 +2,8 @@ import Foundation
 import ZapEngine
 import ZapProtocol
 import ZapRun
+import Histogram
+import HistogramCodec
 
 /// The merged measurements of a fleet run: per policy the exact totals of every accepted shard
 /// result (histograms bucket by bucket), per shard a summary and its `.hlog` lines, and the

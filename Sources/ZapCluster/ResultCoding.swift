@@ -2,6 +2,8 @@ import HistogramCodec
 import ZapEngine
 import ZapProtocol
 import ZapRun
+import Foundation
+import Histogram
 
 /// Why a message from a peer was not accepted. The message is dropped and counted.
 public struct ProtocolViolation: Error, Sendable, CustomStringConvertible {

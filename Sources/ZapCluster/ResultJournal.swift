@@ -1,6 +1,7 @@
 import CZlib
 import Foundation
 import ZapProtocol
+import SwiftProtobuf
 
 /// A journal error: the file cannot be written, or is not a zapfleet journal.
 public struct JournalError: Error, CustomStringConvertible, Sendable {

@@ -6,6 +6,7 @@ import ZapRun
 import ZapScenario
 import ZeroMQ
 import ZapPlatform
+import SwiftProtobuf
 
 /// How a worker runs.
 public struct WorkerConfiguration: Sendable {

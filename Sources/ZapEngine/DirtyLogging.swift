@@ -1,4 +1,6 @@
 import ZapPlatform
+import Atomics
+
 /// Dirty logging: the read-lock root iterators that change SPTEs of valid roots while vCPUs
 /// fault into the same tables. They are what REMOVED_SPTE freezing, the grace period and the
 /// get that fails at zero exist for (docs/model.md, "What else walks roots and SPTEs").

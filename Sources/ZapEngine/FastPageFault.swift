@@ -1,3 +1,5 @@
+import Atomics
+
 /// How a fast page fault ended.
 enum FastFaultResult {
     /// The leaf was present; its accessed (and, for a write, dirty) bits were set atomically.

@@ -1,4 +1,6 @@
 import ZapPlatform
+import Atomics
+
 /// The MMU notifier's unmap: host memory behind a guest range goes away (`munmap`, migration,
 /// reclaim), and every mapping of it must go first.
 extension VirtualMachine {

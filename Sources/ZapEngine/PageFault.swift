@@ -1,3 +1,5 @@
+import Atomics
+
 /// How one walk of a fault ended.
 enum MapResult {
     /// Installed this many leaves.

@@ -1,3 +1,5 @@
+import Atomics
+
 /// Invalidating roots and handing them to whoever zaps them: the other half of a root's life.
 extension VirtualMachine {
     /// `tdp_mmu_schedule_zap_root`: queues the root's work item. Called with `mmu_lock` held,

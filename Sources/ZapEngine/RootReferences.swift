@@ -1,4 +1,6 @@
 import ZapPlatform
+import Atomics
+
 /// Creating, sharing and releasing roots: the reference-count half of a root's life.
 extension VirtualMachine {
     /// `kvm_tdp_mmu_get_vcpu_root_hpa`: returns a referenced valid root for `role`, reusing one

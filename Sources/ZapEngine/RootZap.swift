@@ -1,4 +1,6 @@
 import ZapPlatform
+import Atomics
+
 /// What one zap step removed.
 struct ZapTally {
     var leaves = 0

@@ -1,4 +1,6 @@
 import ZapPlatform
+import Atomics
+
 /// A virtual CPU: loads a root for its address space, faults through it, and drops it on reset.
 ///
 /// A vCPU is driven by one thread at a time, as a real vCPU is by its own task. Each operation

@@ -1,4 +1,6 @@
 import ZapPlatform
+import Atomics
+
 /// Operations of the VM as a whole: memslot deletion, notifier release and teardown.
 extension VirtualMachine {
     /// `kvm_mmu_zap_all_fast` (deleting a memslot): under `slots_lock`, invalidate every root

@@ -1,4 +1,5 @@
 import ZapEngine
+import Histogram
 
 /// Block times an external agent measured on a real kernel, by operation: the report's
 /// "external" column beside the simulated policies.

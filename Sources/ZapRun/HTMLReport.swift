@@ -1,6 +1,7 @@
 import Foundation
 import ZapEngine
 import ZapScenario
+import Histogram
 
 /// `report.html`: one self-contained page (inline SVG and CSS, no script, no fetch) that shows a
 /// run to a person: the verdict first, in words; the policies side by side; each operation's

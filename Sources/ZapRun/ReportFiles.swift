@@ -1,6 +1,7 @@
 import Foundation
 import Histogram
 import ZapScenario
+import ZapEngine
 
 /// Writes a run's files: `report.json`, `report.html`, one `.hgrm` per histogram, and `scenario.yaml`.
 public enum ReportFiles {

@@ -1,5 +1,6 @@
 import Foundation
 import ZapScenario
+import ZapEngine
 
 /// The results of a sweep: one row per cell, policy and operation, as CSV (for plotting
 /// anywhere) and as `sweep.html` with the scaling plots.

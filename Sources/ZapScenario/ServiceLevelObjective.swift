@@ -1,4 +1,5 @@
 import ZapEngine
+import Foundation
 
 /// The names a scenario's objectives and a run's report share.
 public enum MetricCatalog {

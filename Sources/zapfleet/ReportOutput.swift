@@ -2,6 +2,7 @@ import Foundation
 import ZapCluster
 import ZapRun
 import ZapScenario
+import ArgumentParser
 
 /// Turns a fleet outcome into what the user sees: the table, the files, the exit code.
 enum ReportOutput {

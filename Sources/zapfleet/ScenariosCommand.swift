@@ -1,5 +1,6 @@
 import ArgumentParser
 import ZapScenario
+import ZapEngine
 
 /// `zapfleet scenarios`: lists the built-in scenarios, or prints one as YAML to start from.
 struct ScenariosCommand: ParsableCommand {

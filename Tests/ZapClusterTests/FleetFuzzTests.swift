@@ -8,6 +8,8 @@ import ZapRun
 import ZapScenario
 import ZeroMQ
 import ZapPlatform
+import Histogram
+import SwiftProtobuf
 
 /// Hostile peers against a coordinator in the middle of real runs: random bytes, truncated,
 /// mutated and oversized Protobuf, valid messages in the wrong order, and raw TCP garbage as a

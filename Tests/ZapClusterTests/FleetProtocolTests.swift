@@ -8,6 +8,8 @@ import ZapRun
 import ZapScenario
 import ZeroMQ
 import ZapPlatform
+import Histogram
+import SwiftProtobuf
 
 /// The coordinator and workers over real libzmq sockets, with real Protobuf frames.
 @Suite("Fleet protocol", .serialized, .timeLimit(.minutes(3)))

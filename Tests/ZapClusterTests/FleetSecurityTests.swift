@@ -7,6 +7,7 @@ import ZapProtocol
 import ZapScenario
 import ZeroMQ
 import ZapPlatform
+import SwiftProtobuf
 
 /// CURVE between coordinator and workers: who gets in, who is refused, and how keys are kept.
 @Suite("Fleet security", .serialized, .timeLimit(.minutes(3)))

@@ -1,6 +1,7 @@
 import Testing
 @testable import ZapEngine
 import ZapPlatform
+import Atomics
 #if canImport(Glibc)
 import Glibc
 #endif

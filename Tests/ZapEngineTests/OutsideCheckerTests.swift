@@ -1,6 +1,7 @@
 import Testing
 @testable import ZapEngine
 import ZapPlatform
+import Atomics
 
 /// The checks that watch the zap code from outside: `mmu_lock`'s judgement of its holders, the
 /// page-table audits, the pool's generations and the checker's own reference tally. Each test

@@ -1,5 +1,6 @@
 import Testing
 @testable import ZapEngine
+import Atomics
 
 /// The remote TLB flushes each policy's kernel would issue for the engine's work, with that
 /// kernel's batching (`TLBFlushCause`): v5.17 for `sync`, v5.18 for `async`, v6.6 for `preserve`.

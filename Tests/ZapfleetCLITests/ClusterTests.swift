@@ -3,6 +3,8 @@ import Testing
 import ZapfleetTestSupport
 import ZapCluster
 import ZapRun
+import ZapEngine
+import ZeroMQ
 
 /// Multi-host runs: `deploy/netns/run-cluster.sh` builds hosts from network namespaces (or
 /// falls back to loopback, saying so) and runs a coordinator and three worker processes.

@@ -3,6 +3,7 @@ import Histogram
 import Testing
 import ZapfleetTestSupport
 import ZapRun
+import ZapEngine
 
 /// The C agent (`clients/c`, libzmq + protobuf-c) beside simulated workers, over CURVE, under valgrind.
 @Suite("External C agent", .serialized, .timeLimit(.minutes(5)))

@@ -7,6 +7,7 @@ import ZapRun
 import ZapfleetTestSupport
 import ZeroMQ
 import ZapPlatform
+import SwiftProtobuf
 
 /// The fleet's totals and verdict under faults, with real processes: a `zapfleet coordinator`,
 /// real workers, and hostile peers that speak the protocol by hand. Each test is one way a run

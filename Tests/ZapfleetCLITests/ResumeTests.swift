@@ -4,6 +4,7 @@ import ZapfleetTestSupport
 import ZapCluster
 import ZapEngine
 import ZapRun
+import ZapProtocol
 
 /// A coordinator killed with SIGKILL mid-run and started again with `--resume`.
 @Suite("Coordinator crash and resume", .serialized, .timeLimit(.minutes(10)))

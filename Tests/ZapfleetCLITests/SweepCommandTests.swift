@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import ZapfleetTestSupport
 import ZapRun
+import ZapEngine
 
 /// `zapfleet sweep`: a matrix of runs, a CSV and the scaling plots.
 @Suite("zapfleet sweep", .serialized, .timeLimit(.minutes(5)))

@@ -8,6 +8,8 @@ import ZapRun
 import ZapScenario
 import ZeroMQ
 import ZapPlatform
+import Histogram
+import SwiftProtobuf
 
 /// A peer that speaks zapfleet's protocol by hand over a real DEALER socket, to send what a real
 /// worker never would: forged, stale, implausible or out-of-order messages, another protocol
