@@ -39,9 +39,11 @@ let package = Package(
         ),
         // sched_getcpu and sched_setaffinity, which glibc declares only under _GNU_SOURCE.
         .target(name: "CLinuxScheduling"),
+        // RDTSC, for the block-time clock.
+        .target(name: "CCycleCounter"),
         // The platform under everything: OS threads, pthread mutexes and conditions, the monotonic
         // and thread-CPU clocks, CPU affinity. Used by the engine, the fleet and the CLI alike.
-        .target(name: "ZapPlatform", dependencies: ["CLinuxScheduling"]),
+        .target(name: "ZapPlatform", dependencies: ["CLinuxScheduling", "CCycleCounter"]),
         // zlib, from Debian's zlib1g-dev.
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         // HdrHistogram's V2 encoding (compressed and plain, base64), which hdrhistogram-swift lacks.

@@ -93,7 +93,7 @@ extension VirtualMachine {
     /// zero could reference, and the reference is put after. Returns the caller's block time and
     /// the leaves the puts zapped (a put may drop a root's last reference).
     private func forEachValidRootUnderReadLock(_ visit: (Root) -> Void) -> (blockedNanoseconds: UInt64, zappedByPuts: Int) {
-        let start = monotonicNanoseconds()
+        let start = BlockClock.nanoseconds()
         let slot = activity.claim(.dirtyLog, actor: "VM thread")
         defer { finishOperation(slot) }
         var zapped = 0
@@ -103,7 +103,7 @@ extension VirtualMachine {
             zapped += putRoot(root, mode: .shared)
         }
         mmuLock.unlockShared()
-        return (monotonicNanoseconds() &- start, zapped)
+        return (BlockClock.elapsed(since: start), zapped)
     }
 
     /// What one eager split has done so far.

@@ -83,11 +83,11 @@ public final class MMULock: @unchecked Sendable {
     private func acquireExclusiveLocked() {
         waitingWriters.wrappingIncrement(ordering: .relaxed)
         if writerActive || activeReaders > 0 {
-            let start = monotonicNanoseconds()
+            let start = BlockClock.nanoseconds()
             while writerActive || activeReaders > 0 {
                 writerMayEnter.wait(mutex)
             }
-            longestWriterWait.raise(to: monotonicNanoseconds() &- start)
+            longestWriterWait.raise(to: BlockClock.elapsed(since: start))
         }
         waitingWriters.wrappingDecrement(ordering: .relaxed)
         writerActive = true

@@ -67,7 +67,7 @@ extension VirtualMachine {
     @discardableResult
     public func recoverNXHugePages(ratio: Int) -> OperationOutcome {
         precondition(ratio >= 1, "the NX recovery ratio is at least 1")
-        let start = monotonicNanoseconds()
+        let start = BlockClock.nanoseconds()
         let flushMark = ThreadTLBFlushes.count
         let slot = activity.claim(.nxRecovery, actor: "NX recovery thread")
         defer { finishOperation(slot) }
@@ -92,7 +92,7 @@ extension VirtualMachine {
         flush.flushIfPending(self)
         mmuLock.unlockExclusive()
         return OperationOutcome(
-            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            blockedNanoseconds: BlockClock.elapsed(since: start), sptesZappedInline: zapped,
             tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 

@@ -18,7 +18,7 @@ extension VirtualMachine {
     /// one when the range is done, if anything was zapped since the last (`kvm_handle_hva_range`).
     @discardableResult
     public func unmapRange(_ frames: Range<UInt64>) -> OperationOutcome {
-        let start = monotonicNanoseconds()
+        let start = BlockClock.nanoseconds()
         let flushMark = ThreadTLBFlushes.count
         let slot = activity.claim(.unmap, actor: "VM thread")
         defer { finishOperation(slot) }
@@ -35,7 +35,7 @@ extension VirtualMachine {
         invalidationsInProgress.wrappingDecrement(ordering: .releasing)
         mmuLock.unlockExclusive()
         return OperationOutcome(
-            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            blockedNanoseconds: BlockClock.elapsed(since: start), sptesZappedInline: zapped,
             tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 

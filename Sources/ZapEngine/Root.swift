@@ -138,7 +138,7 @@ public final class Root: @unchecked Sendable, CustomStringConvertible {
     /// `kvm_tdp_root_mark_invalid`: sets `invalid`, returning whether it was already set.
     func markInvalid() -> Bool {
         let wasInvalid = invalidFlag.exchange(true, ordering: .acquiringAndReleasing)
-        if !wasInvalid { invalidatedAt.store(monotonicNanoseconds(), ordering: .relaxed) }
+        if !wasInvalid { invalidatedAt.store(BlockClock.nanoseconds(), ordering: .relaxed) }
         return wasInvalid
     }
 

@@ -146,7 +146,7 @@ extension VirtualMachine {
             counters.rootsFreed.wrappingIncrement(ordering: .relaxed)
             let invalidatedAt = root.invalidatedAt.load(ordering: .relaxed)
             if let observer, invalidatedAt > 0 {
-                observer.rootReclaimed(rootID: root.id, nanosecondsSinceInvalidation: monotonicNanoseconds() &- invalidatedAt)
+                observer.rootReclaimed(rootID: root.id, nanosecondsSinceInvalidation: BlockClock.elapsed(since: invalidatedAt))
             }
         }
         gracePeriod.reclaim()

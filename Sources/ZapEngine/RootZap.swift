@@ -39,7 +39,7 @@ extension VirtualMachine {
         // Judged on the pool's generation before the first entry is read: a freed table may
         // already hold another table's entries, whose frames lead anywhere.
         guard rootTableIsIntact(root, "zap of a root whose table was already freed") else { return 0 }
-        let start = monotonicNanoseconds()
+        let start = BlockClock.nanoseconds()
         let cpuStart = CPUAccounting.threadCPUNanoseconds()
         zapCPUTime.zapStarted()
         defer { zapCPUTime.zapEnded(cpuNanoseconds: Int(truncatingIfNeeded: CPUAccounting.threadCPUNanoseconds() &- cpuStart)) }
@@ -76,7 +76,7 @@ extension VirtualMachine {
         }
         let zapped = walk.finish()
         flush = walk.flush
-        configuration.observer?.rootZapped(rootID: root.id, sptes: zapped, nanoseconds: monotonicNanoseconds() &- start)
+        configuration.observer?.rootZapped(rootID: root.id, sptes: zapped, nanoseconds: BlockClock.elapsed(since: start))
         return zapped
     }
 }

@@ -36,13 +36,13 @@ public final class VCPU: @unchecked Sendable {
     /// reusing a valid one if another vCPU made it. A loaded valid root is kept.
     @discardableResult
     public func loadRoot() -> OperationOutcome {
-        let start = monotonicNanoseconds()
+        let start = BlockClock.nanoseconds()
         activity.begin(.loadRoot)
         defer { finishOperation() }
         lockExclusive()
         loadRootLocked()
         vm.mmuLock.unlockExclusive()
-        return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start)
+        return OperationOutcome(blockedNanoseconds: BlockClock.elapsed(since: start))
     }
 
     /// With `mmu_lock` held for write: drops an obsolete root and loads a current one.
@@ -65,7 +65,7 @@ public final class VCPU: @unchecked Sendable {
     /// `sync` this call zaps it, and the vCPU waits for the whole zap.
     @discardableResult
     public func reset() -> OperationOutcome {
-        let start = monotonicNanoseconds()
+        let start = BlockClock.nanoseconds()
         let flushMark = ThreadTLBFlushes.count
         activity.begin(.reset)
         defer { finishOperation() }
@@ -77,7 +77,7 @@ public final class VCPU: @unchecked Sendable {
             vm.mmuLock.unlockExclusive()
         }
         return OperationOutcome(
-            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            blockedNanoseconds: BlockClock.elapsed(since: start), sptesZappedInline: zapped,
             tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
@@ -116,7 +116,7 @@ public final class VCPU: @unchecked Sendable {
     /// anything else takes the slow path, ``fault(gfn:size:write:)``.
     @discardableResult
     public func fastFault(gfn: UInt64, write: Bool = true) -> OperationOutcome {
-        let start = monotonicNanoseconds()
+        let start = BlockClock.nanoseconds()
         if let root = loaded {
             activity.begin(.fault)
             let token = vm.gracePeriod.enterReadSide()
@@ -126,15 +126,15 @@ public final class VCPU: @unchecked Sendable {
             switch result {
             case .fixed:
                 vm.counters.fastFaultsFixed.wrappingIncrement(ordering: .relaxed)
-                return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start)
+                return OperationOutcome(blockedNanoseconds: BlockClock.elapsed(since: start))
             case .spurious:
-                return OperationOutcome(blockedNanoseconds: monotonicNanoseconds() &- start)
+                return OperationOutcome(blockedNanoseconds: BlockClock.elapsed(since: start))
             case .needsSlowPath:
                 break
             }
         }
         var outcome = fault(gfn: gfn, write: write)
-        outcome.blockedNanoseconds = monotonicNanoseconds() &- start
+        outcome.blockedNanoseconds = BlockClock.elapsed(since: start)
         return outcome
     }
 
@@ -151,7 +151,7 @@ public final class VCPU: @unchecked Sendable {
     /// walk and install; on a stale root, reload it (write lock) and fault again; on a frozen
     /// entry, retry.
     private func faultLoop(_ map: (Root) -> MapResult) -> OperationOutcome {
-        let start = monotonicNanoseconds()
+        let start = BlockClock.nanoseconds()
         // One strong reference for the whole fault: every access through `unowned` is an
         // atomic reference-count check.
         let vm = self.vm
@@ -224,7 +224,7 @@ public final class VCPU: @unchecked Sendable {
         }
         if installed > 0 { vm.counters.sptesInstalled.wrappingIncrement(by: installed, ordering: .relaxed) }
         return OperationOutcome(
-            blockedNanoseconds: monotonicNanoseconds() &- start,
+            blockedNanoseconds: BlockClock.elapsed(since: start),
             sptesZappedInline: zapped, sptesInstalled: installed, tlbFlushes: flushes)
     }
 }

@@ -12,7 +12,7 @@ extension VirtualMachine {
     /// checked once invalidation is done: no root of any address space is still valid.
     @discardableResult
     public func fastZap() -> OperationOutcome {
-        let start = monotonicNanoseconds()
+        let start = BlockClock.nanoseconds()
         let flushMark = ThreadTLBFlushes.count
         counters.fastZaps.wrappingIncrement(ordering: .relaxed)
         let slot = activity.claim(.fastZap, actor: "VM thread")
@@ -59,7 +59,7 @@ extension VirtualMachine {
         mmuLock.withShared { auditEmpty(listedAtInvalidation, after: "a fast zap") }
         slotsLock.unlock()
         return OperationOutcome(
-            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            blockedNanoseconds: BlockClock.elapsed(since: start), sptesZappedInline: zapped,
             tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
@@ -71,7 +71,7 @@ extension VirtualMachine {
     /// Remote TLB flushes: v5.17 (`sync`) flushed before each yield and once at the end; later
     /// kernels none (`KVM_RUN` can no longer run when everything is zapped).
     public func fullZap() -> OperationOutcome {
-        let start = monotonicNanoseconds()
+        let start = BlockClock.nanoseconds()
         let flushMark = ThreadTLBFlushes.count
         counters.fullZaps.wrappingIncrement(ordering: .relaxed)
         let slot = activity.claim(.fullZap, actor: "VM thread")
@@ -91,7 +91,7 @@ extension VirtualMachine {
         invalidationsInProgress.wrappingDecrement(ordering: .releasing)
         mmuLock.unlockExclusive()
         return OperationOutcome(
-            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            blockedNanoseconds: BlockClock.elapsed(since: start), sptesZappedInline: zapped,
             tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
@@ -106,7 +106,7 @@ extension VirtualMachine {
     /// does nothing the second time.
     @discardableResult
     public func teardown() -> OperationOutcome {
-        let start = monotonicNanoseconds()
+        let start = BlockClock.nanoseconds()
         let flushMark = ThreadTLBFlushes.count
         guard markTornDown() else { return OperationOutcome(blockedNanoseconds: 0) }
         let slot = activity.claim(.teardown, actor: "VM thread")
@@ -157,7 +157,7 @@ extension VirtualMachine {
             checker.record(.sptesLeaked, "\(installed) leaf SPTEs installed but \(removed) zapped at teardown")
         }
         return OperationOutcome(
-            blockedNanoseconds: monotonicNanoseconds() &- start, sptesZappedInline: zapped,
+            blockedNanoseconds: BlockClock.elapsed(since: start), sptesZappedInline: zapped,
             tlbFlushes: ThreadTLBFlushes.count &- flushMark)
     }
 
