@@ -35,6 +35,7 @@ struct CoordinatorBenchmark: ParsableCommand {
     var threads: Int = 4
 
     func run() throws {
+        try Self.ensureDescriptors(forWorkers: workers)
         let logger = Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() })
         // One 2 MiB memslot per shard.
         let scenario = try ScenarioParser.parse(
@@ -163,5 +164,30 @@ struct CoordinatorBenchmark: ParsableCommand {
         envelope.protocolVersion = zapfleetProtocolVersion
         envelope.body = body
         return (try? envelope.serializedBytes()) ?? []
+    }
+}
+
+extension CoordinatorBenchmark {
+    /// File descriptors one lightweight worker costs this process: its DEALER socket's TCP end,
+    /// its mailbox, and the coordinator's end of the connection.
+    static let descriptorsPerWorker: UInt64 = 3
+
+    /// Raises the soft descriptor limit to the hard one if the workers need it, and refuses to
+    /// start, saying why and what to do, if even the hard limit is too low: libzmq meeting EMFILE
+    /// retries its accepts silently, and the run would wait for workers that can never connect.
+    static func ensureDescriptors(forWorkers workers: Int) throws {
+        let needed = rlim_t(UInt64(workers) * descriptorsPerWorker + 256)
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        if limit.rlim_cur < needed && limit.rlim_max > limit.rlim_cur {
+            var raised = limit
+            raised.rlim_cur = min(limit.rlim_max, max(needed, limit.rlim_cur))
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        guard limit.rlim_cur >= needed else {
+            throw ValidationError(
+                "\(workers) lightweight workers need about \(needed) file descriptors in this process (\(descriptorsPerWorker) per worker: its socket, its mailbox and the coordinator's end), but the limit is \(limit.rlim_cur) (hard limit \(limit.rlim_max)). Raise it (ulimit -n, or LimitNOFILE= in a systemd unit) or run fewer --workers."
+            )
+        }
     }
 }
