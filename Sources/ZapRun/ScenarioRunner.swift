@@ -186,6 +186,12 @@ public final class ScenarioRunner: Sendable {
         // Threads the watchdog found stuck inside the VM and the run left behind. After that the
         // timeline stops, and the VM is not torn down under them.
         var abandoned = 0
+        // With guest work, the VM thread is the VMM task that issues every ioctl, teardown
+        // included: its cpuset (here, the last CPU) holds the zaps it runs itself (sync,
+        // preserve); an unbound worker escapes it (the v6.6 story). vCPU threads it starts drop
+        // the pin (`onEveryVCPU`).
+        if interference != nil { CPUAccounting.pinCallingThread(to: GuestWork.vmmCPU) }
+        defer { if interference != nil { CPUAccounting.unpinCallingThread() } }
 
         for (index, step) in steps.enumerated() {
             // A stall is a verdict (the watchdog's `livelock`), not an interruption: the run skips
@@ -197,10 +203,6 @@ public final class ScenarioRunner: Sendable {
             }
             currentStep.store(index, ordering: .relaxed)
             let guestWork = interference != nil && step.zaps ? startGuestWork(&interference!) : nil
-            // The VM thread is the VMM task that issues the ioctl: its cpuset holds the zaps it
-            // runs itself (sync, preserve); an unbound worker escapes it (the v6.6 story).
-            if guestWork != nil { CPUAccounting.pinCallingThread(to: GuestWork.vmmCPU) }
-            defer { if guestWork != nil { CPUAccounting.unpinCallingThread() } }
             let stepStart = monotonicNanoseconds()
             var stepRecorder = emptyRecorder()
             switch step {
@@ -330,6 +332,8 @@ public final class ScenarioRunner: Sendable {
         let seed = scenario.seed
         let threads = vcpus.enumerated().map { id, vcpu in
             OSThread(name: "vcpu\(id)") {
+                // A vCPU thread runs anywhere, whatever the VM thread that started it is pinned to.
+                CPUAccounting.unpinCallingThread()
                 var recorder = self.emptyRecorder()
                 body(vcpu, id, &recorder, seed ^ (UInt64(step) << 32) ^ UInt64(id))
                 results.store(id, recorder)
