@@ -379,9 +379,18 @@ public final class Worker: @unchecked Sendable {
 
     /// Logs an event of this worker (its name added) and appends it to `--events`.
     private func note(_ name: FleetEvent.Name, _ level: FleetEvent.Level, _ message: String, _ fields: [String: FleetEvent.Value] = [:]) {
+        Self.note(name, level, message, fields, worker: configuration.name, logger: logger, events: configuration.events)
+    }
+
+    /// Logs an event of worker `worker` (its name added to `fields`) and appends it to `events`;
+    /// the shard thread, which holds no worker, calls this too.
+    private static func note(
+        _ name: FleetEvent.Name, _ level: FleetEvent.Level, _ message: String, _ fields: [String: FleetEvent.Value],
+        worker: String, logger: Logger, events: FleetEventLog?
+    ) {
         var fields = fields
-        fields["worker"] = .string(configuration.name)
-        logger.record(FleetEvent(name, level, message, fields), events: configuration.events)
+        fields["worker"] = .string(worker)
+        logger.record(FleetEvent(name, level, message, fields), events: events)
     }
 
     /// Welcomed into `run`: results and a running shard of any other run are dropped.
@@ -470,6 +479,7 @@ public final class Worker: @unchecked Sendable {
             ])
         let events = configuration.events
         let workerName = configuration.name
+        let shardFields: [String: FleetEvent.Value] = ["shard": .number(assignment.shardID), "attempt": .number(assignment.attempt)]
         shardThread = OSThread(name: "shard") {
             let start = monotonicNanoseconds()
             let runner = ScenarioRunner(
@@ -490,25 +500,18 @@ public final class Worker: @unchecked Sendable {
                     let run = try runner.run(policy: policy)
                     // Cut short (the run or the worker stopping): given back, so that it runs again in full.
                     guard run.complete, !flag.isCancelled else {
-                        shardLogger.record(
-                            FleetEvent(
-                                .shardStopped, .info, "shard \(assignment.shardID) stopped before its end; giving it back",
-                                [
-                                    "worker": .string(workerName), "shard": .number(assignment.shardID),
-                                    "attempt": .number(assignment.attempt)
-                                ]), events: events)
+                        Worker.note(
+                            .shardStopped, .info, "shard \(assignment.shardID) stopped before its end; giving it back", shardFields,
+                            worker: workerName, logger: shardLogger, events: events)
                         return giveBack("stopped before the shard's end")
                     }
                     result.policies.append(ResultCoding.encode(run))
                 }
             } catch {
-                shardLogger.record(
-                    FleetEvent(
-                        .shardFailed, .error, "shard \(assignment.shardID) failed: \(error)",
-                        [
-                            "worker": .string(workerName), "shard": .number(assignment.shardID), "attempt": .number(assignment.attempt),
-                            "reason": .string("\(error)")
-                        ]), events: events)
+                Worker.note(
+                    .shardFailed, .error, "shard \(assignment.shardID) failed: \(error)",
+                    shardFields.merging(["reason": .string("\(error)")]) { $1 },
+                    worker: workerName, logger: shardLogger, events: events)
                 return giveBack("the engine failed: \(error)")
             }
             result.wallNs = monotonicNanoseconds() - start
@@ -516,13 +519,9 @@ public final class Worker: @unchecked Sendable {
                 .result(
                     ResultKey(runID: assignment.runID, shard: assignment.shardID), Worker.frame(.result(result), version: resultVersion)))
             outbox.push(.finished)
-            shardLogger.record(
-                FleetEvent(
-                    .shardFinished, .info, "shard \(assignment.shardID) finished in \(Quantities.formatDuration(Double(result.wallNs)))",
-                    [
-                        "worker": .string(workerName), "shard": .number(assignment.shardID), "attempt": .number(assignment.attempt),
-                        "wall_ns": .number(result.wallNs)
-                    ]), events: events)
+            Worker.note(
+                .shardFinished, .info, "shard \(assignment.shardID) finished in \(Quantities.formatDuration(Double(result.wallNs)))",
+                shardFields.merging(["wall_ns": .number(result.wallNs)]) { $1 }, worker: workerName, logger: shardLogger, events: events)
         }
     }
 
