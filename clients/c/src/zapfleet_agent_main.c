@@ -88,27 +88,40 @@ static void free_measurement(measurement *m) {
 }
 
 /* The environment with the job in it: this process's own, minus any ZAPFLEET_* it has, plus the job's. */
+/* The variables a job adds: the last entries of the environment job_environment makes. */
+#define JOB_VARIABLES 5
+
 static char **job_environment(const zf_job *job, const char *scenario_file) {
     size_t inherited = 0;
     while (environ[inherited] != NULL) inherited++;
-    char **environment = calloc(inherited + 6, sizeof *environment);
+    char **environment = calloc(inherited + JOB_VARIABLES + 1, sizeof *environment);
     if (environment == NULL) return NULL;
     size_t count = 0;
     for (size_t index = 0; index < inherited; index++)
         if (strncmp(environ[index], "ZAPFLEET_", 9) != 0) environment[count++] = environ[index];
-    char *own[5] = {NULL};
-    int failed = asprintf(&own[0], "ZAPFLEET_JOB_ID=%" PRIu32, job->job_id) < 0
-        || asprintf(&own[1], "ZAPFLEET_SCENARIO=%s", job->scenario_name) < 0
-        || asprintf(&own[2], "ZAPFLEET_SCENARIO_FILE=%s", scenario_file) < 0
-        || asprintf(&own[3], "ZAPFLEET_GUEST_MEMORY_BYTES=%" PRIu64, job->guest_memory_bytes) < 0
-        || asprintf(&own[4], "ZAPFLEET_VCPUS=%" PRIu32, job->vcpus) < 0;
-    for (size_t index = 0; index < 5; index++) environment[count++] = own[index];
+    char *own[JOB_VARIABLES];
+    const int lengths[JOB_VARIABLES] = {
+        asprintf(&own[0], "ZAPFLEET_JOB_ID=%" PRIu32, job->job_id),
+        asprintf(&own[1], "ZAPFLEET_SCENARIO=%s", job->scenario_name),
+        asprintf(&own[2], "ZAPFLEET_SCENARIO_FILE=%s", scenario_file),
+        asprintf(&own[3], "ZAPFLEET_GUEST_MEMORY_BYTES=%" PRIu64, job->guest_memory_bytes),
+        asprintf(&own[4], "ZAPFLEET_VCPUS=%" PRIu32, job->vcpus),
+    };
+    int failed = 0;
+    for (size_t index = 0; index < JOB_VARIABLES; index++) {
+        /* A failed asprintf leaves its pointer undefined: nothing to free. */
+        if (lengths[index] < 0) {
+            own[index] = NULL;
+            failed = 1;
+        }
+    }
     if (failed) {
-        for (size_t index = 0; index < 5; index++) free(own[index]);
+        for (size_t index = 0; index < JOB_VARIABLES; index++) free(own[index]);
         free(environment);
         errno = ENOMEM;
         return NULL;
     }
+    for (size_t index = 0; index < JOB_VARIABLES; index++) environment[count++] = own[index];
     return environment;
 }
 
@@ -116,7 +129,7 @@ static void free_job_environment(char **environment) {
     if (environment == NULL) return;
     size_t count = 0;
     while (environment[count] != NULL) count++;
-    for (size_t index = count - 5; index < count; index++) free(environment[index]); /* ours are the last five */
+    for (size_t index = count - JOB_VARIABLES; index < count; index++) free(environment[index]);
     free(environment);
 }
 
