@@ -96,31 +96,36 @@ let package = Package(
             ],
             path: "Benchmarks/zapfleet-bench"
         ),
-        // What the tests share: a peer that speaks the protocol by hand, honest shard results to bend.
+        // What every test target shares: the built binary and subprocesses, temporary directories,
+        // waiting, scenario and histogram fixtures, a coordinator and workers on threads, a peer
+        // that speaks the protocol by hand, raw TCP, seeded fuzz input.
         .target(
             name: "ZapfleetTestSupport",
             dependencies: [
                 "ZapCluster", "ZapProtocol", "ZapRun", "ZapScenario", "ZapEngine", "ZeroMQ", "HistogramCodec", "CZlib",
                 "ZapPlatform", .product(name: "Histogram", package: "hdrhistogram-swift"),
-                .product(name: "SwiftProtobuf", package: "swift-protobuf")
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"), .product(name: "Logging", package: "swift-log")
             ],
             path: "Tests/ZapfleetTestSupport"
         ),
         .testTarget(
-            name: "ZapEngineTests", dependencies: ["ZapEngine", "ZapPlatform", .product(name: "Atomics", package: "swift-atomics")]),
-        .testTarget(name: "ZapScenarioTests", dependencies: ["ZapScenario", "ZapEngine"]),
+            name: "ZapEngineTests",
+            dependencies: ["ZapEngine", "ZapPlatform", "ZapfleetTestSupport", .product(name: "Atomics", package: "swift-atomics")]),
+        .testTarget(name: "ZapScenarioTests", dependencies: ["ZapScenario", "ZapEngine", "ZapPlatform", "ZapfleetTestSupport"]),
         .testTarget(
             name: "ZapRunTests",
             dependencies: [
-                "ZapRun", "ZapScenario", "ZapEngine", "ZapPlatform", "HistogramCodec",
+                "ZapRun", "ZapScenario", "ZapEngine", "ZapPlatform", "HistogramCodec", "ZapfleetTestSupport",
                 .product(name: "Histogram", package: "hdrhistogram-swift")
             ]),
         .testTarget(
             name: "HistogramCodecTests",
-            dependencies: ["HistogramCodec", "CZlib", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            dependencies: [
+                "HistogramCodec", "CZlib", "ZapPlatform", "ZapfleetTestSupport", .product(name: "Histogram", package: "hdrhistogram-swift")
+            ],
             resources: [.copy("Vectors")]
         ),
-        .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
+        .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ", "ZapfleetTestSupport"]),
         .testTarget(
             name: "ZapClusterTests",
             dependencies: [

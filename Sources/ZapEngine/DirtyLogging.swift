@@ -14,14 +14,8 @@ extension VirtualMachine {
     /// One remote TLB flush follows when any bit was cleared (``TLBFlushCause/clearDirty``).
     @discardableResult
     public func clearDirtyLog() -> OperationOutcome {
-        var (cleared, outcome) = changeLeavesOfValidRoots { table, index, entry in
-            clearBit(SPTE.dirtyBit, in: table, at: index, seen: entry)
-        }
+        let (cleared, outcome) = clearBitOfEveryLeaf(SPTE.dirtyBit, flushing: .clearDirty)
         counters.dirtyBitsCleared.wrappingIncrement(by: cleared, ordering: .relaxed)
-        if cleared > 0 {
-            flushRemoteTLBs(.clearDirty)
-            outcome.tlbFlushes += 1
-        }
         return outcome
     }
 
@@ -56,14 +50,8 @@ extension VirtualMachine {
     /// (``TLBFlushCause/writeProtect``), so that every later guest write is logged.
     @discardableResult
     public func writeProtectForDirtyLog() -> OperationOutcome {
-        var (protected, outcome) = changeLeavesOfValidRoots { table, index, entry in
-            clearBit(SPTE.writableBit, in: table, at: index, seen: entry)
-        }
+        let (protected, outcome) = clearBitOfEveryLeaf(SPTE.writableBit, flushing: .writeProtect)
         counters.pagesWriteProtected.wrappingIncrement(by: protected, ordering: .relaxed)
-        if protected > 0 {
-            flushRemoteTLBs(.writeProtect)
-            outcome.tlbFlushes += 1
-        }
         return outcome
     }
 
@@ -187,6 +175,21 @@ extension VirtualMachine {
         var changed = 0
         let (blocked, _) = forEachValidRootUnderReadLock { root in changed += forEachPresentLeaf(of: root, change) }
         return (changed, OperationOutcome(blockedNanoseconds: blocked))
+    }
+
+    /// `bit` cleared in every present leaf of every valid root (``changeLeavesOfValidRoots(_:)``);
+    /// then, if any leaf changed, one remote TLB flush for `cause`, so that no vCPU keeps using
+    /// a translation that still has the bit. Returns how many leaves changed, and the caller's
+    /// block time and flushes.
+    private func clearBitOfEveryLeaf(_ bit: UInt64, flushing cause: TLBFlushCause) -> (Int, OperationOutcome) {
+        var (cleared, outcome) = changeLeavesOfValidRoots { table, index, entry in
+            clearBit(bit, in: table, at: index, seen: entry)
+        }
+        if cleared > 0 {
+            flushRemoteTLBs(cause)
+            outcome.tlbFlushes += 1
+        }
+        return (cleared, outcome)
     }
 
     /// Clears `bit` of a present leaf by compare-exchange, re-reading when a racing walker changed

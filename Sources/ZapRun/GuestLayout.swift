@@ -1,4 +1,5 @@
 import ZapEngine
+import ZapPlatform
 import ZapScenario
 
 /// A contiguous run of memslots: the whole VM for a local run, one shard on the fleet.

@@ -2,30 +2,17 @@ import Foundation
 import Histogram
 @testable import HistogramCodec
 import Testing
+import ZapPlatform
+import ZapfleetTestSupport
 
 /// HdrHistogram's V2 encoding: round trips, interoperability with another implementation, and
 /// hostile input.
 @Suite("HdrHistogram V2 codec")
 struct HistogramV2CodecTests {
-    private func makeHistogram() -> Histogram<UInt64> {
-        Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
-    }
-
-    /// A histogram of `count` values spread over many magnitudes.
-    private func randomHistogram(seed: UInt64, count: Int) -> Histogram<UInt64> {
-        var generator = SeededGenerator(seed: seed)
-        var histogram = makeHistogram()
-        for _ in 0..<count {
-            let magnitude = generator.next() % 40
-            _ = histogram.record(1 + generator.next() % (UInt64(1) << magnitude))
-        }
-        return histogram
-    }
-
     @Test("encode then decode gives back the same histogram", arguments: [0, 1, 7, 1000, 100_000])
     func roundTrip(count: Int) throws {
         for seed in UInt64(1)...5 {
-            let histogram = randomHistogram(seed: seed, count: count)
+            let histogram = HistogramFixture.random(seed: seed, count: count)
             let plain = try HistogramV2Codec.decode(HistogramV2Codec.encode(histogram))
             let compressed = try HistogramV2Codec.decode(HistogramV2Codec.encodeCompressed(histogram))
             let text = try HistogramV2Codec.decodeBase64(HistogramV2Codec.encodeBase64(histogram))
@@ -38,7 +25,7 @@ struct HistogramV2CodecTests {
 
     @Test("the compressed form starts with the V2 compressed cookie (base64 'HISTF')")
     func cookie() {
-        let text = HistogramV2Codec.encodeBase64(randomHistogram(seed: 1, count: 10))
+        let text = HistogramV2Codec.encodeBase64(HistogramFixture.random(seed: 1, count: 10))
         #expect(text.hasPrefix("HISTF"))
     }
 
@@ -64,15 +51,15 @@ struct HistogramV2CodecTests {
 
     @Test("merging N decoded histograms equals one histogram fed every value")
     func mergeEqualsWhole() throws {
-        var generator = SeededGenerator(seed: 77)
-        var whole = makeHistogram()
-        var parts = [Histogram<UInt64>](repeating: makeHistogram(), count: 5)
+        var random = SplitMix64(seed: 77)
+        var whole = HistogramFixture.empty()
+        var parts = [Histogram<UInt64>](repeating: HistogramFixture.empty(), count: 5)
         for index in 0..<50_000 {
-            let value = 1 + generator.next() % 10_000_000_000
+            let value = 1 + random.next() % 10_000_000_000
             _ = whole.record(value)
             _ = parts[index % 5].record(value)
         }
-        var merged = makeHistogram()
+        var merged = HistogramFixture.empty()
         for part in parts { merged.add(try HistogramV2Codec.decode(HistogramV2Codec.encodeCompressed(part))) }
         #expect(merged == whole)
         #expect(merged.valueAtPercentile(99.9) == whole.valueAtPercentile(99.9))
@@ -92,21 +79,21 @@ struct HistogramV2CodecTests {
 
     @Test("hostile bytes give errors, never a crash")
     func hostileInput() throws {
-        var generator = SeededGenerator(seed: 5)
-        let valid = HistogramV2Codec.encodeCompressed(randomHistogram(seed: 3, count: 500))
-        let plain = HistogramV2Codec.encode(randomHistogram(seed: 3, count: 500))
+        var fuzz = FuzzInput(seed: 5)
+        let valid = HistogramV2Codec.encodeCompressed(HistogramFixture.random(seed: 3, count: 500))
+        let plain = HistogramV2Codec.encode(HistogramFixture.random(seed: 3, count: 500))
         var rejected = 0
         for trial in 0..<3000 {
             var bytes: [UInt8]
             switch trial % 4 {
-            case 0: bytes = (0..<Int(generator.next() % 200)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
-            case 1: bytes = Array(valid.prefix(Int(generator.next() % UInt64(valid.count))))
+            case 0: bytes = fuzz.bytes(fuzz.below(200))
+            case 1: bytes = Array(valid.prefix(fuzz.below(valid.count)))
             case 2:
                 bytes = valid
-                bytes[Int(generator.next() % UInt64(bytes.count))] ^= UInt8(truncatingIfNeeded: generator.next() | 1)
+                bytes[fuzz.below(bytes.count)] ^= UInt8(truncatingIfNeeded: fuzz.random.next() | 1)
             default:
                 bytes = plain
-                bytes[8 + Int(generator.next() % UInt64(bytes.count - 8))] = UInt8(truncatingIfNeeded: generator.next())
+                bytes[8 + fuzz.below(bytes.count - 8)] = UInt8(truncatingIfNeeded: fuzz.random.next())
             }
             do {
                 _ = try HistogramV2Codec.decode(bytes)
@@ -122,31 +109,21 @@ struct HistogramV2CodecTests {
         "fuzz: 100,000 random, spliced and mutated inputs (headers included) through both decoders give a histogram or an error, never a crash"
     )
     func fuzzDecoders() throws {
-        var generator = SeededGenerator(seed: 0x5eed)
+        var fuzz = FuzzInput(seed: 0x5eed)
         let seeds = [
-            HistogramV2Codec.encodeCompressed(randomHistogram(seed: 3, count: 500)),
-            HistogramV2Codec.encode(randomHistogram(seed: 4, count: 50)),
-            HistogramV2Codec.encode(makeHistogram())
+            HistogramV2Codec.encodeCompressed(HistogramFixture.random(seed: 3, count: 500)),
+            HistogramV2Codec.encode(HistogramFixture.random(seed: 4, count: 50)),
+            HistogramV2Codec.encode(HistogramFixture.empty())
         ]
         var outcomes = (decoded: 0, rejected: 0)
         for _ in 0..<100_000 {
-            var bytes = seeds[Int(generator.next() % UInt64(seeds.count))]
-            for _ in 0...(generator.next() % 4) {
-                switch generator.next() % 6 {
-                case 0 where bytes.count > 40:
-                    // The header: cookie, lengths, ranges, precision, conversion ratio.
-                    bytes[Int(generator.next() % 40)] = UInt8(truncatingIfNeeded: generator.next())
-                case 1 where !bytes.isEmpty:
-                    bytes[Int(generator.next() % UInt64(bytes.count))] ^= UInt8(truncatingIfNeeded: generator.next() | 1)
-                case 2: bytes = Array(bytes.prefix(Int(generator.next() % UInt64(bytes.count + 1))))
-                case 3: bytes += (0..<Int(generator.next() % 64)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
-                case 4: bytes = (0..<Int(generator.next() % 256)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
-                default:
-                    let other = seeds[Int(generator.next() % UInt64(seeds.count))]
-                    bytes =
-                        Array(bytes.prefix(Int(generator.next() % UInt64(bytes.count + 1))))
-                        + other.suffix(Int(generator.next() % UInt64(other.count + 1)))
-                }
+            var bytes = seeds[fuzz.below(seeds.count)]
+            switch fuzz.below(6) {
+            case 0 where bytes.count > 40:
+                // The header: cookie, lengths, ranges, precision, conversion ratio.
+                bytes[fuzz.below(40)] = UInt8(truncatingIfNeeded: fuzz.random.next())
+            case 1: bytes = fuzz.bytes(fuzz.below(256))
+            default: bytes = fuzz.mutated(bytes, others: seeds) { UInt8(truncatingIfNeeded: $0.next()) }
             }
             let buckets = try? HistogramV2Codec.decodeBuckets(bytes)
             let histogram = try? HistogramV2Codec.decode(bytes)
@@ -162,7 +139,7 @@ struct HistogramV2CodecTests {
     @Test("a compressed payload that inflates past the limit is refused")
     func decompressionBomb() throws {
         // A plain header claiming a huge payload of zeros, which compresses to almost nothing.
-        var plain = Array(HistogramV2Codec.encode(makeHistogram()).prefix(40))
+        var plain = Array(HistogramV2Codec.encode(HistogramFixture.empty()).prefix(40))
         let payload = [UInt8](repeating: 0, count: HistogramV2Codec.maximumPlainBytes + 1)
         let length = UInt32(payload.count)
         for index in 0..<4 { plain[4 + index] = UInt8(truncatingIfNeeded: length >> (24 - 8 * index)) }
@@ -190,17 +167,4 @@ private func compress2Shim(
     let status = compress2(target, &targetLength, source, uLong(count), 9)
     length = UInt(targetLength)
     return status
-}
-
-/// SplitMix64, so that every test run sees the same inputs.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }

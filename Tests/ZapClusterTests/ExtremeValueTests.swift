@@ -13,14 +13,7 @@ import ZapfleetTestSupport
 /// ends the test process, which fails the run).
 @Suite("Extreme values")
 struct ExtremeValueTests {
-    static let scenario = """
-        name: extreme
-        vm: {memory: 2GiB, memslot: 1GiB}
-        workload: {vcpus: 2}
-        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
-        policies: [sync, async]
-
-        """
+    static let scenario = ScenarioFixture.fleet(name: "extreme", memory: "2GiB", memslot: "1GiB")
 
     /// The scenario, its one shard, and the result an honest worker computes for it.
     static func honestShard() throws -> (Scenario, Shard, Zapfleet_V1_ShardResult) {
@@ -91,8 +84,7 @@ struct ExtremeValueTests {
     @Test("every numeric field at its extremes: refused with a reason, or merged, reported, journaled and resumed; never a trap")
     func extremes() throws {
         let (scenario, shard, honest) = try Self.honestShard()
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("zapfleet-extremes-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let journalPath = directory + "/journal.zfj"
         let journal = try ResultJournal.create(

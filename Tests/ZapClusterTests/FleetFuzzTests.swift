@@ -6,6 +6,7 @@ import ZapEngine
 import ZapProtocol
 import ZapRun
 import ZapScenario
+import ZapfleetTestSupport
 import ZeroMQ
 import ZapPlatform
 import Histogram
@@ -172,7 +173,7 @@ struct FleetFuzzTests {
     func fuzzCoordinator() throws {
         // A port scanner's connection may be closed under it: the test process must not die of SIGPIPE.
         signal(SIGPIPE, SIG_IGN)
-        let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
+        let scenario = try ScenarioFixture.parse(ScenarioFixture.small)
         // A real result, to mutate.
         let runner = ScenarioRunner(scenario: scenario, options: RunOptions(slice: MemorySlice(firstSlot: 0, slotCount: 2)))
         var sample = Zapfleet_V1_ShardResult()
@@ -201,20 +202,20 @@ struct FleetFuzzTests {
         // Runs back to back on the same port, so that a real run is going on for the whole fuzz time.
         while Date().timeIntervalSince(start) < Self.seconds {
             let context = try ZeroMQContext()
-            let running = FleetProtocolTests.RunningCoordinator(
-                scenario: scenario,
-                configuration: CoordinatorConfiguration(
-                    bind: endpoint, expectWorkers: 2, waitSeconds: 30, heartbeatIntervalMilliseconds: 200, maxAttempts: 1000,
-                    maximumMessageBytes: Int64(maximumMessage)), context: context)
+            let running = try RunningCoordinator(
+                context: context, bind: endpoint, expectWorkers: 2, waitSeconds: 30, heartbeatMilliseconds: 200
+            ) {
+                $0.maxAttempts = 1000; $0.maximumMessageBytes = Int64(maximumMessage)
+            }
             _ = running.endpoint
             let workers = (0..<2).map { index in
-                FleetProtocolTests.workerThread(
+                RunningWorker(
                     WorkerConfiguration(
                         connect: endpoint, name: "real-\(index)", memoryBudgetBytes: 1 << 30,
                         progressInterval: 50_000_000), context: context)
             }
             let outcome = try running.finish()
-            for (thread, _) in workers { thread.join() }
+            for worker in workers { worker.join() }
             runs += 1
             #expect(outcome.failure == nil, "run \(runs): \(outcome.failure?.description ?? "")")
             #expect(outcome.complete, "run \(runs)")

@@ -6,6 +6,7 @@ import ZapEngine
 import ZapProtocol
 import ZapRun
 import ZapScenario
+import ZapfleetTestSupport
 import ZeroMQ
 import ZapPlatform
 import Histogram
@@ -14,61 +15,17 @@ import SwiftProtobuf
 /// The coordinator and workers over real libzmq sockets, with real Protobuf frames.
 @Suite("Fleet protocol", .serialized, .timeLimit(.minutes(3)))
 struct FleetProtocolTests {
-    static let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
-
-    static let smallScenario = """
-        name: small
-        vm: {memory: 8GiB, memslot: 1GiB}
-        workload: {vcpus: 2}
-        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
-        policies: [sync, async]
-        """
-
-    /// Runs a coordinator on its own thread; returns a handle to its endpoint and outcome.
-    final class RunningCoordinator: @unchecked Sendable {
-        let coordinator: Coordinator
-        private var outcome: Result<FleetRunOutcome, Error>?
-        private var thread: OSThread?
-
-        init(scenario: Scenario, configuration: CoordinatorConfiguration, context: ZeroMQContext) {
-            coordinator = Coordinator(scenario: scenario, configuration: configuration, context: context, logger: FleetProtocolTests.logger)
-            thread = OSThread(name: "coordinator") { [self] in
-                outcome = Result { try coordinator.run() }
-            }
-        }
-
-        var endpoint: String { coordinator.waitForEndpoint() }
-
-        func finish() throws -> FleetRunOutcome {
-            thread?.join()
-            return try outcome!.get()
-        }
-    }
-
-    static func workerThread(_ configuration: WorkerConfiguration, context: ZeroMQContext) -> (OSThread, () -> WorkerExit?) {
-        final class Box: @unchecked Sendable { var exit: WorkerExit? }
-        let box = Box()
-        let thread = OSThread(name: "worker") {
-            box.exit = try? Worker(configuration: configuration, context: context, logger: FleetProtocolTests.logger).run()
-        }
-        return (thread, { box.exit })
-    }
-
     @Test("a worker with another protocol version is refused with a clear reason, on both sides")
     func versionMismatch() throws {
         let context = try ZeroMQContext()
-        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        let running = RunningCoordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(
-                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 2, heartbeatIntervalMilliseconds: 200), context: context)
-        let (thread, exit) = Self.workerThread(
+        let running = try RunningCoordinator(context: context, waitSeconds: 2, heartbeatMilliseconds: 200)
+        let worker = RunningWorker(
             WorkerConfiguration(
                 connect: running.endpoint, name: "old", memoryBudgetBytes: 1 << 30,
                 protocolVersion: zapfleetProtocolVersion + 1), context: context)
-        thread.join()
-        guard case .refused(let reason)? = exit() else {
-            Issue.record("worker was not refused: \(String(describing: exit()))")
+        let exit = worker.join()
+        guard case .refused(let reason)? = exit else {
+            Issue.record("worker was not refused: \(String(describing: exit))")
             return
         }
         #expect(reason.contains("protocol version \(zapfleetProtocolVersion + 1)"))
@@ -80,20 +37,17 @@ struct FleetProtocolTests {
     @Test("shards are handed out, run and merged exactly: the merged counts are the sum of the shards'")
     func shardsMerge() throws {
         let context = try ZeroMQContext()
-        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        let running = RunningCoordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(
-                bind: "inproc://merge", expectWorkers: 2, waitSeconds: 20, heartbeatIntervalMilliseconds: 200,
-                shardBytes: 2 << 30), context: context)
+        let running = try RunningCoordinator(context: context, bind: "inproc://merge", expectWorkers: 2, heartbeatMilliseconds: 200) {
+            $0.shardBytes = 2 << 30
+        }
         let workers = (0..<2).map { index in
-            Self.workerThread(
+            RunningWorker(
                 WorkerConfiguration(
                     connect: "inproc://merge", name: "w\(index)", memoryBudgetBytes: 1 << 30,
                     progressInterval: 50_000_000), context: context)
         }
         let outcome = try running.finish()
-        for (thread, _) in workers { thread.join() }
+        for worker in workers { worker.join() }
         #expect(outcome.failure == nil)
         #expect(outcome.complete)
         #expect(outcome.fleet.shards.count == 4)
@@ -118,67 +72,19 @@ struct FleetProtocolTests {
     @Test("a worker too small for one memslot is left out of the plan instead of sinking the run")
     func tooSmallWorker() throws {
         let context = try ZeroMQContext()
-        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        let running = RunningCoordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(
-                bind: "inproc://small", expectWorkers: 2, waitSeconds: 20, heartbeatIntervalMilliseconds: 200), context: context)
-        let tiny = Self.workerThread(
+        let running = try RunningCoordinator(context: context, bind: "inproc://small", expectWorkers: 2, heartbeatMilliseconds: 200)
+        let tiny = RunningWorker(
             WorkerConfiguration(connect: "inproc://small", name: "tiny", memoryBudgetBytes: 1024), context: context)
-        let able = Self.workerThread(
+        let able = RunningWorker(
             WorkerConfiguration(connect: "inproc://small", name: "able", memoryBudgetBytes: 1 << 30), context: context)
         let outcome = try running.finish()
-        tiny.0.join()
-        able.0.join()
+        let tinyExit = tiny.join()
+        able.join()
         #expect(outcome.failure == nil)
         #expect(outcome.complete)
         #expect(outcome.fleet.shards.allSatisfy { $0.worker == "able" })
         #expect(outcome.fleet.workers.first { $0.name == "tiny" }?.shardsCompleted == 0)
-        #expect(tiny.1() == .stopped(reason: "run complete"))
-    }
-
-    /// A peer that speaks the protocol by hand, to send what a real worker never would.
-    final class RawPeer {
-        let socket: ZeroMQSocket
-        init(context: ZeroMQContext, endpoint: String, name: String) throws {
-            socket = try ZeroMQSocket(context, type: .dealer)
-            try socket.setOption(SocketOption.identity, Array(name.utf8))
-            try socket.connect(endpoint)
-        }
-        func send(_ body: Zapfleet_V1_Envelope.OneOf_Body) throws {
-            var envelope = Zapfleet_V1_Envelope()
-            envelope.protocolVersion = zapfleetProtocolVersion
-            envelope.body = body
-            try socket.send([try envelope.serializedBytes()])
-        }
-        func sendRaw(_ frames: [[UInt8]]) throws { try socket.send(frames) }
-        /// Says hello as a worker named `name` with a 1 GiB budget.
-        func sayHello(as name: String) throws {
-            var hello = Zapfleet_V1_Hello()
-            hello.workerName = name
-            hello.hostName = "test"
-            hello.cores = 1
-            hello.memoryBudgetBytes = 1 << 30
-            hello.largestShardBytes = .max
-            try send(.hello(hello))
-        }
-        private var stashed: [Zapfleet_V1_Envelope.OneOf_Body] = []
-        /// Keeps a message for a later `next()`.
-        func stash(_ body: Zapfleet_V1_Envelope.OneOf_Body) { stashed.append(body) }
-        /// The next message that is not a heartbeat.
-        func next(timeoutMilliseconds: Int = 10_000) throws -> Zapfleet_V1_Envelope.OneOf_Body? {
-            if !stashed.isEmpty { return stashed.removeFirst() }
-            var poller = ZeroMQPoller()
-            poller.add(socket)
-            let deadline = Date().addingTimeInterval(Double(timeoutMilliseconds) / 1000)
-            while Date() < deadline {
-                guard try poller.poll(timeoutMilliseconds: 100)[0], let message = try socket.receive(dontWait: true) else { continue }
-                let envelope = try Zapfleet_V1_Envelope(serializedBytes: message.frames[0])
-                if case .heartbeat = envelope.body { continue }
-                return envelope.body
-            }
-            return nil
-        }
+        #expect(tinyExit == .stopped(reason: "run complete"))
     }
 
     @Test(
@@ -186,22 +92,17 @@ struct FleetProtocolTests {
     )
     func duplicateAndGarbage() throws {
         let context = try ZeroMQContext()
-        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
         // Two shards, so that the run is still going when the duplicate of the first arrives;
         // a long heartbeat, so that computing a shard in the test does not look like silence.
-        let running = RunningCoordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(
-                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 2000,
-                shardBytes: 4 << 30), context: context)
+        let running = try RunningCoordinator(context: context, heartbeatMilliseconds: 2000) { $0.shardBytes = 4 << 30 }
         let endpoint = running.endpoint
 
         // Garbage first, from a peer that never says hello.
-        let stranger = try RawPeer(context: context, endpoint: endpoint, name: "stranger")
+        let stranger = try ProtocolPeer(context: context, endpoint: endpoint, routingID: "stranger")
         try stranger.sendRaw([[0xde, 0xad, 0xbe, 0xef]])
         try stranger.sendRaw([[1], [2], [3]])
 
-        let peer = try RawPeer(context: context, endpoint: endpoint, name: "raw")
+        let peer = try ProtocolPeer(context: context, endpoint: endpoint, routingID: "raw")
         try peer.sayHello(as: "raw")
         guard case .welcome? = try peer.next() else { Issue.record("no welcome"); return }
 
@@ -228,7 +129,7 @@ struct FleetProtocolTests {
         try peer.send(.result(first))
         var acks: [Zapfleet_V1_ResultAck] = []
         var others: [Zapfleet_V1_Envelope.OneOf_Body] = []
-        while acks.count < 2, let body = try peer.next(timeoutMilliseconds: 10_000) {
+        while acks.count < 2, let body = try peer.next(timeoutSeconds: 10) {
             if case .resultAck(let ack) = body { acks.append(ack) } else { others.append(body) }
         }
         // The next assignment may come between the two acknowledgements.
@@ -248,12 +149,8 @@ struct FleetProtocolTests {
     @Test("a result with a corrupt histogram is refused, its attempt revoked and the shard run again; stray ids are counted and dropped")
     func corruptHistogram() throws {
         let context = try ZeroMQContext()
-        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        let running = RunningCoordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(
-                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 500), context: context)
-        let peer = try RawPeer(context: context, endpoint: running.endpoint, name: "liar")
+        let running = try RunningCoordinator(context: context, )
+        let peer = try ProtocolPeer(context: context, endpoint: running.endpoint, routingID: "liar")
         try peer.sayHello(as: "liar")
         _ = try peer.next()
         guard case .assignment(let assignment)? = try peer.next() else { Issue.record("no assignment"); return }
@@ -302,13 +199,8 @@ struct FleetProtocolTests {
     )
     func externalAgentValidation() throws {
         let context = try ZeroMQContext()
-        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        var configuration = CoordinatorConfiguration(
-            bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20,
-            heartbeatIntervalMilliseconds: 500)
-        configuration.expectAgents = 1
-        let running = RunningCoordinator(scenario: scenario, configuration: configuration, context: context)
-        let agent = try RawPeer(context: context, endpoint: running.endpoint, name: "agent")
+        let running = try RunningCoordinator(context: context) { $0.expectAgents = 1 }
+        let agent = try ProtocolPeer(context: context, endpoint: running.endpoint, routingID: "agent")
         var hello = Zapfleet_V1_Hello()
         hello.workerName = "agent"
         hello.cores = 1
@@ -319,7 +211,7 @@ struct FleetProtocolTests {
         guard case .externalJob(let job)? = try agent.next() else { Issue.record("no job"); return }
         #expect(job.scenarioName == "small")
         #expect(job.guestMemoryBytes == 8 << 30)
-        let worker = Self.workerThread(
+        let worker = RunningWorker(
             WorkerConfiguration(connect: running.endpoint, name: "w", memoryBudgetBytes: 1 << 30), context: context)
 
         func result(job id: UInt32, operation: String, samples: [UInt64]) -> Zapfleet_V1_Envelope.OneOf_Body {
@@ -336,7 +228,7 @@ struct FleetProtocolTests {
         try agent.send(result(job: job.jobID, operation: "reset", samples: [5, .max]))
         try agent.send(result(job: job.jobID, operation: "reset", samples: [1000, 2000, 3000]))
         let outcome = try running.finish()
-        worker.0.join()
+        worker.join()
         #expect(outcome.complete)
         #expect(outcome.fleet.badFrames == 3)
         #expect(outcome.fleet.shards.allSatisfy { $0.worker == "w" }, "the agent took no shard")
@@ -352,13 +244,8 @@ struct FleetProtocolTests {
     @Test("when every worker is gone for as long as the run waited for them, the run fails with what to do instead of waiting forever")
     func everyWorkerGone() throws {
         let context = try ZeroMQContext()
-        let scenario = try ScenarioParser.parse(Self.smallScenario, file: "small")
-        let running = RunningCoordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(
-                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 1, heartbeatIntervalMilliseconds: 100, heartbeatLiveness: 2),
-            context: context)
-        let peer = try RawPeer(context: context, endpoint: running.endpoint, name: "vanishing")
+        let running = try RunningCoordinator(context: context, waitSeconds: 1, heartbeatMilliseconds: 100) { $0.heartbeatLiveness = 2 }
+        let peer = try ProtocolPeer(context: context, endpoint: running.endpoint, routingID: "vanishing")
         try peer.sayHello(as: "vanishing")
         guard case .welcome? = try peer.next() else { Issue.record("no welcome"); return }
         guard case .assignment? = try peer.next() else { Issue.record("no assignment"); return }

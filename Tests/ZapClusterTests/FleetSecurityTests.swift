@@ -5,6 +5,7 @@ import ZapEngine
 import ZapRun
 import ZapProtocol
 import ZapScenario
+import ZapfleetTestSupport
 import ZeroMQ
 import ZapPlatform
 import SwiftProtobuf
@@ -12,43 +13,33 @@ import SwiftProtobuf
 /// CURVE between coordinator and workers: who gets in, who is refused, and how keys are kept.
 @Suite("Fleet security", .serialized, .timeLimit(.minutes(3)))
 struct FleetSecurityTests {
-    static func temporaryDirectory() -> String {
-        let path = NSTemporaryDirectory() + "zapfleet-keys-\(UUID().uuidString)"
-        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        return path
-    }
-
     @Test("a worker whose key is on the allow-list runs every shard; one whose key is not is refused, counted, and gets no shard")
     func allowList() throws {
         let context = try ZeroMQContext()
         let coordinatorKeys = try CurveKeyPair.generate()
         let allowed = try CurveKeyPair.generate()
         let stranger = try CurveKeyPair.generate()
-        let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
-        let running = FleetProtocolTests.RunningCoordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(
-                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 200,
-                security: CoordinatorSecurity(keys: coordinatorKeys, allowedWorkers: [allowed.publicKey: "allowed"])), context: context)
+        let running = try RunningCoordinator(context: context, heartbeatMilliseconds: 200) {
+            $0.security = CoordinatorSecurity(keys: coordinatorKeys, allowedWorkers: [allowed.publicKey: "allowed"])
+        }
         let endpoint = running.endpoint
         // The stranger first: it must be refused before the allowed worker even joins.
-        let (strangerThread, strangerExit) = FleetProtocolTests.workerThread(
+        let strangerWorker = RunningWorker(
             WorkerConfiguration(
                 connect: endpoint, name: "stranger", memoryBudgetBytes: 1 << 30,
                 security: WorkerSecurity(keys: stranger, coordinatorKey: coordinatorKeys.publicKey)), context: context)
-        strangerThread.join()
-        guard case .refused(let reason)? = strangerExit() else {
-            Issue.record("the stranger was not refused: \(String(describing: strangerExit()))")
+        let strangerExit = strangerWorker.join()
+        guard case .refused(let reason)? = strangerExit else {
+            Issue.record("the stranger was not refused: \(String(describing: strangerExit))")
             return
         }
         #expect(reason.contains(stranger.publicKey.z85), "the refusal names the key, so the operator can add it")
-        let (thread, exit) = FleetProtocolTests.workerThread(
+        let allowedWorker = RunningWorker(
             WorkerConfiguration(
                 connect: endpoint, name: "allowed", memoryBudgetBytes: 1 << 30,
                 security: WorkerSecurity(keys: allowed, coordinatorKey: coordinatorKeys.publicKey)), context: context)
         let outcome = try running.finish()
-        thread.join()
-        #expect(exit() == .stopped(reason: "run complete"))
+        #expect(allowedWorker.join() == .stopped(reason: "run complete"))
         #expect(outcome.complete)
         #expect(outcome.fleet.keysRefused >= 1)
         #expect(outcome.fleet.workers.map(\.name) == ["allowed"], "a refused peer never reaches the coordinator")
@@ -62,15 +53,12 @@ struct FleetSecurityTests {
         let coordinatorKeys = try CurveKeyPair.generate()
         let worker = try CurveKeyPair.generate()
         let impostor = try CurveKeyPair.generate()
-        let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
-        let running = FleetProtocolTests.RunningCoordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(
-                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 3, heartbeatIntervalMilliseconds: 200,
-                security: CoordinatorSecurity(keys: coordinatorKeys, allowedWorkers: [worker.publicKey: "worker"])), context: context)
+        let running = try RunningCoordinator(context: context, waitSeconds: 3, heartbeatMilliseconds: 200) {
+            $0.security = CoordinatorSecurity(keys: coordinatorKeys, allowedWorkers: [worker.publicKey: "worker"])
+        }
         let endpoint = running.endpoint
         let cancellation = CancellationFlag()
-        let logger = FleetProtocolTests.logger
+        let logger = silentLogger
         let plain = OSThread(name: "plain") {
             _ = try? Worker(
                 configuration: WorkerConfiguration(connect: endpoint, name: "plain", memoryBudgetBytes: 1 << 30),
@@ -97,7 +85,7 @@ struct FleetSecurityTests {
 
     @Test("keygen writes a secret key only its owner can read, and the public key derived from it")
     func keyFiles() throws {
-        let directory = Self.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let paths = try KeyFiles.generate(name: "w1", directory: directory)
         let mode = try #require(try FileManager.default.attributesOfItem(atPath: paths.secret)[.posixPermissions] as? NSNumber)
         #expect(mode.intValue & 0o777 == 0o600)
@@ -121,7 +109,7 @@ struct FleetSecurityTests {
 
     @Test("an allow-list file names the line of a bad key")
     func malformedAllowList() throws {
-        let directory = Self.temporaryDirectory()
+        let directory = TestPaths.temporaryDirectory()
         let good = try CurveKeyPair.generate().publicKey
         let path = directory + "/allowed"
         try "# workers\n\(good.z85) w1\nnot-a-key w2\n".write(toFile: path, atomically: true, encoding: .utf8)
@@ -149,13 +137,8 @@ extension FleetSecurityTests {
     @Test("a peer speaking the pre-ZMTP 3 framing is refused at the handshake, keys or not (libzmq 4.3.4 can abort on that path)")
     func legacyPeerRefused() throws {
         let context = try ZeroMQContext()
-        let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
-        let running = FleetProtocolTests.RunningCoordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(
-                // One attempt: were the legacy peer let in, its shard would fail at once instead of waiting forever.
-                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 2, heartbeatIntervalMilliseconds: 200, maxAttempts: 1),
-            context: context)
+        // One attempt: were the legacy peer let in, its shard would fail at once instead of waiting forever.
+        let running = try RunningCoordinator(context: context, waitSeconds: 2, heartbeatMilliseconds: 200) { $0.maxAttempts = 1 }
         let endpoint = running.endpoint
         let port = UInt16(endpoint.split(separator: ":").last!)!
         // ZMTP 1.0: frames of a one-byte length (flags included), a flags byte, the body; first the identity, then a hello.

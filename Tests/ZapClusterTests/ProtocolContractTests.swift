@@ -12,7 +12,6 @@ import ZeroMQ
 /// the coordinator as the contract says: a refusal or a rejection that names the field.
 @Suite("Protocol contract", .serialized, .timeLimit(.minutes(3)))
 struct ProtocolContractTests {
-    typealias RunningCoordinator = FleetProtocolTests.RunningCoordinator
 
     static func hello(_ name: String, cores: UInt32 = 1, memory: UInt64 = 1 << 30) -> Zapfleet_V1_Envelope.OneOf_Body {
         var hello = Zapfleet_V1_Hello()
@@ -27,11 +26,7 @@ struct ProtocolContractTests {
     @Test("a hello out of range gets a Refusal whose reason names the field; a good hello beside it is welcomed")
     func outOfRangeHellos() throws {
         let context = try ZeroMQContext()
-        let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
-        let running = RunningCoordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(
-                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 3, heartbeatIntervalMilliseconds: 200), context: context)
+        let running = try RunningCoordinator(context: context, waitSeconds: 3, heartbeatMilliseconds: 200)
         let cases: [(String, Zapfleet_V1_Envelope.OneOf_Body, String)] = [
             ("zero-memory", Self.hello("zero-memory", memory: 0), "memory_budget_bytes"),
             ("huge-memory", Self.hello("huge-memory", memory: 1 << 50), "memory_budget_bytes"),
@@ -60,12 +55,7 @@ struct ProtocolContractTests {
     )
     func resultRulesBeyondDecoding() throws {
         let context = try ZeroMQContext()
-        let scenario = try ScenarioParser.parse(FleetProtocolTests.smallScenario, file: "small")
-        let running = RunningCoordinator(
-            scenario: scenario,
-            configuration: CoordinatorConfiguration(
-                bind: "tcp://127.0.0.1:*", expectWorkers: 1, waitSeconds: 20, heartbeatIntervalMilliseconds: 500,
-                maxAttempts: 5), context: context)
+        let running = try RunningCoordinator(context: context, ) { $0.maxAttempts = 5 }
         let peer = try ProtocolPeer(context: context, endpoint: running.endpoint, routingID: "bender#1")
         try peer.sayHello(as: "bender")
         var assignment = try #require(try peer.nextAssignment())

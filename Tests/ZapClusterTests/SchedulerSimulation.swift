@@ -1,5 +1,6 @@
 @testable import ZapCluster
 import ZapEngine
+import ZapPlatform
 import ZapRun
 
 /// A deterministic simulation of a fleet around a ``FleetScheduler``: simulated workers (honest,

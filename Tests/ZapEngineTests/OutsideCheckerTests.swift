@@ -1,4 +1,5 @@
 import Testing
+import ZapfleetTestSupport
 @testable import ZapEngine
 import ZapPlatform
 import Atomics

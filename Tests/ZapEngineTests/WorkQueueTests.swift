@@ -1,4 +1,5 @@
 import Testing
+import ZapfleetTestSupport
 import ZapEngine
 import ZapPlatform
 #if canImport(Glibc)

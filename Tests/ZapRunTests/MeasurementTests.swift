@@ -5,6 +5,8 @@ import Testing
 import ZapEngine
 @testable import ZapRun
 import ZapScenario
+import ZapPlatform
+import ZapfleetTestSupport
 
 /// Recording, projection, report files and objective verdicts.
 @Suite("Measurement")
@@ -29,8 +31,7 @@ struct MeasurementTests {
     func summaryConvention() throws {
         var generator = SplitMix64(seed: 12)
         for _ in 0..<50 {
-            var histogram = Histogram<UInt64>(
-                lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+            var histogram = HistogramFixture.empty()
             // Values inside one top bucket and below: the case where the exact max and its bucket differ.
             let top = 1_000_000 + generator.next() % 1_000_000_000
             for _ in 0..<(1 + generator.next() % 200) { histogram.record(1 + generator.next() % top) }
@@ -47,16 +48,14 @@ struct MeasurementTests {
             #expect(histogram.conventionalValue(atPercentile: 100) == summary.maxNs)
         }
         // One value: every percentile is that value's bucket top, as the max is.
-        var one = Histogram<UInt64>(
-            lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+        var one = HistogramFixture.empty()
         one.record(1_237_500)
         let single = LatencySummary(one)
         #expect(single.p99Ns == single.maxNs && single.p50Ns == single.maxNs && single.maxNs == 1_238_015)
         #expect(single.minNs == 1_236_992)
         #expect(
             LatencySummary(
-                Histogram<UInt64>(
-                    lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+                HistogramFixture.empty()
             ).maxNs == 0)
     }
 
@@ -108,7 +107,7 @@ struct MeasurementTests {
 
     @Test("objectives are evaluated per policy and drive the exit code")
     func verdicts() throws {
-        let scenario = try ScenarioParser.parse(
+        let scenario = try ScenarioFixture.parse(
             """
             name: t
             vm: {memory: 2GiB}
@@ -116,7 +115,7 @@ struct MeasurementTests {
             timeline: [populate, reset_vcpus]
             policies: [sync, async]
             slos: ["violations == 0", "async.reset.max < 1ms", "sync.reset.projected.max > 1ms"]
-            """, file: "t.yaml")
+            """)
         let runner = ScenarioRunner(scenario: scenario)
         let runs = try scenario.policies.map { try runner.run(policy: $0) }
         let report = RunReport(
@@ -143,7 +142,7 @@ struct MeasurementTests {
         "a real kernel's column faces only the objectives it measured: no counter (it has no checker), no projection, no operation without samples"
     )
     func externalColumnObjectives() throws {
-        let scenario = try ScenarioParser.parse(
+        let scenario = try ScenarioFixture.parse(
             """
             name: t
             vm: {memory: 2GiB}
@@ -151,7 +150,7 @@ struct MeasurementTests {
             timeline: [populate, reset_vcpus]
             policies: [async]
             slos: ["violations == 0", "full_zap.max < 1ms", "reset.p99 < 1s", "reset.projected.max < 1s"]
-            """, file: "t.yaml")
+            """)
         let run = try ScenarioRunner(scenario: scenario).run(policy: .async)
         var resets = LatencyHistogram.makeLatency()
         for value: UInt64 in [1_000, 2_000, 3_000] { _ = resets.record(value) }
@@ -174,7 +173,7 @@ struct MeasurementTests {
         arguments: ["quick-mini", "smm-mini"])
     func countersBalance(name: String) throws {
         let smm = name == "smm-mini"
-        let scenario = try ScenarioParser.parse(
+        let scenario = try ScenarioFixture.parse(
             """
             name: \(name)
             vm: {memory: 4GiB, pages: {4K: 0.5, 2M: 0.25, 1G: 0.25}, smm: \(smm), smram: 64MiB}
@@ -222,13 +221,13 @@ struct GuestLayoutTests {
 
     @Test("the vCPUs' parts tile the slice exactly")
     func partsTile() throws {
-        let scenario = try ScenarioParser.parse(
+        let scenario = try ScenarioFixture.parse(
             """
             name: t
             vm: {memory: 64GiB}
             workload: {vcpus: 7}
             timeline: [populate]
-            """, file: "t.yaml")
+            """)
         let slice = MemorySlice(firstSlot: 4, slotCount: 10)
         let layout = GuestLayout(scenario: scenario, slice: slice)
         var next = 4 * 1024

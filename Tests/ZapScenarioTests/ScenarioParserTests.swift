@@ -1,6 +1,8 @@
 import Testing
 import ZapEngine
+import ZapPlatform
 @testable import ZapScenario
+import ZapfleetTestSupport
 
 /// Scenario files: every built-in parses, and every kind of bad input names its file, line and key.
 @Suite("Scenario parsing")
@@ -203,29 +205,17 @@ struct ObjectiveTests {
 
     @Test("fuzz: 5,000 mutated built-in scenarios each parse or fail with a located error, never a crash")
     func fuzzParser() {
-        var state: UInt64 = 0xfeed
-        func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var fuzz = FuzzInput(seed: 0xfeed)
         let tokens = [
             ":", "-", "[", "]", "{", "}", "\n", "  ", "#", "&a", "*a", "!!binary", "~", "0", "-1", "1e309", "99999999999999999999TiB",
             "nan", "\"", "'", "policies", "timeline", "fraction", "populate", "\u{0}", "é", "\t", "<<", "|", ">"
-        ]
+        ].map { Array($0.unicodeScalars) }
+        let builtins = BuiltinScenarios.all.map { Array($0.yaml.unicodeScalars) }
         var outcomes = (parsed: 0, rejected: 0)
         for _ in 0..<5000 {
-            var text = Array(BuiltinScenarios.all[Int(next() % UInt64(BuiltinScenarios.all.count))].yaml.unicodeScalars)
-            for _ in 0...(next() % 6) {
-                let position = Int(next() % UInt64(text.count + 1))
-                switch next() % 4 {
-                case 0 where position < text.count: text.remove(at: position)
-                case 1: text.insert(contentsOf: tokens[Int(next() % UInt64(tokens.count))].unicodeScalars, at: position)
-                case 2 where position < text.count: text[position] = Unicode.Scalar(UInt8(truncatingIfNeeded: next() % 128))
-                default: text = Array(text.prefix(position))
-                }
+            let text = fuzz.mutated(builtins[fuzz.below(builtins.count)], tokens: tokens, most: 6) {
+                (random: inout SplitMix64) -> Unicode.Scalar in
+                Unicode.Scalar(UInt8(truncatingIfNeeded: random.next() & 0x7f))
             }
             var mutated = String.UnicodeScalarView()
             mutated.append(contentsOf: text)

@@ -10,26 +10,6 @@ import ZeroMQ
 /// falls back to loopback, saying so) and runs a coordinator and three worker processes.
 @Suite("Multi-host cluster", .serialized, .timeLimit(.minutes(10)))
 struct ClusterTests {
-    static let scenario = """
-        name: cluster-test
-        vm: {memory: 32GiB, memslot: 2GiB}
-        workload: {vcpus: 2}
-        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
-        policies: [sync, async]
-
-        """
-
-    /// 64 shards of two memslots: a run long enough that a worker can be stopped or cut off,
-    /// noticed missing, and brought back while the others still work.
-    static let longScenario = """
-        name: cluster-faults
-        vm: {memory: 256GiB, memslot: 2GiB}
-        workload: {vcpus: 2}
-        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
-        policies: [sync, async]
-
-        """
-
     struct ClusterRun {
         var status: Int32
         var output: String
@@ -46,10 +26,9 @@ struct ClusterTests {
     }
 
     /// Runs the cluster script; returns its exit status, output, the report it produced and the coordinator's log.
-    static func runCluster(_ extra: [String], scenario: String = scenario) throws -> ClusterRun {
+    static func runCluster(_ extra: [String], scenario: String = ScenarioFixture.cluster) throws -> ClusterRun {
         let directory = TestPaths.temporaryDirectory()
-        let scenarioPath = directory + "/cluster.yaml"
-        try scenario.write(toFile: scenarioPath, atomically: true, encoding: .utf8)
+        let scenarioPath = try ScenarioFixture.write(scenario, in: directory, as: "cluster.yaml")
         let process = Process()
         process.executableURL = TestPaths.packageRoot.appendingPathComponent("deploy/netns/run-cluster.sh")
         process.arguments =
@@ -184,7 +163,7 @@ struct ClusterTests {
         "a worker stopped (SIGSTOP) past its liveness deadline: its shard is done elsewhere; after SIGCONT its late result is dropped as a duplicate; totals exact"
     )
     func workerStopped() throws {
-        let run = try Self.runCluster(["--stop-one"], scenario: Self.longScenario)
+        let run = try Self.runCluster(["--stop-one"], scenario: ScenarioFixture.long)
         #expect(run.output.contains("stopped worker w1"))
         #expect(run.output.contains("continued worker w1"))
         try Self.checkLateResultDropped(run)
@@ -194,7 +173,7 @@ struct ClusterTests {
         "a worker cut off by a network partition: its shard is done elsewhere; when the link is back it reconnects, its late result is dropped, and it takes new work"
     )
     func workerPartitioned() throws {
-        let run = try Self.runCluster(["--partition-one"], scenario: Self.longScenario)
+        let run = try Self.runCluster(["--partition-one"], scenario: ScenarioFixture.long)
         // Partitions need network namespaces; the script says why it cannot make them.
         #expect(run.output.contains("hosts: network namespaces"), "\(run.output.prefix(400))")
         #expect(run.output.contains("healed worker w1"))

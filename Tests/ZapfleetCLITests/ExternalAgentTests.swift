@@ -50,8 +50,7 @@ struct ExternalAgentTests {
         }
         let command = directory + "/samples.sh"
         try Self.writeCommand(to: command)
-        let scenario = directory + "/small.yaml"
-        try ClusterTests.scenario.write(toFile: scenario, atomically: true, encoding: .utf8)
+        let scenario = try ScenarioFixture.write(ScenarioFixture.cluster, in: directory)
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let coordinator = try ZapfleetBinary.start(
             [
@@ -142,8 +141,7 @@ struct ExternalAgentTests {
         try #require(FileManager.default.isExecutableFile(atPath: Self.agent))
         let directory = TestPaths.temporaryDirectory()
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
-        let scenario = directory + "/small.yaml"
-        try ClusterTests.scenario.write(toFile: scenario, atomically: true, encoding: .utf8)
+        let scenario = try ScenarioFixture.write(ScenarioFixture.cluster, in: directory)
         let coordinator = try ZapfleetBinary.start(
             [
                 "coordinator", "--scenario", scenario, "--bind", endpoint, "--expect-workers", "1",

@@ -15,32 +15,11 @@ import SwiftProtobuf
 @Suite("Fleet exactness under faults", .serialized, .timeLimit(.minutes(5)))
 struct FleetExactnessTests {
     /// Eight shards of 1 GiB (with `--shard-size 1GiB`), quick to run.
-    static let scenario = """
-        name: exact
-        vm: {memory: 8GiB, memslot: 1GiB}
-        workload: {vcpus: 2}
-        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
-        policies: [sync, async]
-
-        """
+    static let scenario = ScenarioFixture.fleet(name: "exact", memory: "8GiB", memslot: "1GiB")
     /// Shards of 8 GiB, that take a worker a moment.
-    static let bigScenario = """
-        name: big
-        vm: {memory: 64GiB, memslot: 8GiB}
-        workload: {vcpus: 2}
-        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
-        policies: [sync, async]
-
-        """
+    static let bigScenario = ScenarioFixture.fleet(name: "big", memory: "64GiB", memslot: "8GiB")
     /// The same layout and a different page mix: another run's results would not fit.
-    static let otherScenario = """
-        name: other
-        vm: {memory: 64GiB, memslot: 8GiB, pages: {4K: 0.5, 2M: 0.5}}
-        workload: {vcpus: 2}
-        timeline: [populate, reset_vcpus, {delete_memslots: {fraction: 0.5}}]
-        policies: [sync, async]
-
-        """
+    static let otherScenario = ScenarioFixture.fleet(name: "other", memory: "64GiB", memslot: "8GiB", pages: "{4K: 0.5, 2M: 0.5}")
 
     struct Coordinator {
         let process: Process
@@ -59,8 +38,7 @@ struct FleetExactnessTests {
         _ directory: String, scenario: String = scenario, name: String = "coordinator", endpoint: String? = nil,
         shardSize: String = "1GiB", _ extra: [String] = []
     ) throws -> Coordinator {
-        let file = "\(directory)/\(name).yaml"
-        try scenario.write(toFile: file, atomically: true, encoding: .utf8)
+        let file = try ScenarioFixture.write(scenario, in: directory, as: "\(name).yaml")
         let endpoint = endpoint ?? "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let out = "\(directory)/\(name)"
         let log = "\(directory)/\(name).log"

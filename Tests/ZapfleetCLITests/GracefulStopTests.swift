@@ -11,8 +11,7 @@ struct GracefulStopTests {
     )
     func terminate() throws {
         let directory = TestPaths.temporaryDirectory()
-        let scenario = directory + "/long.yaml"
-        try ClusterTests.longScenario.write(toFile: scenario, atomically: true, encoding: .utf8)
+        let scenario = try ScenarioFixture.write(ScenarioFixture.long, in: directory, as: "long.yaml")
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let coordinatorEvents = directory + "/coordinator.events"
         let coordinator = try ZapfleetBinary.start(

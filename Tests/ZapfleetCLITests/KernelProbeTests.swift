@@ -136,8 +136,7 @@ struct KernelProbeTests {
     func probeAsAnAgentJob() throws {
         try Self.requireKVM()
         let directory = TestPaths.temporaryDirectory()
-        let scenario = directory + "/small.yaml"
-        try ClusterTests.scenario.write(toFile: scenario, atomically: true, encoding: .utf8)
+        let scenario = try ScenarioFixture.write(ScenarioFixture.cluster, in: directory)
         let endpoint = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))"
         let coordinator = try ZapfleetBinary.start(
             [

@@ -14,8 +14,7 @@ struct ResumeTests {
     )
     func killAndResume() throws {
         let directory = TestPaths.temporaryDirectory()
-        let scenario = directory + "/long.yaml"
-        try ClusterTests.longScenario.write(toFile: scenario, atomically: true, encoding: .utf8)
+        let scenario = try ScenarioFixture.write(ScenarioFixture.long, in: directory, as: "long.yaml")
         let run = directory + "/run"
         let port = Int.random(in: 20000..<40000)
         let endpoint = "tcp://127.0.0.1:\(port)"

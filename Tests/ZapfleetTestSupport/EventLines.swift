@@ -21,18 +21,11 @@ public enum EventLines {
     public static func waitFor(
         _ name: String, in path: String, where fields: [String: String] = [:], seconds: Double = 120
     ) -> [String: Any]? {
-        let deadline = Date().addingTimeInterval(seconds)
-        repeat {
-            if let events = try? read(path),
-                let match = events.first(where: { event in
-                    event["event"] as? String == name && fields.allSatisfy { "\(event[$0.key] ?? "")" == $0.value }
-                })
-            {
-                return match
+        Waiting.value(seconds: seconds) {
+            (try? read(path))?.first { event in
+                event["event"] as? String == name && fields.allSatisfy { "\(event[$0.key] ?? "")" == $0.value }
             }
-            Thread.sleep(forTimeInterval: 0.05)
-        } while Date() < deadline
-        return nil
+        }
     }
 
     /// A line of an events file that is not an event.

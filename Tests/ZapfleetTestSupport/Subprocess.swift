@@ -83,12 +83,9 @@ public enum TestPaths {
 
     /// Polls the file at `path` until it contains `text` or `seconds` pass; returns whether it did.
     public static func waitFor(_ text: String, in path: String, seconds: Double = 120) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if let log = try? String(contentsOfFile: path, encoding: .utf8), log.contains(text) { return true }
-            usleep(50_000)
+        Waiting.until(seconds: seconds, interval: 0.05) {
+            (try? String(contentsOfFile: path, encoding: .utf8))?.contains(text) == true
         }
-        return false
     }
 }
 

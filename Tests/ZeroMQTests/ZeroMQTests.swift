@@ -1,4 +1,6 @@
+import Foundation
 import Testing
+import ZapfleetTestSupport
 import ZeroMQ
 
 /// The ZeroMQ layer over real libzmq sockets.
@@ -73,6 +75,43 @@ struct ZeroMQTests {
         while let message = try router.receive(dontWait: true) {
             #expect(message.frames.allSatisfy { $0.count <= 1024 })
         }
+    }
+
+    /// Without a ZAP domain libzmq takes a stream whose first byte is not 0xFF for a ZMTP 1.0
+    /// peer, and random bytes can then frame a message (seen: two frames of garbage from a
+    /// ROUTER's receive). With one, as the coordinator binds, such peers are refused at the
+    /// handshake.
+    @Test("with a ZAP domain, plain TCP garbage on a ROUTER's port never comes out of receive; a DEALER connecting after it is served")
+    func garbageBelowZeroMQ() throws {
+        let context = try ZeroMQContext()
+        let zap = try ZAPHandler(context)
+        let router = try ZeroMQSocket(context, type: .router)
+        try router.setOption(SocketOption.zapDomain, Array("test".utf8))
+        try router.bind("tcp://127.0.0.1:*")
+        let endpoint = try router.lastEndpoint()
+        let port = try #require(endpoint.split(separator: ":").last.flatMap { UInt16($0) })
+        var fuzz = FuzzInput(seed: 0x7c9)
+        for _ in 0..<50 {
+            let descriptor = try #require(RawTCP.connect(port: port))
+            RawTCP.send(descriptor, fuzz.bytes(1 + fuzz.below(512)))
+            close(descriptor)
+        }
+        let dealer = try ZeroMQSocket(context, type: .dealer)
+        try dealer.setOption(SocketOption.identity, Array("after".utf8))
+        try dealer.connect(endpoint)
+        try dealer.send([[42]])
+        var poller = ZeroMQPoller()
+        poller.add(router)
+        poller.add(zap.socket)
+        var received: [ReceivedMessage] = []
+        let served = Waiting.until(seconds: 10, interval: 0) {
+            _ = try? poller.poll(timeoutMilliseconds: 100)
+            try? zap.answer { _ in nil }
+            while let message = try? router.receive(dontWait: true) { received.append(message) }
+            return received.contains { $0.frames.first == Array("after".utf8) }
+        }
+        #expect(served, "the DEALER's message arrived")
+        #expect(received.map(\.frames) == [[Array("after".utf8), [42]]], "only the real peer's message arrives")
     }
 
     @Test("libzmq reports its version and CURVE support")

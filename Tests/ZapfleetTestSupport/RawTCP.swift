@@ -1,10 +1,10 @@
 import Foundation
 
 /// Plain TCP to a coordinator on loopback, below ZeroMQ: what a port scanner or a legacy peer sends.
-enum RawTCP {
+public enum RawTCP {
     /// A socket connected to 127.0.0.1:`port` (sends time out after a second), or nil if nobody listens.
     /// The caller closes it.
-    static func connect(port: UInt16) -> Int32? {
+    public static func connect(port: UInt16) -> Int32? {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard descriptor >= 0 else { return nil }
         var timeout = timeval(tv_sec: 1, tv_usec: 0)
@@ -26,7 +26,7 @@ enum RawTCP {
     }
 
     /// Sends `bytes`, never raising SIGPIPE on a connection the peer closed.
-    static func send(_ descriptor: Int32, _ bytes: [UInt8]) {
+    public static func send(_ descriptor: Int32, _ bytes: [UInt8]) {
         _ = bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     }
 }

@@ -1,0 +1,40 @@
+import ZapPlatform
+
+/// A one-shot gate that test threads block on until the test opens it: the engine's own event.
+public typealias Gate = OneShotEvent
+
+extension OneShotEvent {
+    /// Lets every waiter through.
+    public func open() { signal() }
+}
+
+/// An ordered log that several threads append to.
+public final class Log<Element: Sendable>: @unchecked Sendable {
+    private let mutex = PThreadMutex()
+    private var items: [Element] = []
+
+    /// An empty log.
+    public init() {}
+
+    /// Appends `item`.
+    public func append(_ item: Element) { mutex.withLock { items.append(item) } }
+    /// Everything appended so far, in order.
+    public var all: [Element] { mutex.withLock { items } }
+    /// How many items were appended.
+    public var count: Int { mutex.withLock { items.count } }
+}
+
+/// A value one thread sets and another reads after joining it.
+public final class ThreadResult<Value>: @unchecked Sendable {
+    private let mutex = PThreadMutex()
+    private var stored: Value?
+
+    /// Nothing yet.
+    public init() {}
+
+    /// The value, once set.
+    public var value: Value? {
+        get { mutex.withLock { stored } }
+        set { mutex.withLock { stored = newValue } }
+    }
+}
