@@ -9,6 +9,23 @@ import ZapPlatform
 /// `zapfleet run`'s fleet: a coordinator and in-process workers over `inproc://` sockets of
 /// one context, so that a local run takes exactly the path of a fleet run.
 public enum LocalFleet {
+    /// What each in-process worker may spend on page tables when the process as a whole must
+    /// stay within `limit` bytes: the limit less what the process holds already and an
+    /// allowance per worker for what is not page tables (histograms, results, thread stacks,
+    /// sockets), shared among the `workers`, who run at once. A scenario that fits in the
+    /// limit whole (`sharded` false) runs as one shard and gets the whole limit.
+    public static func workerBudget(limit: UInt64, workers: Int, sharded: Bool) -> UInt64 {
+        guard sharded else { return limit }
+        let held = ProcessMemory.residentBytes() ?? 0
+        let overhead = held + UInt64(max(1, workers)) * perWorkerAllowanceBytes
+        return limit > overhead ? (limit - overhead) / UInt64(max(1, workers)) : limit / UInt64(max(1, workers))
+    }
+
+    /// Memory a worker holds beside its page tables, with room to spare: a sharded 2 TiB run on
+    /// two workers held about 180 MB beside its tables at its peak (its thread arenas, the
+    /// histograms of results on their way, the process's own start).
+    public static let perWorkerAllowanceBytes: UInt64 = 96 << 20
+
     /// Runs `scenario` on `workers` in-process workers, each allowed `memoryBudgetBytes` of
     /// page tables, in shards of at most `shardBytes` (nil: as large as the budget allows), and
     /// returns the coordinator's outcome.

@@ -125,7 +125,7 @@ extension VirtualMachine {
         let (found, _) = walkToTable(root, gfn: base, targetLevel: 2)
         guard let parent = found else { return nil }
         let index = PagingGeometry.index(of: base, atLevel: 2)
-        guard parent.load(index) == .nonPresent, let page = pool.allocate() else { return nil }
+        guard parent.load(index) == .nonPresent, let page = pool.allocate(overwriting: true) else { return nil }
         let table = pool.table(page)
         for entry in 0..<PagingGeometry.entriesPerTable {
             table.storeExclusive(entry, SPTE(rawValue: leafBits &+ (UInt64(entry) << 12)))

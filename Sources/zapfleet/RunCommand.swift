@@ -163,8 +163,7 @@ struct RunCommand: ParsableCommand {
             // The local path is the fleet path: a coordinator and in-process workers over inproc sockets.
             outcome = try LocalFleet.run(
                 scenario: resolved, workers: workerCount,
-                // Sharded, the workers run at once, so each gets its share of the limit.
-                memoryBudgetBytes: estimate.peakBytes > limit ? limit / UInt64(workerCount) : limit,
+                memoryBudgetBytes: LocalFleet.workerBudget(limit: limit, workers: workerCount, sharded: estimate.peakBytes > limit),
                 kernelNanosecondsPerSPTE: kernelSpteNs, events: events,
                 logger: quiet ? Logger(label: "zapfleet.quiet", factory: { _ in SwiftLogNoOpLogHandler() }) : clusterLogger,
                 cancellation: cancellation,

@@ -122,6 +122,48 @@ struct PageTableTests {
     }
 }
 
+@Suite("Page-table memory")
+struct PageTableMemoryTests {
+    @Test("a pool on the reservation of a pool gone before it hands out zeroed tables")
+    func reusedReservation() throws {
+        let budget = 64 * PagingGeometry.tableBytes
+        let reservations = PageTableReservations()
+        var pages: [PageIndex] = []
+        do {
+            let first = try PageTablePool(budgetBytes: budget, reservations: reservations)
+            // Every page of the first pool left full of what a zap leaves: REMOVED_SPTE.
+            while let page = first.allocate() {
+                let table = first.table(page)
+                for index in 0..<PagingGeometry.entriesPerTable { table.store(index, .removed) }
+                pages.append(page)
+            }
+            for page in pages { first.free(page) }
+        }
+        let second = try PageTablePool(budgetBytes: budget, reservations: reservations)
+        var zeroed = 0
+        while let page = second.allocate() {
+            let table = second.table(page)
+            if (0..<PagingGeometry.entriesPerTable).allSatisfy({ table.load($0) == .nonPresent }) { zeroed += 1 }
+        }
+        #expect(second.totalAllocations == pages.count, "the same budget, the same pages")
+        #expect(zeroed == pages.count, "every table of the second pool starts empty")
+    }
+
+    @Test("a reservation is reused by the next pool that fits in it; one that fits in none gets a fresh one")
+    func reservationsAreReused() throws {
+        let reservations = PageTableReservations()
+        let (small, smallFresh) = try reservations.take(bytes: 1 << 20)
+        #expect(smallFresh)
+        reservations.give(small)
+        let (again, againFresh) = try reservations.take(bytes: 1 << 19)
+        #expect(!againFresh && again.start == small.start, "the idle reservation serves a smaller pool")
+        reservations.give(again)
+        let (large, largeFresh) = try reservations.take(bytes: 1 << 21)
+        #expect(largeFresh && large.bytes == 1 << 21)
+        reservations.give(large)
+    }
+}
+
 @Suite("SPTE encoding")
 struct SPTETests {
     @Test("REMOVED_SPTE is the kernel's 0x5a0 and is not present")
