@@ -35,7 +35,7 @@ struct EngineBenchmark: ParsableCommand {
         print("engine benchmark: \(gib) GiB of 4 KiB mappings = \(entries) SPTEs, best of \(repetitions)")
         var best = Figures()
         for _ in 0..<repetitions {
-            best.keepBest(try measureOnce(entries: entries))
+            best.keepBest(try Self.measureOnce(entries: entries))
         }
         let rows: [(String, Double, String)] = [
             ("raw compare-exchange sweep (0 -> leaf)", best.rawCompareExchange, ""),
@@ -104,7 +104,8 @@ struct EngineBenchmark: ParsableCommand {
         }
     }
 
-    private func measureOnce(entries: Int) throws -> Figures {
+    /// One run of every measurement over `entries` SPTEs.
+    static func measureOnce(entries: Int) throws -> Figures {
         var figures = Figures()
         let perEntry = { (nanoseconds: UInt64) in Double(nanoseconds) / Double(entries) }
         let budget = entries * 8 + (64 << 20)
@@ -145,12 +146,15 @@ struct EngineBenchmark: ParsableCommand {
             vm.teardown()
             precondition(vm.statistics.sptesZapped == entries && vm.checker.violations.isEmpty)
         }
-        // Raw sweeps over fresh memory of the same size, first touch included as for the pool.
+        // Raw sweeps over memory of the same size, touched first: the engine's pools reuse the
+        // memory of the VMs before them (PageTableReservations), so only the first run pays
+        // the host's first touch.
         let bytes = entries * 8
         guard let region = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
             region != MAP_FAILED
         else { throw ValidationError("cannot map \(bytes) bytes for the raw sweeps") }
         defer { munmap(region, bytes) }
+        memset(region, 0, bytes)
         let storage = region.bindMemory(to: UnsafeAtomic<UInt64>.Storage.self, capacity: entries)
         var sink: UInt64 = 0
         var start = monotonicNanoseconds()

@@ -7,7 +7,9 @@ struct ZapfleetBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "zapfleet-bench",
         abstract: "Benchmarks of zapfleet's hot paths, next to the raw memory operations they are bounded by.",
-        subcommands: [EngineBenchmark.self, MeasurementBenchmark.self, CoordinatorBenchmark.self, JournalBenchmark.self],
+        subcommands: [
+            EngineBenchmark.self, MeasurementBenchmark.self, FleetBenchmark.self, CoordinatorBenchmark.self, JournalBenchmark.self
+        ],
         defaultSubcommand: EngineBenchmark.self
     )
 }

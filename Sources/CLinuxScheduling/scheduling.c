@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <errno.h>
 #include <sched.h>
 #include "CLinuxScheduling.h"
@@ -40,4 +41,8 @@ int zf_allowed_cpu_count(void) {
     CPU_ZERO(&set);
     if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
     return CPU_COUNT(&set);
+}
+
+int zf_return_free_memory(void) {
+    return malloc_trim(0);
 }

@@ -10,21 +10,24 @@ import ZapPlatform
 /// one context, so that a local run takes exactly the path of a fleet run.
 public enum LocalFleet {
     /// What each in-process worker may spend on page tables when the process as a whole must
-    /// stay within `limit` bytes: the limit less what the process holds already and an
-    /// allowance per worker for what is not page tables (histograms, results, thread stacks,
-    /// sockets), shared among the `workers`, who run at once. A scenario that fits in the
-    /// limit whole (`sharded` false) runs as one shard and gets the whole limit.
-    public static func workerBudget(limit: UInt64, workers: Int, sharded: Bool) -> UInt64 {
+    /// stay within `limit` bytes: the limit less what the process holds already and each
+    /// worker's ``allowanceBytes(vcpus:)``, shared among the `workers`, who run at once. A
+    /// scenario that fits in the limit whole (`sharded` false) runs as one shard and gets the
+    /// whole limit.
+    public static func workerBudget(limit: UInt64, workers: Int, vcpus: Int, sharded: Bool) -> UInt64 {
         guard sharded else { return limit }
-        let held = ProcessMemory.residentBytes() ?? 0
-        let overhead = held + UInt64(max(1, workers)) * perWorkerAllowanceBytes
-        return limit > overhead ? (limit - overhead) / UInt64(max(1, workers)) : limit / UInt64(max(1, workers))
+        let workers = UInt64(max(1, workers))
+        let overhead = (ProcessMemory.residentBytes() ?? 0) + workers * allowanceBytes(vcpus: vcpus)
+        return limit > overhead ? (limit - overhead) / workers : limit / workers
     }
 
-    /// Memory a worker holds beside its page tables, with room to spare: a sharded 2 TiB run on
-    /// two workers held about 180 MB beside its tables at its peak (its thread arenas, the
-    /// histograms of results on their way, the process's own start).
-    public static let perWorkerAllowanceBytes: UInt64 = 96 << 20
+    /// What a worker holds beside its page tables while it runs a shard of a scenario with
+    /// `vcpus` vCPUs: a block-time recorder per vCPU and two for the VM, and 64 MiB for the rest
+    /// (thread stacks and arenas, the result on its way). Measured: a sharded 64 TiB run of
+    /// `seed-64t` (8 vCPUs) on two workers held 232 MB beside its tables at its peak.
+    public static func allowanceBytes(vcpus: Int) -> UInt64 {
+        (64 << 20) + UInt64(max(0, vcpus) + 2) * UInt64(BlockTimeRecorder.footprintBytes)
+    }
 
     /// Runs `scenario` on `workers` in-process workers, each allowed `memoryBudgetBytes` of
     /// page tables, in shards of at most `shardBytes` (nil: as large as the budget allows), and

@@ -498,6 +498,8 @@ public final class Worker: @unchecked Sendable {
             do {
                 for policy in scenario.policies {
                     let run = try runner.run(policy: policy)
+                    // The VM and its threads are gone: their arenas' free memory goes back before the next VM.
+                    ProcessMemory.returnFreeMemory()
                     // Cut short (the run or the worker stopping): given back, so that it runs again in full.
                     guard run.complete, !flag.isCancelled else {
                         Worker.note(

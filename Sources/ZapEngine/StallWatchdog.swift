@@ -166,7 +166,9 @@ final class StallWatchdog: @unchecked Sendable {
     let stalled = ManagedAtomic<Bool>(false)
     /// When the stall was reported (monotonic), 0 before.
     let stalledAt = ManagedAtomic<UInt64>(0)
-    private let stopped = ManagedAtomic<Bool>(false)
+    /// Signalled by ``stop()``: the poll waits on it, so that stopping never waits out a poll
+    /// (a teardown used to wait up to 100 ms for the watchdog's sleep to end).
+    private let stopRequested = OneShotEvent()
     private var thread: OSThread?
 
     /// Starts watching. `progress` must grow whenever the VM does work; `onStall` hears the stuck
@@ -176,11 +178,10 @@ final class StallWatchdog: @unchecked Sendable {
         onStall: @escaping @Sendable (_ stuckFor: UInt64, _ stuck: [String]) -> Void
     ) {
         let poll = max(1_000_000, min(bound / 20, 100_000_000))
-        thread = OSThread(name: "zap-watchdog") { [stalled, stalledAt, stopped] in
+        thread = OSThread(name: "zap-watchdog") { [stalled, stalledAt, stopRequested] in
             var lastProgress = progress()
             var lastChange = monotonicNanoseconds()
-            while !stopped.load(ordering: .relaxed) {
-                sleepFor(poll)
+            while !stopRequested.wait(timeoutNanoseconds: poll) {
                 let now = monotonicNanoseconds()
                 let current = progress()
                 let operations = board.inFlight(now: now)
@@ -204,15 +205,9 @@ final class StallWatchdog: @unchecked Sendable {
 
     /// Stops the watchdog and waits for its thread.
     func stop() {
-        stopped.store(true, ordering: .relaxed)
+        stopRequested.signal()
         thread?.join()
     }
-}
-
-private func sleepFor(_ nanoseconds: UInt64) {
-    var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
-    var remaining = timespec()
-    while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
 }
 
 func formatSeconds(_ nanoseconds: UInt64) -> String {

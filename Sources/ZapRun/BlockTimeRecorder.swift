@@ -27,6 +27,9 @@ public struct BlockTimeRecorder: Sendable {
     /// Leaf SPTEs zapped while the recorded callers waited, in total.
     public private(set) var sptesZappedInline = 0
 
+    /// The memory one recorder's histograms hold (every operation, measured and projected).
+    public static let footprintBytes = MeasuredOperation.allCases.count * 2 * LatencyHistogram.makeLatency().estimatedFootprintInBytes
+
     /// A recorder with no histograms at all, for records that carry none (cheaper than empty ones).
     public static let empty = BlockTimeRecorder(kernelNanosecondsPerSPTE: 0, enabled: false, allocate: false)
 

@@ -163,7 +163,8 @@ struct RunCommand: ParsableCommand {
             // The local path is the fleet path: a coordinator and in-process workers over inproc sockets.
             outcome = try LocalFleet.run(
                 scenario: resolved, workers: workerCount,
-                memoryBudgetBytes: LocalFleet.workerBudget(limit: limit, workers: workerCount, sharded: estimate.peakBytes > limit),
+                memoryBudgetBytes: LocalFleet.workerBudget(
+                    limit: limit, workers: workerCount, vcpus: resolved.workload.vcpus, sharded: estimate.peakBytes > limit),
                 kernelNanosecondsPerSPTE: kernelSpteNs, events: events,
                 logger: quiet ? Logger(label: "zapfleet.quiet", factory: { _ in SwiftLogNoOpLogHandler() }) : clusterLogger,
                 cancellation: cancellation,

@@ -1,6 +1,7 @@
 // The Linux scheduler calls that glibc declares only under _GNU_SOURCE, which Swift's Glibc
 // module does not define: the calling thread's CPU, pinning it to one CPU, and letting it run
-// on any CPU the process started with again.
+// on any CPU the process started with again. Also glibc's malloc_trim, from <malloc.h>, which
+// the Glibc module does not include.
 #ifndef ZAPFLEET_C_LINUX_SCHEDULING_H
 #define ZAPFLEET_C_LINUX_SCHEDULING_H
 
@@ -17,5 +18,9 @@ int zf_unpin_calling_thread(void);
 
 /// How many CPUs the calling thread may run on (sched_getaffinity), or -1 with errno set.
 int zf_allowed_cpu_count(void);
+
+/// Gives the system back the free memory at the top of every malloc arena and the free pages
+/// inside them (malloc_trim(0)); 1 if any memory went back, else 0.
+int zf_return_free_memory(void);
 
 #endif

@@ -1,0 +1,112 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ZapCluster
+import ZapEngine
+import ZapPlatform
+import ZapRun
+import ZapScenario
+
+/// The fleet path against the engine's own work: a sharded local run (coordinator and
+/// in-process workers over ZeroMQ, results encoded, checked, merged and reported) next to what
+/// its SPTEs cost the engine alone, measured in the same invocation.
+struct FleetBenchmark: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fleet",
+        abstract: "End to end: a sharded run's wall time against the engine's own cost of its SPTEs.",
+        discussion: """
+            First the engine figures (as `zapfleet-bench engine`, best of --repetitions): populate with \
+            2 MiB batch faults, the zap under the read lock (async's worker) and under the write lock \
+            (sync's put). Then SCENARIO at --size, cut into shards for --workers in-process workers \
+            within --max-memory, as `zapfleet run --shard` runs it, --repetitions times. The engine's \
+            share of the run is each policy's SPTEs installed times the populate cost plus its SPTEs \
+            zapped times its zap's cost (write lock under sync, read lock otherwise), over the cores \
+            the workers can use. Reported: the run's wall time (first and best), the ratio of the best \
+            to that share (target <= 1.3x), and the process's peak resident memory (bound: --max-memory).
+            """
+    )
+
+    @Argument(help: "Built-in scenario to run.")
+    var scenario: String = "seed-64t"
+
+    @Option(help: "Guest memory of the run, e.g. 2TiB.")
+    var size: String = "2TiB"
+
+    @Option(help: "Memory the whole process may hold, e.g. 3GiB; the run is sharded to fit.")
+    var maxMemory: String = "3GiB"
+
+    @Option(help: "In-process workers.")
+    var workers: Int = 2
+
+    @Option(help: "GiB of guest memory for the engine figures.")
+    var gib: Int = 16
+
+    @Option(help: "Runs of each measurement; the best is reported.")
+    var repetitions: Int = 3
+
+    func validate() throws {
+        guard Quantities.parseSize(size) != nil else { throw ValidationError("--size: \(size) is not a size such as 2TiB") }
+        guard Quantities.parseSize(maxMemory) != nil else { throw ValidationError("--max-memory: \(maxMemory) is not a size such as 3GiB") }
+        guard (1...64).contains(workers) else { throw ValidationError("--workers must be between 1 and 64, got \(workers)") }
+        guard (1...512).contains(gib) else { throw ValidationError("--gib must be between 1 and 512, got \(gib)") }
+        guard repetitions >= 1 else { throw ValidationError("--repetitions must be at least 1") }
+    }
+
+    func run() throws {
+        var base = try ScenarioCatalog.load(scenario)
+        base.vm.memoryBytes = Quantities.parseSize(size)!
+        let resolved = try ScenarioParser.parse(ScenarioWriter.yaml(base), file: "\(scenario) at \(size)")
+        let limit = Quantities.parseSize(maxMemory)!
+
+        var engine = EngineBenchmark.Figures()
+        for _ in 0..<repetitions { engine.keepBest(try EngineBenchmark.measureOnce(entries: gib << 18)) }
+        print("engine figures, \(gib) GiB, best of \(repetitions) (ns/SPTE):")
+        print(
+            String(
+                format: "  populate %.2f, zap under the read lock %.2f, zap under the write lock %.2f",
+                engine.populate, engine.zapShared, engine.zapExclusive))
+
+        var walls: [Double] = []
+        var last: FleetRunOutcome?
+        for _ in 0..<repetitions {
+            let start = monotonicNanoseconds()
+            let outcome = try LocalFleet.run(
+                scenario: resolved, workers: workers,
+                memoryBudgetBytes: LocalFleet.workerBudget(
+                    limit: limit, workers: workers, vcpus: resolved.workload.vcpus,
+                    sharded: MemoryEstimate.estimate(resolved).peakBytes > limit),
+                kernelNanosecondsPerSPTE: 52, logger: Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() }),
+                cancellation: CancellationFlag())
+            walls.append(Double(monotonicNanoseconds() - start) / 1e9)
+            guard outcome.complete, outcome.failure == nil else {
+                throw ValidationError("the run did not complete: \(outcome.failure?.description ?? "incomplete")")
+            }
+            last = outcome
+        }
+        guard let outcome = last else { return }
+
+        // The engine's share: every SPTE installed and zapped, at the engine's own rates.
+        var engineNanoseconds = 0.0
+        for run in outcome.runs {
+            let zap = run.policy == .sync ? engine.zapExclusive : engine.zapShared
+            engineNanoseconds += Double(run.statistics.sptesInstalled) * engine.populate + Double(run.statistics.sptesZapped) * zap
+        }
+        let cores = min(workers, CPUAccounting.onlineCPUs)
+        let share = engineNanoseconds / 1e9 / Double(cores)
+        let best = walls.min()!
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let peak = UInt64(usage.ru_maxrss) * 1024
+        let sptes = outcome.runs.reduce(0) { $0 + $1.statistics.sptesInstalled }
+        print(
+            "\(resolved.name) at \(size): \(outcome.fleet.shards.count) shards on \(workers) in-process workers within \(maxMemory), "
+                + "\(sptes) SPTEs installed and as many zapped over \(outcome.runs.count) policies")
+        print(String(format: "  engine's share: %.2f s of CPU, %.2f s on %d cores", engineNanoseconds / 1e9, share, cores))
+        print(
+            String(
+                format: "  run wall: first %.2f s, best of %d %.2f s = %.2fx the engine's share (target <= 1.3x: %@)", walls[0],
+                repetitions, best, best / share, best / share <= 1.3 ? "met" : "MISSED"))
+        print(
+            "  peak resident: \(Quantities.describeSize(Double(peak))) (bound: \(maxMemory): \(peak <= limit ? "met" : "MISSED"))")
+    }
+}
