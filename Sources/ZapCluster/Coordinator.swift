@@ -67,7 +67,9 @@ public final class Coordinator: @unchecked Sendable {
             let largest = min(capacities.map(\.shardByteLimit).min() ?? .max, configuration.shardBytes ?? .max)
             let slots = capacities.map(\.shardSlotLimit).filter { $0 > 0 }.min() ?? .max
             return Result { () throws(PlanError) in
-                try ShardPlanner.plan(scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots)
+                try ShardPlanner.plan(
+                    scenario, budgetBytes: budget, largestShardBytes: largest, largestShardSlots: slots,
+                    balancedOver: configuration.equalWorkers ? capacities.count : 1)
             }
         }
     }

@@ -32,6 +32,10 @@ public struct CoordinatorConfiguration: Sendable {
     public var maximumMessageBytes: Int64
     /// A cap on shard size, in bytes of guest memory (nil: as the workers' budgets allow).
     public var shardBytes: UInt64?
+    /// Whether the workers at planning are equal (`zapfleet run`'s in-process ones): the plan
+    /// then gives each the same number of equal shards (``ShardPlanner``'s `balancedOver`). A
+    /// fleet's workers differ, and its plan stays the fewest shards that fit.
+    public var equalWorkers = false
     /// Frames that fail validation before a peer is ignored.
     public var badFrameLimit: Int
     /// CURVE keys and the workers' allow-list; nil runs without encryption or authentication

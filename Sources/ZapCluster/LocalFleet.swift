@@ -10,15 +10,25 @@ import ZapPlatform
 /// one context, so that a local run takes exactly the path of a fleet run.
 public enum LocalFleet {
     /// What each in-process worker may spend on page tables when the process as a whole must
-    /// stay within `limit` bytes: the limit less what the process holds already and each
+    /// stay within `limit` bytes: the limit less what the process holds already (page-table
+    /// memory kept for reuse aside) and each
     /// worker's ``allowanceBytes(vcpus:)``, shared among the `workers`, who run at once. A
     /// scenario that fits in the limit whole (`sharded` false) runs as one shard and gets the
     /// whole limit.
     public static func workerBudget(limit: UInt64, workers: Int, vcpus: Int, sharded: Bool) -> UInt64 {
+        // Page-table memory of VMs gone is held, but reused (or unmapped) by the VMs to come.
+        let resident = ProcessMemory.residentBytes() ?? 0
+        let held = resident - min(resident, PageTablePool.idleResidentBytes())
+        return workerBudget(limit: limit, workers: workers, vcpus: vcpus, sharded: sharded, held: held)
+    }
+
+    /// The same, for a process that holds `held` bytes besides page tables kept for reuse.
+    public static func workerBudget(limit: UInt64, workers: Int, vcpus: Int, sharded: Bool, held: UInt64) -> UInt64 {
         guard sharded else { return limit }
         let workers = UInt64(max(1, workers))
-        let overhead = (ProcessMemory.residentBytes() ?? 0) + workers * allowanceBytes(vcpus: vcpus)
-        return limit > overhead ? (limit - overhead) / workers : limit / workers
+        let overhead = held + workers * allowanceBytes(vcpus: vcpus)
+        // Nothing left: a budget of 0, which the planner refuses naming the memory a memslot needs.
+        return limit > overhead ? (limit - overhead) / workers : 0
     }
 
     /// What a worker holds beside its page tables while it runs a shard of a scenario with
@@ -44,6 +54,7 @@ public enum LocalFleet {
             bind: endpoint, expectWorkers: workers, waitSeconds: 30, heartbeatIntervalMilliseconds: heartbeatIntervalMilliseconds,
             kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, shardBytes: shardBytes)
         coordinatorConfiguration.events = events
+        coordinatorConfiguration.equalWorkers = true
         let coordinator = Coordinator(
             scenario: scenario, configuration: coordinatorConfiguration, context: context, logger: logger, cancellation: cancellation,
             progress: progress)

@@ -26,10 +26,14 @@ public enum ShardPlanner {
     /// Cuts `scenario`'s memslots, in order, into equal shards (the last may be smaller) as
     /// large as possible such that each one's page tables fit `budgetBytes` and its guest memory
     /// does not exceed `largestShardBytes`. Memslot boundaries are never split.
+    ///
+    /// With `balancedOver` equal workers, the count is rounded up to a multiple of them and the
+    /// memslots shared out evenly, so that no worker still runs a last shard while the others
+    /// idle: three shards on two workers take two shards' time, four take two half-size ones'.
     /// - Throws: ``PlanError`` if not even one memslot fits.
     public static func plan(
         _ scenario: Scenario, budgetBytes: UInt64, largestShardBytes: UInt64 = .max,
-        largestShardSlots: Int = .max
+        largestShardSlots: Int = .max, balancedOver workers: Int = 1
     ) throws(PlanError) -> [Shard] {
         let slotBytes = scenario.vm.memslotBytes
         let slots = scenario.memslotCount
@@ -51,10 +55,18 @@ public enum ShardPlanner {
             let middle = (low + high + 1) / 2
             if fits(middle) { low = middle } else { high = middle - 1 }
         }
+        var sizes: [Int]
+        if workers > 1 {
+            let fewest = (slots + low - 1) / low
+            let count = min(slots, (fewest + workers - 1) / workers * workers)
+            // Each no larger than `low`, since there are at least `fewest` of them.
+            sizes = (0..<count).map { slots / count + ($0 < slots % count ? 1 : 0) }
+        } else {
+            sizes = stride(from: 0, to: slots, by: low).map { min(low, slots - $0) }
+        }
         var shards: [Shard] = []
         var first = 0
-        while first < slots {
-            let count = min(low, slots - first)
+        for count in sizes {
             shards.append(Shard(id: UInt64(shards.count), slice: MemorySlice(firstSlot: first, slotCount: count), of: scenario))
             first += count
         }

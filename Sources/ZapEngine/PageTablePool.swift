@@ -185,6 +185,11 @@ public final class PageTablePool: @unchecked Sendable {
         return generation(page.rawValue).load(ordering: .acquiring)
     }
 
+    /// Bytes of page-table memory that VMs now gone left resident for the VMs to come (see
+    /// ``PageTablePool``'s reuse of reservations): held by the process, but not in addition to
+    /// the page tables it will build next.
+    public static func idleResidentBytes() -> UInt64 { PageTableReservations.shared.idleResidentBytes() }
+
     /// Pages allocated and not yet freed.
     public var livePages: Int { live.load(ordering: .relaxed) }
     /// The most pages ever live at once.
@@ -235,6 +240,20 @@ final class PageTableReservations: @unchecked Sendable {
         // 2 MiB host pages cost one fault where 4 KiB pages cost 512.
         _ = madvise(start, bytes, MADV_HUGEPAGE)
         return (Region(start: start, bytes: bytes), true)
+    }
+
+    /// Bytes of the idle reservations the host holds in memory now (`mincore`): memory the
+    /// process holds that the next pools will reuse, or unmap before they map their own.
+    func idleResidentBytes() -> UInt64 {
+        let regions = mutex.withLock { idle }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        var resident: UInt64 = 0
+        for region in regions {
+            var vector = [UInt8](repeating: 0, count: (region.bytes + page - 1) / page)
+            guard mincore(region.start, region.bytes, &vector) == 0 else { continue }
+            resident += UInt64(vector.reduce(0) { $0 + Int($1 & 1) }) * UInt64(page)
+        }
+        return resident
     }
 
     /// Keeps `region` for the next pool that fits in it.
