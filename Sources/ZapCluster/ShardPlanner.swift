@@ -27,8 +27,8 @@ public enum ShardPlanner {
     /// large as possible such that each one's page tables fit `budgetBytes` and its guest memory
     /// does not exceed `largestShardBytes`. Memslot boundaries are never split.
     ///
-    /// With `balancedOver` equal workers, the count is rounded up to a multiple of them and the
-    /// memslots shared out evenly, so that no worker still runs a last shard while the others
+    /// With `balancedOver` equal workers, a scenario that must be cut is cut into a multiple of
+    /// them, the memslots shared out evenly, so that no worker still runs a last shard while the others
     /// idle: three shards on two workers take two shards' time, four take two half-size ones'.
     /// - Throws: ``PlanError`` if not even one memslot fits.
     public static func plan(
@@ -56,8 +56,9 @@ public enum ShardPlanner {
             if fits(middle) { low = middle } else { high = middle - 1 }
         }
         var sizes: [Int]
-        if workers > 1 {
-            let fewest = (slots + low - 1) / low
+        let fewest = (slots + low - 1) / low
+        // A scenario that fits whole stays one shard: balancing is for runs that must be cut.
+        if workers > 1 && fewest > 1 {
             let count = min(slots, (fewest + workers - 1) / workers * workers)
             // Each no larger than `low`, since there are at least `fewest` of them.
             sizes = (0..<count).map { slots / count + ($0 < slots % count ? 1 : 0) }

@@ -71,4 +71,10 @@ struct ShardPlanningTests {
         #expect(shards.allSatisfy { $0.estimatedTableBytes <= budget })
         #expect(zip(shards, shards.dropFirst()).allSatisfy { $0.slice.firstSlot + $0.slice.slotCount == $1.slice.firstSlot })
     }
+
+    @Test("a scenario that fits whole stays one shard, however many workers")
+    func wholeStaysWhole() throws {
+        let scenario = try ScenarioFixture.parse(Self.scenario)
+        #expect(try ShardPlanner.plan(scenario, budgetBytes: 64 << 30, balancedOver: 4).count == 1)
+    }
 }

@@ -149,7 +149,9 @@ struct ClusterTests {
         // The same story in the coordinator's events: w1 went missing holding a shard, that shard
         // was requeued and done by another worker, every shard was done once, exit 0 last.
         let missing = try #require(
-            run.events(named: "worker_missing").first { $0["worker"] as? String == "w1" }, "\(run.events.map { $0["event"]! })")
+            // The first such event that holds a shard: a loaded machine can make w1 late once before.
+            run.events(named: "worker_missing").first { $0["worker"] as? String == "w1" && $0["shard"] != nil },
+            "\(run.events.map { $0["event"]! })")
         let lost = try #require(missing["shard"] as? Int, "w1 was holding a shard")
         #expect(run.events(named: "shard_requeued").compactMap { $0["shard"] as? Int } == [lost])
         let done = run.events(named: "shard_done")
