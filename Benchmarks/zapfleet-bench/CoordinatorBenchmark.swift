@@ -48,6 +48,9 @@ struct CoordinatorBenchmark: ParsableCommand {
     @Option(help: "Seconds of a heartbeat-only phase before the run (0: none).")
     var heartbeatSeconds: Double = 0
 
+    @Option(help: "The coordinator's events (JSON lines), as `zapfleet coordinator --events` writes them.")
+    var events: String?
+
     func validate() throws {
         guard workers >= 1 && shards >= 1 && threads >= 1 && processes >= 0 else {
             throw ValidationError("--workers, --shards and --threads must be at least 1, --processes at least 0")
@@ -95,8 +98,11 @@ struct CoordinatorBenchmark: ParsableCommand {
         var configuration = CoordinatorConfiguration(
             bind: "tcp://127.0.0.1:*", expectWorkers: heartbeatSeconds > 0 ? workers + 1 : workers,
             waitSeconds: heartbeatSeconds > 0 ? heartbeatSeconds : 300, heartbeatIntervalMilliseconds: 1000, shardBytes: 2 << 20)
-        // Hosts of thousands of sockets on two cores answer late at times: a missing worker is requeued, not the point here.
+        // Hosts of thousands of sockets on two cores answer late at times: a missing worker's
+        // shard is requeued (and counted below), which is not what this measures.
         configuration.heartbeatLiveness = 10
+        configuration.maxAttempts = 100
+        if let events { configuration.events = try FleetEventLog(path: events) }
         let coordinator = Coordinator(scenario: scenario, configuration: configuration, context: coordinatorContext, logger: logger)
         let clock = ThreadCPUClock()
         let outcomeBox = ThreadResultBox()
@@ -107,6 +113,9 @@ struct CoordinatorBenchmark: ParsableCommand {
         let endpoint = coordinator.waitForEndpoint()
 
         let start = monotonicNanoseconds()
+        // The result every child's workers send, read by the children as they start.
+        let templatePath = NSTemporaryDirectory() + "zapfleet-bench-template-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: templatePath) }
         var children: [Process] = []
         var hosts: [OSThread] = []
         if processes == 0 {
@@ -115,9 +124,7 @@ struct CoordinatorBenchmark: ParsableCommand {
             hosts = Self.startHosts(
                 0..<workers, threads: threads, endpoint: endpoint, context: workerContext, template: template, resultSeconds: resultSeconds)
         } else {
-            let templatePath = NSTemporaryDirectory() + "zapfleet-bench-template-\(getpid())"
             try Data(templateBytes).write(to: URL(fileURLWithPath: templatePath))
-            defer { try? FileManager.default.removeItem(atPath: templatePath) }
             for index in 0..<processes {
                 let first = workers * index / processes, last = workers * (index + 1) / processes
                 let child = Process()
@@ -146,7 +153,10 @@ struct CoordinatorBenchmark: ParsableCommand {
         let wall = Double(monotonicNanoseconds() - start) / 1e9
         let outcome = try outcomeBox.get()
         let results = outcome.fleet.shards.count
-        let dispatch = outcome.fleet.dispatchSeconds
+        let dispatch = max(outcome.fleet.dispatchSeconds, 1e-9)
+        guard results > 0 else {
+            throw ValidationError("no result was merged: \(outcome.failure?.description ?? "the run ended without results")")
+        }
         let streamingCPU = outcome.fleet.coordinatorCpuSeconds - cpuBeforePlan
         print(
             "coordinator capacity: \(workers) lightweight workers on loopback TCP in \(max(1, processes)) process(es), \(results) shard results of \(histogramsPerResult) histograms (\(templateBytes.count) bytes) each"
@@ -223,6 +233,7 @@ struct CoordinatorBenchmark: ParsableCommand {
                     switch envelope.body {
                     case .assignment(let assignment):
                         var result = template
+                        result.runID = assignment.runID
                         result.shardID = assignment.shardID
                         result.attempt = assignment.attempt
                         if delay == 0 {

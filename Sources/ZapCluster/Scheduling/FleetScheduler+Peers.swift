@@ -100,6 +100,7 @@ extension FleetScheduler {
             }
         }
         send(.welcome(id), to: id, now: now, into: &actions)
+        gatheringCheckNeeded = true
         let capacity =
             "\(introduction.cores) cores, budget \(Quantities.describeSize(Double(introduction.memoryBudgetBytes))), build \(introduction.build.prefix(32))"
         if !reconnect {

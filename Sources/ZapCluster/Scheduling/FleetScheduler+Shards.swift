@@ -64,8 +64,11 @@ extension FleetScheduler {
         }
     }
 
-    mutating func dispatch(now: UInt64, into actions: inout [Action]) {
-        let free = peersInJoinOrder.filter { peer in
+    /// Offers work to every free peer, in join order; with `only`, to those peers alone (the
+    /// ones a result just freed), and no shard's exclusions are forgiven, since not every idle
+    /// peer was asked.
+    mutating func dispatch(only candidates: [PeerID]? = nil, now: UInt64, into actions: inout [Action]) {
+        let free = (candidates ?? joinOrder).compactMap { peers[$0] }.filter { peer in
             peer.state == .ready && peer.benched == nil && !peer.unreachable && peer.introduction.map { !$0.isAgent } == true
         }
         var idle: [PeerRecord] = []
@@ -98,7 +101,7 @@ extension FleetScheduler {
                             "slots": .number(shards[index].shard.slice.slotCount)
                         ])))
         }
-        forgiveExclusions(idle: idle)
+        if candidates == nil { forgiveExclusions(idle: idle) }
     }
 
     /// A shard every idle worker able to take it has given back would wait forever: it is
@@ -173,7 +176,7 @@ extension FleetScheduler {
         // Whatever becomes of it, a worker that sends the result of the attempt it runs is free.
         if peers[id]!.state == .busy(claim) {
             peers[id]!.state = .ready
-            dispatchNeeded = true
+            freedByResult.append(id)
         }
         func reject(_ reason: String, hostile: Bool) {
             rejectedResults += 1
