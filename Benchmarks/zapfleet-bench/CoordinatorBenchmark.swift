@@ -105,10 +105,10 @@ struct CoordinatorBenchmark: ParsableCommand {
         if let events { configuration.events = try FleetEventLog(path: events) }
         let coordinator = Coordinator(scenario: scenario, configuration: configuration, context: coordinatorContext, logger: logger)
         let clock = ThreadCPUClock()
-        let outcomeBox = ThreadResultBox()
+        let outcomeBox = ThreadResult<Result<FleetRunOutcome, Error>>()
         let coordinatorThread = OSThread(name: "coordinator") {
             clock.claimCallingThread()
-            outcomeBox.set(Result { try coordinator.run() })
+            outcomeBox.value = Result { try coordinator.run() }
         }
         let endpoint = coordinator.waitForEndpoint()
 
@@ -151,7 +151,7 @@ struct CoordinatorBenchmark: ParsableCommand {
         for host in hosts { host.join() }
         for child in children { child.waitUntilExit() }
         let wall = Double(monotonicNanoseconds() - start) / 1e9
-        let outcome = try outcomeBox.get()
+        let outcome = try outcomeBox.value!.get()
         let results = outcome.fleet.shards.count
         let dispatch = max(outcome.fleet.dispatchSeconds, 1e-9)
         guard results > 0 else {
@@ -248,11 +248,10 @@ struct CoordinatorBenchmark: ParsableCommand {
                     }
                 }
             }
-            if !due.isEmpty {
-                let (ready, later) = (due.filter { $0.at <= now }, due.filter { $0.at > now })
-                for item in ready { try sockets[item.socket].send([item.frame], dontWait: true) }
-                due = later
-            }
+            // One delay for every result: `due` is in the order its results fall due.
+            let fallen = due.prefix { $0.at <= now }.count
+            for item in due.prefix(fallen) { try sockets[item.socket].send([item.frame], dontWait: true) }
+            due.removeFirst(fallen)
             if now - lastHeartbeat >= 1_000_000_000 {
                 lastHeartbeat = now
                 for socket in sockets { try socket.send([frame(.heartbeat(Zapfleet_V1_Heartbeat()))], dontWait: true) }
@@ -311,14 +310,6 @@ final class ThreadCPUClock: @unchecked Sendable {
         clock_gettime(clock, &now)
         return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
-}
-
-/// The coordinator's outcome, handed from its thread.
-final class ThreadResultBox: @unchecked Sendable {
-    private let mutex = PThreadMutex()
-    private var outcome: Result<FleetRunOutcome, Error>?
-    func set(_ value: Result<FleetRunOutcome, Error>) { mutex.withLock { outcome = value } }
-    func get() throws -> FleetRunOutcome { try mutex.withLock { outcome }!.get() }
 }
 
 extension CoordinatorBenchmark {

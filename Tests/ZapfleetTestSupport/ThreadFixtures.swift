@@ -23,18 +23,3 @@ public final class Log<Element: Sendable>: @unchecked Sendable {
     /// How many items were appended.
     public var count: Int { mutex.withLock { items.count } }
 }
-
-/// A value one thread sets and another reads after joining it.
-public final class ThreadResult<Value>: @unchecked Sendable {
-    private let mutex = PThreadMutex()
-    private var stored: Value?
-
-    /// Nothing yet.
-    public init() {}
-
-    /// The value, once set.
-    public var value: Value? {
-        get { mutex.withLock { stored } }
-        set { mutex.withLock { stored = newValue } }
-    }
-}
