@@ -52,7 +52,7 @@ public struct Violation: Sendable, Codable, CustomStringConvertible, Equatable {
         /// retry loop that never ends, or threads that wait for each other (the detail names them).
         case livelock = "livelock"
 
-        /// The number of the invariant in the engine's checker list (README, "Invariants").
+        /// The number of the invariant in the engine's checker list (README, "Checking the engine").
         public var invariant: Int {
             switch self {
             case .rootLeaked, .pagesLeaked, .sptesLeaked, .workLeaked: 1

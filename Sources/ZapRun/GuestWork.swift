@@ -7,7 +7,7 @@ import Glibc
 
 /// Guest run time lost to zap work, per policy: what v6.6 weighed against `async`'s gain
 /// (commit 0df9dab891ff: an unbound worker "occupying all logical CPUs for ~8ms" on a memslot
-/// deletion, audio blips on ChromeOS). README, "CPU interference".
+/// deletion, audio blips on ChromeOS). docs/measurements.md, "CPU interference".
 public struct CPUInterference: Sendable, Codable, Equatable {
     /// One vCPU's guest work while the VM zapped.
     public struct VCPUShare: Sendable, Codable, Equatable {

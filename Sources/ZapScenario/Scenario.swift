@@ -36,7 +36,7 @@ public struct Scenario: Sendable, Equatable {
     /// 72.8 µs: the flush cost implied by the figures issue #16 quotes for David Matlack's eager
     /// page splitting, `dirty_log_perf_test -s anonymous_hugetlb_2mb -v 64 -e -b 4g`: 14.33 s with
     /// 131,072 flushes against 4.79 s with 76, so (14.33 − 4.79) s / (131,072 − 76) flushes, at
-    /// 64 vCPUs faulting at once. It includes the faults that issued them (README, "TLB flushes").
+    /// 64 vCPUs faulting at once. It includes the faults that issued them (docs/measurements.md, "TLB flushes").
     public static let defaultTLBFlushCostNanoseconds: Double = ((14.33 - 4.79) / Double(131_072 - 76) * 1e9).rounded()
 
     /// Memslots in the VM.

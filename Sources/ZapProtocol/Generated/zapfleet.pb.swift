@@ -790,7 +790,7 @@ public nonisolated struct Zapfleet_V1_PolicyResult: @unchecked Sendable {
 
   /// Remote TLB flushes the kernel the policy models would have issued for this shard's work, by
   /// cause: obsolete_roots, root_zap, unmap, large_spte_replace, write_protect, clear_dirty,
-  /// collapsible_zap, nx_recovery (README, "TLB flushes"). Causes with none may be left out.
+  /// collapsible_zap, nx_recovery (docs/measurements.md, "TLB flushes"). Causes with none may be left out.
   public var tlbFlushes: Dictionary<String,UInt64> {
     get {_storage._tlbFlushes}
     set {_uniqueStorage()._tlbFlushes = newValue}
@@ -813,7 +813,7 @@ public nonisolated struct Zapfleet_V1_PolicyResult: @unchecked Sendable {
   fileprivate var _storage = _StorageClass.defaultInstance
 }
 
-/// While the VM zapped, each vCPU ran guest work on a thread pinned to one CPU (README, "CPU
+/// While the VM zapped, each vCPU ran guest work on a thread pinned to one CPU (docs/measurements.md, "CPU
 /// interference"). Times in nanoseconds.
 public nonisolated struct Zapfleet_V1_CpuInterference: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the

@@ -556,7 +556,7 @@ struct  Zapfleet__V1__PolicyResult
   /*
    * Remote TLB flushes the kernel the policy models would have issued for this shard's work, by
    * cause: obsolete_roots, root_zap, unmap, large_spte_replace, write_protect, clear_dirty,
-   * collapsible_zap, nx_recovery (README, "TLB flushes"). Causes with none may be left out.
+   * collapsible_zap, nx_recovery (docs/measurements.md, "TLB flushes"). Causes with none may be left out.
    */
   size_t n_tlb_flushes;
   Zapfleet__V1__PolicyResult__TlbFlushesEntry **tlb_flushes;
@@ -611,7 +611,7 @@ struct  Zapfleet__V1__CpuInterference__ZapCpuNsEntry
 
 
 /*
- * While the VM zapped, each vCPU ran guest work on a thread pinned to one CPU (README, "CPU
+ * While the VM zapped, each vCPU ran guest work on a thread pinned to one CPU (docs/measurements.md, "CPU
  * interference"). Times in nanoseconds.
  */
 struct  Zapfleet__V1__CpuInterference
