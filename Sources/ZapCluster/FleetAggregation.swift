@@ -33,7 +33,7 @@ public enum FleetAggregation {
         /// Adds one shard's run, exactly: histograms bucket by bucket, counters summed.
         public mutating func add(_ run: PolicyRun) {
             recorder.merge(run.recorder)
-            addCounters(run)
+            addCounters(run.outcome)
         }
 
         /// Adds one shard's run as decoded from the wire: each histogram's buckets go straight
@@ -42,16 +42,10 @@ public enum FleetAggregation {
             for histogram in decoded.histograms {
                 recorder.modify(histogram.operation, projected: histogram.projected) { histogram.buckets.add(into: &$0) }
             }
-            addCounters(
-                PolicyRun(
-                    policy: decoded.policy, recorder: BlockTimeRecorder.empty, statistics: decoded.statistics,
-                    violations: decoded.violations, violationCounts: decoded.violationCounts, steps: decoded.steps,
-                    wallNanoseconds: decoded.wallNanoseconds, complete: decoded.complete,
-                    zapThroughput: decoded.zapThroughput, injectedPathRuns: decoded.injectedPathRuns,
-                    tlbFlushes: decoded.tlbFlushes, interference: decoded.interference))
+            addCounters(decoded.outcome)
         }
 
-        private mutating func addCounters(_ run: PolicyRun) {
+        private mutating func addCounters(_ run: PolicyOutcome) {
             statistics = statistics.adding(run.statistics)
             violations.append(contentsOf: run.violations.prefix(max(0, 10 - violations.count)))
             counts.merge(run.violationCounts, uniquingKeysWith: +)
@@ -67,11 +61,13 @@ public enum FleetAggregation {
         /// The merged run.
         public var run: PolicyRun {
             PolicyRun(
-                policy: policy, recorder: recorder, statistics: statistics, violations: violations,
-                violationCounts: counts, steps: composeSteps(shardSteps), wallNanoseconds: wall,
-                complete: complete && !shardSteps.isEmpty,
-                zapThroughput: zapSeconds > 0 ? Double(statistics.sptesZapped) / zapSeconds : 0,
-                injectedPathRuns: injectedPathRuns, tlbFlushes: tlbFlushes, interference: interference)
+                PolicyOutcome(
+                    policy: policy, statistics: statistics, violations: violations,
+                    violationCounts: counts, steps: composeSteps(shardSteps), wallNanoseconds: wall,
+                    complete: complete && !shardSteps.isEmpty,
+                    zapThroughput: zapSeconds > 0 ? Double(statistics.sptesZapped) / zapSeconds : 0,
+                    injectedPathRuns: injectedPathRuns, tlbFlushes: tlbFlushes, interference: interference),
+                recorder: recorder)
         }
     }
 

@@ -133,12 +133,13 @@ public enum ResultCoding {
                 name: $0.name.printable(limit: 40), nanoseconds: $0.wallNs, longestBlockNanoseconds: $0.longestBlockNs,
                 sptesZappedInline: Int(clamping: $0.sptesZappedInline))
         }
-        return DecodedPolicyResult(
-            policy: policy, histograms: histograms, statistics: try decode(result.counters), violations: violations,
+        let outcome = PolicyOutcome(
+            policy: policy, statistics: try decode(result.counters), violations: violations,
             violationCounts: counts, steps: steps, wallNanoseconds: result.wallNs, complete: result.complete,
             zapThroughput: result.zapThroughput.isFinite && result.zapThroughput >= 0 ? result.zapThroughput : 0,
             injectedPathRuns: injected, tlbFlushes: TLBFlushCounts(flushes),
             interference: result.hasCpuInterference ? try InterferenceCoding.decode(result.cpuInterference) : nil)
+        return DecodedPolicyResult(histograms: histograms, outcome: outcome)
     }
 
     static func encode(_ statistics: EngineStatistics) -> Zapfleet_V1_Counters {
@@ -188,6 +189,7 @@ public enum ResultCoding {
 }
 
 /// A policy's run as a worker reported it, validated, with its histograms still as buckets.
+@dynamicMemberLookup
 public struct DecodedPolicyResult: Sendable {
     /// One histogram of the run.
     public struct Histogram: Sendable {
@@ -201,30 +203,16 @@ public struct DecodedPolicyResult: Sendable {
         public var encoded: [UInt8]
     }
 
-    /// The policy.
-    public var policy: ZapPolicy
     /// Its histograms.
     public var histograms: [Histogram]
-    /// The engine's counters.
-    public var statistics: EngineStatistics
-    /// Up to ten violations.
-    public var violations: [Violation]
-    /// Every violation, by kind.
-    public var violationCounts: [Violation.Kind: Int]
-    /// Step records.
-    public var steps: [StepTiming]
-    /// Wall time.
-    public var wallNanoseconds: UInt64
-    /// Whether the timeline ran to its end.
-    public var complete: Bool
-    /// SPTEs zapped per second of zap wall time.
-    public var zapThroughput: Double
-    /// How often each injected bug's broken path ran.
-    public var injectedPathRuns: [InjectedBug: Int] = [:]
-    /// Remote TLB flushes by cause.
-    public var tlbFlushes = TLBFlushCounts()
-    /// Guest run time lost to zap work, if measured.
-    public var interference: CPUInterference?
+    /// Everything else the worker reported.
+    public var outcome: PolicyOutcome
+
+    /// The outcome's fields.
+    public subscript<Value>(dynamicMember field: WritableKeyPath<PolicyOutcome, Value>) -> Value {
+        get { outcome[keyPath: field] }
+        set { outcome[keyPath: field] = newValue }
+    }
 
     /// The run with full histograms.
     public func run(kernelNanosecondsPerSPTE: Double) -> PolicyRun {
@@ -232,10 +220,6 @@ public struct DecodedPolicyResult: Sendable {
         for histogram in histograms {
             recorder.modify(histogram.operation, projected: histogram.projected) { histogram.buckets.add(into: &$0) }
         }
-        return PolicyRun(
-            policy: policy, recorder: recorder, statistics: statistics, violations: violations,
-            violationCounts: violationCounts, steps: steps, wallNanoseconds: wallNanoseconds,
-            complete: complete, zapThroughput: zapThroughput, injectedPathRuns: injectedPathRuns,
-            tlbFlushes: tlbFlushes, interference: interference)
+        return PolicyRun(outcome, recorder: recorder)
     }
 }

@@ -30,18 +30,6 @@ public struct BlockTimeRecorder: Sendable {
     /// The memory one recorder's histograms hold (every operation, measured and projected).
     public static let footprintBytes = MeasuredOperation.allCases.count * 2 * LatencyHistogram.makeLatency().estimatedFootprintInBytes
 
-    /// A recorder with no histograms at all, for records that carry none (cheaper than empty ones).
-    public static let empty = BlockTimeRecorder(kernelNanosecondsPerSPTE: 0, enabled: false, allocate: false)
-
-    private init(kernelNanosecondsPerSPTE: Double, enabled: Bool, allocate: Bool) {
-        self.kernelNanosecondsPerSPTE = kernelNanosecondsPerSPTE
-        kernelNanosecondsPerFlush = 0
-        self.enabled = enabled
-        measured = []
-        projected = []
-        zeroProjections = []
-    }
-
     /// Empty histograms.
     public init(kernelNanosecondsPerSPTE: Double, kernelNanosecondsPerFlush: Double = 0, enabled: Bool = true) {
         self.kernelNanosecondsPerSPTE = kernelNanosecondsPerSPTE

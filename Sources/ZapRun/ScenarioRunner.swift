@@ -91,55 +91,6 @@ public struct StepTiming: Sendable, Codable, Equatable {
     }
 }
 
-/// What one policy's run of a scenario measured.
-public struct PolicyRun: Sendable {
-    /// The policy.
-    public var policy: ZapPolicy
-    /// Block-time histograms, measured and projected, root lifetimes included.
-    public var recorder: BlockTimeRecorder
-    /// The VM's counters after teardown.
-    public var statistics: EngineStatistics
-    /// Violations kept by the checker.
-    public var violations: [Violation]
-    /// Every violation seen, by kind.
-    public var violationCounts: [Violation.Kind: Int]
-    /// Wall time of each step.
-    public var steps: [StepTiming]
-    /// Wall time of the whole policy run.
-    public var wallNanoseconds: UInt64
-    /// False if the run was cancelled before the timeline ended.
-    public var complete: Bool
-    /// SPTEs zapped per second of zap wall time.
-    public var zapThroughput: Double
-    /// How often each injected bug's broken path ran (only injected bugs appear).
-    public var injectedPathRuns: [InjectedBug: Int]
-    /// Remote TLB flushes the policy's kernel would have issued, by cause.
-    public var tlbFlushes: TLBFlushCounts
-    /// Guest run time lost to zap work (scenarios with `guest_work`), else nil.
-    public var interference: CPUInterference?
-
-    /// A policy's run, as measured here or decoded from a worker's result.
-    public init(
-        policy: ZapPolicy, recorder: BlockTimeRecorder, statistics: EngineStatistics, violations: [Violation],
-        violationCounts: [Violation.Kind: Int], steps: [StepTiming], wallNanoseconds: UInt64, complete: Bool,
-        zapThroughput: Double, injectedPathRuns: [InjectedBug: Int] = [:], tlbFlushes: TLBFlushCounts = TLBFlushCounts(),
-        interference: CPUInterference? = nil
-    ) {
-        self.injectedPathRuns = injectedPathRuns
-        self.tlbFlushes = tlbFlushes
-        self.interference = interference
-        self.policy = policy
-        self.recorder = recorder
-        self.statistics = statistics
-        self.violations = violations
-        self.violationCounts = violationCounts
-        self.steps = steps
-        self.wallNanoseconds = wallNanoseconds
-        self.complete = complete
-        self.zapThroughput = zapThroughput
-    }
-}
-
 /// Runs a scenario's timeline on the engine, one policy at a time, with a real thread per vCPU.
 public final class ScenarioRunner: Sendable {
     /// The scenario.
@@ -289,12 +240,13 @@ public final class ScenarioRunner: Sendable {
             }
         }
         let throughput = observer.zapThroughput
-        return PolicyRun(
-            policy: policy, recorder: recorder, statistics: vm.statistics,
+        let outcome = PolicyOutcome(
+            policy: policy, statistics: vm.statistics,
             violations: vm.checker.violations, violationCounts: vm.checker.countsByKind,
             steps: timings, wallNanoseconds: monotonicNanoseconds() &- start, complete: complete,
             zapThroughput: throughput.nanoseconds == 0 ? 0 : Double(throughput.sptes) * 1e9 / Double(throughput.nanoseconds),
             injectedPathRuns: vm.injectedPathRuns, tlbFlushes: vm.tlbFlushes, interference: interference)
+        return PolicyRun(outcome, recorder: recorder)
     }
 
     /// Guest work on every vCPU for a step in which the VM zaps. The first time, guest work runs
