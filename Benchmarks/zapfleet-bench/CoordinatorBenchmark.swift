@@ -201,11 +201,15 @@ struct CoordinatorBenchmark: ParsableCommand {
 
     /// Runs `range` lightweight workers on this thread: hello, heartbeats, results after
     /// `resultSeconds`, until the coordinator says stop.
+    ///
+    /// The thread waits with a `ZeroMQSocketSet` (epoll) and reads only the sockets that fired:
+    /// with `zmq_poll` (a system call per socket per wake-up) hosts of 5,000 workers spent the
+    /// machine's two cores polling, heartbeats went out late, and the coordinator counted
+    /// thousands of workers missing.
     static func hostWorkers(
         _ range: Range<Int>, endpoint: String, context: ZeroMQContext, template: Zapfleet_V1_ShardResult, resultSeconds: Double
     ) throws {
-        var sockets: [ZeroMQSocket] = []
-        var poller = ZeroMQPoller()
+        let set = try ZeroMQSocketSet()
         for index in range {
             let socket = try ZeroMQSocket(context, type: .dealer)
             try socket.setOption(SocketOption.identity, Array("light-\(index)".utf8))
@@ -217,44 +221,54 @@ struct CoordinatorBenchmark: ParsableCommand {
             hello.memoryBudgetBytes = 1 << 30
             hello.largestShardBytes = .max
             try socket.send([frame(.hello(hello))])
-            sockets.append(socket)
-            poller.add(socket)
+            try set.add(socket)
         }
+        let sockets = set.sockets
         let delay = UInt64(resultSeconds * 1e9)
         var due: [(at: UInt64, socket: Int, frame: [UInt8])] = []
         var lastHeartbeat = monotonicNanoseconds()
         var stopped = 0
-        while stopped < sockets.count {
-            let ready = try poller.poll(timeoutMilliseconds: due.isEmpty ? 100 : 10)
-            let now = monotonicNanoseconds()
-            for (index, socket) in sockets.enumerated() where ready[index] {
-                while let message = try socket.receive(dontWait: true) {
-                    guard let envelope = try? Zapfleet_V1_Envelope(serializedBytes: message.frames[0]) else { continue }
-                    switch envelope.body {
-                    case .assignment(let assignment):
-                        var result = template
-                        result.runID = assignment.runID
-                        result.shardID = assignment.shardID
-                        result.attempt = assignment.attempt
-                        if delay == 0 {
-                            try socket.send([frame(.result(result))])
-                        } else {
-                            due.append((now + delay, index, frame(.result(result))))
-                        }
-                    case .stop:
-                        stopped += 1
-                    default:
-                        break
+        func read(_ index: Int, now: UInt64) throws {
+            let socket = sockets[index]
+            while let message = try socket.receive(dontWait: true) {
+                guard let envelope = try? Zapfleet_V1_Envelope(serializedBytes: message.frames[0]) else { continue }
+                switch envelope.body {
+                case .assignment(let assignment):
+                    var result = template
+                    result.runID = assignment.runID
+                    result.shardID = assignment.shardID
+                    result.attempt = assignment.attempt
+                    if delay == 0 {
+                        try socket.send([frame(.result(result))])
+                    } else {
+                        due.append((now + delay, index, frame(.result(result))))
                     }
+                case .stop:
+                    stopped += 1
+                default:
+                    break
                 }
             }
+        }
+        for index in sockets.indices { try read(index, now: monotonicNanoseconds()) }
+        while stopped < sockets.count {
+            let nextDue = due.first.map { Int(($0.at &- min($0.at, monotonicNanoseconds())) / 1_000_000) } ?? 100
+            let ready = try set.wait(timeoutMilliseconds: min(100, nextDue))
+            let now = monotonicNanoseconds()
+            for index in ready { try read(index, now: now) }
             // One delay for every result: `due` is in the order its results fall due.
             let fallen = due.prefix { $0.at <= now }.count
-            for item in due.prefix(fallen) { try sockets[item.socket].send([item.frame], dontWait: true) }
+            for item in due.prefix(fallen) {
+                try sockets[item.socket].send([item.frame], dontWait: true)
+                try read(item.socket, now: now)
+            }
             due.removeFirst(fallen)
             if now - lastHeartbeat >= 1_000_000_000 {
                 lastHeartbeat = now
-                for socket in sockets { try socket.send([frame(.heartbeat(Zapfleet_V1_Heartbeat()))], dontWait: true) }
+                for index in sockets.indices {
+                    try sockets[index].send([frame(.heartbeat(Zapfleet_V1_Heartbeat()))], dontWait: true)
+                    try read(index, now: now)
+                }
             }
         }
     }
@@ -281,6 +295,13 @@ struct LightWorkersCommand: ParsableCommand {
     @Option var resultSeconds: Double = 0
 
     func run() throws {
+        // Hosts outlive nothing: when the benchmark is killed (a timeout, ^C), its children
+        // would go on heartbeating into a closed port, holding thousands of sockets.
+        let parent = getppid()
+        _ = OSThread(name: "parent-watch") {
+            while getppid() == parent { sleep(1) }
+            Glibc.exit(3)
+        }
         try CoordinatorBenchmark.ensureDescriptors(forWorkers: count, hostedHere: true, coordinatorHere: false)
         let result = try Zapfleet_V1_ShardResult(serializedBytes: [UInt8](Data(contentsOf: URL(fileURLWithPath: template))))
         let context = try ZeroMQContext()

@@ -109,6 +109,9 @@ public final class Coordinator: @unchecked Sendable {
         try router.setOption(SocketOption.routerMandatory, Int32(1))
         try router.setOption(SocketOption.maximumMessageSize, configuration.maximumMessageBytes)
         try router.setOption(ZMQ_ROUTER_HANDOVER_OPTION, Int32(1))
+        // A fleet starts its workers at once: with libzmq's backlog of 100, 10,000 connects
+        // overflowed the accept queue (the kernel fell back to SYN cookies, joins were retried).
+        try router.setOption(SocketOption.backlog, Int32(4096))
         if let security = configuration.security {
             try router.makeCurveServer(security.keys, zapDomain: "zapfleet")
         } else {

@@ -12,6 +12,9 @@ public enum SocketOption {
     public static let reconnectInterval = ZMQ_RECONNECT_IVL
     /// Reconnect backoff ceiling, in milliseconds.
     public static let reconnectIntervalMaximum = ZMQ_RECONNECT_IVL_MAX
+    /// Connections a listening socket's kernel queue holds before accept (`listen`'s backlog;
+    /// libzmq's default is 100, the kernel caps it at `net.core.somaxconn`).
+    public static let backlog = ZMQ_BACKLOG
     /// Milliseconds unsent messages linger after close.
     public static let linger = ZMQ_LINGER
     /// Outgoing high-water mark (messages queued per peer).

@@ -30,6 +30,42 @@ struct ZeroMQTests {
         router.close()
     }
 
+    @Test("a socket set reports just the sockets with something to read, and every message sent to them is read")
+    func socketSet() throws {
+        let context = try ZeroMQContext()
+        let router = try ZeroMQSocket(context, type: .router)
+        try router.bind("tcp://127.0.0.1:*")
+        let endpoint = try router.lastEndpoint()
+        let set = try ZeroMQSocketSet()
+        for index in 0..<40 {
+            let dealer = try ZeroMQSocket(context, type: .dealer)
+            try dealer.setOption(SocketOption.identity, Array("d\(index)".utf8))
+            try dealer.connect(endpoint)
+            try dealer.send([[UInt8(index)]])
+            #expect(try set.add(dealer) == index)
+        }
+        for _ in 0..<40 { _ = try #require(try router.receive()) }
+        // Drain what the connections left signalled, then only the addressed sockets may fire.
+        for socket in set.sockets { #expect(try socket.receive(dontWait: true) == nil) }
+        _ = try set.wait(timeoutMilliseconds: 0)
+        let addressed: Set<Int> = [3, 17, 38]
+        for index in addressed { try router.send([Array("d\(index)".utf8), [UInt8(index)], [UInt8(index)]]) }
+        var received: [Int: Int] = [:]
+        let deadline = Date().addingTimeInterval(30)
+        while received.values.reduce(0, +) < 3 && Date() < deadline {
+            for index in try set.wait(timeoutMilliseconds: 100) {
+                while let message = try set.sockets[index].receive(dontWait: true) {
+                    #expect(message.frames == [[UInt8(index)], [UInt8(index)]])
+                    received[index, default: 0] += 1
+                }
+            }
+        }
+        #expect(Set(received.keys) == addressed)
+        #expect(received.values.allSatisfy { $0 == 1 })
+        for socket in set.sockets { socket.close() }
+        router.close()
+    }
+
     @Test("with ROUTER_MANDATORY, a send to an unknown identity fails with EHOSTUNREACH")
     func routerMandatory() throws {
         let context = try ZeroMQContext()

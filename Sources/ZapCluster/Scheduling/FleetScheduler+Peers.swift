@@ -51,8 +51,9 @@ extension FleetScheduler {
         }
         // A name is one worker's: a second live worker under it is refused, naming it. A holder
         // that went missing, or whose connection is gone, was replaced (a restart).
-        if let holder = peersInJoinOrder.first(where: {
-            $0.id != id && $0.introduction?.name == introduction.name && $0.introduction!.isAgent == introduction.isAgent
+        let namesakes = (peersByName[introduction.name] ?? []).compactMap { peers[$0] }
+        if let holder = namesakes.filter({ $0.id != id && $0.introduction!.isAgent == introduction.isAgent }).min(by: {
+            $0.joinOrder < $1.joinOrder
         }) {
             if holder.state.isLive && !holder.unreachable {
                 refuse(
@@ -73,6 +74,10 @@ extension FleetScheduler {
             default: false
             }
         let previous = peer.state
+        if let previousName = peer.introduction?.name, previousName != introduction.name {
+            peersByName[previousName]?.removeAll { $0 == id }
+        }
+        if peer.introduction?.name != introduction.name { peersByName[introduction.name, default: []].append(id) }
         peers[id]!.introduction = introduction
         peers[id]!.lastHeard = now
         peers[id]!.unreachable = false
@@ -217,7 +222,8 @@ extension FleetScheduler {
 
     mutating func checkLiveness(now: UInt64, into actions: inout [Action]) {
         let missingAfter = configuration.missingAfter
-        for peer in peersInJoinOrder where peer.introduction != nil {
+        for id in joinOrder {
+            guard let peer = peers[id], peer.introduction != nil else { continue }
             let silence = now &- peer.lastHeard
             switch peer.state {
             case .ready where silence > missingAfter:
@@ -266,9 +272,11 @@ extension FleetScheduler {
     }
 
     mutating func sendHeartbeats(now: UInt64, into actions: inout [Action]) {
-        for peer in peersInJoinOrder
-        where peer.introduction != nil && peer.state.isLive && now &- peer.lastSent >= configuration.intervalNanoseconds {
-            send(.heartbeat(peer.id), to: peer.id, now: now, into: &actions)
+        for id in joinOrder {
+            guard let peer = peers[id], peer.introduction != nil, peer.state.isLive,
+                now &- peer.lastSent >= configuration.intervalNanoseconds
+            else { continue }
+            send(.heartbeat(id), to: id, now: now, into: &actions)
         }
     }
 

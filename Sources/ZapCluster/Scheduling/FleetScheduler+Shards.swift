@@ -68,11 +68,13 @@ extension FleetScheduler {
     /// ones a result just freed), and no shard's exclusions are forgiven, since not every idle
     /// peer was asked.
     mutating func dispatch(only candidates: [PeerID]? = nil, now: UInt64, into actions: inout [Action]) {
-        let free = (candidates ?? joinOrder).compactMap { peers[$0] }.filter { peer in
-            peer.state == .ready && peer.benched == nil && !peer.unreachable && peer.introduction.map { !$0.isAgent } == true
-        }
         var idle: [PeerRecord] = []
-        for peer in free {
+        for peerID in candidates ?? joinOrder {
+            // Nothing left to hand out: the remaining peers are idle, and no exclusion can matter.
+            guard pending.count > 0 else { break }
+            guard let peer = peers[peerID], peer.state == .ready, peer.benched == nil, !peer.unreachable,
+                peer.introduction.map({ !$0.isAgent }) == true
+            else { continue }
             // Fitness is judged here, for every peer whenever it joined.
             guard
                 let id = pending.takeFirst(where: { id in

@@ -174,6 +174,9 @@ public struct FleetScheduler: Sendable {
     /// actions goes in this order, so that a schedule's seed fixes its outcome (a dictionary's
     /// order changes from process to process).
     var joinOrder: [PeerID] = []
+    /// The peers that said hello under each name: a name is one live worker's, and looking it up
+    /// by walking every peer made each hello cost the whole fleet.
+    var peersByName: [String: [PeerID]] = [:]
     var pending = ShardQueue()
     /// Every free peer is to be offered work (a shard was requeued, a peer joined, ...).
     var dispatchNeeded = false
@@ -284,6 +287,9 @@ public struct FleetScheduler: Sendable {
         case .gathering(let deadline):
             guard gatheringCheckNeeded || now &- lastHousekeeping >= configuration.intervalNanoseconds / 10 else { break }
             gatheringCheckNeeded = false
+            // Fewer peers than expected cannot be enough ready workers: no walk over them (a walk
+            // at every hello cost time proportional to the square of the fleet while it joined).
+            guard peers.count >= configuration.expectWorkers || now > deadline else { break }
             let ready = peersInJoinOrder.filter { $0.state == .ready && $0.introduction.map { !$0.isAgent } == true }
             if ready.count >= configuration.expectWorkers || (now > deadline && !ready.isEmpty) {
                 makePlan(for: ready, now: now, into: &actions)
@@ -354,7 +360,8 @@ public struct FleetScheduler: Sendable {
     /// workers to join, it fails, naming what is missing.
     private mutating func checkProgressPossible(now: UInt64, into actions: inout [Action]) {
         guard phase == .running, completedShards < shards.count else { return }
-        let openShards = pending.ids.compactMap { shard($0) }
+        let plan = shards
+        let openShards = pending.ids.lazy.map { plan[Int($0)].shard }
         let someoneCan = peers.values.contains { peer in
             guard let introduction = peer.introduction, !introduction.isAgent else { return false }
             switch peer.state {

@@ -13,7 +13,7 @@ struct ShardQueue {
     func contains(_ id: UInt64) -> Bool { members.contains(id) }
 
     /// The waiting shards, front first.
-    var ids: [UInt64] { stack.reversed() }
+    var ids: ReversedCollection<[UInt64]> { stack.reversed() }
 
     /// How many wait.
     var count: Int { stack.count }
