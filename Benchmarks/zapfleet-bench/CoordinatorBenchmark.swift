@@ -13,7 +13,7 @@ import SwiftProtobuf
 /// Coordinator capacity: many lightweight workers over loopback TCP, heartbeating and
 /// streaming results, hosted in this process or, past what one process's descriptors hold, in
 /// several child processes.
-struct CoordinatorBenchmark: ParsableCommand {
+struct CoordinatorBenchmark: SummarisedBenchmark {
     static let configuration = CommandConfiguration(
         commandName: "coordinator",
         abstract: "Coordinator capacity with many lightweight workers streaming real results.",
@@ -60,7 +60,7 @@ struct CoordinatorBenchmark: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func measure() throws -> [BenchmarkFigure] {
         let processes = self.processes > 0 ? self.processes : Self.hostProcessesNeeded(forWorkers: workers)
         try Self.ensureDescriptors(forWorkers: workers, hostedHere: processes == 0)
         let logger = Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -177,6 +177,30 @@ struct CoordinatorBenchmark: ParsableCommand {
         print(
             "  merged totals: \(outcome.runs.map { "\($0.policy) \($0.statistics.sptesZapped) SPTEs zapped" }.joined(separator: ", ")); requeues: \(outcome.fleet.shards.filter { $0.attempts > 1 }.count); failure: \(outcome.failure?.description ?? "none")"
         )
+        let fleet = "coordinator, \(workers) workers"
+        var figures: [BenchmarkFigure] = []
+        if let heartbeatCost {
+            figures.append(
+                BenchmarkFigure(
+                    name: "\(fleet): heartbeats only",
+                    measured:
+                        "\(Quantities.rounded(heartbeatCost.cpu / heartbeatCost.seconds / Double(workers) * 1e6, 2)) µs per worker per heartbeat"
+                ))
+        }
+        let histogramsPerSecond = Double(results * histogramsPerResult) / dispatch
+        figures.append(
+            BenchmarkFigure(
+                name: "\(fleet): histograms merged while results stream", measured: "\(Int(histogramsPerSecond))/s",
+                target: ">= 10000/s", met: histogramsPerSecond >= 10_000))
+        figures.append(
+            BenchmarkFigure(
+                name: "\(fleet): coordinator thread while results stream",
+                measured: "\(Quantities.rounded(streamingCPU / dispatch, 2)) cores", target: "< 1 core", met: streamingCPU / dispatch < 1))
+        let requeued = outcome.fleet.shards.filter { $0.attempts > 1 }.count
+        figures.append(
+            BenchmarkFigure(
+                name: "\(fleet): shards requeued (workers counted missing)", measured: "\(requeued)", target: "0", met: requeued == 0))
+        return figures
     }
 
     /// Hosts of `range` lightweight workers, `threads` threads of them.

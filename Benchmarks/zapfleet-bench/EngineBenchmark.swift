@@ -5,7 +5,7 @@ import ZapEngine
 import ZapPlatform
 
 /// Zap and populate cost per SPTE against raw sweeps over a plain array of the same size.
-struct EngineBenchmark: ParsableCommand {
+struct EngineBenchmark: SummarisedBenchmark {
     static let configuration = CommandConfiguration(
         commandName: "engine",
         abstract: "Engine zap and populate ns per SPTE next to raw exchange and compare-exchange sweeps.",
@@ -30,7 +30,7 @@ struct EngineBenchmark: ParsableCommand {
         guard repetitions >= 1 else { throw ValidationError("--repetitions must be at least 1") }
     }
 
-    func run() throws {
+    func measure() throws -> [BenchmarkFigure] {
         let entries = gib << 18
         print("engine benchmark: \(gib) GiB of 4 KiB mappings = \(entries) SPTEs, best of \(repetitions)")
         var best = Figures()
@@ -58,6 +58,16 @@ struct EngineBenchmark: ParsableCommand {
         }
         print(String(format: "  kernel figure from the seed: 52 ns/SPTE; engine zap is %.0fx faster", 52 / best.zapShared))
         try measureSingleFaults()
+        return [
+            .ratio(
+                "engine populate (2 MiB batch faults), \(gib) GiB", best.populate, "ns/SPTE", of: best.rawCompareExchange,
+                "a raw compare-exchange sweep", atMost: 1.5),
+            .ratio(
+                "engine zap under the read lock, \(gib) GiB", best.zapShared, "ns/SPTE", of: best.rawExchange,
+                "a raw exchange sweep", atMost: 1.5),
+            BenchmarkFigure(
+                name: "engine zap under the write lock, \(gib) GiB", measured: String(format: "%.2f ns/SPTE", best.zapExclusive))
+        ]
     }
 
     /// Single 4 KiB faults, one thread: installing, and finding the mapping present.

@@ -10,7 +10,7 @@ import ZapScenario
 /// The fleet path against the engine's own work: a sharded local run (coordinator and
 /// in-process workers over ZeroMQ, results encoded, checked, merged and reported) next to what
 /// its SPTEs cost the engine alone, measured in the same invocation.
-struct FleetBenchmark: ParsableCommand {
+struct FleetBenchmark: SummarisedBenchmark {
     static let configuration = CommandConfiguration(
         commandName: "fleet",
         abstract: "End to end: a sharded run's wall time against the engine's own cost of its SPTEs.",
@@ -52,7 +52,10 @@ struct FleetBenchmark: ParsableCommand {
         guard repetitions >= 1 else { throw ValidationError("--repetitions must be at least 1") }
     }
 
-    func run() throws {
+    @Option(help: "A bound on the best run's wall time in seconds, reported beside it (the seed's 64 TiB: 150).")
+    var targetSeconds: Double?
+
+    func measure() throws -> [BenchmarkFigure] {
         var base = try ScenarioCatalog.load(scenario)
         base.vm.memoryBytes = Quantities.parseSize(size)!
         let resolved = try ScenarioParser.parse(ScenarioWriter.yaml(base), file: "\(scenario) at \(size)")
@@ -89,7 +92,7 @@ struct FleetBenchmark: ParsableCommand {
             }
             last = outcome
         }
-        guard let outcome = last else { return }
+        guard let outcome = last else { return [] }
 
         // The engine's share: every SPTE installed and zapped, at the engine's own rates.
         var engineNanoseconds = 0.0
@@ -112,6 +115,22 @@ struct FleetBenchmark: ParsableCommand {
                 repetitions, best, best / share, best / share <= 1.3 ? "met" : "MISSED"))
         print(
             "  peak resident: \(Quantities.describeSize(Double(peak))) (bound: \(maxMemory): \(peak <= limit ? "met" : "MISSED"))")
+        let run = "\(resolved.name) at \(size), \(workers) workers within \(maxMemory)"
+        var figures = [
+            BenchmarkFigure(
+                name: "\(run): wall / engine's own cost", measured: String(format: "%.2fx (%.2f s)", best / share, best),
+                target: "<= 1.3x", met: best / share <= 1.3),
+            BenchmarkFigure(
+                name: "\(run): peak resident", measured: Quantities.describeSize(Double(peak)), target: "<= \(maxMemory)",
+                met: peak <= limit)
+        ]
+        if let targetSeconds {
+            figures.append(
+                BenchmarkFigure(
+                    name: "\(run): wall", measured: String(format: "%.1f s", best), target: String(format: "about %.0f s", targetSeconds),
+                    met: best <= targetSeconds))
+        }
+        return figures
     }
 }
 

@@ -9,7 +9,7 @@ import ZapPlatform
 import SwiftProtobuf
 
 /// The cost of durability: appending accepted results to the coordinator's journal and syncing them.
-struct JournalBenchmark: ParsableCommand {
+struct JournalBenchmark: SummarisedBenchmark {
     static let configuration = CommandConfiguration(
         commandName: "journal",
         abstract: "Cost of journaling accepted shard results (append + fsync), alone and in batches.",
@@ -26,8 +26,9 @@ struct JournalBenchmark: ParsableCommand {
     @Option(help: "Where to write the journal (its disk is what is measured).")
     var directory: String = NSTemporaryDirectory()
 
-    func run() throws {
+    func measure() throws -> [BenchmarkFigure] {
         let scenario = try ScenarioCatalog.load("quick")
+        var figures: [BenchmarkFigure] = []
         let runner = ScenarioRunner(scenario: scenario, options: RunOptions())
         var sample = Zapfleet_V1_ShardResult()
         sample.attempt = 1
@@ -55,6 +56,11 @@ struct JournalBenchmark: ParsableCommand {
                 String(
                     format: "  one fsync per %2d result(s): %8.1f µs per durable result, %7.0f results/s", batch,
                     elapsed / Double(results) / 1e3, Double(results) / (elapsed / 1e9)))
+            figures.append(
+                BenchmarkFigure(
+                    name: "journal, one fsync per \(batch) result(s)",
+                    measured: String(format: "%.1f µs per durable result", elapsed / Double(results) / 1e3)))
         }
+        return figures
     }
 }

@@ -7,7 +7,7 @@ import ZapPlatform
 import Histogram
 
 /// The cost of measuring: one block-time sample, and a whole `quick` run with and without it.
-struct MeasurementBenchmark: ParsableCommand {
+struct MeasurementBenchmark: SummarisedBenchmark {
     static let configuration = CommandConfiguration(
         commandName: "measurement",
         abstract: "Cost of recording a block time, and the measurement overhead on a quick run.",
@@ -32,7 +32,7 @@ struct MeasurementBenchmark: ParsableCommand {
     @Option(help: "Scenario for the overhead measurement.")
     var scenario: String = "quick"
 
-    func run() throws {
+    func measure() throws -> [BenchmarkFigure] {
         print("block-time clock: \(BlockClock.calibration)")
         var best = Double.infinity
         var clockOnly = Double.infinity
@@ -87,5 +87,13 @@ struct MeasurementBenchmark: ParsableCommand {
         print(
             "\(scenario) run, best of \(runs): measurement on \(Quantities.formatDuration(Double(on))), off \(Quantities.formatDuration(Double(off))): overhead \(Quantities.rounded(overhead, 1))% (target <= 5%)"
         )
+        return [
+            BenchmarkFigure(
+                name: "recording one block time (\(BlockClock.calibration.source) read + histogram record)",
+                measured: "\(Quantities.rounded(best, 1)) ns", target: "<= 20 ns", met: best <= 20),
+            BenchmarkFigure(
+                name: "measurement overhead on a \(scenario) run", measured: "\(Quantities.rounded(overhead, 1)) %",
+                target: "<= 5 %", met: overhead <= 5)
+        ]
     }
 }

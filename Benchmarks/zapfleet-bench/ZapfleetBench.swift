@@ -8,7 +8,8 @@ struct ZapfleetBench: ParsableCommand {
         commandName: "zapfleet-bench",
         abstract: "Benchmarks of zapfleet's hot paths, next to the raw memory operations they are bounded by.",
         subcommands: [
-            EngineBenchmark.self, MeasurementBenchmark.self, FleetBenchmark.self, CoordinatorBenchmark.self, JournalBenchmark.self,
+            AllBenchmarks.self, EngineBenchmark.self, MeasurementBenchmark.self, FleetBenchmark.self, CoordinatorBenchmark.self,
+            JournalBenchmark.self, DispatchBenchmark.self,
             LightWorkersCommand.self
         ],
         defaultSubcommand: EngineBenchmark.self

@@ -2,6 +2,7 @@
 #include <malloc.h>
 #include <errno.h>
 #include <sched.h>
+#include <stdio.h>
 #include "CLinuxScheduling.h"
 
 int zf_current_cpu(void) {
@@ -45,4 +46,8 @@ int zf_allowed_cpu_count(void) {
 
 int zf_return_free_memory(void) {
     return malloc_trim(0);
+}
+
+void zf_line_buffer_standard_output(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
 }

@@ -29,3 +29,12 @@ extension ProcessMemory {
         _ = zf_return_free_memory()
     }
 }
+
+/// This process's standard output.
+public enum StandardOutput {
+    /// Writes each line as it ends, also into a file or a pipe: progress in a job's log as it
+    /// happens, not at exit.
+    public static func lineBuffered() {
+        zf_line_buffer_standard_output()
+    }
+}

@@ -1,7 +1,7 @@
 // The Linux scheduler calls that glibc declares only under _GNU_SOURCE, which Swift's Glibc
 // module does not define: the calling thread's CPU, pinning it to one CPU, and letting it run
 // on any CPU the process started with again. Also glibc's malloc_trim, from <malloc.h>, which
-// the Glibc module does not include.
+// the Glibc module does not include, and stdout's buffering.
 #ifndef ZAPFLEET_C_LINUX_SCHEDULING_H
 #define ZAPFLEET_C_LINUX_SCHEDULING_H
 
@@ -22,5 +22,9 @@ int zf_allowed_cpu_count(void);
 /// Gives the system back the free memory at the top of every malloc arena and the free pages
 /// inside them (malloc_trim(0)); 1 if any memory went back, else 0.
 int zf_return_free_memory(void);
+
+/// Makes stdout line-buffered, as on a terminal, also when it is a file or a pipe (stdout is
+/// a C global that Swift 6 will not touch without a data-race diagnostic).
+void zf_line_buffer_standard_output(void);
 
 #endif
