@@ -14,7 +14,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0")
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0")
     ],
     targets: [
         // The simulation of KVM's TDP MMU root lifecycle. Knows nothing of networks or CLIs.
@@ -71,6 +72,9 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift")
             ]
         ),
+        // The run history: reports kept in SQLite (GRDB, with migrations), listed, plotted as
+        // trends and checked for regressions. Reads report.json; knows nothing of the engine.
+        .target(name: "ZapHistory", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
         // The command-line tool: parses arguments and wires the other targets together.
         .executableTarget(
             name: "zapfleet",
@@ -80,6 +84,7 @@ let package = Package(
                 "ZapRun",
                 "ZapCluster",
                 "ZapPlatform",
+                "ZapHistory",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log")
             ]
@@ -126,6 +131,8 @@ let package = Package(
             resources: [.copy("Vectors")]
         ),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ", "ZapfleetTestSupport"]),
+        .testTarget(
+            name: "ZapHistoryTests", dependencies: ["ZapHistory", "ZapfleetTestSupport", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(
             name: "ZapClusterTests",
             dependencies: [

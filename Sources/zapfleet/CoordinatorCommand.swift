@@ -176,7 +176,7 @@ struct CoordinatorCommand: ParsableCommand {
         let code = try ReportOutput.emit(
             scenario: resolved, outcome: outcome, started: started,
             wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelCost,
-            out: out, fleetDetail: true, junit: junit, events: events)
+            out: out, fleetDetail: true, junit: junit, events: events, history: report.historyEntry)
         if code != 0 { throw ExitCode(code) }
     }
 }

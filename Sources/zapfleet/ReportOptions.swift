@@ -18,9 +18,25 @@ struct ReportOptions: ParsableArguments {
     )
     var kernelSpteNs: String?
 
+    @Option(help: "Add the run's report to this history database (SQLite; see `zapfleet history`). Needs --out.")
+    var history: String?
+
+    @Option(name: .customLong("label"), help: "With --history: a label KEY=VALUE for the run (repeatable), e.g. --label kernel=6.6.8.")
+    var labels: [String] = []
+
     func validate() throws {
         if let kernelSpteNs { _ = try OptionChecks.kernelCost(kernelSpteNs) }
+        if history != nil && out == nil {
+            throw ValidationError("--history keeps the report.json of --out: give --out DIR too")
+        }
+        if !labels.isEmpty && history == nil { throw ValidationError("--label labels a run in --history: give --history DB too") }
+        for label in labels where !label.contains("=") || label.hasPrefix("=") {
+            throw ValidationError("--label '\(label)' is not KEY=VALUE, e.g. kernel=6.6.8")
+        }
     }
+
+    /// Where to add the report, with its labels, if anywhere.
+    var historyEntry: (database: String, labels: [String])? { history.map { ($0, labels) } }
 
     /// `--kernel-spte-ns` in nanoseconds, or nil when not given.
     func kernelCost() throws -> Double? { try kernelSpteNs.map(OptionChecks.kernelCost) }

@@ -11,7 +11,7 @@ enum ReportOutput {
     static func emit(
         scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
         kernelNanosecondsPerSPTE: Double, out: String?, fleetDetail: Bool, junit: String? = nil,
-        events: FleetEventLog? = nil
+        events: FleetEventLog? = nil, history: (database: String, labels: [String])? = nil
     ) throws -> Int32 {
         let report = self.report(
             scenario: scenario, outcome: outcome, started: started, wallNanoseconds: wallNanoseconds,
@@ -38,6 +38,15 @@ enum ReportOutput {
             } catch {
                 printError("cannot write JUnit XML to \(junit): \(OptionChecks.reason(error))")
                 return ZapfleetExitCode.internalError.rawValue
+            }
+        }
+        if let history, let out {
+            do {
+                try addToHistory(
+                    database: history.database, report: (out as NSString).appendingPathComponent("report.json"), labels: history.labels)
+            } catch {
+                // The run's own verdict stands; a run that passed but could not be kept is not a pass.
+                if report.verdict.exitCode == 0 { return ZapfleetExitCode.internalError.rawValue }
             }
         }
         var fields: [String: FleetEvent.Value] = [

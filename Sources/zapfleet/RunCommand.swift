@@ -186,7 +186,7 @@ struct RunCommand: ParsableCommand {
         let code = try ReportOutput.emit(
             scenario: resolved, outcome: outcome, started: started,
             wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
-            out: out, fleetDetail: estimate.peakBytes > limit, junit: junit, events: events)
+            out: out, fleetDetail: estimate.peakBytes > limit, junit: junit, events: events, history: report.historyEntry)
         if code != 0 { throw ExitCode(code) }
     }
 

@@ -24,7 +24,7 @@ struct Zapfleet: ParsableCommand {
         version: ZapfleetVersion.current,
         subcommands: [
             RunCommand.self, ScenariosCommand.self, CoordinatorCommand.self, WorkerCommand.self, KeygenCommand.self, SweepCommand.self,
-            CompareCommand.self, EngineCheckCommand.self, CalibrateCommand.self
+            CompareCommand.self, HistoryCommand.self, EngineCheckCommand.self, CalibrateCommand.self
         ],
         defaultSubcommand: RunCommand.self
     )
