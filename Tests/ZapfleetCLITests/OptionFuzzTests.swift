@@ -14,8 +14,10 @@ struct OptionFuzzTests {
     static let notNumeric: Set<String> = [
         "policy", "inject", "out", "junit", "show", "scenario", "resume", "bind", "key", "allow-keys",
         "connect", "name", "coordinator-key", "dir", "matrix",
-        // A path: fuzzed values would be files written into the working tree.
-        "events"
+        // Paths: fuzzed values would be files written into the working tree.
+        "events", "history",
+        // The history's labels and metric names.
+        "label", "where", "metric", "by"
     ]
 
     static let extremes = [
@@ -58,6 +60,7 @@ struct OptionFuzzTests {
         case "worker": return ["--connect", "tcp://127.0.0.1:9"]
         case "engine-check": return ["--seeds", "1", "--operations", "10", "--fast-zaps", "1", "--memory-gib", "1"]
         case "compare": return [report, report]
+        case "history": return [scratch + "/history.db"]
         default: return []
         }
     }
