@@ -15,7 +15,9 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
-        .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0")
+        .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", exact: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1")
     ],
     targets: [
         // The simulation of KVM's TDP MMU root lifecycle. Knows nothing of networks or CLIs.
@@ -75,6 +77,17 @@ let package = Package(
         // The run history: reports kept in SQLite (GRDB, with migrations), listed, plotted as
         // trends and checked for regressions. Reads report.json; knows nothing of the engine.
         .target(name: "ZapHistory", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
+        // The live view of a fleet run over HTTP (Hummingbird): OpenMetrics at /metrics with the
+        // merged histograms' exact buckets, the report at /report.json. Reads the coordinator's
+        // snapshots; knows nothing of sockets or page tables.
+        .target(
+            name: "ZapLive",
+            dependencies: [
+                "ZapCluster", "ZapRun", "ZapEngine", "ZapPlatform", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"), .product(name: "Histogram", package: "hdrhistogram-swift")
+            ]
+        ),
         // The command-line tool: parses arguments and wires the other targets together.
         .executableTarget(
             name: "zapfleet",
@@ -85,6 +98,7 @@ let package = Package(
                 "ZapCluster",
                 "ZapPlatform",
                 "ZapHistory",
+                "ZapLive",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log")
             ]

@@ -7,7 +7,28 @@ import ZapScenario
 extension Coordinator {
     // MARK: - Outcome
 
-    func outcome() -> FleetRunOutcome {
+    /// Hands the run as it stands to `configuration.snapshots` (without the interval log).
+    func publishSnapshot() {
+        configuration.snapshots?(snapshot(of: outcome(withIntervalLog: false)))
+    }
+
+    func snapshot(of outcome: FleetRunOutcome) -> FleetSnapshot {
+        let phase: FleetSnapshot.Phase =
+            switch scheduler.phase {
+            case .gathering: .gathering
+            case .running: .running
+            case .stopping: .stopping
+            case .finished: .finished
+            }
+        let pending = Set(scheduler.pending.ids)
+        let shards = scheduler.shards.map { record -> FleetSnapshot.ShardState in
+            if case .done = record.phase { return .done }
+            return pending.contains(record.shard.id) ? .queued : .running
+        }
+        return FleetSnapshot(phase: phase, scenario: scenario.name, outcome: outcome, shards: shards)
+    }
+
+    func outcome(withIntervalLog: Bool = true) -> FleetRunOutcome {
         let merged = totals.merged(scenario.policies)
         // Strangers that never said hello show only in the bad-frame total: a port scan must not fill the report.
         let workers = scheduler.peers.values.filter { peer in
@@ -39,8 +60,10 @@ extension Coordinator {
             coordinatorCpuSeconds: threadCPUSeconds(), keysRefused: keysRefused, resumedShards: scheduler.resumedShards,
             resultsRefused: scheduler.rejectedResults, attemptsRevoked: scheduler.revokedAttempts)
         let log =
-            (FleetAggregation.intervalLogHeader(started: startedAt)
-            + scheduler.shards.compactMap { totals.shards[$0.shard.id] }.flatMap(\.intervalLog)).joined(separator: "\n") + "\n"
+            withIntervalLog
+            ? (FleetAggregation.intervalLogHeader(started: startedAt)
+                + scheduler.shards.compactMap { totals.shards[$0.shard.id] }.flatMap(\.intervalLog)).joined(separator: "\n") + "\n"
+            : ""
         var failure = scheduler.failure
         if failure == nil && !scheduler.interrupted && !scheduler.complete {
             failure = FleetFailure(

@@ -37,6 +37,7 @@ public final class Coordinator: @unchecked Sendable {
     var externalAtHand: ExternalMeasurement?
     /// Assignments journaled but not yet sent.
     var assignmentsToSend: [(PeerID, Zapfleet_V1_Assignment)] = []
+    var lastSnapshot: UInt64 = 0
 
     /// A coordinator for `scenario`. `progress` receives workers' progress reports (worker name first).
     /// The coordinator binds its context's ZAP handler, so a context holds one coordinator at a time.
@@ -151,6 +152,10 @@ public final class Coordinator: @unchecked Sendable {
             }
             perform(scheduler.process(.tick, now: now))
             if scheduler.phase == .finished { break }
+            if configuration.snapshots != nil && now &- lastSnapshot >= 1_000_000_000 {
+                lastSnapshot = now
+                publishSnapshot()
+            }
             let ready = try poller.poll(timeoutMilliseconds: max(10, min(configuration.heartbeatIntervalMilliseconds / 4, 1000)))
             if ready[1] { try zap.answer { self.authenticate($0) } }
             if ready[0] {
@@ -162,7 +167,9 @@ public final class Coordinator: @unchecked Sendable {
         }
         acknowledgeDurably()
         finishedAt = monotonicNanoseconds()
-        return outcome()
+        let outcome = outcome()
+        configuration.snapshots?(snapshot(of: outcome))
+        return outcome
     }
 
     // MARK: - Frames in

@@ -45,6 +45,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var journalPath: String?
     /// Where every event of the run goes as a JSON line (`--events`); nil writes none.
     public var events: FleetEventLog?
+    /// Receives a snapshot of the run about once a second and once more at its end, on the
+    /// coordinator's thread (keep it short: hand it over, do not work in it).
+    public var snapshots: (@Sendable (FleetSnapshot) -> Void)?
     /// A loaded journal to resume from: its plan replaces planning, its results count as
     /// accepted, and new results are appended to it at `journalPath`.
     public var resume: JournalContents?

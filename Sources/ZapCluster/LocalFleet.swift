@@ -46,7 +46,8 @@ public enum LocalFleet {
         scenario: Scenario, workers: Int, memoryBudgetBytes: UInt64, kernelNanosecondsPerSPTE: Double,
         events: FleetEventLog? = nil, logger: Logger, cancellation: CancellationFlag,
         progress: (@Sendable (String, RunProgress) -> Void)? = nil,
-        heartbeatIntervalMilliseconds: Int = 1000, shardBytes: UInt64? = nil
+        heartbeatIntervalMilliseconds: Int = 1000, shardBytes: UInt64? = nil,
+        snapshots: (@Sendable (FleetSnapshot) -> Void)? = nil
     ) throws -> FleetRunOutcome {
         let context = try ZeroMQContext()
         let endpoint = "inproc://zapfleet-local-\(UUID().uuidString)"
@@ -55,6 +56,7 @@ public enum LocalFleet {
             kernelNanosecondsPerSPTE: kernelNanosecondsPerSPTE, shardBytes: shardBytes)
         coordinatorConfiguration.events = events
         coordinatorConfiguration.equalWorkers = true
+        coordinatorConfiguration.snapshots = snapshots
         let coordinator = Coordinator(
             scenario: scenario, configuration: coordinatorConfiguration, context: context, logger: logger, cancellation: cancellation,
             progress: progress)

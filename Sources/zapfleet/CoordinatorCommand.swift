@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import ZapCluster
+import ZapLive
 import ZapEngine
 import ZapRun
 import ZapScenario
@@ -99,6 +100,8 @@ struct CoordinatorCommand: ParsableCommand {
 
     @OptionGroup var eventsOption: EventsOption
 
+    @OptionGroup(title: "Live view") var live: LiveOptions
+
     func validate() throws {
         try EndpointCheck.validate(bind, option: "--bind", binding: true)
         _ = try OptionChecks.duration(wait, option: "--wait", within: 0...OptionChecks.week, example: "60s")
@@ -117,6 +120,8 @@ struct CoordinatorCommand: ParsableCommand {
     }
 
     func run() throws {
+        // A job's log (a file, a pipe) gets each line as it is printed, the verdict included.
+        StandardOutput.lineBuffered()
         let logger = Logger(label: "zapfleet.coordinator")
         let resolved: Scenario
         var resumed: JournalContents?
@@ -164,6 +169,8 @@ struct CoordinatorCommand: ParsableCommand {
         configuration.progressDeadlineIntervals = progressDeadline
         configuration.giveBackLimit = giveBackLimit
         configuration.events = events
+        let liveView = try live.start()
+        if let liveView { configuration.snapshots = { liveView.view.publish($0) } }
         let started = Date()
         let start = monotonicNanoseconds()
         let outcome: FleetRunOutcome
@@ -176,7 +183,9 @@ struct CoordinatorCommand: ParsableCommand {
         let code = try ReportOutput.emit(
             scenario: resolved, outcome: outcome, started: started,
             wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelCost,
-            out: out, fleetDetail: true, junit: junit, events: events, history: report.historyEntry)
+            out: out, fleetDetail: true, junit: junit, events: events, history: report.historyEntry,
+            onReport: { liveView?.view.finish($0) })
+        liveView?.server.stop(linger: live.httpLinger) { cancellation.isCancelled }
         if code != 0 { throw ExitCode(code) }
     }
 }

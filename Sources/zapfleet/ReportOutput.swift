@@ -11,7 +11,8 @@ enum ReportOutput {
     static func emit(
         scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
         kernelNanosecondsPerSPTE: Double, out: String?, fleetDetail: Bool, junit: String? = nil,
-        events: FleetEventLog? = nil, history: (database: String, labels: [String])? = nil
+        events: FleetEventLog? = nil, history: (database: String, labels: [String])? = nil,
+        onReport: ((RunReport) -> Void)? = nil
     ) throws -> Int32 {
         let report = self.report(
             scenario: scenario, outcome: outcome, started: started, wallNanoseconds: wallNanoseconds,
@@ -19,6 +20,7 @@ enum ReportOutput {
         print(
             "zapfleet \(scenario.name): \(Quantities.formatSize(scenario.vm.memoryBytes)), \(scenario.workload.vcpus) vCPUs, seed \(scenario.seed)"
         )
+        onReport?(report)
         print(ReportTable.render(report, fleetDetail: fleetDetail), terminator: "")
         if let failure = outcome.failure { printError(failure.description) }
         if let out {

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Logging
 import ZapCluster
+import ZapLive
 import ZapEngine
 import ZapRun
 import ZapScenario
@@ -87,6 +88,8 @@ struct RunCommand: ParsableCommand {
 
     @OptionGroup var eventsOption: EventsOption
 
+    @OptionGroup(title: "Live view") var live: LiveOptions
+
     func validate() throws {
         if let vcpus { try OptionChecks.count(vcpus, option: "--vcpus", within: 1...4096) }
         // A 4-level root maps 256 TiB.
@@ -102,6 +105,8 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
+        // A job's log (a file, a pipe) gets each line as it is printed, the verdict included.
+        StandardOutput.lineBuffered()
         let logger = Logger(label: "zapfleet.run")
         let out = report.out, junit = report.junit
         try OutputError.checkOutputs(out: out, junit: junit)
@@ -156,6 +161,7 @@ struct RunCommand: ParsableCommand {
         // line; its warnings and errors still show.
         var clusterLogger = logger
         clusterLogger.logLevel = .warning
+        let liveView = try live.start()
         let started = Date()
         let start = monotonicNanoseconds()
         var outcome: FleetRunOutcome
@@ -168,7 +174,8 @@ struct RunCommand: ParsableCommand {
                 kernelNanosecondsPerSPTE: kernelSpteNs, events: events,
                 logger: quiet ? Logger(label: "zapfleet.quiet", factory: { _ in SwiftLogNoOpLogHandler() }) : clusterLogger,
                 cancellation: cancellation,
-                progress: progress.map { reporter in { @Sendable _, update in reporter.update(update) } })
+                progress: progress.map { reporter in { @Sendable _, update in reporter.update(update) } },
+                snapshots: liveView.map { live in { @Sendable snapshot in live.view.publish(snapshot) } })
         } catch {
             printError("internal error: \(error)")
             throw ZapfleetExitCode.internalError
@@ -186,7 +193,9 @@ struct RunCommand: ParsableCommand {
         let code = try ReportOutput.emit(
             scenario: resolved, outcome: outcome, started: started,
             wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
-            out: out, fleetDetail: estimate.peakBytes > limit, junit: junit, events: events, history: report.historyEntry)
+            out: out, fleetDetail: estimate.peakBytes > limit, junit: junit, events: events, history: report.historyEntry,
+            onReport: { liveView?.view.finish($0) })
+        liveView?.server.stop(linger: live.httpLinger) { cancellation.isCancelled }
         if code != 0 { throw ExitCode(code) }
     }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ZapPlatform
 import Foundation
 import Logging
 import ZapCluster
@@ -75,6 +76,8 @@ struct WorkerCommand: ParsableCommand {
     @OptionGroup var eventsOption: EventsOption
 
     func run() throws {
+        // A job's log (a file, a pipe) gets each line as it is printed, the verdict included.
+        StandardOutput.lineBuffered()
         let logger = Logger(label: "zapfleet.worker")
         let events = try eventsOption.open()
         var security: WorkerSecurity?

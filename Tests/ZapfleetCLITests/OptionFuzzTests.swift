@@ -15,7 +15,9 @@ struct OptionFuzzTests {
         "policy", "inject", "out", "junit", "show", "scenario", "resume", "bind", "key", "allow-keys",
         "connect", "name", "coordinator-key", "dir", "matrix",
         // Paths: fuzzed values would be files written into the working tree.
-        "events", "history",
+        "events", "history", "http-token-file",
+        // An address: a fuzzed port would serve HTTP for the linger.
+        "http",
         // The history's labels and metric names.
         "label", "where", "metric", "by"
     ]
