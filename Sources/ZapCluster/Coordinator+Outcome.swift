@@ -25,7 +25,12 @@ extension Coordinator {
             if case .done = record.phase { return .done }
             return pending.contains(record.shard.id) ? .queued : .running
         }
-        return FleetSnapshot(phase: phase, scenario: scenario.name, outcome: outcome, shards: shards)
+        var snapshot = FleetSnapshot(phase: phase, scenario: scenario.name, outcome: outcome, shards: shards)
+        for peer in scheduler.peers.values {
+            if case .busy(let claim) = peer.state, claim.runID == runID { snapshot.workerShards[peer.name] = claim.shard }
+        }
+        snapshot.workerRates = workerRates
+        return snapshot
     }
 
     func outcome(withIntervalLog: Bool = true) -> FleetRunOutcome {

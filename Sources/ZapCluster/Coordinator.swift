@@ -38,6 +38,8 @@ public final class Coordinator: @unchecked Sendable {
     /// Assignments journaled but not yet sent.
     var assignmentsToSend: [(PeerID, Zapfleet_V1_Assignment)] = []
     var lastSnapshot: UInt64 = 0
+    /// Each worker's SPTEs installed and zapped per second in its latest progress report.
+    var workerRates: [String: Double] = [:]
 
     /// A coordinator for `scenario`. `progress` receives workers' progress reports (worker name first).
     /// The coordinator binds its context's ZAP handler, so a context holds one coordinator at a time.
@@ -288,9 +290,13 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     private func forwardProgress(_ report: Zapfleet_V1_Progress, claim: AttemptClaim, from id: PeerID) {
-        guard let progress, let peer = scheduler.peers[id], peer.state == .busy(claim), let shard = scheduler.shard(claim.shard),
+        guard let peer = scheduler.peers[id], peer.state == .busy(claim), let shard = scheduler.shard(claim.shard),
             let policy = ZapPolicy(rawValue: report.policy), report.steps < 1_000_000
         else { return }
+        if report.elapsedNs > 0 {
+            workerRates[peer.name] = (Double(report.sptesInstalled) + Double(report.sptesZapped)) * 1e9 / Double(report.elapsedNs)
+        }
+        guard let progress else { return }
         progress(
             peer.name,
             RunProgress(

@@ -22,6 +22,10 @@ public struct FleetSnapshot: Sendable {
     public var outcome: FleetRunOutcome
     /// Each planned shard's state, by shard id (empty until planned).
     public var shards: [ShardState]
+    /// The shard each busy worker runs, by worker name.
+    public var workerShards: [String: UInt64] = [:]
+    /// Each worker's SPTEs installed and zapped per second in its latest progress report.
+    public var workerRates: [String: Double] = [:]
 
     /// Shards in each state.
     public func count(_ state: ShardState) -> Int { shards.reduce(0) { $0 + ($1 == state ? 1 : 0) } }

@@ -53,8 +53,9 @@ enum LivePage {
           for (let i = 0; i < heat.children.length; i++) { heat.children[i].className = states[i]; heat.children[i].title = "shard " + i; }
           const workers = document.getElementById("workers");
           workers.replaceChildren();
-          row(workers, "th", ["worker", "host", "state", "shards done"]);
-          (s.workers || []).forEach(w => row(workers, "td", [w.name, w.host, w.state, w.shards]));
+          row(workers, "th", ["worker", "host", "state", "shard", "rate (SPTEs/s)", "shards done"]);
+          (s.workers || []).forEach(w => row(workers, "td", [w.name, w.host, w.state, w.shard === undefined ? "" : w.shard,
+            w.sptes_per_second === undefined ? "" : (w.sptes_per_second / 1e6).toFixed(1) + " M", w.shards]));
           const table = document.getElementById("percentiles");
           table.replaceChildren();
           row(table, "th", ["policy", "operation", "count", "p50", "p99", "p99.9", "max"]);

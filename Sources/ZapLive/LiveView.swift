@@ -57,7 +57,12 @@ public final class LiveView: @unchecked Sendable {
                 "keys_refused": fleet.keysRefused
             ]
             status["workers"] = fleet.workers.map { worker -> [String: Any] in
-                ["name": worker.name, "host": worker.host, "state": worker.state, "shards": worker.shardsCompleted]
+                var entry: [String: Any] = [
+                    "name": worker.name, "host": worker.host, "state": worker.state, "shards": worker.shardsCompleted
+                ]
+                if let shard = snapshot.workerShards[worker.name] { entry["shard"] = shard }
+                if let rate = snapshot.workerRates[worker.name], rate.isFinite { entry["sptes_per_second"] = rate }
+                return entry
             }
             var rows: [[String: Any]] = []
             for run in snapshot.outcome.runs {

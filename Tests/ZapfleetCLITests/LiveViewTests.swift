@@ -161,6 +161,12 @@ struct LiveViewTests {
             return status.contains("\"done\":") && !status.contains("\"done\":0,")
         }
         #expect(merged, "no shard was merged")
+        // A busy worker shows the shard it runs and its rate.
+        let busy = Waiting.until(seconds: 60, interval: 0.3) {
+            guard let status = try? Self.fetch(url + "status.json") else { return false }
+            return status.contains("\"shard\":") && status.contains("\"sptes_per_second\":")
+        }
+        #expect(busy, "no worker showed its shard and rate")
         let first = try shoot("first")
         Thread.sleep(forTimeInterval: 4)
         let second = try shoot("second")
