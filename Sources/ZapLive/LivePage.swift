@@ -21,7 +21,8 @@ enum LivePage {
         #heat div { width: 10px; height: 10px; background: #ccc }
         #heat .r { background: #f0ad4e } #heat .d { background: #2e8b57 }
         table { border-collapse: collapse; margin: .5em 0 } td, th { padding: 2px 10px; border-bottom: 1px solid #eee; text-align: right }
-        th { text-align: left } td:first-child, td:nth-child(2) { text-align: left }
+        th { text-align: left } .charts { display: flex; flex-wrap: wrap; gap: 16px } figure { margin: 0 } figcaption { font-weight: 600 }
+        iframe { width: 100%; height: 1400px; border: 1px solid #ddd; margin-top: 1em } td:first-child, td:nth-child(2) { text-align: left }
         </style></head>
         <body>
         <h1>zapfleet <span id="scenario"></span> <small id="phase"></small></h1>
@@ -30,6 +31,8 @@ enum LivePage {
         <div id="heat"></div>
         <h2>Workers</h2><table id="workers"></table>
         <h2>Block time so far (merged over the shards done)</h2><table id="percentiles"></table>
+        <div id="charts"></div>
+        <div id="final"></div>
         <script>
         "use strict";
         function ns(v) {
@@ -40,6 +43,7 @@ enum LivePage {
         }
         function cell(tag, text) { const e = document.createElement(tag); e.textContent = text; return e; }
         function row(table, tag, values) { const tr = document.createElement("tr"); values.forEach(v => tr.appendChild(cell(tag, v))); table.appendChild(tr); }
+        let lastCharts = null;
         function draw(s) {
           document.getElementById("scenario").textContent = s.scenario || "";
           document.getElementById("phase").textContent = s.phase;
@@ -60,6 +64,12 @@ enum LivePage {
           table.replaceChildren();
           row(table, "th", ["policy", "operation", "count", "p50", "p99", "p99.9", "max"]);
           (s.percentiles || []).forEach(p => row(table, "td", [p.policy, p.operation, p.count, ns(p.p50_ns), ns(p.p99_ns), ns(p.p999_ns), ns(p.max_ns)]));
+          if (s.charts !== undefined && s.charts !== lastCharts) { document.getElementById("charts").innerHTML = s.charts; lastCharts = s.charts; }
+          if (s.verdict && !document.getElementById("report")) {
+            const frame = document.createElement("iframe");
+            frame.id = "report"; frame.title = "the final report"; frame.src = "/report.html" + location.search;
+            document.getElementById("final").appendChild(frame);
+          }
           if (s.verdict) {
             const v = document.getElementById("verdict");
             v.style.display = "block";

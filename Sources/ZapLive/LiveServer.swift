@@ -52,6 +52,16 @@ public final class LiveServer: @unchecked Sendable {
                     status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: report)))
             }
         }
+        router.get("/report.html") { [self] request, _ in
+            try authorised(request) {
+                guard let page = view.reportHTML else {
+                    return Response(
+                        status: .notFound, headers: [.contentType: "text/plain"],
+                        body: .init(byteBuffer: ByteBuffer(string: "the run is not over yet: /report.html comes with its verdict\n")))
+                }
+                return Self.html(page)
+            }
+        }
         router.get("/events") { [self] request, _ in
             try authorised(request) {
                 Response(

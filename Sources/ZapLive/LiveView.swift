@@ -11,6 +11,7 @@ public final class LiveView: @unchecked Sendable {
     private let lock = PThreadMutex()
     private var snapshot: FleetSnapshot?
     private var report: Data?
+    private var reportPage: String?
     private var verdict: (code: Int, summary: String)?
     private var version = 0
     /// The Prometheus exposition, kept across scrapes so that its counters only grow.
@@ -26,10 +27,11 @@ public final class LiveView: @unchecked Sendable {
         }
     }
 
-    /// The run is over: its report.json and verdict.
-    public func finish(report: Data, exitCode: Int, summary: String) {
+    /// The run is over: its report.json, its report.html and its verdict.
+    public func finish(report: Data, page: String? = nil, exitCode: Int, summary: String) {
         lock.withLock {
             self.report = report
+            self.reportPage = page
             verdict = (exitCode, summary)
             version += 1
         }
@@ -40,6 +42,9 @@ public final class LiveView: @unchecked Sendable {
 
     /// The report, once the run is over.
     var reportJSON: Data? { lock.withLock { report } }
+
+    /// The report as report.html has it, once the run is over.
+    var reportHTML: String? { lock.withLock { reportPage } }
 
     var latest: FleetSnapshot? { lock.withLock { snapshot } }
 
@@ -78,6 +83,8 @@ public final class LiveView: @unchecked Sendable {
                 }
             }
             status["percentiles"] = rows
+            status["charts"] = HTMLReport.charts(
+                HTMLReport.curves(runs: snapshot.outcome.runs, external: []), columns: snapshot.outcome.runs.map(\.policy.rawValue))
         }
         if let verdict { status["verdict"] = ["exit_code": verdict.code, "summary": verdict.summary] }
         let data = (try? JSONSerialization.data(withJSONObject: status, options: [.sortedKeys])) ?? Data("{}".utf8)

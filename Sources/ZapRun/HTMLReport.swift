@@ -59,19 +59,24 @@ public enum HTMLReport {
         page += verdictSection(report)
         page += policyTable(report)
         page +=
-            "<h2>Block time distributions</h2>\n<p class=\"muted\">Each curve is one column's histogram, drawn as HdrHistogram's plotter draws it: the percentile on a log 1/(1−p) axis, the block time on a log axis.</p>\n<div class=\"charts\">\n"
-        let columns = report.policies.map(\.policy)
-        for operation in MeasuredOperation.allCases.map(\.name) {
-            guard let operationCurves = curves[operation] else { continue }
-            page +=
-                "<figure><figcaption>\(escape(operation))</figcaption>\n" + distributionChart(operationCurves, columns: columns)
-                + "</figure>\n"
-        }
-        page += "</div>\n"
+            "<h2>Block time distributions</h2>\n<p class=\"muted\">Each curve is one column's histogram, drawn as HdrHistogram's plotter draws it: the percentile on a log 1/(1−p) axis, the block time on a log axis.</p>\n"
+        page += charts(curves, columns: report.policies.map(\.policy))
         page += projectionTable(report)
         if let fleet = report.fleet { page += fleetSection(fleet) }
         page += "</body></html>\n"
         return page
+    }
+
+    /// The distribution charts, one figure per operation with samples (the live page shows them too).
+    public static func charts(_ curves: [String: [Curve]], columns: [String]) -> String {
+        var html = "<div class=\"charts\">\n"
+        for operation in MeasuredOperation.allCases.map(\.name) {
+            guard let operationCurves = curves[operation] else { continue }
+            html +=
+                "<figure><figcaption>\(escape(operation))</figcaption>\n" + distributionChart(operationCurves, columns: columns)
+                + "</figure>\n"
+        }
+        return html + "</div>\n"
     }
 
     // MARK: - Sections

@@ -184,7 +184,7 @@ struct CoordinatorCommand: ParsableCommand {
             scenario: resolved, outcome: outcome, started: started,
             wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelCost,
             out: out, fleetDetail: true, junit: junit, events: events, history: report.historyEntry,
-            onReport: { liveView?.view.finish($0) })
+            onReport: { liveView?.view.finish($0, runs: outcome.runs) })
         liveView?.server.stop(linger: live.httpLinger) { cancellation.isCancelled }
         if code != 0 { throw ExitCode(code) }
     }

@@ -75,9 +75,11 @@ struct LiveOptions: ParsableArguments {
 }
 
 extension LiveView {
-    /// Hands the finished run's report to the view.
-    func finish(_ report: RunReport) {
+    /// Hands the finished run's report to the view: report.json, and report.html drawn from `runs`.
+    func finish(_ report: RunReport, runs: [PolicyRun]) {
         finish(
-            report: (try? ReportFiles.json(report)) ?? Data(), exitCode: Int(report.verdict.exitCode), summary: report.verdict.summary)
+            report: (try? ReportFiles.json(report)) ?? Data(),
+            page: HTMLReport.render(report, curves: HTMLReport.curves(runs: runs, external: [])), exitCode: Int(report.verdict.exitCode),
+            summary: report.verdict.summary)
     }
 }

@@ -194,7 +194,7 @@ struct RunCommand: ParsableCommand {
             scenario: resolved, outcome: outcome, started: started,
             wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
             out: out, fleetDetail: estimate.peakBytes > limit, junit: junit, events: events, history: report.historyEntry,
-            onReport: { liveView?.view.finish($0) })
+            onReport: { liveView?.view.finish($0, runs: outcome.runs) })
         liveView?.server.stop(linger: live.httpLinger) { cancellation.isCancelled }
         if code != 0 { throw ExitCode(code) }
     }

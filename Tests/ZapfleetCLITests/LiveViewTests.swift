@@ -179,6 +179,11 @@ struct LiveViewTests {
         #expect(over, "the status never carried the verdict")
         let dom = try HTMLReportTests.browse(["--dump-dom", "--timeout=2500", url])
         #expect(dom.log.contains("verdict: every objective met"), "\(dom.log.suffix(2000))")
+        // The charts of report.html while it runs, and the final report itself at the end.
+        #expect(dom.log.contains("<figcaption>reset</figcaption>") && dom.log.contains("<svg"), "the distribution charts")
+        #expect(dom.log.contains("<iframe") && dom.log.contains("/report.html"), "the final report is shown")
+        let final = try Self.fetch(url + "report.html")
+        #expect(final?.contains("<svg") == true && final?.contains("zapfleet: live") == true, "\(String(describing: final?.prefix(300)))")
         process.terminate()
         process.waitUntilExit()
     }
