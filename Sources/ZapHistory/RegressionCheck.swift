@@ -6,8 +6,8 @@
 ///
 /// Why the worst and not a band around the median: tail percentiles of block times on a shared
 /// machine are heavy-tailed. On 36 A/A runs of `quick` (README, "History"), a median ± 5 robust
-/// standard deviations rule (MAD-based, with a new-worst guard) flagged 16 of 31 runs judged, and
-/// the same in log space 7 to 10; no width of a band fitted to the bulk held the rare host stalls
+/// standard deviations rule (MAD-based, with a new-worst guard) flagged 19 of 31 runs judged, and
+/// bands in log space 6 to 19; no width of a band fitted to the bulk held the rare host stalls
 /// (a fault's p99.9 13 times its median). Against the worst of the window, a factor of 4 flagged 3
 /// of 31 and still catches every 10-fold jump of `async.reset.p999` over the median planted in
 /// those runs. Only increases count: every metric kept is a time, where more is worse.
