@@ -43,22 +43,14 @@ public final class LiveServer: @unchecked Sendable {
         }
         router.get("/report.json") { [self] request, _ in
             try authorised(request) {
-                guard let report = view.reportJSON else {
-                    return Response(
-                        status: .notFound, headers: [.contentType: "text/plain"],
-                        body: .init(byteBuffer: ByteBuffer(string: "the run is not over yet: /report.json comes with its verdict\n")))
-                }
+                guard let report = view.reportJSON else { return Self.notOverYet("/report.json") }
                 return Response(
                     status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: report)))
             }
         }
         router.get("/report.html") { [self] request, _ in
             try authorised(request) {
-                guard let page = view.reportHTML else {
-                    return Response(
-                        status: .notFound, headers: [.contentType: "text/plain"],
-                        body: .init(byteBuffer: ByteBuffer(string: "the run is not over yet: /report.html comes with its verdict\n")))
-                }
+                guard let page = view.reportHTML else { return Self.notOverYet("/report.html") }
                 return Self.html(page)
             }
         }
@@ -125,6 +117,13 @@ public final class LiveServer: @unchecked Sendable {
                 body: .init(byteBuffer: ByteBuffer(string: "a token is needed: Authorization: Bearer TOKEN, or ?token=TOKEN\n")))
         }
         return try respond()
+    }
+
+    /// 404 for what comes with the verdict, asked for before it.
+    private static func notOverYet(_ path: String) -> Response {
+        Response(
+            status: .notFound, headers: [.contentType: "text/plain"],
+            body: .init(byteBuffer: ByteBuffer(string: "the run is not over yet: \(path) comes with its verdict\n")))
     }
 
     private static func html(_ text: String) -> Response {

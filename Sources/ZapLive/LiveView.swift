@@ -14,6 +14,8 @@ public final class LiveView: @unchecked Sendable {
     private var reportPage: String?
     private var verdict: (code: Int, summary: String)?
     private var version = 0
+    /// The status JSON of `version`: every page's event stream and /status.json share one rendering.
+    private var rendered: (version: Int, json: String)?
     /// The Prometheus exposition, kept across scrapes so that its counters only grow.
     let metrics = MetricsExposition()
 
@@ -48,9 +50,17 @@ public final class LiveView: @unchecked Sendable {
 
     var latest: FleetSnapshot? { lock.withLock { snapshot } }
 
-    /// The page's data: phase, shard states, workers, counters, percentiles so far, the verdict.
+    /// The page's data: phase, shard states, workers, counters, percentiles and charts so far,
+    /// the verdict. Rendered once per change, however many pages listen.
     func statusJSON() -> String {
-        let (snapshot, verdict) = lock.withLock { (self.snapshot, self.verdict) }
+        let (snapshot, verdict, version, rendered) = lock.withLock { (self.snapshot, self.verdict, self.version, self.rendered) }
+        if let rendered, rendered.version == version { return rendered.json }
+        let json = Self.render(snapshot: snapshot, verdict: verdict)
+        lock.withLock { if self.version == version { self.rendered = (version, json) } }
+        return json
+    }
+
+    private static func render(snapshot: FleetSnapshot?, verdict: (code: Int, summary: String)?) -> String {
         var status: [String: Any] = ["phase": snapshot?.phase.rawValue ?? "starting"]
         if let snapshot {
             let fleet = snapshot.outcome.fleet
@@ -71,9 +81,7 @@ public final class LiveView: @unchecked Sendable {
             }
             var rows: [[String: Any]] = []
             for run in snapshot.outcome.runs {
-                let operations =
-                    MeasuredOperation.allCases.map { ($0.name, run.recorder.histogram($0)) } + [("vcpu_block", run.recorder.vcpuBlock)]
-                for (operation, histogram) in operations {
+                for (operation, histogram) in run.recorder.measuredByName {
                     guard histogram.totalCount > 0 else { continue }
                     let summary = LatencySummary(histogram)
                     rows.append([

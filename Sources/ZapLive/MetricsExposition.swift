@@ -69,9 +69,7 @@ public final class MetricsExposition: @unchecked Sendable {
         text += "# TYPE zapfleet_block_time_seconds histogram\n"
         for run in runs {
             // Every operation, and vcpu_block (every vCPU-side block), as report.json has them.
-            let operations =
-                MeasuredOperation.allCases.map { ($0.name, run.recorder.histogram($0)) } + [("vcpu_block", run.recorder.vcpuBlock)]
-            for (operation, histogram) in operations {
+            for (operation, histogram) in run.recorder.measuredByName {
                 let labels = "policy=\"\(run.policy.rawValue)\",operation=\"\(operation)\""
                 for (bound, count) in cumulativeCounts(histogram) {
                     text += "zapfleet_block_time_seconds_bucket{\(labels),le=\"\(seconds(bound))\"} \(count)\n"

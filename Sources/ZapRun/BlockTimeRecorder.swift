@@ -101,6 +101,12 @@ public struct BlockTimeRecorder: Sendable {
         return histogram
     }
 
+    /// Every operation's measured histogram under its report name, `vcpu_block` last: the
+    /// measured histograms report.json, the live page and /metrics show.
+    public var measuredByName: [(name: String, histogram: LatencyHistogram)] {
+        MeasuredOperation.allCases.map { ($0.name, histogram($0)) } + [("vcpu_block", vcpuBlock)]
+    }
+
     /// Every vCPU-side block, measured (`vcpu_block`).
     public var vcpuBlock: LatencyHistogram {
         var merged = LatencyHistogram.makeLatency()
