@@ -1,4 +1,5 @@
 import ArgumentParser
+import ZapHistory
 
 /// What `run` and `coordinator` share about their report: where its files go and the projection's
 /// cost per SPTE.
@@ -30,9 +31,7 @@ struct ReportOptions: ParsableArguments {
             throw ValidationError("--history keeps the report.json of --out: give --out DIR too")
         }
         if !labels.isEmpty && history == nil { throw ValidationError("--label labels a run in --history: give --history DB too") }
-        for label in labels where !label.contains("=") || label.hasPrefix("=") {
-            throw ValidationError("--label '\(label)' is not KEY=VALUE, e.g. kernel=6.6.8")
-        }
+        do { _ = try HistoryDatabase.labels(labels) } catch { throw ValidationError("--label: \(error.message)") }
     }
 
     /// Where to add the report, with its labels, if anywhere.
