@@ -36,7 +36,7 @@ public final class Coordinator: @unchecked Sendable {
     var resultAtHand: (claim: AttemptClaim, result: Zapfleet_V1_ShardResult, runs: [DecodedPolicyResult])?
     var externalAtHand: ExternalMeasurement?
     /// Assignments journaled but not yet sent.
-    var assignmentsToSend: [(PeerID, Zapfleet_V1_Assignment)] = []
+    var assignmentsToSend: [(PeerID, AttemptClaim, Zapfleet_V1_Assignment)] = []
     var lastSnapshot: UInt64 = 0
     /// Each worker's SPTEs installed and zapped per second in its latest progress report.
     var workerRates: [String: Double] = [:]
@@ -402,7 +402,7 @@ public final class Coordinator: @unchecked Sendable {
         assignment.firstSlot = UInt32(shard.slice.firstSlot)
         assignment.slotCount = UInt32(shard.slice.slotCount)
         assignment.kernelNsPerSpte = configuration.kernelNanosecondsPerSPTE
-        assignmentsToSend.append((id, assignment))
+        assignmentsToSend.append((id, claim, assignment))
     }
 
     /// Syncs the handouts just journaled (one `fsync` for a whole dispatch), then sends them.
@@ -416,8 +416,8 @@ public final class Coordinator: @unchecked Sendable {
             perform(scheduler.process(.journalFailed("\(error)"), now: monotonicNanoseconds()))
             return
         }
-        for (id, assignment) in batch where !transmit(.assignment(assignment), to: id) {
-            perform(scheduler.process(.unreachable(id), now: monotonicNanoseconds()))
+        for (id, claim, assignment) in batch where !transmit(.assignment(assignment), to: id) {
+            perform(scheduler.process(.unreachable(id, unsent: claim), now: monotonicNanoseconds()))
         }
     }
 

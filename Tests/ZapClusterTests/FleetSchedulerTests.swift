@@ -115,6 +115,35 @@ struct FleetSchedulerTests {
         #expect(scheduler.peers[Self.peer("w")]?.state == .dead)
     }
 
+    @Test(
+        "a failed send: an assignment never sent goes back at once and is no failed attempt; a worker that got its shard and lost its connection is left to liveness, which counts the loss"
+    )
+    func unreachable() throws {
+        func requeued(_ actions: [FleetScheduler.Action]) -> Bool {
+            actions.contains { if case .log(let event) = $0 { event.name == .shardRequeued } else { false } }
+        }
+        // The assignment's own send failed: the worker never had it.
+        var unsent = Self.scheduler(shards: 1)
+        let handed = try #require(Self.join(&unsent, "a"))
+        let back = unsent.process(.unreachable(Self.peer("a"), unsent: handed), now: 3)
+        #expect(requeued(back))
+        #expect(unsent.peers[Self.peer("a")]?.state == .ready)
+        #expect(unsent.shards[0].failedAttempts == 0)
+
+        // A heartbeat failed after the worker got its shard (it may have died running it).
+        var lost = Self.scheduler(shards: 1)
+        let claim = try #require(Self.join(&lost, "a"))
+        #expect(!requeued(lost.process(.unreachable(Self.peer("a")), now: 3)), "not before liveness says it is missing")
+        #expect(lost.peers[Self.peer("a")]?.state == .busy(claim))
+        // A stale unsent claim (another attempt) takes nothing back either.
+        var other = claim
+        other.attempt += 1
+        #expect(!requeued(lost.process(.unreachable(Self.peer("a"), unsent: other), now: 4)))
+        let missing = lost.process(.tick, now: 4 + lost.configuration.missingAfter + 1)
+        #expect(requeued(missing))
+        #expect(lost.shards[0].failedAttempts == 1, "a death on the shard counts against it")
+    }
+
     @Test("after --resume, results for journaled handouts still count, and done shards are never handed out again")
     func resume() throws {
         var configuration = FleetScheduler.Configuration(runID: "run1")

@@ -206,14 +206,15 @@ extension FleetScheduler {
         }
     }
 
-    /// A send to the peer failed. An assignment it never received is taken back at once; otherwise
-    /// only its name is freed for a restarted worker (liveness decides the rest).
-    mutating func markUnreachable(_ id: PeerID, now: UInt64, into actions: inout [Action]) {
+    /// A send to the peer failed. An assignment it never received (`unsent`) is taken back at once
+    /// and does not count against the shard; otherwise only its name is freed for a restarted
+    /// worker: a worker that got its shard and then lost its connection may have died on it, so
+    /// liveness decides, and a death counts as a failed attempt (a shard that kills every worker
+    /// it reaches must run out of attempts, not circle forever).
+    mutating func markUnreachable(_ id: PeerID, unsent: AttemptClaim?, now: UInt64, into actions: inout [Action]) {
         guard let peer = peers[id] else { return }
         peers[id]!.unreachable = true
-        if case .busy(let claim) = peer.state, peer.lastHeard <= peer.lastProgress,
-            peer.lastProgress == shards[safe: claim.shard]?.startedAt
-        {
+        if let unsent, case .busy(let claim) = peer.state, claim == unsent {
             revoke(claim)
             peers[id]!.state = .ready
             requeue(attempt: claim, why: "its assignment could not be sent to \(peer.name)", failed: false, now: now, into: &actions)

@@ -98,8 +98,9 @@ public struct FleetScheduler: Sendable {
         case versionMismatch(PeerID, version: UInt32)
         /// A frame that failed to decode or does not belong in the conversation.
         case badFrame(PeerID?, String)
-        /// A send to the peer failed: it is not connected.
-        case unreachable(PeerID)
+        /// A send to the peer failed: it is not connected. `unsent` is the assignment whose send
+        /// failed, when that was the send (nil for a heartbeat or a probe).
+        case unreachable(PeerID, unsent: AttemptClaim? = nil)
         /// Time passed.
         case tick
         /// Stop the run (a signal): workers are told, the report says incomplete.
@@ -265,8 +266,8 @@ public struct FleetScheduler: Sendable {
             refuseVersion(id, version, now: now, into: &actions)
         case .badFrame(let id, let reason):
             rejectFrame(id, reason, now: now, into: &actions)
-        case .unreachable(let id):
-            markUnreachable(id, now: now, into: &actions)
+        case .unreachable(let id, let unsent):
+            markUnreachable(id, unsent: unsent, now: now, into: &actions)
         case .tick:
             break
         case .stop(let reason):
