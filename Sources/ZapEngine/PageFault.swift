@@ -26,7 +26,7 @@ extension VirtualMachine {
     /// logging or NX forces a smaller mapping; otherwise the fault is already mapped.
     @inline(__always)
     func walkToTable(
-        _ root: Root, gfn: UInt64, targetLevel: Int, replacingHugePages: Bool = false
+        _ root: Root, gfn: UInt64, targetLevel: Int, replacingHugePages: Bool = false, cache: PageTablePool.PageCache? = nil
     ) -> (table: PageTable?, result: MapResult) {
         var table = pool.table(root.table)
         var level = PagingGeometry.rootLevel
@@ -36,7 +36,7 @@ extension VirtualMachine {
             while true {
                 if entry.isRemoved { return (nil, .retry(installed: 0)) }
                 if entry.isPresent { break }
-                guard let page = pool.allocate() else {
+                guard let page = pool.allocate(from: cache) else {
                     checker.record(
                         .tableMemoryExhausted, root: root,
                         "no page for a level-\(level - 1) table: raise the page-table budget or shard the run")
@@ -83,9 +83,13 @@ extension VirtualMachine {
     ///
     /// Where a table already exists at the leaf's level (smaller pages there), the fault is
     /// counted as already mapped: the engine does not collapse tables into large pages.
-    func mapFrame(_ root: Root, gfn: UInt64, size: PageSize, writable: Bool, dirty: Bool, replacingHugePages: Bool = false) -> MapResult {
+    func mapFrame(
+        _ root: Root, gfn: UInt64, size: PageSize, writable: Bool, dirty: Bool, replacingHugePages: Bool = false,
+        cache: PageTablePool.PageCache? = nil
+    ) -> MapResult {
         let aligned = gfn & ~(size.frames - 1)
-        let (table, result) = walkToTable(root, gfn: aligned, targetLevel: size.level, replacingHugePages: replacingHugePages)
+        let (table, result) = walkToTable(
+            root, gfn: aligned, targetLevel: size.level, replacingHugePages: replacingHugePages, cache: cache)
         guard let table else { return result }
         let index = PagingGeometry.index(of: aligned, atLevel: size.level)
         let leaf = SPTE.leaf(frame: aligned, level: size.level, writable: writable, dirty: dirty)
@@ -96,13 +100,13 @@ extension VirtualMachine {
 
     /// Maps a whole 2 MiB region of 4 KiB leaves in one walk: the fast way to populate large
     /// address spaces. `firstFrame` is rounded down to the region's start.
-    func mapRegion2M(_ root: Root, firstFrame: UInt64, writable: Bool, dirty: Bool) -> MapResult {
+    func mapRegion2M(_ root: Root, firstFrame: UInt64, writable: Bool, dirty: Bool, cache: PageTablePool.PageCache? = nil) -> MapResult {
         let base = firstFrame & ~511
         var bits = SPTE.presentBit | SPTE.accessedBit | (base << 12)
         if writable { bits |= SPTE.writableBit }
         if dirty { bits |= SPTE.dirtyBit }
-        if let installed = mapFreshRegion2M(root, base: base, leafBits: bits) { return installed }
-        let (found, result) = walkToTable(root, gfn: base, targetLevel: 1)
+        if let installed = mapFreshRegion2M(root, base: base, leafBits: bits, cache: cache) { return installed }
+        let (found, result) = walkToTable(root, gfn: base, targetLevel: 1, cache: cache)
         guard let table = found else { return result }
         var installed = 0
         for index in 0..<PagingGeometry.entriesPerTable {
@@ -121,11 +125,11 @@ extension VirtualMachine {
     /// no one else can see it, then publish it with one compare-exchange, as the kernel links a
     /// filled child table when it splits a huge page (`tdp_mmu_link_sp`). Returns nil when a
     /// table (or a mapping) is already there, for the entry-by-entry path.
-    private func mapFreshRegion2M(_ root: Root, base: UInt64, leafBits: UInt64) -> MapResult? {
-        let (found, _) = walkToTable(root, gfn: base, targetLevel: 2)
+    private func mapFreshRegion2M(_ root: Root, base: UInt64, leafBits: UInt64, cache: PageTablePool.PageCache?) -> MapResult? {
+        let (found, _) = walkToTable(root, gfn: base, targetLevel: 2, cache: cache)
         guard let parent = found else { return nil }
         let index = PagingGeometry.index(of: base, atLevel: 2)
-        guard parent.load(index) == .nonPresent, let page = pool.allocate(overwriting: true) else { return nil }
+        guard parent.load(index) == .nonPresent, let page = pool.allocate(overwriting: true, from: cache) else { return nil }
         let table = pool.table(page)
         for entry in 0..<PagingGeometry.entriesPerTable {
             table.storeExclusive(entry, SPTE(rawValue: leafBits &+ (UInt64(entry) << 12)))

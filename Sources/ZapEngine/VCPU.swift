@@ -14,11 +14,14 @@ public final class VCPU: @unchecked Sendable {
     private var loaded: Root?
     /// What this vCPU is doing, for the watchdog.
     let activity: ActivitySlot
+    /// This vCPU's fresh page-table pages (`vcpu->arch.mmu_shadow_page_cache`).
+    private let tableCache: PageTablePool.PageCache
 
     init(id: Int, vm: VirtualMachine, activity: ActivitySlot) {
         self.id = id
         self.vm = vm
         self.activity = activity
+        tableCache = vm.pool.makeCache()
     }
 
     /// Takes `mmu_lock` for write, telling the watchdog while it waits.
@@ -106,7 +109,7 @@ public final class VCPU: @unchecked Sendable {
         let vm = self.vm
         let replacing = replacingHugePages || (write && size == .size4K && vm.dirtyLogging.load(ordering: .relaxed))
         return faultLoop { root in
-            vm.mapFrame(root, gfn: gfn, size: size, writable: true, dirty: write, replacingHugePages: replacing)
+            vm.mapFrame(root, gfn: gfn, size: size, writable: true, dirty: write, replacingHugePages: replacing, cache: tableCache)
         }
     }
 
@@ -143,7 +146,7 @@ public final class VCPU: @unchecked Sendable {
     public func populate2MRegion(firstFrame: UInt64, write: Bool = true) -> OperationOutcome {
         let vm = self.vm
         return faultLoop { root in
-            vm.mapRegion2M(root, firstFrame: firstFrame, writable: true, dirty: write)
+            vm.mapRegion2M(root, firstFrame: firstFrame, writable: true, dirty: write, cache: tableCache)
         }
     }
 

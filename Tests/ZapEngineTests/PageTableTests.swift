@@ -149,6 +149,31 @@ struct PageTableMemoryTests {
         #expect(zeroed == pages.count, "every table of the second pool starts empty")
     }
 
+    @Test(
+        "each vCPU's cache hands it fresh pages side by side however vCPUs interleave; every page of the budget is still handed out once, the last ones from other vCPUs' runs"
+    )
+    func vcpuCaches() throws {
+        let runs = Int(PageTablePool.pagesPerCacheRun)
+        let pool = try PageTablePool(budgetBytes: 3 * runs * PagingGeometry.tableBytes, reservations: PageTableReservations())
+        let caches = [pool.makeCache(), pool.makeCache()]
+        var pages: [[UInt32]] = [[], []]
+        // Two vCPUs in turn, as threads on one VM interleave.
+        for _ in 0..<runs / 2 {
+            for vcpu in 0..<2 { pages[vcpu].append(try #require(pool.allocate(from: caches[vcpu])).rawValue) }
+        }
+        for vcpu in 0..<2 {
+            #expect(zip(pages[vcpu], pages[vcpu].dropFirst()).allSatisfy { $1 == $0 + 1 }, "vCPU \(vcpu)'s tables are adjacent")
+        }
+        // Pages without a cache, then the budget's end: the runs' unused pages are handed out too.
+        var rest: [UInt32] = []
+        while let page = pool.allocate() { rest.append(page.rawValue) }
+        let all = pages[0] + pages[1] + rest
+        #expect(all.count == pool.capacity && Set(all).count == all.count, "every page once: \(all.count) of \(pool.capacity)")
+        #expect(pool.allocate(from: caches[0]) == nil && pool.livePages == pool.capacity)
+        for page in all { #expect(pool.free(PageIndex(rawValue: page))) }
+        #expect(pool.livePages == 0)
+    }
+
     @Test("a reservation is reused by the next pool that fits in it; one that fits in none gets a fresh one")
     func reservationsAreReused() throws {
         let reservations = PageTableReservations()
