@@ -118,7 +118,7 @@ public final class PageTablePool: @unchecked Sendable {
     /// `mmu_shadow_page_cache`. A vCPU that faults in its part of memory then finds its tables
     /// side by side in the pool, and a walk over them (a zap) reads memory in order: with every
     /// vCPU taking the next page of one shared sequence, a vCPU's tables lie one per eight pages
-    /// apart and the write-locked zap ran 1.6 to 1.9 times slower (`zapfleet-bench engine`,
+    /// apart and the write-locked zap ran 1.6 to 1.9 times slower (the engine benchmark's tree
     /// populated by eight vCPUs in turn). The pages of a run are not allocated until handed out:
     /// they are not live, not counted, and the pool takes them back when it runs out.
     public final class PageCache: @unchecked Sendable {
