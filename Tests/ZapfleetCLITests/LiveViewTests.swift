@@ -141,8 +141,7 @@ struct LiveViewTests {
         "the live page in headless chromium: no console errors, two screenshots seconds apart differ, and after the run it shows the verdict"
     )
     func page() throws {
-        let chromium = try #require(HTMLReportTests.chromium, "chromium is missing; ./test installs it")
-        _ = chromium
+        try #require(HeadlessBrowser.path != nil, "\(HeadlessBrowser.Missing())")
         let directory = TestPaths.temporaryDirectory()
         let (process, port, log) = try Self.startRun(shards: 512, in: directory)
         defer { process.terminate() }
@@ -154,12 +153,12 @@ struct LiveViewTests {
             let png = directory + "/\(name).png"
             var shot: (status: Int32, log: String) = (0, "")
             for _ in 1...3 {
-                shot = try HTMLReportTests.browse(["--window-size=1000,700", "--timeout=30000", "--screenshot=\(png)", url])
+                shot = try HeadlessBrowser.run(["--window-size=1000,700", "--timeout=30000", "--screenshot=\(png)", url])
                 if shot.status == 0 && FileManager.default.fileExists(atPath: png) { break }
             }
             #expect(shot.status == 0, "\(shot.log)")
             try #require(FileManager.default.fileExists(atPath: png), "chromium wrote no \(name).png: \(shot.log.suffix(3000))")
-            let errors = shot.log.split(separator: "\n").filter { $0.contains("CONSOLE") || $0.contains("Uncaught") }
+            let errors = HeadlessBrowser.consoleErrors(shot.log)
             #expect(errors.isEmpty, "\(errors)")
             return (png, shot.log)
         }
@@ -180,12 +179,12 @@ struct LiveViewTests {
         let second = try shoot("second")
         let one = try Data(contentsOf: URL(fileURLWithPath: first.png)), two = try Data(contentsOf: URL(fileURLWithPath: second.png))
         #expect(one != two, "the page moved between the screenshots")
-        #expect(try HTMLReportTests.distinctPixelBytes(first.png) > 40, "the screenshot is not blank")
+        #expect(try HeadlessBrowser.distinctPixelBytes(first.png) > 40, "the screenshot is not blank")
 
         #expect(TestPaths.waitFor("verdict:", in: log, seconds: 300), "the run did not finish")
         let over = Waiting.until(seconds: 10, interval: 0.2) { (try? Self.fetch(url + "status.json"))??.contains("\"verdict\"") == true }
         #expect(over, "the status never carried the verdict")
-        let dom = try HTMLReportTests.browse(["--dump-dom", "--timeout=30000", url])
+        let dom = try HeadlessBrowser.run(["--dump-dom", "--timeout=30000", url])
         #expect(dom.log.contains("verdict: every objective met"), "\(dom.log.suffix(2000))")
         // The charts of report.html while it runs, and the final report itself at the end.
         #expect(dom.log.contains("<figcaption>reset</figcaption>") && dom.log.contains("<svg"), "the distribution charts")
