@@ -30,11 +30,34 @@ public enum ReportFiles {
         return text
     }
 
+    /// A report as `report.json` and `report.html` hold it, rendered once for every place that
+    /// shows it (the files, the live view).
+    public struct Rendered: Sendable {
+        /// The bytes of `report.json`.
+        public var json: Data
+        /// The page of `report.html`, its charts drawn from the runs' histograms.
+        public var html: String
+    }
+
+    /// Renders `report.json` and `report.html` of `report`, the charts from `runs` and `external`.
+    public static func render(_ report: RunReport, runs: [PolicyRun], external: [ExternalMeasurement] = []) throws -> Rendered {
+        Rendered(json: try json(report), html: HTMLReport.render(report, curves: HTMLReport.curves(runs: runs, external: external)))
+    }
+
     /// Writes every file of `report` and `runs` into `directory`, creating it. Returns the paths.
     @discardableResult
     public static func write(
         _ report: RunReport, runs: [PolicyRun], to directory: String, intervalLog: String? = nil,
         external: [ExternalMeasurement] = []
+    ) throws -> [String] {
+        try write(report, rendered: render(report, runs: runs, external: external), runs: runs, to: directory, intervalLog: intervalLog)
+    }
+
+    /// Writes every file of `report` and `runs` into `directory`, creating it, with report.json
+    /// and report.html as already `rendered`. Returns the paths.
+    @discardableResult
+    public static func write(
+        _ report: RunReport, rendered: Rendered, runs: [PolicyRun], to directory: String, intervalLog: String? = nil
     ) throws -> [String] {
         let manager = FileManager.default
         try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -44,9 +67,9 @@ public enum ReportFiles {
             try data.write(to: URL(fileURLWithPath: path), options: .atomic)
             written.append(path)
         }
-        try put("report.json", json(report))
+        try put("report.json", rendered.json)
         try put("scenario.yaml", Data(report.scenarioYaml.utf8))
-        try put("report.html", Data(HTMLReport.render(report, curves: HTMLReport.curves(runs: runs, external: external)).utf8))
+        try put("report.html", Data(rendered.html.utf8))
         if let intervalLog { try put("shards.hlog", Data(intervalLog.utf8)) }
         for run in runs {
             for operation in MeasuredOperation.allCases where run.recorder.histogram(operation).totalCount > 0 {

@@ -184,7 +184,7 @@ struct CoordinatorCommand: ParsableCommand {
             scenario: resolved, outcome: outcome, started: started,
             wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelCost,
             out: out, fleetDetail: true, junit: junit, events: events, history: report.historyEntry,
-            onReport: { liveView?.view.finish($0, runs: outcome.runs) })
+            onReport: liveView.map { live in { live.view.finish($0, rendered: $1) } })
         liveView?.server.stop(linger: live.httpLinger) { cancellation.isCancelled }
         if code != 0 { throw ExitCode(code) }
     }

@@ -75,11 +75,10 @@ struct LiveOptions: ParsableArguments {
 }
 
 extension LiveView {
-    /// Hands the finished run's report to the view: report.json, and report.html drawn from `runs`.
-    func finish(_ report: RunReport, runs: [PolicyRun]) {
+    /// Hands the finished run to the view: its report.json and report.html as the files have
+    /// them, and its verdict.
+    func finish(_ report: RunReport, rendered: ReportFiles.Rendered) {
         finish(
-            report: (try? ReportFiles.json(report)) ?? Data(),
-            page: HTMLReport.render(report, curves: HTMLReport.curves(runs: runs, external: [])), exitCode: Int(report.verdict.exitCode),
-            summary: report.verdict.summary)
+            report: rendered.json, page: rendered.html, exitCode: Int(report.verdict.exitCode), summary: report.verdict.summary)
     }
 }

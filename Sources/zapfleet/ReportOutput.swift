@@ -12,7 +12,7 @@ enum ReportOutput {
         scenario: Scenario, outcome: FleetRunOutcome, started: Date, wallNanoseconds: UInt64,
         kernelNanosecondsPerSPTE: Double, out: String?, fleetDetail: Bool, junit: String? = nil,
         events: FleetEventLog? = nil, history: (database: String, labels: [String])? = nil,
-        onReport: ((RunReport) -> Void)? = nil
+        onReport: ((RunReport, ReportFiles.Rendered) -> Void)? = nil
     ) throws -> Int32 {
         let report = self.report(
             scenario: scenario, outcome: outcome, started: started, wallNanoseconds: wallNanoseconds,
@@ -20,14 +20,16 @@ enum ReportOutput {
         print(
             "zapfleet \(scenario.name): \(Quantities.formatSize(scenario.vm.memoryBytes)), \(scenario.workload.vcpus) vCPUs, seed \(scenario.seed)"
         )
-        onReport?(report)
+        // report.json and report.html, rendered once for the files and the live view.
+        let rendered =
+            out != nil || onReport != nil ? Result { try ReportFiles.render(report, runs: outcome.runs, external: outcome.external) } : nil
+        if let onReport, case .success(let page)? = rendered { onReport(report, page) }
         print(ReportTable.render(report, fleetDetail: fleetDetail), terminator: "")
         if let failure = outcome.failure { printError(failure.description) }
         if let out {
             do {
                 let files = try ReportFiles.write(
-                    report, runs: outcome.runs, to: out,
-                    intervalLog: fleetDetail ? outcome.intervalLog : nil, external: outcome.external)
+                    report, rendered: rendered!.get(), runs: outcome.runs, to: out, intervalLog: fleetDetail ? outcome.intervalLog : nil)
                 print("wrote \(files.count) files to \(out)")
             } catch {
                 printError("cannot write the report to \(out): \(OptionChecks.reason(error)); the measurements are in the table above")

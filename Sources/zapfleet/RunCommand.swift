@@ -194,7 +194,7 @@ struct RunCommand: ParsableCommand {
             scenario: resolved, outcome: outcome, started: started,
             wallNanoseconds: monotonicNanoseconds() - start, kernelNanosecondsPerSPTE: kernelSpteNs,
             out: out, fleetDetail: estimate.peakBytes > limit, junit: junit, events: events, history: report.historyEntry,
-            onReport: { liveView?.view.finish($0, runs: outcome.runs) })
+            onReport: liveView.map { live in { live.view.finish($0, rendered: $1) } })
         liveView?.server.stop(linger: live.httpLinger) { cancellation.isCancelled }
         if code != 0 { throw ExitCode(code) }
     }
