@@ -29,25 +29,18 @@ struct ClusterTests {
     static func runCluster(_ extra: [String], scenario: String = ScenarioFixture.cluster) throws -> ClusterRun {
         let directory = TestPaths.temporaryDirectory()
         let scenarioPath = try ScenarioFixture.write(scenario, in: directory, as: "cluster.yaml")
-        let process = Process()
-        process.executableURL = TestPaths.packageRoot.appendingPathComponent("deploy/netns/run-cluster.sh")
-        process.arguments =
+        let result = try Subprocess.run(
+            TestPaths.packageRoot.appendingPathComponent("deploy/netns/run-cluster.sh").path,
             [
-                "--binary", TestPaths.packageRoot.appendingPathComponent(".build/debug/zapfleet").path,
-                "--workers", "3", "--slots", "2", "--scenario", scenarioPath, "--out", directory + "/out"
-            ] + extra
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+                "--binary", ZapfleetBinary.path, "--workers", "3", "--slots", "2", "--scenario", scenarioPath, "--out", directory + "/out"
+            ] + extra)
+        let output = result.out + result.err
         let faults = ["hosts:", "killed", "stopped", "continued", "partitioned", "healed"]
         print(output.split(separator: "\n").filter { line in faults.contains { line.hasPrefix($0) } }.joined(separator: "\n"))
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/out/report.json")))
         let log = (try? String(contentsOfFile: directory + "/out/logs/coordinator.err", encoding: .utf8)) ?? ""
         let events = try EventLines.read(directory + "/out/logs/coordinator.events")
-        return ClusterRun(status: process.terminationStatus, output: output, report: report, log: log, directory: directory, events: events)
+        return ClusterRun(status: result.status, output: output, report: report, log: log, directory: directory, events: events)
     }
 
     /// Every SPTE of `gibibytes` counted exactly once, whatever the faults: merged counters equal
