@@ -1,11 +1,14 @@
 import Atomics
+import ZapPlatform
 
 /// Event counters of one VM. Hot paths add to them once per table or per step, not per SPTE.
 final class EngineCounters: @unchecked Sendable {
+    /// Leaves installed outside the fault path (eager huge-page splits); see ``installedTotal``.
     let sptesInstalled = ManagedAtomic<Int>(0)
     let sptesZapped = ManagedAtomic<Int>(0)
     let accessedZapped = ManagedAtomic<Int>(0)
     let dirtyZapped = ManagedAtomic<Int>(0)
+    /// Faults counted outside a vCPU's tally; see ``faultsTotal``.
     let faults = ManagedAtomic<Int>(0)
     let faultRetries = ManagedAtomic<Int>(0)
     let spuriousFaults = ManagedAtomic<Int>(0)
@@ -39,7 +42,7 @@ final class EngineCounters: @unchecked Sendable {
     /// zap steps, roots made or freed, VM operations): the watchdog's measure of progress. Yields
     /// and retries are left out: a livelock is made of them.
     var progress: Int {
-        faults.load(ordering: .relaxed) &+ sptesInstalled.load(ordering: .relaxed)
+        faultsTotal &+ installedTotal
             &+ sptesZapped.load(ordering: .relaxed) &+ zapSteps.load(ordering: .relaxed)
             &+ rootsCreated.load(ordering: .relaxed) &+ rootsFreed.load(ordering: .relaxed)
             &+ fastZaps.load(ordering: .relaxed) &+ fullZaps.load(ordering: .relaxed)
@@ -49,6 +52,62 @@ final class EngineCounters: @unchecked Sendable {
     }
     /// Operations (faults, resets, VM operations) that returned.
     let operationsCompleted = ManagedAtomic<Int>(0)
+
+    // MARK: - Per-vCPU fault tallies (`vcpu->stat`)
+
+    private let talliesLock = PThreadMutex()
+    private var tallies: [FaultTally] = []
+
+    /// A tally for a new vCPU's faults, counted in the totals from now on.
+    func makeFaultTally() -> FaultTally {
+        let tally = FaultTally()
+        talliesLock.withLock { tallies.append(tally) }
+        return tally
+    }
+
+    private var allTallies: [FaultTally] { talliesLock.withLock { tallies } }
+
+    /// Faults taken, by every vCPU.
+    var faultsTotal: Int {
+        allTallies.reduce(faults.load(ordering: .relaxed)) { $0 &+ $1.count(.faults) }
+    }
+
+    /// Leaf SPTEs installed, by faults and by eager splits.
+    var installedTotal: Int {
+        allTallies.reduce(sptesInstalled.load(ordering: .relaxed)) { $0 &+ $1.count(.sptesInstalled) }
+    }
+}
+
+/// One vCPU's fault counters (`vcpu->stat`), on cache lines no other vCPU writes: faults on
+/// many vCPUs would otherwise all increment the same VM-wide counters, a line bounced between
+/// CPUs on every fault. ``EngineCounters`` adds them up when read.
+final class FaultTally: @unchecked Sendable {
+    enum Counter: Int { case faults, sptesInstalled }
+
+    /// Two cache lines, so that the adjacent-line prefetcher does not pair them with a neighbour's.
+    private static let bytes = 128
+    private let storage: UnsafeMutablePointer<UnsafeAtomic<Int>.Storage>
+
+    init() {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: Self.bytes, alignment: Self.bytes)
+        storage = raw.initializeMemory(
+            as: UnsafeAtomic<Int>.Storage.self, repeating: UnsafeAtomic<Int>.Storage(0),
+            count: Self.bytes / MemoryLayout<UnsafeAtomic<Int>.Storage>.stride)
+    }
+
+    deinit {
+        storage.deinitialize(count: Self.bytes / MemoryLayout<UnsafeAtomic<Int>.Storage>.stride)
+        UnsafeMutableRawPointer(storage).deallocate()
+    }
+
+    @inline(__always)
+    func add(_ counter: Counter, _ amount: Int = 1) {
+        UnsafeAtomic(at: storage + counter.rawValue).wrappingIncrement(by: amount, ordering: .relaxed)
+    }
+
+    func count(_ counter: Counter) -> Int {
+        UnsafeAtomic(at: storage + counter.rawValue).load(ordering: .relaxed)
+    }
 }
 
 extension ManagedAtomic where Value: Comparable {

@@ -9,11 +9,21 @@ import ZapPlatform
 /// retired in; the epoch moves from `e` to `e+1` only when the slot of `e-1` is empty. An object
 /// retired in epoch `e` can therefore be freed once the epoch reaches `e+2`: every walker of
 /// epoch `e-1` or `e` has left by then. Reclamation never blocks a walker.
+///
+/// Like SRCU's per-CPU counters, each slot is split over ``stripes`` counters on cache lines of
+/// their own, and a walker counts itself in and out on the stripe it names (a vCPU its own), so
+/// that faults on many vCPUs do not all write one line. A slot is empty when every stripe of it
+/// reads zero: a walker's two counts land on one stripe, so no stripe ever reads below zero.
 public final class GracePeriod: @unchecked Sendable {
     /// Which counter a walker registered in; hand it back to ``exitReadSide(_:)``.
     public struct ReadSideToken: Sendable {
-        fileprivate let slot: Int
+        fileprivate let counter: Int
     }
+
+    /// Counters per epoch slot.
+    public static let stripes = 16
+    /// Counters are this many bytes apart: two cache lines, past the adjacent-line prefetcher.
+    private static let counterStride = 128 / MemoryLayout<UnsafeAtomic<Int>.Storage>.stride
 
     private struct Retired {
         var epoch: UInt64
@@ -23,7 +33,8 @@ public final class GracePeriod: @unchecked Sendable {
 
     private let pool: PageTablePool
     private let epoch = ManagedAtomic<UInt64>(2)
-    private let readers = [ManagedAtomic<Int>(0), ManagedAtomic<Int>(0)]
+    /// `2 * stripes` counters, `counterStride` apart: slot `s`, stripe `t` is counter `t * 2 + s`.
+    private let readers: UnsafeMutablePointer<UnsafeAtomic<Int>.Storage>
     private let mutex = PThreadMutex()
     private var retired: [Retired] = []
     private let pendingPages = ManagedAtomic<Int>(0)
@@ -35,28 +46,50 @@ public final class GracePeriod: @unchecked Sendable {
     public init(pool: PageTablePool, onRetire: (@Sendable (Int) -> Void)? = nil) {
         self.pool = pool
         self.onRetire = onRetire
+        let count = 2 * Self.stripes * Self.counterStride
+        readers = .allocate(capacity: count)
+        readers.initialize(repeating: UnsafeAtomic<Int>.Storage(0), count: count)
+    }
+
+    deinit {
+        readers.deinitialize(count: 2 * Self.stripes * Self.counterStride)
+        readers.deallocate()
+    }
+
+    private func reader(_ counter: Int) -> UnsafeAtomic<Int> {
+        UnsafeAtomic(at: readers + counter &* Self.counterStride)
     }
 
     /// `rcu_read_lock()`: from here until ``exitReadSide(_:)`` nothing retired can be freed.
+    /// `stripe` picks the counter (any number; a vCPU passes its own so that vCPUs do not share).
     @inline(__always)
-    public func enterReadSide() -> ReadSideToken {
+    public func enterReadSide(stripe: Int = 0) -> ReadSideToken {
+        let base = (stripe & (Self.stripes - 1)) &* 2
         while true {
             let current = epoch.load(ordering: .sequentiallyConsistent)
-            let slot = Int(current & 1)
-            readers[slot].wrappingIncrement(ordering: .sequentiallyConsistent)
+            let counter = base | Int(current & 1)
+            reader(counter).wrappingIncrement(ordering: .sequentiallyConsistent)
             // Registered in time only if the epoch did not move meanwhile; otherwise a
             // reclaimer may already have judged this slot empty.
             if epoch.load(ordering: .sequentiallyConsistent) == current {
-                return ReadSideToken(slot: slot)
+                return ReadSideToken(counter: counter)
             }
-            readers[slot].wrappingDecrement(ordering: .sequentiallyConsistent)
+            reader(counter).wrappingDecrement(ordering: .sequentiallyConsistent)
         }
     }
 
     /// `rcu_read_unlock()`.
     @inline(__always)
     public func exitReadSide(_ token: ReadSideToken) {
-        readers[token.slot].wrappingDecrement(ordering: .sequentiallyConsistent)
+        reader(token.counter).wrappingDecrement(ordering: .sequentiallyConsistent)
+    }
+
+    /// Is no walker counted in `slot` on any stripe?
+    private func slotIsEmpty(_ slot: Int) -> Bool {
+        for stripe in 0..<Self.stripes where reader(stripe &* 2 | slot).load(ordering: .sequentiallyConsistent) != 0 {
+            return false
+        }
+        return true
     }
 
     /// Defers returning `page` to the pool (`call_rcu(..., tdp_mmu_free_sp_rcu_callback)`).
@@ -95,7 +128,7 @@ public final class GracePeriod: @unchecked Sendable {
         for _ in 0..<2 {
             let now = epoch.load(ordering: .sequentiallyConsistent)
             // Walkers of epoch now-1 share the slot that epoch now+1 will use.
-            guard readers[Int((now &+ 1) & 1)].load(ordering: .sequentiallyConsistent) == 0 else { break }
+            guard slotIsEmpty(Int((now &+ 1) & 1)) else { break }
             epoch.store(now &+ 1, ordering: .sequentiallyConsistent)
         }
         let now = epoch.load(ordering: .sequentiallyConsistent)

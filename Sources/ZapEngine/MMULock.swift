@@ -13,12 +13,20 @@ public final class MMULock: @unchecked Sendable {
     private let readersMayEnter = PThreadCondition()
     private let writerMayEnter = PThreadCondition()
     private let handedOver = PThreadCondition()
-    private var activeReaders = 0
+    /// The lock word, as the kernel's queued rwlock has one: readers holding the lock in the low
+    /// bits, and ``closedToReaders`` while a writer holds the lock or waits for it. A reader
+    /// enters with one atomic add when the bit is clear and takes the mutex only when it is set,
+    /// so faults on many vCPUs share one cache line, not a mutex.
+    private let word = ManagedAtomic<Int>(0)
+    private static let closedToReaders = 1 << 40
+    private static let readerMask = closedToReaders - 1
+    // Guarded by `mutex`.
     private var writerActive = false
     private var acquisitions: UInt64 = 0
+    private var exclusiveAcquisitions: UInt64 = 0
     private var handoverWaiters = 0
-    /// `acquisitions`, readable without the mutex.
-    private let acquisitionMirror = ManagedAtomic<UInt64>(0)
+    /// `exclusiveAcquisitions`, readable without the mutex.
+    private let exclusiveAcquisitionMirror = ManagedAtomic<UInt64>(0)
     /// Waiting writers, readable without the mutex so that a zap can poll it cheaply.
     private let waitingWriters = ManagedAtomic<Int>(0)
     /// Waiting readers, so that a write-locked zap can see it starves someone.
@@ -38,9 +46,24 @@ public final class MMULock: @unchecked Sendable {
         self.onHandoff = onHandoff
     }
 
+    /// Readers holding the lock now, and readers on the fast path that found it closed and are
+    /// about to count themselves out again (transiently).
+    private var activeReaders: Int { word.load(ordering: .sequentiallyConsistent) & Self.readerMask }
+
     /// `read_lock(&kvm->mmu_lock)`.
     public func lockShared() {
+        // `queued_read_lock`: count in; if no writer holds or waits, the lock is ours.
+        let seen = word.loadThenWrappingIncrement(ordering: .sequentiallyConsistent)
+        if seen & Self.closedToReaders != 0 { lockSharedSlowly() }
+        HoldRecord.current.acquired(ObjectIdentifier(self), mode: .shared)
+    }
+
+    /// `queued_read_lock_slowpath`: a writer holds or waits, so this reader queues behind it.
+    private func lockSharedSlowly() {
         mutex.lock()
+        // Counted out again under the mutex, so that a writer waiting for the readers to drain
+        // is told if this was the last (see `countOutReader`).
+        countOutReader()
         if writerActive || waitingWriters.load(ordering: .relaxed) > 0 {
             waitingReaders.wrappingIncrement(ordering: .relaxed)
             while writerActive || waitingWriters.load(ordering: .relaxed) > 0 {
@@ -48,27 +71,53 @@ public final class MMULock: @unchecked Sendable {
             }
             waitingReaders.wrappingDecrement(ordering: .relaxed)
         }
-        activeReaders += 1
+        word.wrappingIncrement(ordering: .sequentiallyConsistent)
         noteAcquisition()
         mutex.unlock()
-        HoldRecord.current.acquired(ObjectIdentifier(self), mode: .shared)
+    }
+
+    /// Takes one reader off the word; with the mutex held. A writer waits for the readers to
+    /// drain only while the mutex is free (in its condition wait), so signalling here loses
+    /// no wake-up.
+    private func countOutReader() {
+        let now = word.wrappingDecrementThenLoad(ordering: .sequentiallyConsistent)
+        if now & Self.readerMask == 0 && waitingWriters.load(ordering: .relaxed) > 0 {
+            writerMayEnter.signal()
+        }
+    }
+
+    /// Sets or clears ``closedToReaders`` after `writerActive` or the waiting writers changed;
+    /// with the mutex held. Closed whenever a writer holds the lock or waits for it, which is
+    /// what makes arriving readers queue behind a waiting writer.
+    private func updateClosedToReaders() {
+        let closed = writerActive || waitingWriters.load(ordering: .relaxed) > 0
+        let isClosed = word.load(ordering: .relaxed) & Self.closedToReaders != 0
+        if closed && !isClosed {
+            word.wrappingIncrement(by: Self.closedToReaders, ordering: .sequentiallyConsistent)
+        } else if !closed && isClosed {
+            word.wrappingDecrement(by: Self.closedToReaders, ordering: .sequentiallyConsistent)
+        }
     }
 
     /// Counts an acquisition; with the mutex held.
+    /// Counts an acquisition that went through the mutex (a writer's, or a reader's that queued);
+    /// with the mutex held. Readers on the fast path are not counted: they enter only while no
+    /// writer holds or waits, and the counts serve the hand-over to waiters.
     private func noteAcquisition() {
         acquisitions &+= 1
-        acquisitionMirror.store(acquisitions, ordering: .relaxed)
         if handoverWaiters > 0 { handedOver.broadcast() }
     }
 
     /// `read_unlock(&kvm->mmu_lock)`.
     public func unlockShared() {
-        mutex.lock()
-        activeReaders -= 1
-        if activeReaders == 0 && waitingWriters.load(ordering: .relaxed) > 0 {
-            writerMayEnter.signal()
+        let now = word.wrappingDecrementThenLoad(ordering: .sequentiallyConsistent)
+        // The last reader out while a writer waits wakes it. The writer set the bit before it
+        // looked at the readers, so a reader that saw no bit left before that look.
+        if now & Self.readerMask == 0 && now & Self.closedToReaders != 0 {
+            mutex.lock()
+            if activeReaders == 0 && waitingWriters.load(ordering: .relaxed) > 0 { writerMayEnter.signal() }
+            mutex.unlock()
         }
-        mutex.unlock()
     }
 
     /// `write_lock(&kvm->mmu_lock)`.
@@ -82,6 +131,8 @@ public final class MMULock: @unchecked Sendable {
     /// Waits, as a waiting writer, until the lock is free, and takes it; with the mutex held.
     private func acquireExclusiveLocked() {
         waitingWriters.wrappingIncrement(ordering: .relaxed)
+        // Closed before the readers are counted: from here every arriving reader queues.
+        updateClosedToReaders()
         if writerActive || activeReaders > 0 {
             let start = BlockClock.nanoseconds()
             while writerActive || activeReaders > 0 {
@@ -91,6 +142,8 @@ public final class MMULock: @unchecked Sendable {
         }
         waitingWriters.wrappingDecrement(ordering: .relaxed)
         writerActive = true
+        exclusiveAcquisitions &+= 1
+        exclusiveAcquisitionMirror.store(exclusiveAcquisitions, ordering: .relaxed)
         noteAcquisition()
     }
 
@@ -106,6 +159,7 @@ public final class MMULock: @unchecked Sendable {
         mutex.lock()
         let before = acquisitions
         writerActive = false
+        updateClosedToReaders()
         if waitingWriters.load(ordering: .relaxed) > 0 {
             writerMayEnter.signal()
         } else {
@@ -132,16 +186,16 @@ public final class MMULock: @unchecked Sendable {
 
     /// `cond_resched_rwlock_read`: lets a waiting writer in, then takes the read lock again.
     /// Readers queue behind a waiting writer, so the writer always gets its turn.
-    /// - Returns: whether someone else held the lock in between.
+    /// - Returns: whether a writer held the lock in between (other readers may hold it with us
+    ///   at any time, so only a writer's turn is a hand-over).
     @discardableResult
     public func yieldShared() -> Bool {
         checkProgressBeforeYield()
-        let before = acquisitionCount
+        let before = exclusiveAcquisitionCount
         unlockShared()
         onHandoff?()
         lockShared()
-        // Our own re-acquisition is one; any more were someone else's.
-        return acquisitionCount &- before > 1
+        return exclusiveAcquisitionCount != before
     }
 
     // MARK: - The rules of holding, judged from the lock's side
@@ -192,13 +246,14 @@ public final class MMULock: @unchecked Sendable {
     /// The longest any writer waited for the lock so far, in nanoseconds.
     public var longestWriterWaitNanoseconds: UInt64 { longestWriterWait.load(ordering: .relaxed) }
 
-    /// Acquisitions of the lock so far, shared or exclusive, by anyone.
-    public var acquisitionCount: UInt64 { acquisitionMirror.load(ordering: .relaxed) }
+    /// Acquisitions of the lock for write so far, by anyone.
+    public var exclusiveAcquisitionCount: UInt64 { exclusiveAcquisitionMirror.load(ordering: .relaxed) }
 
     /// `write_unlock(&kvm->mmu_lock)`.
     public func unlockExclusive() {
         mutex.lock()
         writerActive = false
+        updateClosedToReaders()
         if waitingWriters.load(ordering: .relaxed) > 0 {
             writerMayEnter.signal()
         } else {

@@ -59,12 +59,13 @@ public final class ActivitySlot: @unchecked Sendable {
 
     init(actor: String) { self.actor = actor }
 
-    /// The actor starts `activity`.
+    /// The actor starts `activity` at `start`, a ``BlockClock`` reading (an operation that has
+    /// just read the clock for its block time passes that reading: one read for both).
     @inline(__always)
-    func begin(_ activity: Activity) {
+    func begin(_ activity: Activity, at start: UInt64 = BlockClock.nanoseconds()) {
         retryCount.store(0, ordering: .relaxed)
         waitState.store(WaitState.running.rawValue, ordering: .relaxed)
-        startedAt.store(monotonicNanoseconds(), ordering: .relaxed)
+        startedAt.store(start, ordering: .relaxed)
         operation.store(activity.rawValue, ordering: .releasing)
     }
 
@@ -83,8 +84,8 @@ public final class ActivitySlot: @unchecked Sendable {
         retryCount.wrappingIncrement(ordering: .relaxed)
     }
 
-    /// The operation in flight, how long it has been, what it waits for and how often it retried;
-    /// nil when idle.
+    /// The operation in flight, how long it has been at `now` (a ``BlockClock`` reading), what it
+    /// waits for and how often it retried; nil when idle.
     func snapshot(now: UInt64) -> (activity: Activity, nanoseconds: UInt64, state: WaitState, retries: Int, reason: WaitState)? {
         let activity = Activity(rawValue: operation.load(ordering: .acquiring)) ?? .idle
         guard activity != .idle else { return nil }
@@ -184,7 +185,8 @@ final class StallWatchdog: @unchecked Sendable {
             while !stopRequested.wait(timeoutNanoseconds: poll) {
                 let now = monotonicNanoseconds()
                 let current = progress()
-                let operations = board.inFlight(now: now)
+                // Operations are timed on the block clock, the VM's progress on the monotonic one.
+                let operations = board.inFlight(now: BlockClock.nanoseconds())
                 if current != lastProgress || !operations.any {
                     lastProgress = current
                     lastChange = now
@@ -195,7 +197,7 @@ final class StallWatchdog: @unchecked Sendable {
                 let stuckFor = max(now &- lastChange, operations.longestRetrying)
                 guard stuckFor >= bound else { continue }
                 // Named before the flag is raised: stuck loops give up as soon as they see it.
-                onStall(stuckFor, board.describeInFlight(now: now))
+                onStall(stuckFor, board.describeInFlight(now: BlockClock.nanoseconds()))
                 stalledAt.store(now, ordering: .relaxed)
                 stalled.store(true, ordering: .releasing)
                 return

@@ -16,12 +16,15 @@ public final class VCPU: @unchecked Sendable {
     let activity: ActivitySlot
     /// This vCPU's fresh page-table pages (`vcpu->arch.mmu_shadow_page_cache`).
     private let tableCache: PageTablePool.PageCache
+    /// This vCPU's fault counters (`vcpu->stat`).
+    private let tally: FaultTally
 
     init(id: Int, vm: VirtualMachine, activity: ActivitySlot) {
         self.id = id
         self.vm = vm
         self.activity = activity
         tableCache = vm.pool.makeCache()
+        tally = vm.counters.makeFaultTally()
     }
 
     /// Takes `mmu_lock` for write, telling the watchdog while it waits.
@@ -121,8 +124,8 @@ public final class VCPU: @unchecked Sendable {
     public func fastFault(gfn: UInt64, write: Bool = true) -> OperationOutcome {
         let start = BlockClock.nanoseconds()
         if let root = loaded {
-            activity.begin(.fault)
-            let token = vm.gracePeriod.enterReadSide()
+            activity.begin(.fault, at: start)
+            let token = vm.gracePeriod.enterReadSide(stripe: id &+ 1)
             let result = vm.fastPageFault(root, gfn: gfn, write: write)
             vm.gracePeriod.exitReadSide(token)
             activity.end()
@@ -161,8 +164,8 @@ public final class VCPU: @unchecked Sendable {
         var installed = 0
         var zapped = 0
         var flushes = 0
-        vm.counters.faults.wrappingIncrement(ordering: .relaxed)
-        activity.begin(.fault)
+        tally.add(.faults)
+        activity.begin(.fault, at: start)
         defer { activity.end() }
         attempts: while true {
             if loaded == nil || loaded!.isInvalid || loaded!.role.addressSpace != addressSpace {
@@ -201,7 +204,7 @@ public final class VCPU: @unchecked Sendable {
                 vm.counters.faultRetries.wrappingIncrement(ordering: .relaxed)
                 break attempts
             }
-            let token = vm.gracePeriod.enterReadSide()
+            let token = vm.gracePeriod.enterReadSide(stripe: id &+ 1)
             let result = map(root)
             vm.gracePeriod.exitReadSide(token)
             vm.mmuLock.unlockShared()
@@ -225,7 +228,7 @@ public final class VCPU: @unchecked Sendable {
                 break attempts
             }
         }
-        if installed > 0 { vm.counters.sptesInstalled.wrappingIncrement(by: installed, ordering: .relaxed) }
+        if installed > 0 { tally.add(.sptesInstalled, installed) }
         return OperationOutcome(
             blockedNanoseconds: BlockClock.elapsed(since: start),
             sptesZappedInline: zapped, sptesInstalled: installed, tlbFlushes: flushes)

@@ -151,7 +151,7 @@ extension VirtualMachine {
         if pool.livePages > 0 {
             checker.record(.pagesLeaked, "\(pool.livePages) page-table pages not returned to the pool at teardown")
         }
-        let installed = counters.sptesInstalled.load(ordering: .relaxed)
+        let installed = counters.installedTotal
         let removed = counters.sptesZapped.load(ordering: .relaxed)
         if installed != removed {
             checker.record(.sptesLeaked, "\(installed) leaf SPTEs installed but \(removed) zapped at teardown")

@@ -248,7 +248,7 @@ public final class VirtualMachine: @unchecked Sendable {
     /// The counters now.
     public var statistics: EngineStatistics {
         EngineStatistics(
-            sptesInstalled: counters.sptesInstalled.load(ordering: .relaxed),
+            sptesInstalled: counters.installedTotal,
             sptesZapped: counters.sptesZapped.load(ordering: .relaxed),
             accessedZapped: counters.accessedZapped.load(ordering: .relaxed),
             dirtyZapped: counters.dirtyZapped.load(ordering: .relaxed),
@@ -256,7 +256,7 @@ public final class VirtualMachine: @unchecked Sendable {
             tablesFreed: pool.totalFrees,
             tablesLive: pool.livePages,
             tablesPeak: pool.peakPages,
-            faults: counters.faults.load(ordering: .relaxed),
+            faults: counters.faultsTotal,
             faultRetries: counters.faultRetries.load(ordering: .relaxed),
             spuriousFaults: counters.spuriousFaults.load(ordering: .relaxed),
             yields: counters.yields.load(ordering: .relaxed),

@@ -21,6 +21,13 @@ public enum CPUAccounting {
         return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
     }
 
+    /// CPU time the whole process has used (`CLOCK_PROCESS_CPUTIME_ID`), in nanoseconds.
+    public static func processCPUNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now)
+        return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+    }
+
     /// Pins the calling thread to `cpu` (`sched_setaffinity`). Returns false when the system
     /// refuses (the CPU is not in the process's set, e.g. under a container's cpuset).
     @discardableResult

@@ -1,3 +1,4 @@
+import Atomics
 import Testing
 import ZapfleetTestSupport
 @testable import ZapEngine
@@ -33,6 +34,59 @@ struct LockingTests {
         writer.join()
         reader.join()
         #expect(writerDone.all == ["writer", "reader"])
+    }
+
+    @Test("readers that enter without the mutex never hold the lock together with a writer")
+    func readersAndWritersExclude() {
+        let lock = MMULock()
+        let readersInside = ManagedAtomic<Int>(0)
+        let writersInside = ManagedAtomic<Int>(0)
+        let overlaps = ManagedAtomic<Int>(0)
+        let readers = (0..<4).map { index in
+            OSThread(name: "reader \(index)") {
+                for _ in 0..<20_000 {
+                    lock.lockShared()
+                    readersInside.wrappingIncrement(ordering: .sequentiallyConsistent)
+                    if writersInside.load(ordering: .sequentiallyConsistent) != 0 { overlaps.wrappingIncrement(ordering: .relaxed) }
+                    readersInside.wrappingDecrement(ordering: .sequentiallyConsistent)
+                    lock.unlockShared()
+                }
+            }
+        }
+        let writers = (0..<2).map { index in
+            OSThread(name: "writer \(index)") {
+                for _ in 0..<2_000 {
+                    lock.lockExclusive()
+                    if writersInside.loadThenWrappingIncrement(ordering: .sequentiallyConsistent) != 0
+                        || readersInside.load(ordering: .sequentiallyConsistent) != 0
+                    {
+                        overlaps.wrappingIncrement(ordering: .relaxed)
+                    }
+                    writersInside.wrappingDecrement(ordering: .sequentiallyConsistent)
+                    lock.unlockExclusive()
+                }
+            }
+        }
+        for thread in readers + writers { thread.join() }
+        #expect(overlaps.load(ordering: .relaxed) == 0)
+        #expect(lock.exclusiveAcquisitionCount == 4_000)
+        #expect(!lock.anyoneIsWaiting)
+    }
+
+    @Test("a walker on any stripe of the read side holds back what was retired after it entered")
+    func gracePeriodCountsEveryStripe() throws {
+        let pool = try PageTablePool(budgetBytes: 1 << 20)
+        let grace = GracePeriod(pool: pool)
+        for stripe in [1, GracePeriod.stripes - 1, GracePeriod.stripes + 3] {
+            let page = try #require(pool.allocate())
+            let walker = grace.enterReadSide(stripe: stripe)
+            grace.retire(page)
+            for _ in 0..<10 { grace.reclaim() }
+            #expect(pool.isLive(page), "freed under a walker on stripe \(stripe)")
+            grace.exitReadSide(walker)
+            grace.barrier()
+            #expect(!pool.isLive(page))
+        }
     }
 
     @Test("a retired page is not reused while a walker that could see it is inside its read side")
