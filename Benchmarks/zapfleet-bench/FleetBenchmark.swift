@@ -77,8 +77,10 @@ struct FleetBenchmark: SummarisedBenchmark {
         // The peak that counts is the run's: the engine figures' own memory is not the run's.
         PeakMemory.reset()
         var walls: [Double] = []
+        var cpuSeconds: [Double] = []
         var last: FleetRunOutcome?
         for _ in 0..<repetitions {
+            let cpuStart = CPUAccounting.processCPUNanoseconds()
             let start = monotonicNanoseconds()
             let outcome = try LocalFleet.run(
                 scenario: resolved, workers: workers,
@@ -87,6 +89,7 @@ struct FleetBenchmark: SummarisedBenchmark {
                 kernelNanosecondsPerSPTE: 52, logger: Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() }),
                 cancellation: CancellationFlag())
             walls.append(Double(monotonicNanoseconds() - start) / 1e9)
+            cpuSeconds.append(Double(CPUAccounting.processCPUNanoseconds() - cpuStart) / 1e9)
             guard outcome.complete, outcome.failure == nil else {
                 throw ValidationError("the run did not complete: \(outcome.failure?.description ?? "incomplete")")
             }
@@ -113,6 +116,12 @@ struct FleetBenchmark: SummarisedBenchmark {
             String(
                 format: "  run wall: first %.2f s, best of %d %.2f s = %.2fx the engine's share (target <= 1.3x: %@)", walls[0],
                 repetitions, best, best / share, best / share <= 1.3 ? "met" : "MISSED"))
+        let bestIndex = walls.firstIndex(of: best)!
+        // CPU below wall x cores is time a core idled (a worker waiting, or one left at the end).
+        print(
+            String(
+                format: "  best run's CPU: %.2f s of the %.2f s its %d cores had (%.0f%% busy)", cpuSeconds[bestIndex],
+                best * Double(cores), cores, 100 * cpuSeconds[bestIndex] / (best * Double(cores))))
         print(
             "  peak resident: \(Quantities.describeSize(Double(peak))) (bound: \(maxMemory): \(peak <= limit ? "met" : "MISSED"))")
         let run = "\(resolved.name) at \(size), \(workers) workers within \(maxMemory)"

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <malloc.h>
+#include <sys/eventfd.h>
 #include <errno.h>
 #include <sched.h>
 #include <stdio.h>
@@ -51,3 +52,5 @@ int zf_return_free_memory(void) {
 void zf_line_buffer_standard_output(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
 }
+
+int zf_make_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }

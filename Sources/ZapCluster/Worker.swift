@@ -131,6 +131,7 @@ public final class Worker: @unchecked Sendable {
         var poller = ZeroMQPoller()
         poller.add(socket)
         poller.add(monitor.socket)
+        outbox.wakesUp(&poller)
         defer {
             shardCancellation?.cancel()
             shardThread?.join()
@@ -198,6 +199,7 @@ public final class Worker: @unchecked Sendable {
                 poller = ZeroMQPoller()
                 poller.add(socket)
                 poller.add(monitor.socket)
+                outbox.wakesUp(&poller)
                 welcomed = false
                 lastHeard = monotonicNanoseconds()
                 lastSent = lastHeard
@@ -207,7 +209,10 @@ public final class Worker: @unchecked Sendable {
             // Until welcomed, hello is the only message a coordinator takes: repeat it instead of a heartbeat.
             if now &- lastSent >= interval { transmit(welcomed ? frame(.heartbeat(Zapfleet_V1_Heartbeat())) : helloFrame()) }
 
+            // The outbox's signal ends the wait as soon as the shard thread leaves something (a
+            // result sent at the next timeout instead kept this worker idle for up to 50 ms a shard).
             let ready = try poller.poll(timeoutMilliseconds: 50)
+            outbox.clearWake()
             if ready[1] {
                 for event in try monitor.drain() {
                     switch event {
@@ -276,6 +281,9 @@ public final class Worker: @unchecked Sendable {
                     join(run: welcome.runID)
                     for bytes in unacknowledged.values { transmit(bytes) }
                 case .assignment(let assignment):
+                    // A shard that just ended is ended here first: its result may have reached the
+                    // coordinator, which hands out the next shard, before this thread drained the end.
+                    drainOutbox()
                     start(assignment, transmit: transmit)
                 case .resultAck(let ack):
                     unacknowledged[ResultKey(runID: ack.runID, shard: ack.shardID)] = nil
@@ -491,9 +499,11 @@ public final class Worker: @unchecked Sendable {
             result.runID = assignment.runID
             result.shardID = assignment.shardID
             result.attempt = assignment.attempt
+            // The last word and the end go together: the socket's thread wakes for the first push,
+            // and a coordinator that heard the word must find the worker free.
             func giveBack(_ reason: String) {
-                outbox.push(.frame(assignment.runID, Worker.frame(Worker.abandoned(claim, reason: reason), version: resultVersion)))
-                outbox.push(.finished)
+                outbox.push(
+                    .frame(assignment.runID, Worker.frame(Worker.abandoned(claim, reason: reason), version: resultVersion)), .finished)
             }
             do {
                 for policy in scenario.policies {
@@ -519,8 +529,8 @@ public final class Worker: @unchecked Sendable {
             result.wallNs = monotonicNanoseconds() - start
             outbox.push(
                 .result(
-                    ResultKey(runID: assignment.runID, shard: assignment.shardID), Worker.frame(.result(result), version: resultVersion)))
-            outbox.push(.finished)
+                    ResultKey(runID: assignment.runID, shard: assignment.shardID), Worker.frame(.result(result), version: resultVersion)),
+                .finished)
             Worker.note(
                 .shardFinished, .info, "shard \(assignment.shardID) finished in \(Quantities.formatDuration(Double(result.wallNs)))",
                 shardFields.merging(["wall_ns": .number(result.wallNs)]) { $1 }, worker: workerName, logger: shardLogger, events: events)
@@ -548,8 +558,23 @@ final class Outbox: @unchecked Sendable {
 
     private let mutex = PThreadMutex()
     private var items: [Item] = []
+    /// Raised on every push; nil if the process had no descriptor to spare (then the socket's
+    /// thread finds items at its poll timeout).
+    private let wake = try? WakeSignal()
 
-    func push(_ item: Item) { mutex.withLock { items.append(item) } }
+    /// Adds `items` at once: a drain sees all of them or none.
+    func push(_ items: Item...) {
+        mutex.withLock { self.items.append(contentsOf: items) }
+        wake?.signal()
+    }
+
+    /// Makes `poller` return when something is pushed.
+    func wakesUp(_ poller: inout ZeroMQPoller) {
+        if let wake { poller.add(fileDescriptor: wake.fileDescriptor) }
+    }
+
+    /// Lowers the signal; call before draining, so that a push after the drain raises it again.
+    func clearWake() { wake?.clear() }
 
     func drain() -> [Item] {
         mutex.withLock {

@@ -92,6 +92,25 @@ struct FleetSchedulerTests {
         #expect(scheduler.revokedAttempts == 3)
     }
 
+    @Test("a peer that refuses the next shard while still ending the one whose result it sent is free, not busy with a done shard")
+    func refusedWhileEnding() throws {
+        var scheduler = Self.scheduler(shards: 3)
+        let first = try #require(Self.join(&scheduler, "a"))
+        var actions = scheduler.process(.result(Self.peer("a"), first, .plausible), now: 2)
+        actions += scheduler.process(.journaled(first), now: 3)
+        let second = try #require(Self.assignments(actions).first { $0.0 == Self.peer("a") }?.1)
+        actions = scheduler.process(.gaveBack(Self.peer("a"), second, reason: "busy with shard 0", busyWith: first), now: 4)
+        #expect(scheduler.peers[Self.peer("a")]?.state != .busy(first))
+        actions += scheduler.process(.tick, now: 5)
+        let third = try #require(Self.assignments(actions).first { $0.0 == Self.peer("a") }?.1, "handed work again at once")
+        #expect(third.shard == second.shard && third.attempt == second.attempt + 1)
+        #expect(scheduler.peers[Self.peer("a")]?.state == .busy(third))
+        // Busy with an attempt it has not sent a result for: busy with that one, as before.
+        let unfinished = AttemptClaim(runID: "run1", shard: 2, attempt: 9)
+        _ = scheduler.process(.gaveBack(Self.peer("a"), third, reason: "busy", busyWith: unfinished), now: 6)
+        #expect(scheduler.peers[Self.peer("a")]?.state == .busy(unfinished))
+    }
+
     @Test("fitness is judged at dispatch for every peer, whenever it joined")
     func fitnessAtDispatch() throws {
         var scheduler = Self.scheduler(shards: 2)

@@ -417,4 +417,24 @@ struct FleetExactnessTests {
         #expect(
             result.err.contains("protocol version \(zapfleetProtocolVersion + 1), this worker \(zapfleetProtocolVersion)"), "\(result.err)")
     }
+
+    @Test("11. one worker runs eight shards back to back: every next assignment finds it free, none is refused as busy")
+    func backToBackShards() throws {
+        let directory = TestPaths.temporaryDirectory()
+        let events = directory + "/coordinator.events"
+        let coordinator = try Self.coordinator(directory, ["--events", events])
+        let worker = try Self.worker(directory, coordinator.endpoint, name: "able")
+        defer { if worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
+        let outcome = try coordinator.finish()
+        #expect(outcome.status == 0, "\(outcome.log)")
+        #expect(outcome.report.fleet?.shards.count == 8)
+        #expect(outcome.report.fleet?.shards.allSatisfy { $0.worker == "able" && $0.attempts == 1 } == true)
+        // The worker sends a result the moment its shard ends; the coordinator answers with the
+        // next shard at once. A worker that had not yet noted its own end refused it as busy.
+        let lines = try String(contentsOfFile: events, encoding: .utf8).split(separator: "\n")
+        #expect(lines.filter { $0.contains("\"event\":\"shard_done\"") }.count == 8)
+        #expect(!lines.contains { $0.contains("\"event\":\"shard_given_back\"") }, "\(lines.joined(separator: "\n"))")
+        let workerLog = (try? String(contentsOfFile: directory + "/able.log", encoding: .utf8)) ?? ""
+        #expect(!workerLog.contains("refusing shard"), "\(workerLog)")
+    }
 }

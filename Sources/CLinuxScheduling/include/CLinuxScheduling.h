@@ -1,7 +1,7 @@
 // The Linux scheduler calls that glibc declares only under _GNU_SOURCE, which Swift's Glibc
 // module does not define: the calling thread's CPU, pinning it to one CPU, and letting it run
 // on any CPU the process started with again. Also glibc's malloc_trim, from <malloc.h>, which
-// the Glibc module does not include, and stdout's buffering.
+// the Glibc module does not include, stdout's buffering, and eventfd, from <sys/eventfd.h>.
 #ifndef ZAPFLEET_C_LINUX_SCHEDULING_H
 #define ZAPFLEET_C_LINUX_SCHEDULING_H
 
@@ -26,5 +26,8 @@ int zf_return_free_memory(void);
 /// Makes stdout line-buffered, as on a terminal, also when it is a file or a pipe (stdout is
 /// a C global that Swift 6 will not touch without a data-race diagnostic).
 void zf_line_buffer_standard_output(void);
+
+/// A new non-blocking, close-on-exec eventfd with a count of 0, or -1 with errno set.
+int zf_make_eventfd(void);
 
 #endif

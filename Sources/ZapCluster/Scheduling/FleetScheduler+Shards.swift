@@ -178,6 +178,7 @@ extension FleetScheduler {
         // Whatever becomes of it, a worker that sends the result of the attempt it runs is free.
         if peers[id]!.state == .busy(claim) {
             peers[id]!.state = .ready
+            peers[id]!.lastResult = claim
             freedByResult.append(id)
         }
         func reject(_ reason: String, hostile: Bool) {
@@ -277,6 +278,26 @@ extension FleetScheduler {
         }
         let name = peers[id]!.name
         revoke(claim)
+        if let busyWith, busyWith != claim, busyWith == peers[id]!.lastResult {
+            // Busy with the attempt whose result it already sent: it was still winding that one
+            // down when the next assignment came. It is free; the shard goes to whoever the next
+            // dispatch finds.
+            actions.append(
+                .log(
+                    FleetEvent(
+                        .shardGivenBack, .info,
+                        "worker \(name) was still ending shard \(busyWith.shard), whose result it sent; shard \(claim.shard) goes back to the queue",
+                        [
+                            "worker": .string(name), "shard": .number(claim.shard), "attempt": .number(claim.attempt),
+                            "busy_with_shard": .number(busyWith.shard), "reason": .string("ending")
+                        ])))
+            peers[id]!.state = .ready
+            // Counted as a give-back: an honest worker says it once at most, a peer that keeps
+            // saying it is benched as one that gives back every assignment.
+            noteGiveBack(id, reason: "refused a shard while ending the one it had sent the result of", into: &actions)
+            requeue(claim.shard, why: "\(name) was ending its last shard", failed: false, now: now, into: &actions)
+            return
+        }
         if let busyWith, busyWith != claim {
             // Refused only because it still runs another attempt (handed out before a reconnect or
             // a restart): it is busy with that one, and this shard lost nothing.

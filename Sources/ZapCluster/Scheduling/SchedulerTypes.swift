@@ -158,6 +158,8 @@ public struct PeerRecord: Sendable {
     var lastSent: UInt64 = 0
     /// When the attempt it runs last made progress (assignment, progress report).
     var lastProgress: UInt64 = 0
+    /// The attempt it last sent a result for: it runs that one no longer, as far as the run goes.
+    var lastResult: AttemptClaim?
     /// Why it gets no shards although it is live (beyond the workers the run uses; gave back too many).
     public var benched: String?
     /// A send to it failed since it was last heard from: its name is free for a restarted worker.
