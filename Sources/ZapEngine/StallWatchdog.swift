@@ -47,54 +47,74 @@ public enum WaitState: UInt8, Sendable, CustomStringConvertible {
 }
 
 /// One actor's current operation, written only by the thread that acts and read by the
-/// watchdog. Relaxed atomics on a line of the actor's own: cheap enough for every fault.
+/// watchdog. Relaxed atomics on lines of the actor's own (one aligned block, not an object per
+/// field: small objects of different vCPUs would share lines, and every fault writes them).
 public final class ActivitySlot: @unchecked Sendable {
     /// Who acts, e.g. `vCPU 3` or `VM thread`.
     public let actor: String
-    private let operation = ManagedAtomic<UInt8>(Activity.idle.rawValue)
-    private let waitState = ManagedAtomic<UInt8>(WaitState.running.rawValue)
-    private let startedAt = ManagedAtomic<UInt64>(0)
-    private let retryCount = ManagedAtomic<Int>(0)
-    private let retryReason = ManagedAtomic<UInt8>(WaitState.running.rawValue)
 
-    init(actor: String) { self.actor = actor }
+    private enum Field: Int { case operation, waitState, startedAt, retryCount, retryReason }
+    /// Two cache lines, past the adjacent-line prefetcher's pairing.
+    private static let blockBytes = 128
+    private let block: UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>
+
+    init(actor: String) {
+        self.actor = actor
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: Self.blockBytes, alignment: Self.blockBytes)
+        block = raw.initializeMemory(
+            as: UnsafeAtomic<UInt64>.Storage.self, repeating: UnsafeAtomic<UInt64>.Storage(0),
+            count: Self.blockBytes / MemoryLayout<UnsafeAtomic<UInt64>.Storage>.stride)
+        field(.operation).store(UInt64(Activity.idle.rawValue), ordering: .relaxed)
+        field(.waitState).store(UInt64(WaitState.running.rawValue), ordering: .relaxed)
+        field(.retryReason).store(UInt64(WaitState.running.rawValue), ordering: .relaxed)
+    }
+
+    deinit {
+        block.deinitialize(count: Self.blockBytes / MemoryLayout<UnsafeAtomic<UInt64>.Storage>.stride)
+        UnsafeMutableRawPointer(block).deallocate()
+    }
+
+    @inline(__always)
+    private func field(_ field: Field) -> UnsafeAtomic<UInt64> { UnsafeAtomic(at: block + field.rawValue) }
 
     /// The actor starts `activity` at `start`, a ``BlockClock`` reading (an operation that has
     /// just read the clock for its block time passes that reading: one read for both).
     @inline(__always)
     func begin(_ activity: Activity, at start: UInt64 = BlockClock.nanoseconds()) {
-        retryCount.store(0, ordering: .relaxed)
-        waitState.store(WaitState.running.rawValue, ordering: .relaxed)
-        startedAt.store(start, ordering: .relaxed)
-        operation.store(activity.rawValue, ordering: .releasing)
+        field(.retryCount).store(0, ordering: .relaxed)
+        field(.waitState).store(UInt64(WaitState.running.rawValue), ordering: .relaxed)
+        field(.startedAt).store(start, ordering: .relaxed)
+        field(.operation).store(UInt64(activity.rawValue), ordering: .releasing)
     }
 
     /// The actor finished its operation.
     @inline(__always)
-    func end() { operation.store(Activity.idle.rawValue, ordering: .releasing) }
+    func end() { field(.operation).store(UInt64(Activity.idle.rawValue), ordering: .releasing) }
 
     /// The actor now waits for (or stopped waiting for) something.
     @inline(__always)
-    func wait(_ state: WaitState) { waitState.store(state.rawValue, ordering: .relaxed) }
+    func wait(_ state: WaitState) { field(.waitState).store(UInt64(state.rawValue), ordering: .relaxed) }
 
     /// The actor's operation retried once more, because of `reason`.
     @inline(__always)
     func retried(_ reason: WaitState) {
-        retryReason.store(reason.rawValue, ordering: .relaxed)
-        retryCount.wrappingIncrement(ordering: .relaxed)
+        field(.retryReason).store(UInt64(reason.rawValue), ordering: .relaxed)
+        // Only the acting thread writes it: a load and a store, no locked instruction.
+        let retries = field(.retryCount)
+        retries.store(retries.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
     }
 
     /// The operation in flight, how long it has been at `now` (a ``BlockClock`` reading), what it
     /// waits for and how often it retried; nil when idle.
     func snapshot(now: UInt64) -> (activity: Activity, nanoseconds: UInt64, state: WaitState, retries: Int, reason: WaitState)? {
-        let activity = Activity(rawValue: operation.load(ordering: .acquiring)) ?? .idle
+        let activity = Activity(rawValue: UInt8(truncatingIfNeeded: field(.operation).load(ordering: .acquiring))) ?? .idle
         guard activity != .idle else { return nil }
-        let since = startedAt.load(ordering: .relaxed)
+        let since = field(.startedAt).load(ordering: .relaxed)
         return (
             activity, now > since ? now - since : 0,
-            WaitState(rawValue: waitState.load(ordering: .relaxed)) ?? .running,
-            retryCount.load(ordering: .relaxed),
-            WaitState(rawValue: retryReason.load(ordering: .relaxed)) ?? .running
+            WaitState(rawValue: UInt8(truncatingIfNeeded: field(.waitState).load(ordering: .relaxed))) ?? .running,
+            Int(truncatingIfNeeded: field(.retryCount).load(ordering: .relaxed)),
+            WaitState(rawValue: UInt8(truncatingIfNeeded: field(.retryReason).load(ordering: .relaxed))) ?? .running
         )
     }
 }
