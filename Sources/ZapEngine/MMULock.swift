@@ -99,7 +99,6 @@ public final class MMULock: @unchecked Sendable {
         }
     }
 
-    /// Counts an acquisition; with the mutex held.
     /// Counts an acquisition that went through the mutex (a writer's, or a reader's that queued);
     /// with the mutex held. Readers on the fast path are not counted: they enter only while no
     /// writer holds or waits, and the counts serve the hand-over to waiters.
