@@ -38,6 +38,8 @@ public final class Coordinator: @unchecked Sendable {
     /// Assignments journaled but not yet sent.
     var assignmentsToSend: [(PeerID, AttemptClaim, Zapfleet_V1_Assignment)] = []
     var lastSnapshot: UInt64 = 0
+    /// Hold-ups of the run loop (the machine, a slow fsync), which count against no worker.
+    var listening = ListeningClock(allowance: .max, now: 0)
     /// Each worker's SPTEs installed and zapped per second in its latest progress report.
     var workerRates: [String: Double] = [:]
 
@@ -145,9 +147,14 @@ public final class Coordinator: @unchecked Sendable {
         var poller = ZeroMQPoller()
         poller.add(router)
         poller.add(zap.socket)
+        let pollMilliseconds = max(10, min(configuration.heartbeatIntervalMilliseconds / 4, 1000))
+        listening = ListeningClock(
+            allowance: UInt64(pollMilliseconds) * 1_000_000 + scheduler.configuration.intervalNanoseconds / 4,
+            now: monotonicNanoseconds())
         var stopAsked = false
         while true {
             let now = monotonicNanoseconds()
+            excuseHoldUp(now: now)
             if cancellation.isCancelled && !stopAsked {
                 stopAsked = true
                 perform(scheduler.process(.stop("interrupted"), now: now))
@@ -158,7 +165,7 @@ public final class Coordinator: @unchecked Sendable {
                 lastSnapshot = now
                 publishSnapshot()
             }
-            let ready = try poller.poll(timeoutMilliseconds: max(10, min(configuration.heartbeatIntervalMilliseconds / 4, 1000)))
+            let ready = try poller.poll(timeoutMilliseconds: pollMilliseconds)
             if ready[1] { try zap.answer { self.authenticate($0) } }
             if ready[0] {
                 while let message = try router.receive(dontWait: true, maximumFrames: 3) {
@@ -176,8 +183,16 @@ public final class Coordinator: @unchecked Sendable {
 
     // MARK: - Frames in
 
+    /// Tells the scheduler how long this loop was held up since its last look, before it judges
+    /// anyone's silence by what is read next.
+    private func excuseHoldUp(now: UInt64) {
+        let heldUp = listening.look(now: now)
+        if heldUp > 0 { perform(scheduler.process(.heldUp(nanoseconds: heldUp), now: now)) }
+    }
+
     private func handle(_ message: ReceivedMessage) {
         let now = monotonicNanoseconds()
+        excuseHoldUp(now: now)
         guard message.frames.count == 2, !message.truncated else {
             perform(
                 scheduler.process(

@@ -126,6 +126,8 @@ public final class Worker: @unchecked Sendable {
         var handshakeHint = false
         var connectionLost = false
         var lastHeard = monotonicNanoseconds()
+        // The poll below waits 50 ms at most; a longer gap between passes is this worker held up.
+        var listening = ListeningClock(allowance: 50_000_000 + interval / 4, now: lastHeard)
         // connect() said hello: the next is due after an interval, not at once.
         var lastSent = monotonicNanoseconds()
         var poller = ZeroMQPoller()
@@ -185,6 +187,17 @@ public final class Worker: @unchecked Sendable {
                 return .cancelled
             }
             let now = monotonicNanoseconds()
+            let heldUp = listening.look(now: now)
+            if heldUp > 0 {
+                // What the coordinator sent meanwhile waits unread: not its silence.
+                lastHeard = min(now, lastHeard &+ heldUp)
+                if heldUp >= interval {
+                    note(
+                        .heldUp, .warning,
+                        "this worker was held up for \(heldUp / 1_000_000) ms without reading (the machine); that time is not counted as the coordinator's silence",
+                        ["held_up_ms": .number(heldUp / 1_000_000)])
+                }
+            }
             // Paranoid Pirate: a silent coordinator is presumed gone; start over with a new socket.
             if now &- lastHeard > interval * liveness {
                 note(
@@ -203,6 +216,7 @@ public final class Worker: @unchecked Sendable {
                 welcomed = false
                 lastHeard = monotonicNanoseconds()
                 lastSent = lastHeard
+                _ = listening.look(now: lastHeard)  // the backoff's sleep was chosen, not a hold-up
                 continue
             }
             drainOutbox()
@@ -272,6 +286,7 @@ public final class Worker: @unchecked Sendable {
                     // Clamped, so that a coordinator's extreme values cannot overflow interval × liveness.
                     interval = UInt64(min(max(10, welcome.heartbeatIntervalMs), 3_600_000)) * 1_000_000
                     liveness = UInt64(min(max(2, welcome.heartbeatLiveness), 1000))
+                    listening.allowance = 50_000_000 + interval / 4
                     // Hellos are repeated until one is answered: several welcomes can come back.
                     if welcome.runID != runID {
                         note(

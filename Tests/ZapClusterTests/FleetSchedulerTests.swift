@@ -163,6 +163,51 @@ struct FleetSchedulerTests {
         #expect(lost.shards[0].failedAttempts == 1, "a death on the shard counts against it")
     }
 
+    @Test(
+        "a hold-up of the coordinator's own (the machine, a slow fsync) is no worker's silence: its shard stays; silence while listening still counts"
+    )
+    func heldUp() throws {
+        func missing(_ actions: [FleetScheduler.Action]) -> Bool {
+            actions.contains { if case .log(let event) = $0 { event.name == .workerMissing } else { false } }
+        }
+        var scheduler = Self.scheduler(shards: 1)
+        let claim = try #require(Self.join(&scheduler, "a"))
+        let limit = scheduler.configuration.missingAfter
+        // Held up for three limits: the first thing the coordinator does after it is the hold-up.
+        let back = 2 + 3 * limit
+        let excused = scheduler.process(.heldUp(nanoseconds: 3 * limit), now: back)
+        #expect(excused.contains { if case .log(let event) = $0 { event.name == .heldUp } else { false } })
+        #expect(!missing(excused + scheduler.process(.tick, now: back + 1)))
+        #expect(scheduler.peers[Self.peer("a")]?.state == .busy(claim))
+        // Its heartbeat, read after the hold-up, keeps it; then silence while listening counts again.
+        _ = scheduler.process(.heartbeat(Self.peer("a")), now: back + 2)
+        #expect(!missing(scheduler.process(.tick, now: back + 2 + limit)))
+        // (The scheduler walks its peers at most every tenth of an interval.)
+        let late = scheduler.process(.tick, now: back + 2 + limit + Self.interval / 5)
+        #expect(missing(late))
+        #expect(scheduler.peers[Self.peer("a")]?.state == .missing(holding: claim))
+        // Never more than the hold-up: a peer silent before it stays as silent as it was.
+        var quiet = Self.scheduler(shards: 1)
+        _ = try #require(Self.join(&quiet, "a"))
+        _ = quiet.process(.tick, now: 2 + limit / 2)
+        let brief = quiet.process(.heldUp(nanoseconds: limit / 4), now: 2 + limit / 2 + limit / 4)
+        #expect(
+            !brief.contains { if case .log(let event) = $0 { event.name == .heldUp } else { false } }, "shorter than an interval: no news")
+        #expect(!missing(quiet.process(.tick, now: 1 + limit + limit / 4)), "heard at 1, excused a quarter limit")
+        #expect(missing(quiet.process(.tick, now: 1 + limit + limit / 4 + Self.interval / 5)))
+    }
+
+    @Test("the listening clock: gaps up to the allowance are listening; the excess of a longer one is a hold-up; clocks behind are no gap")
+    func listeningClock() {
+        var clock = ListeningClock(allowance: 100, now: 1_000)
+        #expect(clock.look(now: 1_100) == 0)
+        #expect(clock.look(now: 1_150) == 0)
+        #expect(clock.look(now: 1_400) == 150)
+        #expect(clock.look(now: 1_390) == 0, "a reading from behind is not a wrap")
+        #expect(clock.look(now: 1_500) == 0, "measured from the latest look")
+        #expect(clock.look(now: 1_601) == 1)
+    }
+
     @Test("after --resume, results for journaled handouts still count, and done shards are never handed out again")
     func resume() throws {
         var configuration = FleetScheduler.Configuration(runID: "run1")

@@ -35,7 +35,7 @@ struct ClusterTests {
                 "--binary", ZapfleetBinary.path, "--workers", "3", "--slots", "2", "--scenario", scenarioPath, "--out", directory + "/out"
             ] + extra)
         let output = result.out + result.err
-        let faults = ["hosts:", "killed", "stopped", "continued", "partitioned", "healed"]
+        let faults = ["hosts:", "killed", "stopped", "continued", "partitioned", "healed", "froze"]
         print(output.split(separator: "\n").filter { line in faults.contains { line.hasPrefix($0) } }.joined(separator: "\n"))
         let report = try ReportFiles.decode(Data(contentsOf: URL(fileURLWithPath: directory + "/out/report.json")))
         let log = (try? String(contentsOfFile: directory + "/out/logs/coordinator.err", encoding: .utf8)) ?? ""
@@ -162,6 +162,28 @@ struct ClusterTests {
         #expect(run.output.contains("stopped worker w1"))
         #expect(run.output.contains("continued worker w1"))
         try Self.checkLateResultDropped(run)
+    }
+
+    @Test(
+        "the coordinator and every worker frozen at once (SIGSTOP) for twice the silence limit, then continued: a stall of the whole machine is no one's silence; nothing is requeued, no one reconnects, totals exact"
+    )
+    func fleetFrozen() throws {
+        let run = try Self.runCluster(["--freeze-all"], scenario: ScenarioFixture.long)
+        #expect(run.status == 0, "\(run.output)")
+        #expect(run.output.contains("froze the coordinator and every worker"))
+        #expect(run.output.contains("continued them all"))
+        #expect(run.events(named: "worker_missing").isEmpty, "\(run.events(named: "worker_missing"))")
+        #expect(run.events(named: "shard_requeued").isEmpty)
+        #expect(run.report.fleet?.requeues == 0)
+        // Each side says it was held up (3 s, less its loop's allowance, is over the 500 ms interval).
+        let heldUp = try #require(run.events(named: "held_up").first, "the coordinator says it was held up")
+        #expect((heldUp["held_up_ms"] as? Int ?? 0) >= 1_500)
+        for worker in ["w1", "w2", "w3"] {
+            let own = try EventLines.read(run.directory + "/out/logs/\(worker).events")
+            #expect(own.contains { $0["event"] as? String == "held_up" }, "\(worker) says it was held up")
+            #expect(!own.contains { $0["event"] as? String == "coordinator_silent" }, "\(worker) did not blame the coordinator")
+        }
+        try Self.checkTotals(run.report, shards: 64, gibibytes: 256)
     }
 
     @Test(

@@ -19,6 +19,9 @@
 #   --partition-one    take worker 1's link down once it has a shard, up again after another
 #                      worker has finished that shard (namespaces only): the same, and worker 1
 #                      must reconnect and take new work
+#   --freeze-all       SIGSTOP the coordinator and every worker at once for 3 s (twice the
+#                      silence limit) once worker 1 has a shard, then SIGCONT them: a stall of
+#                      the whole machine, which is no one's silence: nothing may be requeued
 #   --out DIR          where the coordinator writes report.json and the rest (default: a temp dir)
 #   --binary PATH      the zapfleet binary (default: .build/release/zapfleet, built if missing)
 #   --loopback         skip namespaces even where they work
@@ -31,6 +34,7 @@ slots=4
 kill_one=0
 stop_one=0
 partition_one=0
+freeze_all=0
 out=""
 binary=""
 force_loopback=0
@@ -42,10 +46,11 @@ while [ $# -gt 0 ]; do
         --kill-one) kill_one=1; shift ;;
         --stop-one) stop_one=1; shift ;;
         --partition-one) partition_one=1; shift ;;
+        --freeze-all) freeze_all=1; shift ;;
         --out) out=$2; shift 2 ;;
         --binary) binary=$2; shift 2 ;;
         --loopback) force_loopback=1; shift ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "run-cluster: unknown option $1 (see --help)" >&2; exit 1 ;;
     esac
 done
@@ -172,6 +177,15 @@ if [ "$kill_one" = 1 ]; then
     echo "killed worker w1 (pid ${worker_pids[0]}) with SIGKILL mid-shard"
 fi
 
+if [ "$freeze_all" = 1 ]; then
+    wait_for '"event":"shard_assigned",.*"worker":"w1"' > /dev/null
+    sleep 0.1
+    kill -STOP "$coordinator" "${worker_pids[@]}"
+    echo "froze the coordinator and every worker with SIGSTOP"
+    sleep 3
+    kill -CONT "$coordinator" "${worker_pids[@]}"
+    echo "continued them all with SIGCONT after 3 s"
+fi
 
 if [ "$stop_one" = 1 ] || [ "$partition_one" = 1 ]; then
     if [ "$partition_one" = 1 ] && [ "$use_netns" != 1 ]; then

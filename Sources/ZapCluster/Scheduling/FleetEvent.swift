@@ -33,6 +33,8 @@ public struct FleetEvent: Sendable, Equatable {
         case workerBenched = "worker_benched"
         case workerBanned = "worker_banned"
         case frameDropped = "frame_dropped"
+        // Either side's own.
+        case heldUp = "held_up"
         // A worker's own.
         case joinedRun = "joined_run"
         case shardStarted = "shard_started"

@@ -221,6 +221,23 @@ extension FleetScheduler {
         }
     }
 
+    /// The coordinator did not read for `nanoseconds`: what peers sent meanwhile waits unread, so
+    /// that time counts against no peer's silence or progress deadline.
+    mutating func excuseHoldUp(_ nanoseconds: UInt64, now: UInt64, into actions: inout [Action]) {
+        for id in joinOrder where peers[id] != nil {
+            peers[id]!.lastHeard = min(now, peers[id]!.lastHeard &+ nanoseconds)
+            peers[id]!.lastProgress = min(now, peers[id]!.lastProgress &+ nanoseconds)
+        }
+        // Short hold-ups are a loaded machine's daily weather; one of a heartbeat interval is news.
+        guard nanoseconds >= configuration.intervalNanoseconds else { return }
+        actions.append(
+            .log(
+                FleetEvent(
+                    .heldUp, .warning,
+                    "the coordinator was held up for \(nanoseconds / 1_000_000) ms without reading (the machine or its own disk); that time is not counted as any worker's silence",
+                    ["held_up_ms": .number(nanoseconds / 1_000_000)])))
+    }
+
     mutating func checkLiveness(now: UInt64, into actions: inout [Action]) {
         let missingAfter = configuration.missingAfter
         for id in joinOrder {

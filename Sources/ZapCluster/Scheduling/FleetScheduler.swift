@@ -103,6 +103,9 @@ public struct FleetScheduler: Sendable {
         case unreachable(PeerID, unsent: AttemptClaim? = nil)
         /// Time passed.
         case tick
+        /// The coordinator was held up this long, not reading (see `ListeningClock`): no peer's
+        /// silence or progress counts that time. Before any other input after the hold-up.
+        case heldUp(nanoseconds: UInt64)
         /// Stop the run (a signal): workers are told, the report says incomplete.
         case stop(String)
     }
@@ -270,6 +273,8 @@ public struct FleetScheduler: Sendable {
             markUnreachable(id, unsent: unsent, now: now, into: &actions)
         case .tick:
             break
+        case .heldUp(let nanoseconds):
+            excuseHoldUp(nanoseconds, now: now, into: &actions)
         case .stop(let reason):
             if !interrupted && failure == nil && phase != .finished {
                 interrupted = true
