@@ -27,6 +27,8 @@ final class SchedulerSimulation {
         case holdSync
         case stop
         case journalFails
+        /// The coordinator stands still for this long (the machine, its own disk), then says so.
+        case holdUp(UInt64)
 
         var description: String {
             switch self {
@@ -41,6 +43,7 @@ final class SchedulerSimulation {
             case .holdSync: "holdSync"
             case .stop: "stop"
             case .journalFails: "journalFails"
+            case .holdUp(let dt): "holdUp(\(dt / 1000) µs)"
             }
         }
     }
@@ -154,6 +157,7 @@ final class SchedulerSimulation {
             case 85..<90: events.append(.holdSync)
             case 90: events.append(random.next() % 16 == 0 ? .stop : .advance(100_000))
             case 91: events.append(random.next() % 16 == 0 ? .journalFails : .advance(100_000))
+            case 92: events.append(.holdUp((random.next() % 8_000 + 500) * 1000))
             default: events.append(.advance((random.next() % 300 + 10) * 1000))
             }
         }
@@ -252,6 +256,10 @@ final class SchedulerSimulation {
             try feed(.stop("interrupted"))
         case .journalFails:
             journalBroken = true
+        case .holdUp(let dt):
+            // Nothing is read meanwhile; the first input after it is the hold-up (as `Coordinator` does).
+            now += dt
+            try feed(.heldUp(nanoseconds: dt))
         }
     }
 
