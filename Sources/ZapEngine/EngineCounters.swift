@@ -84,29 +84,15 @@ final class EngineCounters: @unchecked Sendable {
 final class FaultTally: @unchecked Sendable {
     enum Counter: Int { case faults, sptesInstalled }
 
-    /// Two cache lines, so that the adjacent-line prefetcher does not pair them with a neighbour's.
-    private static let bytes = 128
-    private let storage: UnsafeMutablePointer<UnsafeAtomic<Int>.Storage>
-
-    init() {
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: Self.bytes, alignment: Self.bytes)
-        storage = raw.initializeMemory(
-            as: UnsafeAtomic<Int>.Storage.self, repeating: UnsafeAtomic<Int>.Storage(0),
-            count: Self.bytes / MemoryLayout<UnsafeAtomic<Int>.Storage>.stride)
-    }
-
-    deinit {
-        storage.deinitialize(count: Self.bytes / MemoryLayout<UnsafeAtomic<Int>.Storage>.stride)
-        UnsafeMutableRawPointer(storage).deallocate()
-    }
+    private let counters = AlignedAtomics<Int>(count: 2, initial: 0)
 
     @inline(__always)
     func add(_ counter: Counter, _ amount: Int = 1) {
-        UnsafeAtomic(at: storage + counter.rawValue).wrappingIncrement(by: amount, ordering: .relaxed)
+        counters[counter.rawValue].wrappingIncrement(by: amount, ordering: .relaxed)
     }
 
     func count(_ counter: Counter) -> Int {
-        UnsafeAtomic(at: storage + counter.rawValue).load(ordering: .relaxed)
+        counters[counter.rawValue].load(ordering: .relaxed)
     }
 }
 

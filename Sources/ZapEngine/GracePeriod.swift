@@ -22,8 +22,6 @@ public final class GracePeriod: @unchecked Sendable {
 
     /// Counters per epoch slot.
     public static let stripes = 16
-    /// Counters are this many bytes apart: two cache lines, past the adjacent-line prefetcher.
-    private static let counterStride = 128 / MemoryLayout<UnsafeAtomic<Int>.Storage>.stride
 
     private struct Retired {
         var epoch: UInt64
@@ -33,8 +31,8 @@ public final class GracePeriod: @unchecked Sendable {
 
     private let pool: PageTablePool
     private let epoch = ManagedAtomic<UInt64>(2)
-    /// `2 * stripes` counters, `counterStride` apart: slot `s`, stripe `t` is counter `t * 2 + s`.
-    private let readers: UnsafeMutablePointer<UnsafeAtomic<Int>.Storage>
+    /// `2 * stripes` counters, each on lines of its own: slot `s`, stripe `t` is counter `t * 2 + s`.
+    private let readers = AlignedAtomics<Int>(count: 2 * GracePeriod.stripes, spacingBytes: 128, initial: 0)
     private let mutex = PThreadMutex()
     private var retired: [Retired] = []
     private let pendingPages = ManagedAtomic<Int>(0)
@@ -46,19 +44,9 @@ public final class GracePeriod: @unchecked Sendable {
     public init(pool: PageTablePool, onRetire: (@Sendable (Int) -> Void)? = nil) {
         self.pool = pool
         self.onRetire = onRetire
-        let count = 2 * Self.stripes * Self.counterStride
-        readers = .allocate(capacity: count)
-        readers.initialize(repeating: UnsafeAtomic<Int>.Storage(0), count: count)
     }
 
-    deinit {
-        readers.deinitialize(count: 2 * Self.stripes * Self.counterStride)
-        readers.deallocate()
-    }
-
-    private func reader(_ counter: Int) -> UnsafeAtomic<Int> {
-        UnsafeAtomic(at: readers + counter &* Self.counterStride)
-    }
+    private func reader(_ counter: Int) -> UnsafeAtomic<Int> { readers[counter] }
 
     /// `rcu_read_lock()`: from here until ``exitReadSide(_:)`` nothing retired can be freed.
     /// `stripe` picks the counter (any number; a vCPU passes its own so that vCPUs do not share).

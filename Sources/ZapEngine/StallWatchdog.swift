@@ -54,28 +54,17 @@ public final class ActivitySlot: @unchecked Sendable {
     public let actor: String
 
     private enum Field: Int { case operation, waitState, startedAt, retryCount, retryReason }
-    /// Two cache lines, past the adjacent-line prefetcher's pairing.
-    private static let blockBytes = 128
-    private let block: UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>
+    private let fields = AlignedAtomics<UInt64>(count: 5, initial: 0)
 
     init(actor: String) {
         self.actor = actor
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: Self.blockBytes, alignment: Self.blockBytes)
-        block = raw.initializeMemory(
-            as: UnsafeAtomic<UInt64>.Storage.self, repeating: UnsafeAtomic<UInt64>.Storage(0),
-            count: Self.blockBytes / MemoryLayout<UnsafeAtomic<UInt64>.Storage>.stride)
         field(.operation).store(UInt64(Activity.idle.rawValue), ordering: .relaxed)
         field(.waitState).store(UInt64(WaitState.running.rawValue), ordering: .relaxed)
         field(.retryReason).store(UInt64(WaitState.running.rawValue), ordering: .relaxed)
     }
 
-    deinit {
-        block.deinitialize(count: Self.blockBytes / MemoryLayout<UnsafeAtomic<UInt64>.Storage>.stride)
-        UnsafeMutableRawPointer(block).deallocate()
-    }
-
     @inline(__always)
-    private func field(_ field: Field) -> UnsafeAtomic<UInt64> { UnsafeAtomic(at: block + field.rawValue) }
+    private func field(_ field: Field) -> UnsafeAtomic<UInt64> { fields[field.rawValue] }
 
     /// The actor starts `activity` at `start`, a ``BlockClock`` reading (an operation that has
     /// just read the clock for its block time passes that reading: one read for both).
