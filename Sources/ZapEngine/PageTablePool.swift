@@ -66,8 +66,9 @@ public struct PageTable: @unchecked Sendable {
 /// The pool of 4 KiB pages that every page table of one VM comes from.
 ///
 /// The pool reserves its whole budget of address space up front (`MAP_NORESERVE`), so the
-/// kernel backs a page only when a table first touches it. Allocation and freeing are a mutex
-/// and a free list, counted, so that teardown can prove every page came back. Each page carries
+/// kernel backs a page only when a table first touches it. Frees go to a free list under a
+/// mutex, a vCPU's fresh pages come from its own cache without it, and every page is counted,
+/// so that teardown can prove every page came back. Each page carries
 /// a generation number (odd while allocated) that lets the checker see a walk into a freed
 /// table without crashing.
 public final class PageTablePool: @unchecked Sendable {
@@ -83,12 +84,20 @@ public final class PageTablePool: @unchecked Sendable {
     private let mutex = PThreadMutex()
     private var freeList: [UInt32] = []
     private var neverUsed: UInt32 = 1
-    /// Every vCPU's cache of fresh pages (``PageCache``); changed only with `mutex` held.
+    /// Every vCPU's cache of fresh pages (``PageCache``); the list changes only with `mutex` held.
     private var caches: [PageCache] = []
-    private let live = ManagedAtomic<Int>(0)
-    private let peak = ManagedAtomic<Int>(0)
-    private let allocations = ManagedAtomic<Int>(0)
-    private let frees = ManagedAtomic<Int>(0)
+    /// The pool's counts, each on lines of its own: `live` is written by every allocation,
+    /// `recycled` read by every allocation, the others only when pages are freed.
+    private let counts = AlignedAtomics<Int>(count: Count.allCases.count, spacingBytes: 128, initial: 0)
+    private enum Count: Int, CaseIterable {
+        /// Pages allocated and not freed.
+        case live
+        /// The highest `live` seen just before a free (see ``peakPages``).
+        case peakBeforeFree
+        case frees
+        /// Pages on `freeList`, readable without the mutex.
+        case recycled
+    }
 
     /// Reserves `budgetBytes` of address space for page tables.
     /// - Throws: ``EngineError`` `.tableMemoryUnavailable` if the reservation fails.
@@ -121,11 +130,35 @@ public final class PageTablePool: @unchecked Sendable {
     /// apart and the write-locked zap ran 1.6 to 1.9 times slower (the engine benchmark's tree
     /// populated by eight vCPUs in turn). The pages of a run are not allocated until handed out:
     /// they are not live, not counted, and the pool takes them back when it runs out.
+    ///
+    /// The owner takes a page from its run without the pool's mutex (KVM allocates from
+    /// `mmu_shadow_page_cache` under no lock): with the mutex on every fault, eight vCPUs
+    /// faulting at once passed its line and the pool's between them on every table.
     public final class PageCache: @unchecked Sendable {
-        // Both changed only with the pool's mutex held.
-        fileprivate var next: UInt32 = 0
-        fileprivate var end: UInt32 = 0
+        /// The run `[next, end)`, packed `end << 32 | next` so that the owner's take and another
+        /// thread's claim on the run's last pages (``PageTablePool/allocate(overwriting:from:)``
+        /// when the pool runs dry) are each one compare-exchange.
+        private let run = AlignedAtomics<UInt64>(count: 1, initial: 0)
         fileprivate init() {}
+
+        /// Takes the run's first page (the owner), or its last (anyone, with the pool's mutex).
+        fileprivate func take(last: Bool) -> UInt32? {
+            var packed = run[0].load(ordering: .relaxed)
+            while true {
+                let next = UInt32(truncatingIfNeeded: packed)
+                let end = UInt32(truncatingIfNeeded: packed >> 32)
+                guard next < end else { return nil }
+                let taken = last ? UInt64(end - 1) << 32 | UInt64(next) : packed + 1
+                let (exchanged, seen) = run[0].compareExchange(expected: packed, desired: taken, ordering: .relaxed)
+                if exchanged { return last ? end - 1 : next }
+                packed = seen
+            }
+        }
+
+        /// Starts a new run (the owner, with the pool's mutex, its old run used up).
+        fileprivate func refill(first: UInt32, end: UInt32) {
+            run[0].store(UInt64(end) << 32 | UInt64(first), ordering: .relaxed)
+        }
     }
 
     /// Fresh pages a ``PageCache`` takes at a time.
@@ -144,45 +177,55 @@ public final class PageTablePool: @unchecked Sendable {
     /// With `cache`, a page that is not a recycled one comes from the caller's run of fresh
     /// pages, which is refilled from the never-used pages a run at a time.
     public func allocate(overwriting: Bool = false, from cache: PageCache? = nil) -> PageIndex? {
-        mutex.lock()
         let page: UInt32
         let reused: Bool
-        if let recycled = freeList.popLast() {
-            page = recycled
-            reused = true
-        } else if let cache, cache.next < cache.end {
-            page = cache.next
-            cache.next += 1
-            reused = false
-        } else if Int(neverUsed) <= capacity {
-            page = neverUsed
-            let run = cache == nil ? 1 : min(Self.pagesPerCacheRun, UInt32(capacity + 1) - neverUsed)
-            neverUsed += run
-            if let cache {
-                cache.next = page + 1
-                cache.end = page + run
-            }
-            reused = false
-        } else if let stranded = caches.first(where: { $0.next < $0.end }) {
-            // The budget's last pages sit in other vCPUs' runs: they are not theirs until handed out.
-            stranded.end -= 1
-            page = stranded.end
+        // Recycled pages first, to keep the pool's memory compact; without them, the vCPU's own
+        // run needs no lock. (A page freed meanwhile waits for the next allocation.)
+        if let cache, counts[Count.recycled.rawValue].load(ordering: .relaxed) == 0, let fresh = cache.take(last: false) {
+            page = fresh
             reused = false
         } else {
+            mutex.lock()
+            if let recycled = freeList.popLast() {
+                counts[Count.recycled.rawValue].wrappingDecrement(ordering: .relaxed)
+                page = recycled
+                reused = true
+            } else if let cache, let fresh = cache.take(last: false) {
+                page = fresh
+                reused = false
+            } else if Int(neverUsed) <= capacity {
+                page = neverUsed
+                let run = cache == nil ? 1 : min(Self.pagesPerCacheRun, UInt32(capacity + 1) - neverUsed)
+                neverUsed += run
+                cache?.refill(first: page + 1, end: page + run)
+                reused = false
+            } else if let stranded = takeStranded() {
+                page = stranded
+                reused = false
+            } else {
+                mutex.unlock()
+                return nil
+            }
             mutex.unlock()
-            return nil
         }
         generation(page).wrappingIncrement(ordering: .releasing)  // odd: live
-        mutex.unlock()
         let table = self.table(PageIndex(rawValue: page))
         // A fresh reservation's page is already zero; a recycled one still holds REMOVED_SPTE
         // values, and one of a reservation an earlier VM used whatever that VM left.
         if !overwriting && (reused || !untouchedPagesAreZero) {
             memset(UnsafeMutableRawPointer(table.entries), 0, PagingGeometry.tableBytes)
         }
-        allocations.wrappingIncrement(ordering: .relaxed)
-        peak.raise(to: live.wrappingIncrementThenLoad(ordering: .relaxed))
+        counts[Count.live.rawValue].wrappingIncrement(ordering: .relaxed)
         return PageIndex(rawValue: page)
+    }
+
+    /// The budget's last pages sit in vCPUs' runs: they are not theirs until handed out. With
+    /// `mutex` held. (A loop, not `lazy.compactMap(…).first`, which takes each page twice.)
+    private func takeStranded() -> UInt32? {
+        for cache in caches {
+            if let page = cache.take(last: true) { return page }
+        }
+        return nil
     }
 
     /// Returns a page to the pool. Callers free a page only after a grace period
@@ -197,9 +240,12 @@ public final class PageTablePool: @unchecked Sendable {
         }
         generation(page.rawValue).wrappingIncrement(ordering: .releasing)  // even: free
         freeList.append(page.rawValue)
+        counts[Count.recycled.rawValue].wrappingIncrement(ordering: .relaxed)
         mutex.unlock()
-        frees.wrappingIncrement(ordering: .relaxed)
-        live.wrappingDecrement(ordering: .relaxed)
+        counts[Count.frees.rawValue].wrappingIncrement(ordering: .relaxed)
+        // `live` only falls here, so its highest value was just before a free, or is now.
+        let before = counts[Count.live.rawValue].loadThenWrappingDecrement(ordering: .relaxed)
+        raise(.peakBeforeFree, to: before)
         return true
     }
 
@@ -233,13 +279,23 @@ public final class PageTablePool: @unchecked Sendable {
     public static func idleResidentBytes() -> UInt64 { PageTableReservations.shared.idleResidentBytes() }
 
     /// Pages allocated and not yet freed.
-    public var livePages: Int { live.load(ordering: .relaxed) }
+    public var livePages: Int { counts[Count.live.rawValue].load(ordering: .relaxed) }
     /// The most pages ever live at once.
-    public var peakPages: Int { peak.load(ordering: .relaxed) }
-    /// Pages handed out since creation.
-    public var totalAllocations: Int { allocations.load(ordering: .relaxed) }
+    public var peakPages: Int { max(counts[Count.peakBeforeFree.rawValue].load(ordering: .relaxed), livePages) }
+    /// Pages handed out since creation (every allocation is live or freed).
+    public var totalAllocations: Int { totalFrees + livePages }
     /// Pages returned since creation.
-    public var totalFrees: Int { frees.load(ordering: .relaxed) }
+    public var totalFrees: Int { counts[Count.frees.rawValue].load(ordering: .relaxed) }
+
+    private func raise(_ count: Count, to candidate: Int) {
+        var seen = counts[count.rawValue].load(ordering: .relaxed)
+        while candidate > seen {
+            let (exchanged, original) = counts[count.rawValue].weakCompareExchange(
+                expected: seen, desired: candidate, ordering: .relaxed)
+            if exchanged { return }
+            seen = original
+        }
+    }
 }
 
 /// Page-table memory kept between the VMs of one process. A pool takes its reservation from

@@ -1,5 +1,7 @@
 import Testing
 @testable import ZapEngine
+import ZapPlatform
+import ZapfleetTestSupport
 
 /// Page tables on real memory: what faults install, zaps remove, and the pool gets back.
 @Suite("Page tables")
@@ -147,6 +149,55 @@ struct PageTableMemoryTests {
         }
         #expect(second.totalAllocations == pages.count, "the same budget, the same pages")
         #expect(zeroed == pages.count, "every table of the second pool starts empty")
+    }
+
+    @Test(
+        "vCPUs take from their caches without the pool's lock while others free, recycle and take the runs' last pages: every page of the budget is handed out once, and the peak is exact"
+    )
+    func concurrentCaches() throws {
+        let runs = Int(PageTablePool.pagesPerCacheRun)
+        let pool = try PageTablePool(budgetBytes: 40 * runs * PagingGeometry.tableBytes, reservations: PageTableReservations())
+        let taken = Log<UInt32>()
+        let freed = Log<UInt32>()
+        let threads =
+            (0..<4).map { index in
+                let cache = pool.makeCache()
+                return OSThread(name: "vcpu \(index)") {
+                    // Every third page is freed at once (the first time it comes out), so that
+                    // recycled pages and the mutex path mix with the lockless one.
+                    while let page = pool.allocate(from: cache) {
+                        if page.rawValue % 3 == 0 && freed.appendOnce(page.rawValue) {
+                            _ = pool.free(page)
+                        } else {
+                            taken.append(page.rawValue)
+                        }
+                    }
+                }
+            } + [OSThread(name: "no cache") { while let page = pool.allocate() { taken.append(page.rawValue) } }]
+        for thread in threads { thread.join() }
+        let all = taken.all
+        #expect(Set(all).count == all.count, "no page handed out twice")
+        // Whatever was freed went back to the free list and out again, until the budget was live.
+        #expect(all.count == pool.capacity && pool.livePages == pool.capacity)
+        #expect(pool.totalFrees == freed.count && pool.totalAllocations == freed.count + pool.capacity)
+        #expect(pool.peakPages == pool.capacity)
+        // The peak survives frees: it was the whole budget.
+        for page in all.prefix(10) { #expect(pool.free(PageIndex(rawValue: page))) }
+        #expect(pool.livePages == pool.capacity - 10 && pool.peakPages == pool.capacity)
+    }
+
+    @Test("the peak of live pages is the highest count ever live, however allocations and frees interleave")
+    func peakPages() throws {
+        let pool = try PageTablePool(budgetBytes: 64 * PagingGeometry.tableBytes, reservations: PageTableReservations())
+        var held: [PageIndex] = []
+        for _ in 0..<10 { held.append(try #require(pool.allocate())) }
+        for page in held.suffix(7) { pool.free(page) }
+        held.removeLast(7)
+        #expect(pool.peakPages == 10 && pool.livePages == 3)
+        for _ in 0..<5 { held.append(try #require(pool.allocate())) }
+        #expect(pool.peakPages == 10, "8 live now, 10 before")
+        for _ in 0..<4 { held.append(try #require(pool.allocate())) }
+        #expect(pool.peakPages == 12 && pool.totalAllocations == 19 && pool.totalFrees == 7)
     }
 
     @Test(

@@ -18,6 +18,14 @@ public final class Log<Element: Sendable>: @unchecked Sendable {
 
     /// Appends `item`.
     public func append(_ item: Element) { mutex.withLock { items.append(item) } }
+    /// Appends `item` unless it is already there; returns whether it was appended.
+    public func appendOnce(_ item: Element) -> Bool where Element: Equatable {
+        mutex.withLock {
+            if items.contains(item) { return false }
+            items.append(item)
+            return true
+        }
+    }
     /// Everything appended so far, in order.
     public var all: [Element] { mutex.withLock { items } }
     /// How many items were appended.
