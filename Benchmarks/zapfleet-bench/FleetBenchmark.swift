@@ -15,10 +15,12 @@ struct FleetBenchmark: SummarisedBenchmark {
         commandName: "fleet",
         abstract: "End to end: a sharded run's wall time against the engine's own cost of its SPTEs.",
         discussion: """
-            First the engine figures (as `zapfleet-bench engine`, best of --repetitions, at least 3): populate with \
+            The engine figures (as `zapfleet-bench engine`, best of --repetitions, at least 3): populate with \
             2 MiB batch faults, the zap under the read lock (async's worker) and under the write lock \
-            (sync's put). Then SCENARIO at --size, cut into shards for --workers in-process workers \
-            within --max-memory, as `zapfleet run --shard` runs it, --repetitions times. The engine's \
+            (sync's put); and SCENARIO at --size, cut into shards for --workers in-process workers \
+            within --max-memory, as `zapfleet run --shard` runs it, --repetitions times. The two \
+            alternate (an engine measurement, a run, ...), so that both sample the same minutes of a \
+            machine whose speed drifts. The engine's \
             share of the run is each policy's SPTEs installed times the populate cost plus its SPTEs \
             zapped times its zap's cost (write lock under sync, read lock otherwise), over the cores \
             the workers can use. Reported: the run's wall time (first and best), the ratio of the best \
@@ -72,19 +74,19 @@ struct FleetBenchmark: SummarisedBenchmark {
         // At least three even for one run: the first pays the host's first touch of the table
         // memory, which no later measurement (nor the run, which reuses that memory) pays.
         let engineRepetitions = max(3, repetitions)
-        for _ in 0..<engineRepetitions { engine.keepBest(try EngineBenchmark.measureOnce(entries: gib << 18)) }
-        print("engine figures, \(gib) GiB, best of \(engineRepetitions) (ns/SPTE):")
-        print(
-            String(
-                format: "  populate %.2f, zap under the read lock %.2f, zap under the write lock %.2f",
-                engine.populate, engine.zapShared, engine.zapExclusive))
-
-        // The peak that counts is the run's: the engine figures' own memory is not the run's.
-        PeakMemory.reset()
         var walls: [Double] = []
         var cpuSeconds: [Double] = []
         var last: FleetRunOutcome?
-        for _ in 0..<repetitions {
+        var peak: UInt64 = 0
+        // Alternating, not one block after the other: this machine's speed drifts by up to 2x
+        // over minutes, and a ratio of one minute's engine figures to another's runs moved with it
+        // (1.02x to 1.55x between invocations of the same build).
+        for index in 0..<max(engineRepetitions, repetitions) {
+            if index < engineRepetitions { engine.keepBest(try EngineBenchmark.measureOnce(entries: gib << 18)) }
+            guard index < repetitions else { continue }
+            // The peak that counts is the run's: the engine figures' own memory is not the run's.
+            PeakMemory.reset()
+            defer { peak = max(peak, PeakMemory.bytes()) }
             let cpuStart = CPUAccounting.processCPUNanoseconds()
             let start = monotonicNanoseconds()
             let outcome = try LocalFleet.run(
@@ -101,6 +103,11 @@ struct FleetBenchmark: SummarisedBenchmark {
             last = outcome
         }
         guard let outcome = last else { return [] }
+        print("engine figures, \(gib) GiB, best of \(engineRepetitions) (ns/SPTE):")
+        print(
+            String(
+                format: "  populate %.2f, zap under the read lock %.2f, zap under the write lock %.2f",
+                engine.populate, engine.zapShared, engine.zapExclusive))
 
         // The engine's share: every SPTE installed and zapped, at the engine's own rates.
         var engineNanoseconds = 0.0
@@ -111,7 +118,6 @@ struct FleetBenchmark: SummarisedBenchmark {
         let cores = min(workers, CPUAccounting.onlineCPUs)
         let share = engineNanoseconds / 1e9 / Double(cores)
         let best = walls.min()!
-        let peak = PeakMemory.bytes()
         let sptes = outcome.runs.reduce(0) { $0 + $1.statistics.sptesInstalled }
         print(
             "\(resolved.name) at \(size): \(outcome.fleet.shards.count) shards on \(workers) in-process workers within \(maxMemory), "
