@@ -187,6 +187,22 @@ struct ClusterTests {
     }
 
     @Test(
+        "the coordinator alone stopped (SIGSTOP) for twice the silence limit, then continued: the workers find it silent and reconnect, the shards they ran count once, nothing is lost, totals exact"
+    )
+    func coordinatorStopped() throws {
+        let run = try Self.runCluster(["--stop-coordinator"], scenario: ScenarioFixture.long)
+        #expect(run.status == 0, "\(run.output)")
+        #expect(run.output.contains("stopped the coordinator"))
+        #expect(run.output.contains("continued the coordinator"))
+        // Its own hold-up is no worker's silence: whatever was requeued, no worker was blamed for it.
+        #expect(run.events(named: "worker_missing").isEmpty, "\(run.events(named: "worker_missing"))")
+        #expect(run.events(named: "held_up").first != nil, "the coordinator says it was held up")
+        let done = run.events(named: "shard_done").compactMap { $0["shard"] as? Int }
+        #expect(done.sorted() == Array(0..<64), "every shard done exactly once")
+        try Self.checkTotals(run.report, shards: 64, gibibytes: 256)
+    }
+
+    @Test(
         "a worker cut off by a network partition: its shard is done elsewhere; when the link is back it reconnects, its late result is dropped, and it takes new work"
     )
     func workerPartitioned() throws {

@@ -22,6 +22,8 @@
 #   --freeze-all       SIGSTOP the coordinator and every worker at once for 3 s (twice the
 #                      silence limit) once worker 1 has a shard, then SIGCONT them: a stall of
 #                      the whole machine, which is no one's silence: nothing may be requeued
+#   --stop-coordinator SIGSTOP the coordinator alone for 3 s once worker 1 has a shard, then
+#                      SIGCONT it: the workers find it silent and reconnect; nothing may be lost
 #   --out DIR          where the coordinator writes report.json and the rest (default: a temp dir)
 #   --binary PATH      the zapfleet binary (default: .build/release/zapfleet, built if missing)
 #   --loopback         skip namespaces even where they work
@@ -35,6 +37,7 @@ kill_one=0
 stop_one=0
 partition_one=0
 freeze_all=0
+stop_coordinator=0
 out=""
 binary=""
 force_loopback=0
@@ -47,10 +50,11 @@ while [ $# -gt 0 ]; do
         --stop-one) stop_one=1; shift ;;
         --partition-one) partition_one=1; shift ;;
         --freeze-all) freeze_all=1; shift ;;
+        --stop-coordinator) stop_coordinator=1; shift ;;
         --out) out=$2; shift 2 ;;
         --binary) binary=$2; shift 2 ;;
         --loopback) force_loopback=1; shift ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "run-cluster: unknown option $1 (see --help)" >&2; exit 1 ;;
     esac
 done
@@ -185,6 +189,16 @@ if [ "$freeze_all" = 1 ]; then
     sleep 3
     kill -CONT "$coordinator" "${worker_pids[@]}"
     echo "continued them all with SIGCONT after 3 s"
+fi
+
+if [ "$stop_coordinator" = 1 ]; then
+    wait_for '"event":"shard_assigned",.*"worker":"w1"' > /dev/null
+    sleep 0.1
+    kill -STOP "$coordinator"
+    echo "stopped the coordinator with SIGSTOP"
+    sleep 3
+    kill -CONT "$coordinator"
+    echo "continued the coordinator with SIGCONT after 3 s"
 fi
 
 if [ "$stop_one" = 1 ] || [ "$partition_one" = 1 ]; then
