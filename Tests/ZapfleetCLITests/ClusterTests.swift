@@ -165,25 +165,46 @@ struct ClusterTests {
     }
 
     @Test(
-        "the coordinator and every worker frozen at once (SIGSTOP) for twice the silence limit, then continued: a stall of the whole machine is no one's silence; nothing is requeued, no one reconnects, totals exact"
+        "the coordinator and every worker frozen at once (SIGSTOP) for twice the silence limit, then continued: a stall of the whole machine is no one's silence: in its aftermath nothing is requeued and no one reconnects; totals exact"
     )
     func fleetFrozen() throws {
         let run = try Self.runCluster(["--freeze-all"], scenario: ScenarioFixture.long)
         #expect(run.status == 0, "\(run.output)")
         #expect(run.output.contains("froze the coordinator and every worker"))
         #expect(run.output.contains("continued them all"))
-        #expect(run.events(named: "worker_missing").isEmpty, "\(run.events(named: "worker_missing"))")
-        #expect(run.events(named: "shard_requeued").isEmpty)
-        #expect(run.report.fleet?.requeues == 0)
         // Each side says it was held up (3 s, less its loop's allowance, is over the 500 ms interval).
-        let heldUp = try #require(run.events(named: "held_up").first, "the coordinator says it was held up")
-        #expect((heldUp["held_up_ms"] as? Int ?? 0) >= 1_500)
+        let heldUp = try #require(Self.stopOf(run.events), "the coordinator says it was held up")
+        let aftermath = Self.around(heldUp, run.events)
+        #expect(aftermath.filter { $0["event"] as? String == "worker_missing" }.isEmpty, "\(aftermath)")
+        #expect(aftermath.filter { $0["event"] as? String == "shard_requeued" }.isEmpty, "\(aftermath)")
         for worker in ["w1", "w2", "w3"] {
             let own = try EventLines.read(run.directory + "/out/logs/\(worker).events")
             #expect(own.contains { $0["event"] as? String == "held_up" }, "\(worker) says it was held up")
-            #expect(!own.contains { $0["event"] as? String == "coordinator_silent" }, "\(worker) did not blame the coordinator")
+            #expect(
+                !Self.around(heldUp, own).contains { $0["event"] as? String == "coordinator_silent" },
+                "\(worker) did not blame the coordinator")
         }
         try Self.checkTotals(run.report, shards: 64, gibibytes: 256)
+    }
+
+    /// The coordinator's `held_up` of a stop of this test's (1.5 s or more): the moment it resumed.
+    static func stopOf(_ events: [[String: Any]]) -> [String: Any]? {
+        events.first { $0["event"] as? String == "held_up" && ($0["held_up_ms"] as? Int ?? 0) >= 1_500 }
+    }
+
+    /// The events from 3.5 s before `heldUp` (the 3 s stop) to 3 s after it (twice the silence
+    /// limit): what the stop itself caused. A machine as loaded as a test run's can hold a
+    /// process up again later, and the 1.5 s limit then fires as it should; that is not the
+    /// stop's doing (seen: a second, 1.3 s hold-up of the coordinator alone, 4 s after a freeze).
+    static func around(_ heldUp: [String: Any], _ events: [[String: Any]]) -> [[String: Any]] {
+        let format = ISO8601DateFormatter()
+        format.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        guard let resumed = (heldUp["time"] as? String).flatMap(format.date(from:)) else { return events }
+        return events.filter { event in
+            guard let time = (event["time"] as? String).flatMap(format.date(from:)) else { return true }
+            let offset = time.timeIntervalSince(resumed)
+            return offset >= -3.5 && offset <= 3
+        }
     }
 
     @Test(
@@ -195,8 +216,9 @@ struct ClusterTests {
         #expect(run.output.contains("stopped the coordinator"))
         #expect(run.output.contains("continued the coordinator"))
         // Its own hold-up is no worker's silence: whatever was requeued, no worker was blamed for it.
-        #expect(run.events(named: "worker_missing").isEmpty, "\(run.events(named: "worker_missing"))")
-        #expect(run.events(named: "held_up").first != nil, "the coordinator says it was held up")
+        let heldUp = try #require(Self.stopOf(run.events), "the coordinator says it was held up")
+        let aftermath = Self.around(heldUp, run.events)
+        #expect(aftermath.filter { $0["event"] as? String == "worker_missing" }.isEmpty, "\(aftermath)")
         let done = run.events(named: "shard_done").compactMap { $0["shard"] as? Int }
         #expect(done.sorted() == Array(0..<64), "every shard done exactly once")
         try Self.checkTotals(run.report, shards: 64, gibibytes: 256)
