@@ -168,14 +168,8 @@ struct ClusterTests {
         "the coordinator and every worker frozen at once (SIGSTOP) for twice the silence limit, then continued: a stall of the whole machine is no one's silence: in its aftermath nothing is requeued and no one reconnects; totals exact"
     )
     func fleetFrozen() throws {
-        let run = try Self.runCluster(["--freeze-all"], scenario: ScenarioFixture.long)
-        #expect(run.status == 0, "\(run.output)")
-        #expect(run.output.contains("froze the coordinator and every worker"))
-        #expect(run.output.contains("continued them all"))
-        // Each side says it was held up (3 s, less its loop's allowance, is over the 500 ms interval).
-        let heldUp = try #require(Self.stopOf(run.events), "the coordinator says it was held up")
-        let aftermath = Self.around(heldUp, run.events)
-        #expect(aftermath.filter { $0["event"] as? String == "worker_missing" }.isEmpty, "\(aftermath)")
+        let (run, heldUp, aftermath) = try Self.runStopped(
+            "--freeze-all", said: ["froze the coordinator and every worker", "continued them all"])
         #expect(aftermath.filter { $0["event"] as? String == "shard_requeued" }.isEmpty, "\(aftermath)")
         for worker in ["w1", "w2", "w3"] {
             let own = try EventLines.read(run.directory + "/out/logs/\(worker).events")
@@ -185,6 +179,20 @@ struct ClusterTests {
                 "\(worker) did not blame the coordinator")
         }
         try Self.checkTotals(run.report, shards: 64, gibibytes: 256)
+    }
+
+    /// Runs the cluster with the stop `option` (which prints `said`) and checks what every stop
+    /// must keep: exit 0, the coordinator's `held_up`, and no worker counted missing in the
+    /// stop's aftermath. Returns the run, that `held_up`, and the aftermath's events.
+    static func runStopped(_ option: String, said: [String]) throws -> (ClusterRun, [String: Any], [[String: Any]]) {
+        let run = try runCluster([option], scenario: ScenarioFixture.long)
+        #expect(run.status == 0, "\(run.output)")
+        for line in said { #expect(run.output.contains(line)) }
+        // 3 s, less the loop's allowance, is over the 500 ms interval: the coordinator says so.
+        let heldUp = try #require(stopOf(run.events), "the coordinator says it was held up")
+        let aftermath = around(heldUp, run.events)
+        #expect(aftermath.filter { $0["event"] as? String == "worker_missing" }.isEmpty, "\(aftermath)")
+        return (run, heldUp, aftermath)
     }
 
     /// The coordinator's `held_up` of a stop of this test's (1.5 s or more): the moment it resumed.
@@ -211,14 +219,8 @@ struct ClusterTests {
         "the coordinator alone stopped (SIGSTOP) for twice the silence limit, then continued: the workers find it silent and reconnect, the shards they ran count once, nothing is lost, totals exact"
     )
     func coordinatorStopped() throws {
-        let run = try Self.runCluster(["--stop-coordinator"], scenario: ScenarioFixture.long)
-        #expect(run.status == 0, "\(run.output)")
-        #expect(run.output.contains("stopped the coordinator"))
-        #expect(run.output.contains("continued the coordinator"))
         // Its own hold-up is no worker's silence: whatever was requeued, no worker was blamed for it.
-        let heldUp = try #require(Self.stopOf(run.events), "the coordinator says it was held up")
-        let aftermath = Self.around(heldUp, run.events)
-        #expect(aftermath.filter { $0["event"] as? String == "worker_missing" }.isEmpty, "\(aftermath)")
+        let (run, _, _) = try Self.runStopped("--stop-coordinator", said: ["stopped the coordinator", "continued the coordinator"])
         let done = run.events(named: "shard_done").compactMap { $0["shard"] as? Int }
         #expect(done.sorted() == Array(0..<64), "every shard done exactly once")
         try Self.checkTotals(run.report, shards: 64, gibibytes: 256)
