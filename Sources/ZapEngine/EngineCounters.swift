@@ -108,6 +108,19 @@ extension ManagedAtomic where Value: Comparable {
     }
 }
 
+extension UnsafeAtomic where Value: Comparable {
+    /// Raises the value to `candidate` if it is larger (``ManagedAtomic/raise(to:)`` for atomics
+    /// in raw storage, e.g. ``AlignedAtomics``).
+    func raise(to candidate: Value) {
+        var seen = load(ordering: .relaxed)
+        while candidate > seen {
+            let (exchanged, original) = weakCompareExchange(expected: seen, desired: candidate, ordering: .relaxed)
+            if exchanged { return }
+            seen = original
+        }
+    }
+}
+
 /// A snapshot of a VM's counters, for reports and tests.
 public struct EngineStatistics: Sendable, Codable, Equatable {
     /// All counters at zero.

@@ -245,7 +245,7 @@ public final class PageTablePool: @unchecked Sendable {
         counts[Count.frees.rawValue].wrappingIncrement(ordering: .relaxed)
         // `live` only falls here, so its highest value was just before a free, or is now.
         let before = counts[Count.live.rawValue].loadThenWrappingDecrement(ordering: .relaxed)
-        raise(.peakBeforeFree, to: before)
+        counts[Count.peakBeforeFree.rawValue].raise(to: before)
         return true
     }
 
@@ -286,16 +286,6 @@ public final class PageTablePool: @unchecked Sendable {
     public var totalAllocations: Int { totalFrees + livePages }
     /// Pages returned since creation.
     public var totalFrees: Int { counts[Count.frees.rawValue].load(ordering: .relaxed) }
-
-    private func raise(_ count: Count, to candidate: Int) {
-        var seen = counts[count.rawValue].load(ordering: .relaxed)
-        while candidate > seen {
-            let (exchanged, original) = counts[count.rawValue].weakCompareExchange(
-                expected: seen, desired: candidate, ordering: .relaxed)
-            if exchanged { return }
-            seen = original
-        }
-    }
 }
 
 /// Page-table memory kept between the VMs of one process. A pool takes its reservation from
