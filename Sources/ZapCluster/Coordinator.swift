@@ -149,7 +149,8 @@ public final class Coordinator: @unchecked Sendable {
         poller.add(zap.socket)
         let pollMilliseconds = max(10, min(configuration.heartbeatIntervalMilliseconds / 4, 1000))
         listening = ListeningClock(
-            allowance: UInt64(pollMilliseconds) * 1_000_000 + scheduler.configuration.intervalNanoseconds / 4,
+            allowance: ListeningClock.allowance(
+                poll: UInt64(pollMilliseconds) * 1_000_000, interval: scheduler.configuration.intervalNanoseconds),
             now: monotonicNanoseconds())
         var stopAsked = false
         while true {

@@ -21,6 +21,10 @@ struct ListeningClock {
         self.lastLook = now
     }
 
+    /// The allowance of a loop that waits at most `poll` between looks and heartbeats every
+    /// `interval`: its longest wait, and a quarter interval for the work of one pass.
+    static func allowance(poll: UInt64, interval: UInt64) -> UInt64 { poll &+ interval / 4 }
+
     /// Notes a look at `now`; returns how long, since the previous look, this side was held up
     /// beyond its allowance (0 when it was not).
     mutating func look(now: UInt64) -> UInt64 {

@@ -126,8 +126,10 @@ public final class Worker: @unchecked Sendable {
         var handshakeHint = false
         var connectionLost = false
         var lastHeard = monotonicNanoseconds()
-        // The poll below waits 50 ms at most; a longer gap between passes is this worker held up.
-        var listening = ListeningClock(allowance: 50_000_000 + interval / 4, now: lastHeard)
+        // The poll below waits `pollMilliseconds` at most; a longer gap between passes is this worker held up.
+        let pollMilliseconds = 50
+        let poll = UInt64(pollMilliseconds) * 1_000_000
+        var listening = ListeningClock(allowance: ListeningClock.allowance(poll: poll, interval: interval), now: lastHeard)
         // connect() said hello: the next is due after an interval, not at once.
         var lastSent = monotonicNanoseconds()
         var poller = ZeroMQPoller()
@@ -225,7 +227,7 @@ public final class Worker: @unchecked Sendable {
 
             // The outbox's signal ends the wait as soon as the shard thread leaves something (a
             // result sent at the next timeout instead kept this worker idle for up to 50 ms a shard).
-            let ready = try poller.poll(timeoutMilliseconds: 50)
+            let ready = try poller.poll(timeoutMilliseconds: pollMilliseconds)
             outbox.clearWake()
             if ready[1] {
                 for event in try monitor.drain() {
@@ -286,7 +288,7 @@ public final class Worker: @unchecked Sendable {
                     // Clamped, so that a coordinator's extreme values cannot overflow interval × liveness.
                     interval = UInt64(min(max(10, welcome.heartbeatIntervalMs), 3_600_000)) * 1_000_000
                     liveness = UInt64(min(max(2, welcome.heartbeatLiveness), 1000))
-                    listening.allowance = 50_000_000 + interval / 4
+                    listening.allowance = ListeningClock.allowance(poll: poll, interval: interval)
                     // Hellos are repeated until one is answered: several welcomes can come back.
                     if welcome.runID != runID {
                         note(
